@@ -1,0 +1,1 @@
+"""Filled in by the serving issues; kept so the layout matches DESIGN.md."""

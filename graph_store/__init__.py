@@ -1,0 +1,20 @@
+"""The content–tag graph and its indexes: build, recall, insert, persist, shard. Imports no core, no Ray."""
+
+from graph_store.config import GraphConfig, IndexConfig, RecallConfig
+from graph_store.errors import EncoderMismatchError, StoreError
+from graph_store.recall import Candidate
+from graph_store.shards import ShardedStore, open_store
+from graph_store.store import GraphStore, shard_of
+
+__all__ = [
+    "Candidate",
+    "EncoderMismatchError",
+    "GraphConfig",
+    "GraphStore",
+    "IndexConfig",
+    "RecallConfig",
+    "ShardedStore",
+    "StoreError",
+    "open_store",
+    "shard_of",
+]

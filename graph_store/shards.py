@@ -1,0 +1,110 @@
+"""A store split into content shards: each shard holds its contents and every tag.
+
+Recall searches every shard, merges the hits per item and selects once, so the candidates equal
+those of the unsharded store (exactly, with exact indexes). A Serve replica holds one shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from graph_store.config import RecallConfig
+from graph_store.errors import StoreError
+from graph_store.recall import Candidate, merge_hits, select
+from graph_store.store import CURRENT, GraphStore, _write_atomically, shard_of
+
+SHARDS_FILE = "shards.json"
+
+
+def shard_folder(index: int, count: int) -> str:
+    return f"shard-{index:03d}-of-{count:03d}"
+
+
+class ShardedStore:
+    def __init__(self, shards: Sequence[GraphStore]):
+        if not shards:
+            raise StoreError("a sharded store needs at least one shard")
+        count = len(shards)
+        if sorted(s.shard for s in shards) != [(i, count) for i in range(count)]:
+            raise StoreError(f"shards {[s.shard for s in shards]} are not a complete set of {count}")
+        if len({s.encoder_id for s in shards}) != 1 or len({tuple(s.graph.tag_names) for s in shards}) != 1:
+            raise StoreError("shards disagree on the encoder or the tag vocabulary")
+        self.shards = sorted(shards, key=lambda s: s.shard[0])
+        self.config = self.shards[0].config
+        self.encoder_id = self.shards[0].encoder_id
+        self.tag_names = self.shards[0].graph.tag_names
+
+    def recall(self, vectors: np.ndarray, recall: RecallConfig | None = None) -> list[list[Candidate]]:
+        rc = recall or self.config.recall
+        per_shard = [shard.search(vectors, rc) for shard in self.shards]
+        return [
+            select(merge_hits(parts, rc.c2c_search_k), self.tag_names, rc)
+            for parts in zip(*per_shard, strict=True)
+        ]
+
+    def match(self, vectors: np.ndarray, k: int = 20) -> list[list[Candidate]]:
+        # Tags are replicated in every shard, so one shard answers match-based recall.
+        return self.shards[0].match(vectors, k)
+
+    def owner(self, item_id: str) -> GraphStore:
+        return self.shards[shard_of(item_id, len(self.shards))]
+
+    def insert(self, item_ids, vectors, tags=None, texts=None) -> None:
+        vectors = np.asarray(vectors, np.float32)
+        groups: dict[int, list[int]] = {}
+        for row, item_id in enumerate(item_ids):
+            groups.setdefault(shard_of(item_id, len(self.shards)), []).append(row)
+        for index, rows in groups.items():
+            self.shards[index].insert(
+                [item_ids[r] for r in rows],
+                vectors[rows],
+                [tags[r] for r in rows] if tags is not None else None,
+                [texts[r] for r in rows] if texts is not None else None,
+            )
+
+    def write_back(self, item_id: str, tags: Sequence[str]) -> int:
+        return self.owner(item_id).write_back(item_id, tags)
+
+    def stats(self) -> dict:
+        per = [s.stats() for s in self.shards]
+        total = {
+            k: sum(p[k] for p in per)
+            for k in ("contents", "deterministic_edges", "similarity_edges_ct", "similarity_edges_cc")
+        }
+        return {**total, "tags": per[0]["tags"], "shards": len(per)}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / CURRENT).exists():
+            raise StoreError(f"{root} holds an unsharded store; save the shards to another folder")
+        count = len(self.shards)
+        for shard in self.shards:
+            shard.save(root / shard_folder(shard.shard[0], count))
+        _write_atomically(
+            root / SHARDS_FILE,
+            json.dumps({"shards": [shard_folder(i, count) for i in range(count)]}, indent=2).encode(),
+        )
+        return root
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, **kwargs) -> ShardedStore:
+        root = Path(directory)
+        try:
+            listing = json.loads((root / SHARDS_FILE).read_text())["shards"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{root} is not a sharded store: {exc}") from exc
+        return cls([GraphStore.load(root / name, **kwargs) for name in listing])
+
+
+def open_store(directory: str | os.PathLike, **kwargs) -> GraphStore | ShardedStore:
+    """Load a store folder, sharded or not."""
+    root = Path(directory)
+    if (root / SHARDS_FILE).exists():
+        return ShardedStore.load(root, **kwargs)
+    return GraphStore.load(root, **kwargs)

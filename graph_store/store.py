@@ -1,0 +1,486 @@
+"""A graph store: the content–tag graph, its two vector indexes, and their persistence.
+
+On disk a store is a directory of immutable versions and a CURRENT file naming the live one:
+
+    STORE/CURRENT            "v000002"
+    STORE/v000002/manifest.json, vertices.parquet, edges.parquet, contents.faiss, tags.faiss
+
+A save writes a complete new version beside the old one and then replaces CURRENT with
+os.replace, which is atomic: a crash at any point leaves the previous version readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from graph_store.ann import VectorIndex, set_threads
+from graph_store.config import GraphConfig, RecallConfig
+from graph_store.errors import EncoderMismatchError, StoreError
+from graph_store.graph import (
+    CONTENT,
+    DETERMINISTIC,
+    SIMILAR_CC,
+    SIMILAR_CT,
+    TAG,
+    ContentTagGraph,
+)
+from graph_store.recall import Candidate, Hits, round_sims, select, select_match
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+KEEP_VERSIONS = 2
+
+
+def shard_of(item_id: str, num_shards: int) -> int:
+    """Owning shard of an item: stable across processes and machines (unlike hash())."""
+    return zlib.crc32(item_id.encode("utf-8")) % num_shards
+
+
+class GraphStore:
+    """One store, or one content shard of a store (then shard = (index, count))."""
+
+    def __init__(
+        self,
+        graph: ContentTagGraph,
+        content_index: VectorIndex,
+        tag_index: VectorIndex,
+        config: GraphConfig,
+        encoder_id: str,
+        shard: tuple[int, int] = (0, 1),
+    ):
+        if content_index.size != graph.num_contents or tag_index.size != graph.num_tags:
+            raise StoreError(
+                f"index sizes ({content_index.size} contents, {tag_index.size} tags) do not match the graph "
+                f"({graph.num_contents} contents, {graph.num_tags} tags)"
+            )
+        self.graph = graph
+        self.content_index = content_index
+        self.tag_index = tag_index
+        self.config = config
+        self.encoder_id = encoder_id
+        self.shard = shard
+        self.dim = tag_index.dim
+
+    # -- building ---------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        *,
+        item_ids: Sequence[str],
+        item_vectors: np.ndarray,
+        item_tags: Sequence[Sequence[str]],
+        tags: Sequence[str],
+        tag_vectors: np.ndarray,
+        encoder_id: str,
+        config: GraphConfig | None = None,
+        item_texts: Sequence[str | None] | None = None,
+        tag_descriptions: Sequence[str | None] | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> GraphStore:
+        config = config or GraphConfig()
+        set_threads(config.recall.threads)
+        if len(item_ids) != len(item_vectors) or len(item_ids) != len(item_tags):
+            raise StoreError("item_ids, item_vectors and item_tags must have the same length")
+        if len(tags) != len(tag_vectors):
+            raise StoreError("tags and tag_vectors must have the same length")
+        if len(tags) == 0:
+            raise StoreError("a store needs at least one tag")
+        if item_vectors.shape[1:] != tag_vectors.shape[1:]:
+            raise StoreError(
+                f"item vectors are {item_vectors.shape[1:]}-d but tag vectors {tag_vectors.shape[1:]}-d"
+            )
+        graph = ContentTagGraph(flush_every=config.flush_every)
+        graph.add_tags(list(tags), tag_descriptions)
+        graph.add_contents(list(item_ids), item_texts)
+        pairs_c, pairs_t = [], []
+        for pos, item_tag_list in enumerate(item_tags):
+            tag_pos = graph.tag_positions(item_tag_list, where=f" (annotation of item '{item_ids[pos]}')")
+            pairs_c.extend([pos] * len(tag_pos))
+            pairs_t.extend(tag_pos)
+        graph.add_deterministic_bulk(np.asarray(pairs_c, np.int64), np.asarray(pairs_t, np.int64))
+        store = cls(
+            graph,
+            VectorIndex.build(item_vectors, config.content_index),
+            VectorIndex.build(tag_vectors, config.tag_index),
+            config,
+            encoder_id,
+            shard,
+        )
+        if config.materialize_similarity and len(item_ids):
+            store._link_similar(np.arange(len(item_ids)), np.asarray(item_vectors, np.float32))
+        graph.flush()
+        return store
+
+    def _link_similar(self, content_pos: np.ndarray, vectors: np.ndarray, batch: int = 4096) -> None:
+        """Similarity edges of the given contents (c–t and c–c), thresholds with top-k fallback."""
+        rc = self.config.recall
+        for lo in range(0, len(content_pos), batch):
+            part, vecs = content_pos[lo : lo + batch], vectors[lo : lo + batch]
+            if self.config.sim_edges_ct:
+                sims, ids = self.tag_index.search(vecs, self.config.sim_edges_ct)
+                self._add_edges(
+                    SIMILAR_CT, part, sims, ids, rc.delta_ct, rc.min_c2t, self.config.sim_edges_ct
+                )
+            if self.config.sim_edges_cc:
+                sims, ids = self.content_index.search(vecs, self.config.sim_edges_cc + 1)
+                # An item is its own nearest neighbour; drop self hits before linking.
+                keep = ids != part[:, None]
+                sims = np.where(keep, sims, -np.inf)
+                order = np.argsort(-sims, axis=1, kind="stable")
+                sims = np.take_along_axis(sims, order, 1)[:, : self.config.sim_edges_cc]
+                ids = np.take_along_axis(ids, order, 1)[:, : self.config.sim_edges_cc]
+                ids = np.where(np.isfinite(sims), ids, -1)
+                self._add_edges(
+                    SIMILAR_CC, part, sims, ids, rc.delta_cc, rc.min_c2c, self.config.sim_edges_cc
+                )
+
+    def _add_edges(self, kind, part, sims, ids, threshold, minimum, cap) -> None:
+        passing = (sims >= threshold) | (np.arange(sims.shape[1])[None, :] < min(minimum, cap))
+        passing &= ids >= 0
+        rows, cols = np.nonzero(passing)
+        self.graph.add_similarity(kind, part[rows], ids[rows, cols], sims[rows, cols])
+
+    # -- recall -----------------------------------------------------------------------------------
+    def search(
+        self, vectors: np.ndarray, recall: RecallConfig | None = None, *, tags_k: int | None = None
+    ) -> list[Hits]:
+        """Tag and content hits of each query vector, in canonical order (ties broken by key)."""
+        rc = recall or self.config.recall
+        set_threads(rc.threads)
+        tags_k = tags_k or (rc.num_candidates + rc.max_c2c2t)
+        tag_sims, tag_ids = self.tag_index.search(vectors, tags_k)
+        tag_sims = round_sims(tag_sims)
+        if rc.c2c_search_k and self.content_index.size:
+            nb_sims, nb_ids = self.content_index.search(vectors, rc.c2c_search_k)
+            nb_sims = round_sims(nb_sims)
+        else:
+            nb_sims = np.zeros((len(tag_sims), 0))
+            nb_ids = np.zeros((len(tag_sims), 0), np.int64)
+        out = []
+        ids_of = self.graph.content_ids
+        det_tags = self.graph.det_tags
+        for row in range(len(tag_sims)):
+            valid = tag_ids[row] >= 0
+            t_pos, t_sim = tag_ids[row][valid], tag_sims[row][valid]
+            order = np.lexsort((t_pos, -t_sim))
+            neighbours = [
+                (sim, ids_of[pos], det_tags(pos))
+                for pos, sim in zip(nb_ids[row].tolist(), nb_sims[row].tolist(), strict=True)
+                if pos >= 0
+            ]
+            neighbours.sort(key=lambda r: (-r[0], r[1]))
+            out.append(
+                Hits(
+                    tag_pos=t_pos[order],
+                    tag_sims=t_sim[order],
+                    neighbour_ids=[n[1] for n in neighbours],
+                    neighbour_sims=[n[0] for n in neighbours],
+                    neighbour_tags=[n[2] for n in neighbours],
+                )
+            )
+        return out
+
+    def recall(self, vectors: np.ndarray, recall: RecallConfig | None = None) -> list[list[Candidate]]:
+        rc = recall or self.config.recall
+        return [select(hits, self.graph.tag_names, rc) for hits in self.search(vectors, rc)]
+
+    def match(self, vectors: np.ndarray, k: int = 20) -> list[list[Candidate]]:
+        set_threads(self.config.recall.threads)
+        rc = RecallConfig(c2c_search_k=0, num_candidates=k, max_c2c2t=0, threads=self.config.recall.threads)
+        return [select_match(hits, self.graph.tag_names, k) for hits in self.search(vectors, rc, tags_k=k)]
+
+    # -- dynamic growth ---------------------------------------------------------------------------
+    def insert(
+        self,
+        item_ids: Sequence[str],
+        vectors: np.ndarray,
+        tags: Sequence[Sequence[str] | None] | None = None,
+        texts: Sequence[str | None] | None = None,
+    ) -> None:
+        """Add new contents with their similarity edges (and deterministic edges for known tags).
+
+        They are searchable by the next recall: faiss appends to the index in place.
+        """
+        vectors = np.asarray(vectors, np.float32)
+        if len(item_ids) != len(vectors):
+            raise StoreError("item_ids and vectors must have the same length")
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise StoreError(f"vectors must have shape (n, {self.dim}), got {tuple(vectors.shape)}")
+        duplicates = [i for i in item_ids if i in self.graph.content_pos]
+        if duplicates or len(set(item_ids)) != len(item_ids):
+            raise StoreError(
+                f"item '{(duplicates or list(item_ids))[0]}' is already in the store or given twice"
+            )
+        tag_lists = list(tags) if tags is not None else [None] * len(item_ids)
+        resolved = [
+            self.graph.tag_positions(t or (), where=f" (item '{i}')")
+            for i, t in zip(item_ids, tag_lists, strict=True)
+        ]
+        positions = np.asarray(self.graph.add_contents(list(item_ids), texts), np.int64)
+        self.content_index.add(vectors)
+        for pos, tag_pos in zip(positions.tolist(), resolved, strict=True):
+            if tag_pos:
+                self.graph.add_deterministic(pos, tag_pos)
+        if self.config.materialize_similarity:
+            self._link_similar(positions, vectors)
+
+    def write_back(self, item_id: str, tags: Sequence[str]) -> int:
+        """Record final tags of a stored item as deterministic edges; returns how many were new."""
+        pos = self.graph.content_pos.get(item_id)
+        if pos is None:
+            raise StoreError(f"item '{item_id}' is not in the store; insert it before writing tags back")
+        return self.graph.add_deterministic(pos, self.graph.tag_positions(tags, where=f" (item '{item_id}')"))
+
+    def owns(self, item_id: str) -> bool:
+        return shard_of(item_id, self.shard[1]) == self.shard[0]
+
+    # -- sharding ---------------------------------------------------------------------------------
+    def split(self, num_shards: int) -> list[GraphStore]:
+        """Partition the contents into shards by shard_of(id); every shard keeps all tags."""
+        if num_shards < 1:
+            raise StoreError("the number of shards must be at least 1")
+        graph = self.graph
+        vectors = self.content_index.reconstruct_all()
+        tag_vectors = self.tag_index.reconstruct_all()
+        owner = np.fromiter(
+            (shard_of(i, num_shards) for i in graph.content_ids), np.int64, graph.num_contents
+        )
+        shards = []
+        for index in range(num_shards):
+            members = np.flatnonzero(owner == index)
+            shards.append(
+                GraphStore.build(
+                    item_ids=[graph.content_ids[m] for m in members],
+                    item_vectors=vectors[members],
+                    item_tags=[[graph.tag_names[t] for t in graph.det_tags(m).tolist()] for m in members],
+                    tags=graph.tag_names,
+                    tag_vectors=tag_vectors,
+                    encoder_id=self.encoder_id,
+                    config=self.config,
+                    item_texts=[graph.content_texts[m] for m in members],
+                    tag_descriptions=graph.tag_descriptions,
+                    shard=(index, num_shards),
+                )
+            )
+        return shards
+
+    # -- inspection -------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        _, _, kind, _ = self.graph.edges.arrays()
+        counts = np.bincount(kind.astype(np.int64), minlength=3) if len(kind) else np.zeros(3, np.int64)
+        return {
+            "contents": self.graph.num_contents,
+            "tags": self.graph.num_tags,
+            "deterministic_edges": int(counts[DETERMINISTIC]),
+            "similarity_edges_ct": int(counts[SIMILAR_CT]),
+            "similarity_edges_cc": int(counts[SIMILAR_CC]),
+            "content_index": self.content_index.kind,
+            "tag_index": self.tag_index.kind,
+            "shard": list(self.shard),
+        }
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write a new version and switch CURRENT to it atomically; returns the version folder."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(root)
+        number = _latest_version_number(root) + 1
+        name = f"v{number:06d}"
+        tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            self._write_version(tmp)
+            _fsync_dir(tmp)
+            final = root / name
+            os.replace(tmp, final)
+            _write_atomically(root / CURRENT, (name + "\n").encode())
+            _fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _prune_versions(root, keep=KEEP_VERSIONS)
+        return final
+
+    def _write_version(self, folder: Path) -> None:
+        graph = self.graph
+        graph.flush()
+        graph.compact()
+        n_vertices = len(graph.vertex_kind)
+        keys, texts = [None] * n_vertices, [None] * n_vertices
+        for pos, vid in enumerate(graph.tag_vid):
+            keys[vid], texts[vid] = graph.tag_names[pos], graph.tag_descriptions[pos]
+        for pos, vid in enumerate(graph.content_vid):
+            keys[vid], texts[vid] = graph.content_ids[pos], graph.content_texts[pos]
+        vertices = pa.table(
+            {
+                "vid": pa.array(np.arange(n_vertices), pa.int64()),
+                "kind": pa.array(np.asarray(graph.vertex_kind, np.int8), pa.int8()),
+                "key": pa.array(keys, pa.string()),
+                "text": pa.array(texts, pa.string()),
+            }
+        )
+        src, dst, kind, weight = graph.edges.arrays()
+        edges = pa.table({"src": src, "dst": dst, "kind": kind, "weight": weight})
+        _write_parquet(vertices, folder / "vertices.parquet")
+        _write_parquet(edges, folder / "edges.parquet")
+        self.content_index.save(str(folder / "contents.faiss"))
+        self.tag_index.save(str(folder / "tags.faiss"))
+        for name in ("contents.faiss", "tags.faiss"):
+            _fsync_file(folder / name)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "encoder_id": self.encoder_id,
+            "dim": self.dim,
+            "shard": list(self.shard),
+            "content_index": self.content_index.kind,
+            "tag_index": self.tag_index.kind,
+            "config": self.config.to_dict(),
+            "counts": self.stats(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        # The manifest goes last: a version folder without one is never mistaken for a store.
+        _write_atomically(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        expected_encoder_id: str | None = None,
+        recall: RecallConfig | None = None,
+    ) -> GraphStore:
+        root = Path(directory)
+        folder = current_version(root)
+        manifest = read_manifest(folder)
+        if expected_encoder_id is not None and manifest["encoder_id"] != expected_encoder_id:
+            raise EncoderMismatchError(
+                f"store {root} was built with encoder '{manifest['encoder_id']}', but the encoder in use is "
+                f"'{expected_encoder_id}'; rebuild the store with this encoder or configure the original one"
+            )
+        config = GraphConfig.from_dict(manifest["config"])
+        if recall is not None:
+            config.recall = recall
+        try:
+            vertices = pq.read_table(folder / "vertices.parquet").to_pydict()
+            edges = pq.read_table(folder / "edges.parquet")
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise StoreError(f"store {root} is damaged: {exc}") from exc
+        graph = ContentTagGraph(flush_every=config.flush_every)
+        kinds = vertices["kind"]
+        if vertices["vid"] != list(range(len(kinds))):
+            raise StoreError(f"store {root} is damaged: vertex ids are not dense")
+        # Vertices are re-added in vid order, a run of one kind at a time, so that the saved edge
+        # endpoints stay valid.
+        start = 0
+        while start < len(kinds):
+            end = start
+            while end < len(kinds) and kinds[end] == kinds[start]:
+                end += 1
+            add = graph.add_tags if kinds[start] == TAG else graph.add_contents
+            add(vertices["key"][start:end], vertices["text"][start:end])
+            start = end
+        src = edges.column("src").to_numpy()
+        dst = edges.column("dst").to_numpy()
+        kind = edges.column("kind").to_numpy()
+        weight = edges.column("weight").to_numpy()
+        det = kind == DETERMINISTIC
+        vertex_pos = np.asarray(graph.vertex_pos, np.int64)
+        vertex_kind = np.asarray(graph.vertex_kind, np.int8)
+        # Deterministic edges were written content -> tag; normalise in case of either order.
+        c_vid = np.where(vertex_kind[src[det]] == CONTENT, src[det], dst[det])
+        t_vid = np.where(vertex_kind[src[det]] == CONTENT, dst[det], src[det])
+        graph.add_deterministic_bulk(vertex_pos[c_vid], vertex_pos[t_vid])
+        graph.edges = type(graph.edges)()
+        graph.edges.append(src, dst, kind, weight)
+        graph.flush()
+        content_index = VectorIndex.load(str(folder / "contents.faiss"), manifest["content_index"])
+        tag_index = VectorIndex.load(str(folder / "tags.faiss"), manifest["tag_index"])
+        content_index.configure(config.content_index)
+        tag_index.configure(config.tag_index)
+        return cls(graph, content_index, tag_index, config, manifest["encoder_id"], tuple(manifest["shard"]))
+
+
+# -- on-disk helpers ------------------------------------------------------------------------------
+def current_version(root: Path) -> Path:
+    pointer = root / CURRENT
+    if not root.is_dir():
+        raise StoreError(f"store {root} does not exist")
+    if not pointer.is_file():
+        raise StoreError(f"{root} is not a graph store (no {CURRENT} file); build one with `llm4tag build`")
+    name = pointer.read_text().strip()
+    folder = root / name
+    if not name or not folder.is_dir():
+        raise StoreError(f"store {root} is damaged: {CURRENT} names '{name}', which does not exist")
+    return folder
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"store version {folder} has no readable manifest.json: {exc}") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"store {folder.parent} has format version {version}; this llm4tag reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
+    _fsync_file(path)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _latest_version_number(root: Path) -> int:
+    numbers = [int(p.name[1:]) for p in root.glob("v[0-9]*") if p.name[1:].isdigit()]
+    return max(numbers, default=0)
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _prune_versions(root: Path, keep: int) -> None:
+    live = (root / CURRENT).read_text().strip()
+    versions = sorted((p for p in root.glob("v[0-9]*") if p.name[1:].isdigit()), key=lambda p: p.name)
+    for old in versions[:-keep]:
+        if old.name != live:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(old)

@@ -1,0 +1,564 @@
+"""Reading and writing item and tag-vocabulary files.
+
+The format is chosen by the file name's extension:
+
+- ``.jsonl`` / ``.jsonl.gz``: one JSON object per line (blank lines are skipped), read line by line;
+- ``.parquet``: read in record batches with pyarrow;
+- ``.csv`` / ``.csv.gz``: a header line, then one record per row; empty cells are missing values.
+
+Every problem with a file or a record raises :class:`~llm4tag.errors.DataError`, whose message names the
+file, the line (JSONL, CSV: physical line, header = line 1) or row (Parquet: 1-based) and the field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import zlib
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from llm4tag.errors import DataError
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "Item",
+    "ItemsFile",
+    "Tag",
+    "detect_format",
+    "read_items",
+    "read_records",
+    "read_tags",
+    "write_records",
+]
+
+logger = logging.getLogger("llm4tag.data")
+
+SUPPORTED_EXTENSIONS = (".jsonl", ".jsonl.gz", ".parquet", ".csv", ".csv.gz")
+
+_ITEM_FIELDS = ("id", "text", "tags")
+_TAG_FIELDS = ("tag", "description")
+_MAX_UNKNOWN_EXAMPLES = 5
+_PARQUET_BATCH_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item to tag: its id, its text, its annotation (``None``: not annotated) and every other field."""
+
+    id: str
+    text: str
+    tags: tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One entry of the tag vocabulary."""
+
+    tag: str
+    description: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass
+class ItemsFile:
+    """The items read from one file, with what was dropped on the way."""
+
+    path: str
+    items: list[Item]
+    unknown_tag_annotations: int = 0
+    items_with_unknown_tags: int = 0
+    unknown_tag_examples: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+
+# --- formats
+
+
+def detect_format(path: str | os.PathLike[str]) -> tuple[str, bool]:
+    """Return ``(format, gzipped)`` for a path: format is ``"jsonl"``, ``"parquet"`` or ``"csv"``.
+
+    Raises DataError naming the extension when it is not one of :data:`SUPPORTED_EXTENSIONS`.
+    """
+    name = Path(path).name.lower()
+    if name.endswith(".jsonl.gz"):
+        return "jsonl", True
+    if name.endswith(".jsonl"):
+        return "jsonl", False
+    if name.endswith(".parquet"):
+        return "parquet", False
+    if name.endswith(".csv.gz"):
+        return "csv", True
+    if name.endswith(".csv"):
+        return "csv", False
+    suffixes = "".join(Path(path).suffixes)
+    shown = f"'{suffixes}'" if suffixes else "(none)"
+    raise DataError(
+        str(path),
+        f"unsupported file extension {shown}; use one of {', '.join(SUPPORTED_EXTENSIONS)}",
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _check_readable(path: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(path, "is a directory, expected a file")
+    if not p.exists():
+        raise DataError(path, "file not found")
+    if not os.access(p, os.R_OK):
+        raise DataError(path, "file is not readable (permission denied)")
+
+
+# --- reading
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_or_row, record)`` for every record of a file, streaming.
+
+    Numbers are 1-based: JSONL counts physical lines (blank lines are skipped but counted), CSV counts
+    physical lines with the header as line 1 (a record spanning lines gets the line it starts on),
+    Parquet counts rows. CSV values are strings, ``None`` for an empty cell. The format is checked and the
+    file opened lazily on first iteration, except that an unsupported extension, a missing file or a
+    directory raise DataError at once.
+    """
+    spath = str(path)
+    fmt, gz = detect_format(spath)
+    _check_readable(spath)
+    if fmt == "jsonl":
+        return _read_jsonl(spath, gz)
+    if fmt == "csv":
+        return _read_csv(spath, gz)
+    return _read_parquet(spath)
+
+
+def _lines(path: str, gz: bool) -> Iterator[str]:
+    """Yield the file's lines as text, decoding line by line so that an error names its line."""
+    lineno = 0
+    try:
+        fh: IO[bytes] = gzip.open(path, "rb") if gz else open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise DataError(path, f"cannot open: {exc.strerror or exc}") from exc
+    with fh:
+        try:
+            for lineno, raw in enumerate(fh, 1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # UTF-8 byte-order mark
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        path, f"not valid UTF-8 text: {exc.reason} at byte {exc.start + 1}", line=lineno
+                    ) from exc
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise DataError(path, f"cannot read compressed data: {exc}", line=lineno + 1) from exc
+        except OSError as exc:
+            raise DataError(path, f"cannot read: {exc.strerror or exc}", line=lineno + 1) from exc
+
+
+def _read_jsonl(path: str, gz: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, line in enumerate(_lines(path, gz), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno) from exc
+        if not isinstance(record, dict):
+            raise DataError(path, f"expected a JSON object, got {_json_type(record)}", line=lineno)
+        yield lineno, record
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _read_csv(path: str, gz: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(_lines(path, gz))
+    header: list[str] | None = None
+    previous_line = 0
+    try:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            start = previous_line + 1
+            previous_line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            if header is None:
+                header = [h.strip() for h in row]
+                seen: set[str] = set()
+                for name in header:
+                    if not name:
+                        raise DataError(path, "empty column name in the header", line=start)
+                    if name in seen:
+                        raise DataError(path, f"duplicate column '{name}' in the header", line=start)
+                    seen.add(name)
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    path,
+                    f"row has {len(row)} cells but the header has {len(header)} columns",
+                    line=start,
+                )
+            yield (
+                start,
+                {name: (cell if cell != "" else None) for name, cell in zip(header, row, strict=True)},
+            )
+    except csv.Error as exc:
+        raise DataError(path, f"malformed CSV: {exc}", line=previous_line + 1) from exc
+
+
+def _read_parquet(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = 0
+    try:
+        pf = pq.ParquetFile(path)
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        where = f" after row {row}" if row else ""
+        raise DataError(path, f"cannot read Parquet file{where}: {exc}") from exc
+
+
+# --- items
+
+
+def _check_string(path: str, line: int, name: str, value: Any, *, int_ok: bool) -> str:
+    if _is_missing(value):
+        raise DataError(path, "missing (required)", line=line, field=name)
+    if int_ok and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise DataError(path, f"must be a string, got {_json_type(value)}", line=line, field=name)
+    if not value.strip():
+        raise DataError(path, "must not be empty", line=line, field=name)
+    return value
+
+
+def _parse_tags(path: str, line: int, value: Any, fmt: str) -> tuple[str, ...] | None:
+    if _is_missing(value):
+        return None
+    if fmt == "csv" and isinstance(value, str):
+        cell = value.strip()
+        if cell.startswith("["):
+            try:
+                value = json.loads(cell)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    path, f"cell starts with '[' but is not a JSON array: {exc.msg}", line=line, field="tags"
+                ) from exc
+        else:
+            value = [part.strip() for part in cell.split("|")]
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise DataError(path, f"must be a list of strings, got {_json_type(value)}", line=line, field="tags")
+    out: dict[str, None] = {}
+    for position, tag in enumerate(value, 1):
+        if not isinstance(tag, str):
+            raise DataError(
+                path, f"tag {position} must be a string, got {_json_type(tag)}", line=line, field="tags"
+            )
+        if not tag.strip():
+            raise DataError(path, f"tag {position} is empty", line=line, field="tags")
+        out.setdefault(tag, None)
+    return tuple(out)
+
+
+def read_items(
+    path: str | os.PathLike[str],
+    *,
+    vocabulary: Collection[str] | None = None,
+    strict_tags: bool = False,
+    split: str | None = None,
+    require_tags: bool = False,
+) -> ItemsFile:
+    """Read and validate an items file.
+
+    - ``id`` and ``text`` are required non-empty strings (an integer-typed id column of a CSV or Parquet
+      file is converted to a string; JSONL ids must be strings); ids must be unique in the file.
+    - ``tags`` is optional: a list of non-empty strings (CSV: a JSON array or a ``|``-separated cell);
+      duplicates within an item are dropped keeping the first. Missing or null means "not annotated"
+      (``Item.tags is None``), which ``require_tags=True`` turns into an error.
+    - With ``vocabulary``, tags outside it are dropped and counted (and a warning is logged), or with
+      ``strict_tags=True`` rejected.
+    - With ``split``, only records whose ``split`` field equals it are kept; every record must have one.
+    - Every other non-null field goes to ``Item.extra``.
+    """
+    spath = str(path)
+    fmt, _ = detect_format(spath)
+    vocab: Collection[str] | None = None
+    if vocabulary is not None:
+        vocab = vocabulary if isinstance(vocabulary, set | frozenset | dict) else set(vocabulary)
+
+    items: list[Item] = []
+    first_line: dict[str, int] = {}
+    splits_seen: dict[str, None] = {}
+    records = 0
+    unknown_annotations = 0
+    items_with_unknown = 0
+    unknown_examples: dict[str, None] = {}
+
+    for line, record in read_records(spath):
+        records += 1
+        item_id = _check_string(spath, line, "id", record.get("id"), int_ok=fmt != "jsonl")
+        text = _check_string(spath, line, "text", record.get("text"), int_ok=False)
+        if item_id in first_line:
+            raise DataError(
+                spath,
+                f"duplicate id '{item_id}' (first on line {first_line[item_id]})",
+                line=line,
+                field="id",
+            )
+        first_line[item_id] = line
+        tags = _parse_tags(spath, line, record.get("tags"), fmt)
+
+        if split is not None:
+            value = record.get("split")
+            if _is_missing(value):
+                raise DataError(
+                    spath, f"missing, but split '{split}' was asked for", line=line, field="split"
+                )
+            splits_seen.setdefault(str(value), None)
+            if value != split:
+                continue
+
+        if tags is None:
+            if require_tags:
+                raise DataError(spath, "missing; annotated items are required here", line=line, field="tags")
+        elif vocab is not None:
+            kept = tuple(t for t in tags if t in vocab)
+            if len(kept) != len(tags):
+                unknown = [t for t in tags if t not in vocab]
+                if strict_tags:
+                    raise DataError(
+                        spath, f"tag '{unknown[0]}' is not in the vocabulary", line=line, field="tags"
+                    )
+                unknown_annotations += len(unknown)
+                items_with_unknown += 1
+                for tag in unknown:
+                    if len(unknown_examples) >= _MAX_UNKNOWN_EXAMPLES:
+                        break
+                    unknown_examples.setdefault(tag, None)
+                tags = kept
+
+        extra = {k: v for k, v in record.items() if k not in _ITEM_FIELDS and not _is_missing(v)}
+        items.append(Item(id=item_id, text=text, tags=tags, extra=extra))
+
+    if records == 0:
+        raise DataError(spath, "no items (the file holds no records)")
+    if not items:
+        present = ", ".join(f"'{s}'" for s in splits_seen) or "none"
+        raise DataError(spath, f"no items with split '{split}' (splits present: {present})", field="split")
+
+    if unknown_annotations:
+        logger.warning(
+            "%s: dropped %d tag annotation(s) on %d item(s) because the tag is not in the vocabulary, "
+            "e.g. %s",
+            spath,
+            unknown_annotations,
+            items_with_unknown,
+            ", ".join(repr(t) for t in unknown_examples),
+        )
+    return ItemsFile(
+        path=spath,
+        items=items,
+        unknown_tag_annotations=unknown_annotations,
+        items_with_unknown_tags=items_with_unknown,
+        unknown_tag_examples=list(unknown_examples),
+    )
+
+
+# --- tags
+
+
+def read_tags(path: str | os.PathLike[str]) -> list[Tag]:
+    """Read a tag vocabulary: ``tag`` (required, unique, non-empty string), ``description`` (optional)."""
+    spath = str(path)
+    tags: list[Tag] = []
+    first_line: dict[str, int] = {}
+    for line, record in read_records(spath):
+        name = _check_string(spath, line, "tag", record.get("tag"), int_ok=False)
+        if name in first_line:
+            raise DataError(
+                spath, f"duplicate tag '{name}' (first on line {first_line[name]})", line=line, field="tag"
+            )
+        first_line[name] = line
+        description = record.get("description")
+        if _is_missing(description):
+            description = None
+        elif not isinstance(description, str):
+            raise DataError(
+                spath,
+                f"must be a string or null, got {_json_type(description)}",
+                line=line,
+                field="description",
+            )
+        extra = {k: v for k, v in record.items() if k not in _TAG_FIELDS and not _is_missing(v)}
+        tags.append(Tag(tag=name, description=description, extra=extra))
+    if not tags:
+        raise DataError(spath, "no tags (the file holds no records)")
+    return tags
+
+
+# --- writing
+
+
+def _json_default(value: Any) -> Any:
+    """Let numpy scalars/arrays, sets and other mappings through json.dumps."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write a value of type {type(value).__name__}")
+
+
+def _csv_cell(value: Any) -> str:
+    if _is_missing(value):
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return _csv_cell(value.tolist())
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def write_records(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write rows to a file whose format is chosen by extension; return how many rows were written.
+
+    The file is written atomically: to a temporary file in the same directory, fsynced, then moved over
+    ``path``; a failure leaves any previous file untouched. Parent directories are created. JSONL is
+    streamed; CSV and Parquet collect the rows first (CSV columns: every key, in order of appearance;
+    lists and dicts as JSON strings; Parquet schema inferred by ``pyarrow.Table.from_pylist``).
+    """
+    spath = str(path)
+    fmt, gz = detect_format(spath)
+    target = Path(spath)
+    if target.is_dir():
+        raise DataError(spath, "is a directory, expected a file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(spath, f"cannot create the parent directory: {exc.strerror or exc}") from exc
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError(spath, f"cannot write: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            count = _write_parquet(spath, raw, rows) if fmt == "parquet" else _write_text(raw, rows, fmt, gz)
+            raw.flush()
+            os.fsync(raw.fileno())
+        mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+    return count
+
+
+def _write_text(raw: IO[bytes], rows: Iterable[Mapping[str, Any]], fmt: str, gz: bool) -> int:
+    gzf = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gz else None
+    binary: IO[bytes] = gzf if gzf is not None else raw  # type: ignore[assignment]
+    text = io.TextIOWrapper(binary, encoding="utf-8", newline="" if fmt == "csv" else "\n")
+    count = 0
+    try:
+        if fmt == "jsonl":
+            for row in rows:
+                text.write(json.dumps(dict(row), ensure_ascii=False, default=_json_default))
+                text.write("\n")
+                count += 1
+        else:
+            materialised = [dict(row) for row in rows]
+            columns: dict[str, None] = {}
+            for row in materialised:
+                for key in row:
+                    columns.setdefault(str(key), None)
+            writer = csv.writer(text, lineterminator="\n")
+            if columns:
+                writer.writerow(list(columns))
+            for row in materialised:
+                writer.writerow([_csv_cell(row.get(col)) for col in columns])
+                count += 1
+        text.flush()
+    finally:
+        text.detach()  # keep raw open: the caller fsyncs and closes it
+        if gzf is not None:
+            gzf.close()
+    return count
+
+
+def _write_parquet(path: str, raw: IO[bytes], rows: Iterable[Mapping[str, Any]]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    materialised = [dict(row) for row in rows]
+    columns: dict[str, None] = {}
+    for row in materialised:
+        for key in row:
+            columns.setdefault(key, None)
+    # Column by column, so that every key of every row becomes a column and each column's type is
+    # inferred from all its values (Table.from_pylist infers the schema from the first row only).
+    try:
+        table = pa.Table.from_pydict({key: [row.get(key) for row in materialised] for key in columns})
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise DataError(path, f"cannot build a Parquet table from these rows: {exc}") from exc
+    pq.write_table(table, raw)
+    return len(materialised)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
