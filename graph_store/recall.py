@@ -125,6 +125,16 @@ def select(hits: Hits, tag_names: Sequence[str], config: RecallConfig) -> list[C
     if config.fill and len(chosen) < config.num_candidates:
         rest = sorted((p for p in set(c2t) | set(c2c2t) if p not in taken), key=lambda p: (-fused(p), p))
         chosen.extend(rest[: config.num_candidates - len(chosen)])
+        taken.update(chosen)
+        # Still short (few edges passed either threshold): the next most similar tags become
+        # fallback C2T edges, so downstream stages always get num_candidates to choose from.
+        for pos, sim in zip(hits.tag_pos[n_ct:].tolist(), hits.tag_sims[n_ct:].tolist(), strict=True):
+            if len(chosen) >= config.num_candidates:
+                break
+            if pos not in taken:
+                c2t[pos] = float(sim)
+                chosen.append(pos)
+                taken.add(pos)
 
     out = []
     for pos in chosen:

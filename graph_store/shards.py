@@ -38,6 +38,7 @@ class ShardedStore:
         self.config = self.shards[0].config
         self.encoder_id = self.shards[0].encoder_id
         self.tag_names = self.shards[0].graph.tag_names
+        self.meta = self.shards[0].meta
 
     def recall(self, vectors: np.ndarray, recall: RecallConfig | None = None) -> list[list[Candidate]]:
         rc = recall or self.config.recall
@@ -56,6 +57,19 @@ class ShardedStore:
 
     def insert(self, item_ids, vectors, tags=None, texts=None) -> None:
         vectors = np.asarray(vectors, np.float32)
+        # Check everything before any shard changes: a bad item must not leave the others inserted
+        # in some shards and not in others.
+        if any(len(x) != len(item_ids) for x in (vectors, tags, texts) if x is not None):
+            raise StoreError("item_ids, vectors, tags and texts must have the same length")
+        dim = self.shards[0].dim
+        if vectors.ndim != 2 or vectors.shape[1] != dim:
+            raise StoreError(f"vectors must have shape (n, {dim}), got {tuple(vectors.shape)}")
+        first_row = {item_id: row for row, item_id in reversed(list(enumerate(item_ids)))}
+        for row, item_id in enumerate(item_ids):
+            if first_row[item_id] != row or item_id in self.owner(item_id).graph.content_pos:
+                raise StoreError(f"item '{item_id}' is already in the store or given twice")
+            if tags is not None:
+                self.shards[0].graph.tag_positions(tags[row] or (), where=f" (item '{item_id}')")
         groups: dict[int, list[int]] = {}
         for row, item_id in enumerate(item_ids):
             groups.setdefault(shard_of(item_id, len(self.shards)), []).append(row)

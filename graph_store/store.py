@@ -48,6 +48,30 @@ def shard_of(item_id: str, num_shards: int) -> int:
     return zlib.crc32(item_id.encode("utf-8")) % num_shards
 
 
+def _search_with_ties(index: VectorIndex, vectors: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query: (rounded similarities, positions) of the top k hits and of every further hit tied
+    with the k-th. The caller breaks ties by key and cuts at k; which of several tied vectors an index
+    returns depends on its internal order, which differs between a store and its shards.
+    """
+    queries = np.asarray(vectors, np.float32)
+    queries = queries[None, :] if queries.ndim == 1 else queries
+    fetch = k + 1
+    sims, ids = index.search(queries, fetch)
+    sims = round_sims(sims)
+    rows = list(zip(sims, ids, strict=True))
+    active = np.arange(len(rows))
+    while sims.shape[1] == fetch:  # fewer columns: the index holds no more vectors
+        active = active[(ids[:, -1] >= 0) & (sims[:, -1] == sims[:, k - 1])]
+        if not len(active):
+            break
+        fetch *= 2
+        sims, ids = index.search(queries[active], fetch)
+        sims = round_sims(sims)
+        for row, row_sims, row_ids in zip(active.tolist(), sims, ids, strict=True):
+            rows[row] = (row_sims, row_ids)
+    return rows
+
+
 class GraphStore:
     """One store, or one content shard of a store (then shard = (index, count))."""
 
@@ -59,6 +83,7 @@ class GraphStore:
         config: GraphConfig,
         encoder_id: str,
         shard: tuple[int, int] = (0, 1),
+        meta: dict | None = None,
     ):
         if content_index.size != graph.num_contents or tag_index.size != graph.num_tags:
             raise StoreError(
@@ -71,6 +96,8 @@ class GraphStore:
         self.config = config
         self.encoder_id = encoder_id
         self.shard = shard
+        # Opaque to the store: what the caller needs to use it the same way later (text fields...).
+        self.meta = dict(meta or {})
         self.dim = tag_index.dim
 
     # -- building ---------------------------------------------------------------------------------
@@ -88,6 +115,7 @@ class GraphStore:
         item_texts: Sequence[str | None] | None = None,
         tag_descriptions: Sequence[str | None] | None = None,
         shard: tuple[int, int] = (0, 1),
+        meta: dict | None = None,
     ) -> GraphStore:
         config = config or GraphConfig()
         set_threads(config.recall.threads)
@@ -117,6 +145,7 @@ class GraphStore:
             config,
             encoder_id,
             shard,
+            meta,
         )
         if config.materialize_similarity and len(item_ids):
             store._link_similar(np.arange(len(item_ids)), np.asarray(item_vectors, np.float32))
@@ -126,6 +155,7 @@ class GraphStore:
     def _link_similar(self, content_pos: np.ndarray, vectors: np.ndarray, batch: int = 4096) -> None:
         """Similarity edges of the given contents (c–t and c–c), thresholds with top-k fallback."""
         rc = self.config.recall
+        cc_edges = []
         for lo in range(0, len(content_pos), batch):
             part, vecs = content_pos[lo : lo + batch], vectors[lo : lo + batch]
             if self.config.sim_edges_ct:
@@ -142,15 +172,27 @@ class GraphStore:
                 sims = np.take_along_axis(sims, order, 1)[:, : self.config.sim_edges_cc]
                 ids = np.take_along_axis(ids, order, 1)[:, : self.config.sim_edges_cc]
                 ids = np.where(np.isfinite(sims), ids, -1)
-                self._add_edges(
-                    SIMILAR_CC, part, sims, ids, rc.delta_cc, rc.min_c2c, self.config.sim_edges_cc
+                cc_edges.append(
+                    self._passing_edges(part, sims, ids, rc.delta_cc, rc.min_c2c, self.config.sim_edges_cc)
                 )
+        if cc_edges:
+            # The graph is undirected: two contents in each other's top list share one edge, not two
+            # parallel ones (a pair can span batches, so this runs once over the whole call).
+            src, dst, weight = (np.concatenate(x) for x in zip(*cc_edges, strict=True))
+            n = np.int64(max(self.graph.num_contents, 1))
+            _, first = np.unique(np.minimum(src, dst) * n + np.maximum(src, dst), return_index=True)
+            keep = np.sort(first)
+            self.graph.add_similarity(SIMILAR_CC, src[keep], dst[keep], weight[keep])
 
     def _add_edges(self, kind, part, sims, ids, threshold, minimum, cap) -> None:
+        self.graph.add_similarity(kind, *self._passing_edges(part, sims, ids, threshold, minimum, cap))
+
+    @staticmethod
+    def _passing_edges(part, sims, ids, threshold, minimum, cap):
         passing = (sims >= threshold) | (np.arange(sims.shape[1])[None, :] < min(minimum, cap))
         passing &= ids >= 0
         rows, cols = np.nonzero(passing)
-        self.graph.add_similarity(kind, part[rows], ids[rows, cols], sims[rows, cols])
+        return part[rows].astype(np.int64), ids[rows, cols].astype(np.int64), sims[rows, cols]
 
     # -- recall -----------------------------------------------------------------------------------
     def search(
@@ -160,27 +202,25 @@ class GraphStore:
         rc = recall or self.config.recall
         set_threads(rc.threads)
         tags_k = tags_k or (rc.num_candidates + rc.max_c2c2t)
-        tag_sims, tag_ids = self.tag_index.search(vectors, tags_k)
-        tag_sims = round_sims(tag_sims)
+        tag_rows = _search_with_ties(self.tag_index, vectors, tags_k)
         if rc.c2c_search_k and self.content_index.size:
-            nb_sims, nb_ids = self.content_index.search(vectors, rc.c2c_search_k)
-            nb_sims = round_sims(nb_sims)
+            nb_rows = _search_with_ties(self.content_index, vectors, rc.c2c_search_k)
         else:
-            nb_sims = np.zeros((len(tag_sims), 0))
-            nb_ids = np.zeros((len(tag_sims), 0), np.int64)
+            nb_rows = [(np.zeros(0), np.zeros(0, np.int64))] * len(tag_rows)
         out = []
         ids_of = self.graph.content_ids
         det_tags = self.graph.det_tags
-        for row in range(len(tag_sims)):
-            valid = tag_ids[row] >= 0
-            t_pos, t_sim = tag_ids[row][valid], tag_sims[row][valid]
-            order = np.lexsort((t_pos, -t_sim))
+        for (tag_sims, tag_ids), (nb_sims, nb_ids) in zip(tag_rows, nb_rows, strict=True):
+            valid = tag_ids >= 0
+            t_pos, t_sim = tag_ids[valid], tag_sims[valid]
+            order = np.lexsort((t_pos, -t_sim))[:tags_k]
             neighbours = [
                 (sim, ids_of[pos], det_tags(pos))
-                for pos, sim in zip(nb_ids[row].tolist(), nb_sims[row].tolist(), strict=True)
+                for pos, sim in zip(nb_ids.tolist(), nb_sims.tolist(), strict=True)
                 if pos >= 0
             ]
             neighbours.sort(key=lambda r: (-r[0], r[1]))
+            del neighbours[rc.c2c_search_k :]
             out.append(
                 Hits(
                     tag_pos=t_pos[order],
@@ -218,11 +258,14 @@ class GraphStore:
             raise StoreError("item_ids and vectors must have the same length")
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise StoreError(f"vectors must have shape (n, {self.dim}), got {tuple(vectors.shape)}")
-        duplicates = [i for i in item_ids if i in self.graph.content_pos]
-        if duplicates or len(set(item_ids)) != len(item_ids):
-            raise StoreError(
-                f"item '{(duplicates or list(item_ids))[0]}' is already in the store or given twice"
-            )
+        first_row = {item_id: row for row, item_id in reversed(list(enumerate(item_ids)))}
+        duplicates = [
+            item_id
+            for row, item_id in enumerate(item_ids)
+            if item_id in self.graph.content_pos or first_row[item_id] != row
+        ]
+        if duplicates:
+            raise StoreError(f"item '{duplicates[0]}' is already in the store or given twice")
         tag_lists = list(tags) if tags is not None else [None] * len(item_ids)
         resolved = [
             self.graph.tag_positions(t or (), where=f" (item '{i}')")
@@ -272,6 +315,7 @@ class GraphStore:
                     item_texts=[graph.content_texts[m] for m in members],
                     tag_descriptions=graph.tag_descriptions,
                     shard=(index, num_shards),
+                    meta=self.meta,
                 )
             )
         return shards
@@ -348,6 +392,7 @@ class GraphStore:
             "content_index": self.content_index.kind,
             "tag_index": self.tag_index.kind,
             "config": self.config.to_dict(),
+            "meta": self.meta,
             "counts": self.stats(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -410,7 +455,15 @@ class GraphStore:
         tag_index = VectorIndex.load(str(folder / "tags.faiss"), manifest["tag_index"])
         content_index.configure(config.content_index)
         tag_index.configure(config.tag_index)
-        return cls(graph, content_index, tag_index, config, manifest["encoder_id"], tuple(manifest["shard"]))
+        return cls(
+            graph,
+            content_index,
+            tag_index,
+            config,
+            manifest["encoder_id"],
+            tuple(manifest["shard"]),
+            manifest.get("meta"),
+        )
 
 
 # -- on-disk helpers ------------------------------------------------------------------------------
@@ -432,11 +485,16 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise StoreError(f"store version {folder} has no readable manifest.json: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise StoreError(f"store version {folder} is damaged: manifest.json is not a JSON object")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(
             f"store {folder.parent} has format version {version}; this llm4tag reads version {FORMAT_VERSION}"
         )
+    missing = [k for k in ("encoder_id", "shard", "content_index", "tag_index", "config") if k not in manifest]
+    if missing:
+        raise StoreError(f"store version {folder} is damaged: manifest.json lacks {', '.join(missing)}")
     return manifest
 
 

@@ -100,6 +100,10 @@ class Encoder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        # The per-tensor loading bar would be the only output of a failing CLI call otherwise.
+        hf_logging.disable_progress_bar()
 
         if self.config.threads:
             torch.set_num_threads(self.config.threads)

@@ -1,0 +1,183 @@
+"""Graph recall against match-based recall on the shared data sets (LLM4Tag table 2).
+
+    python benchmarks/recall_quality.py [--datasets banking77,...] [--sweep] [--ann]
+
+Builds a store from each set's train split, recalls 20 candidates for every test item, and prints
+#Right and HR#1/2/3 for both methods. --sweep tunes the recall thresholds on a validation slice
+carved from train (never on test); --ann compares an IVF content index with exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, load_dataset
+
+from graph_store import GraphConfig, GraphStore, IndexConfig, RecallConfig
+from llm4tag.config import Settings
+from llm4tag.encoder import Encoder
+from llm4tag.metrics import format_table, recall_metrics
+
+
+def build(items, vectors, ds, config: GraphConfig) -> GraphStore:
+    return GraphStore.build(
+        item_ids=[i.id for i in items],
+        item_vectors=vectors,
+        item_tags=[list(i.tags or ()) for i in items],
+        tags=[t.tag for t in ds.tags],
+        tag_vectors=ds.tag_vectors,
+        encoder_id="benchmark",
+        config=config,
+    )
+
+
+def score(items, candidates, k=20) -> dict:
+    gold = {i.id: set(i.tags or ()) for i in items}
+    predicted = {i.id: [c.tag for c in cands] for i, cands in zip(items, candidates, strict=True)}
+    return recall_metrics(gold, predicted, k=k)
+
+
+def sweep(ds, base: GraphConfig, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ds.train))
+    n_val = max(1, len(order) // 10)
+    val, fit = order[:n_val], order[n_val:]
+    store = build(
+        [ds.train[i] for i in fit],
+        ds.train_vectors[fit],
+        ds,
+        dataclasses.replace(base, materialize_similarity=False),
+    )
+    val_items = [ds.train[i] for i in val]
+    rows = [{"setting": "match", **score(val_items, store.match(ds.train_vectors[val], 20))}]
+    for delta_ct in (0.3, 0.4, 0.5):
+        for delta_cc in (0.5, 0.6, 0.7, 0.8):
+            for max_c2t, max_c2c2t in ((15, 5), (10, 10)):
+                for min_c2c in (1, 5, 10):
+                    rc = RecallConfig(
+                        delta_ct=delta_ct,
+                        delta_cc=delta_cc,
+                        max_c2t=max_c2t,
+                        max_c2c2t=max_c2c2t,
+                        min_c2t=max_c2t,
+                        min_c2c=min_c2c,
+                    )
+                    m = score(val_items, store.recall(ds.train_vectors[val], rc))
+                    rows.append(
+                        {
+                            "setting": f"ct={delta_ct} cc={delta_cc} caps={max_c2t}/{max_c2c2t} "
+                            f"min_cc={min_c2c}",
+                            **m,
+                        }
+                    )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--sweep", action="store_true", help="tune thresholds on a validation slice of train")
+    parser.add_argument("--ann", action="store_true", help="IVF content index vs exact search")
+    parser.add_argument("-k", type=int, default=20)
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        print(f"shared data not found at {args.data}", file=sys.stderr)
+        return 2
+    settings = Settings()
+    encoder = Encoder(settings.encoder)
+    print(f"# encoder {encoder.id}; recall defaults {dataclasses.asdict(settings.graph.recall)}")
+    table, ann_rows = [], []
+    for name in args.datasets.split(","):
+        ds = load_dataset(name, args.data, settings, encoder, args.cache)
+        if args.sweep:
+            rows = sweep(ds, settings.graph)
+            rows.sort(key=lambda r: -r["right"])
+            print(f"\n## {name}: validation sweep ({rows[0]['items']} items held out of train), best first\n")
+            print(
+                format_table(
+                    rows[:12] + [r for r in rows if r["setting"] == "match"],
+                    ["setting", "right", "hr1", "hr2", "hr3"],
+                )
+            )
+        started = time.perf_counter()
+        store = build(ds.train, ds.train_vectors, ds, settings.graph)
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        match = score(ds.test, store.match(ds.test_vectors, args.k), args.k)
+        match_s = time.perf_counter() - started
+        started = time.perf_counter()
+        graph = score(ds.test, store.recall(ds.test_vectors), args.k)
+        graph_s = time.perf_counter() - started
+        for method, m, seconds in (("match-based", match, match_s), ("graph (ours)", graph, graph_s)):
+            table.append(
+                {
+                    "data set": name,
+                    "recall": method,
+                    "test items": m["items"],
+                    "#Right": m["right"],
+                    "HR#1": m["hr1"],
+                    "HR#2": m["hr2"],
+                    "HR#3": m["hr3"],
+                    "items/s": round(m["items"] / seconds),
+                }
+            )
+        gain = {
+            key: (graph[key] / match[key] - 1) * 100 if match[key] else float("nan")
+            for key in ("right", "hr3")
+        }
+        table.append(
+            {
+                "data set": name,
+                "recall": "gain",
+                "#Right": f"{gain['right']:+.1f}%",
+                "HR#3": f"{gain['hr3']:+.1f}%" if match["hr3"] else "n/a",
+            }
+        )
+        print(
+            f"# {name}: train {len(ds.train)}, test {len(ds.test)}, tags {len(ds.tags)}, "
+            f"build {build_s:.1f} s",
+            flush=True,
+        )
+        if args.ann:
+            ivf = dataclasses.replace(
+                settings.graph, content_index=IndexConfig(kind="ivf"), materialize_similarity=False
+            )
+            approx_store = build(ds.train, ds.train_vectors, ds, ivf)
+            approx = score(ds.test, approx_store.recall(ds.test_vectors), args.k)
+            nlist = approx_store.content_index.index.nlist
+            ann_rows.append(
+                {
+                    "data set": name,
+                    "index": f"IVF nlist={nlist} nprobe={ivf.content_index.nprobe}",
+                    "HR#1 exact": graph["hr1"],
+                    "HR#1 IVF": approx["hr1"],
+                    "#Right exact": graph["right"],
+                    "#Right IVF": approx["right"],
+                    "#Right change": f"{(approx['right'] / graph['right'] - 1) * 100:+.2f}%",
+                }
+            )
+    print("\n## Graph vs match-based recall, 20 candidates, test split\n")
+    print(
+        format_table(table, ["data set", "recall", "test items", "#Right", "HR#1", "HR#2", "HR#3", "items/s"])
+    )
+    if ann_rows:
+        print("\n## Approximate (IVF) content index vs exact, graph recall, test split\n")
+        print(format_table(ann_rows, list(ann_rows[0])))
+    print(json.dumps({"table": table, "ann": ann_rows}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

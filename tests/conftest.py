@@ -1,0 +1,92 @@
+"""Shared fixtures: a small hand-designed graph store whose cosines are known exactly.
+
+Axes e0..e5 are the tags; e6 and e7 are directions only contents use. Every vector has unit norm,
+so a cosine is a plain dot product and can be checked by hand (see tests/test_graph_recall.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from graph_store import GraphConfig, GraphStore, IndexConfig, RecallConfig
+
+DIM = 8
+TAG_AXIS = {"alpha": 0, "beta": 1, "gamma": 2, "delta": 3, "eps": 4, "zeta": 5}
+# Stored in this order on purpose: tag positions do not follow tag names, so a tie broken by name
+# differs from one broken by position.
+TAG_ORDER = ["zeta", "gamma", "alpha", "eps", "beta", "delta"]
+
+Q = (0.6, 0.7, 0.3, 0.2, 0.1, 0.0, 0.1, 0.0)  # the main query; squares sum to 1
+
+
+def vec(*components: float) -> np.ndarray:
+    v = np.zeros(DIM, np.float32)
+    v[: len(components)] = components
+    assert abs(float(v @ v) - 1.0) < 1e-6, components
+    return v
+
+
+def flip(axis: int) -> np.ndarray:
+    """Q with the sign of one component flipped: cosine to Q is 1 - 2 * Q[axis]**2."""
+    v = vec(*Q)
+    v[axis] = -v[axis]
+    return v
+
+
+# item: (vector, annotated tags)
+HAND_ITEMS = {
+    "a": (vec(*Q), ["gamma", "beta"]),
+    "b": (flip(6), ["gamma"]),
+    "c": (flip(2), ["gamma", "zeta"]),
+    "d": (flip(1), ["delta"]),
+    "e": (flip(0), ["eps"]),
+    "f": (vec(0, 0, 0, 0, 0, 0.6, 0, 0.8), ["zeta"]),
+    "g": (vec(0, 0, 0.48, 0.36, 0, 0, 0, 0.8), ["delta"]),
+}
+
+# Thresholds used when the similarity edges are materialised (and the default recall settings).
+HAND_RECALL = RecallConfig(
+    delta_ct=0.5,
+    delta_cc=0.75,
+    min_c2t=1,
+    min_c2c=1,
+    max_c2t=2,
+    max_c2c2t=2,
+    num_candidates=10,
+    c2c_search_k=10,
+    fill=False,
+)
+
+
+def build_hand_store(flush_every: int = 1024, **graph_kwargs) -> GraphStore:
+    settings = {"sim_edges_ct": 2, "sim_edges_cc": 2, **graph_kwargs}
+    config = GraphConfig(
+        content_index=IndexConfig(kind="flat"),
+        tag_index=IndexConfig(kind="flat"),
+        recall=replace(HAND_RECALL),
+        flush_every=flush_every,
+        **settings,
+    )
+    tag_vectors = np.zeros((len(TAG_ORDER), DIM), np.float32)
+    for row, name in enumerate(TAG_ORDER):
+        tag_vectors[row, TAG_AXIS[name]] = 1.0
+    ids = list(HAND_ITEMS)
+    return GraphStore.build(
+        item_ids=ids,
+        item_vectors=np.stack([HAND_ITEMS[i][0] for i in ids]),
+        item_tags=[HAND_ITEMS[i][1] for i in ids],
+        tags=TAG_ORDER,
+        tag_vectors=tag_vectors,
+        encoder_id="hand-encoder",
+        config=config,
+        item_texts=[f"text of {i}" for i in ids],
+        tag_descriptions=[f"about {t}" for t in TAG_ORDER],
+    )
+
+
+@pytest.fixture
+def hand_store() -> GraphStore:
+    return build_hand_store()

