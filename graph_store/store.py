@@ -256,6 +256,10 @@ class GraphStore:
         vectors = np.asarray(vectors, np.float32)
         if len(item_ids) != len(vectors):
             raise StoreError("item_ids and vectors must have the same length")
+        # Checked before anything changes: a short texts list would add some vertices to the graph
+        # and none to the index, leaving the two out of step.
+        if any(len(x) != len(item_ids) for x in (tags, texts) if x is not None):
+            raise StoreError("item_ids, tags and texts must have the same length")
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise StoreError(f"vectors must have shape (n, {self.dim}), got {tuple(vectors.shape)}")
         first_row = {item_id: row for row, item_id in reversed(list(enumerate(item_ids)))}
@@ -492,7 +496,8 @@ def read_manifest(folder: Path) -> dict:
         raise StoreError(
             f"store {folder.parent} has format version {version}; this llm4tag reads version {FORMAT_VERSION}"
         )
-    missing = [k for k in ("encoder_id", "shard", "content_index", "tag_index", "config") if k not in manifest]
+    required = ("encoder_id", "shard", "content_index", "tag_index", "config")
+    missing = [key for key in required if key not in manifest]
     if missing:
         raise StoreError(f"store version {folder} is damaged: manifest.json lacks {', '.join(missing)}")
     return manifest
@@ -533,6 +538,8 @@ def _latest_version_number(root: Path) -> int:
 def _remove_stale_temporaries(root: Path) -> None:
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(f".{CURRENT}.*.tmp"):  # left by a crash inside _write_atomically
+        stale.unlink(missing_ok=True)
 
 
 def _prune_versions(root: Path, keep: int) -> None:

@@ -208,6 +208,10 @@ def test_insert_errors_leave_the_store_unchanged(hand_store):
         hand_store.insert(["x", "y"], np.repeat(one, 2, 0), tags=[["beta"], ["nope"]])
     with pytest.raises(StoreError, match="same length"):
         hand_store.insert(["x", "y"], one)
+    with pytest.raises(StoreError, match="same length"):
+        hand_store.insert(["x", "y"], np.repeat(one, 2, 0), texts=["only one"])
+    with pytest.raises(StoreError, match="same length"):
+        hand_store.insert(["x", "y"], np.repeat(one, 2, 0), tags=[["beta"]])
     with pytest.raises(StoreError, match=r"shape \(n, 8\)"):
         hand_store.insert(["x"], np.zeros((1, 5), np.float32))
     assert (hand_store.stats(), hand_store.content_index.size, list(hand_store.graph.content_ids)) == before
@@ -449,12 +453,14 @@ CRASHING_SAVE = textwrap.dedent(
             real(table, path)
         gs._write_parquet = dying
     else:
-        real_atomic = gs._write_atomically
-        def dying(path, data):
-            if path.name == gs.CURRENT:
-                os._exit(137)  # version folder complete and renamed, CURRENT not yet switched
-            real_atomic(path, data)
-        gs._write_atomically = dying
+        real_replace = os.replace
+        def dying(src, dst):
+            if os.path.basename(dst) == gs.CURRENT:
+                # The version folder is complete and renamed, the new CURRENT written to its
+                # temporary file but not yet switched.
+                os._exit(137)
+            real_replace(src, dst)
+        gs.os.replace = dying
     store.save(root)
     sys.exit(3)
     """
@@ -480,7 +486,8 @@ def test_crash_during_save_keeps_previous_version(tmp_path, where):
         assert names[1:] == ["CURRENT", "v000001", "v000002"]
         assert names[0].startswith(".tmp-v000003-")  # the torn version
     else:
-        assert names == ["CURRENT", "v000001", "v000002", "v000003"]  # complete but not live
+        assert names[1:] == ["CURRENT", "v000001", "v000002", "v000003"]  # v000003 complete, not live
+        assert names[0].startswith(".CURRENT.") and names[0].endswith(".tmp")
     assert (root / "CURRENT").read_text().strip() == "v000002"
     loaded = GraphStore.load(root, expected_encoder_id=ENCODER)
     assert "crash-item" not in loaded.graph.content_pos

@@ -193,6 +193,16 @@ def test_insert_and_write_back_are_routed(data):
         assert s.write_back("new-000", [tags[7], tags[8]]) == 2
         assert s.write_back("new-000", [tags[7]]) == 0
         assert s.write_back(data[0][0], [tags[9]]) == (0 if tags[9] in data[2][0] else 1)
+    # One built item of every shard gets a tag it does not have yet; only its owner changes.
+    for index in range(4):
+        row = next(r for r, i in enumerate(data[0]) if shard_of(i, 4) == index and tags[11] not in data[2][r])
+        item_id = data[0][row]
+        det_before = [s.stats()["deterministic_edges"] for s in sharded.shards]
+        assert sharded.write_back(item_id, [tags[11]]) == 1
+        assert plain.write_back(item_id, [tags[11]]) == 1
+        det_after = [s.stats()["deterministic_edges"] for s in sharded.shards]
+        changed = [b - a for a, b in zip(det_before, det_after, strict=True)]
+        assert changed == [int(j == index) for j in range(4)]
     owner = sharded.owner("new-000")
     assert {owner.graph.tag_names[t] for t in owner.graph.det_tags(owner.graph.content_pos["new-000"])} == {
         tags[7],
