@@ -16,7 +16,7 @@ import numpy as np
 from graph_store.config import RecallConfig
 from graph_store.errors import StoreError
 from graph_store.recall import Candidate, merge_hits, select
-from graph_store.store import CURRENT, GraphStore, _write_atomically, shard_of
+from graph_store.store import CURRENT, GraphStore, _write_atomically, activate_version, shard_of
 
 SHARDS_FILE = "shards.json"
 
@@ -93,17 +93,24 @@ class ShardedStore:
         return {**total, "tags": per[0]["tags"], "shards": len(per)}
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Save every shard, then switch to the new set with one atomic write of shards.json.
+
+        A crash before that write leaves the previous set of shard versions live and intact.
+        """
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         if (root / CURRENT).exists():
             raise StoreError(f"{root} holds an unsharded store; save the shards to another folder")
         count = len(self.shards)
+        listing = []
         for shard in self.shards:
-            shard.save(root / shard_folder(shard.shard[0], count))
-        _write_atomically(
-            root / SHARDS_FILE,
-            json.dumps({"shards": [shard_folder(i, count) for i in range(count)]}, indent=2).encode(),
-        )
+            folder = shard_folder(shard.shard[0], count)
+            version = shard.save(root / folder, activate=False)
+            listing.append({"folder": folder, "version": version.name})
+        _write_atomically(root / SHARDS_FILE, json.dumps({"shards": listing}, indent=2).encode())
+        for entry in listing:
+            # Each shard folder also stays loadable on its own (a replica holding one shard).
+            activate_version(root / entry["folder"], entry["version"])
         return root
 
     @classmethod
@@ -111,9 +118,10 @@ class ShardedStore:
         root = Path(directory)
         try:
             listing = json.loads((root / SHARDS_FILE).read_text())["shards"]
-        except (OSError, ValueError, KeyError) as exc:
+            entries = [(e, None) if isinstance(e, str) else (e["folder"], e["version"]) for e in listing]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{root} is not a sharded store: {exc}") from exc
-        return cls([GraphStore.load(root / name, **kwargs) for name in listing])
+        return cls([GraphStore.load(root / folder, version=version, **kwargs) for folder, version in entries])
 
 
 def open_store(directory: str | os.PathLike, **kwargs) -> GraphStore | ShardedStore:

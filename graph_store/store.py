@@ -340,8 +340,12 @@ class GraphStore:
         }
 
     # -- persistence ------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write a new version and switch CURRENT to it atomically; returns the version folder."""
+    def save(self, directory: str | os.PathLike, *, activate: bool = True) -> Path:
+        """Write a new version and switch CURRENT to it atomically; returns the version folder.
+
+        With activate=False the version is written but CURRENT stays: a sharded store first writes
+        every shard, then switches them all with one atomic write of its shard list.
+        """
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         _remove_stale_temporaries(root)
@@ -354,12 +358,12 @@ class GraphStore:
             _fsync_dir(tmp)
             final = root / name
             os.replace(tmp, final)
-            _write_atomically(root / CURRENT, (name + "\n").encode())
             _fsync_dir(root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _prune_versions(root, keep=KEEP_VERSIONS)
+        if activate:
+            activate_version(root, name)
         return final
 
     def _write_version(self, folder: Path) -> None:
@@ -410,9 +414,13 @@ class GraphStore:
         *,
         expected_encoder_id: str | None = None,
         recall: RecallConfig | None = None,
+        version: str | None = None,
     ) -> GraphStore:
+        """Load the live version (or the named one) of a store folder."""
         root = Path(directory)
-        folder = current_version(root)
+        folder = current_version(root) if version is None else root / version
+        if not folder.is_dir():
+            raise StoreError(f"store {root} has no version '{version}'")
         manifest = read_manifest(folder)
         if expected_encoder_id is not None and manifest["encoder_id"] != expected_encoder_id:
             raise EncoderMismatchError(
@@ -471,6 +479,13 @@ class GraphStore:
 
 
 # -- on-disk helpers ------------------------------------------------------------------------------
+def activate_version(root: Path, name: str) -> None:
+    """Make a written version the live one (atomic), then drop versions no longer needed."""
+    _write_atomically(root / CURRENT, (name + "\n").encode())
+    _fsync_dir(root)
+    _prune_versions(root, keep=KEEP_VERSIONS)
+
+
 def current_version(root: Path) -> Path:
     pointer = root / CURRENT
     if not root.is_dir():

@@ -139,7 +139,9 @@ def test_sharded_recall_equals_unsharded(store, data, expected, num_shards):
 def test_sharded_save_load_round_trip(store, data, expected, tmp_path):
     sharded = ShardedStore(store.split(3))
     root = sharded.save(tmp_path / "sharded")
-    assert json.loads((root / SHARDS_FILE).read_text()) == {"shards": [shard_folder(i, 3) for i in range(3)]}
+    assert json.loads((root / SHARDS_FILE).read_text()) == {
+        "shards": [{"folder": shard_folder(i, 3), "version": "v000001"} for i in range(3)]
+    }
     assert sorted(p.name for p in root.iterdir()) == [*(shard_folder(i, 3) for i in range(3)), SHARDS_FILE]
     loaded = open_store(root, expected_encoder_id=ENCODER)
     assert isinstance(loaded, ShardedStore)
@@ -232,3 +234,33 @@ def test_failed_sharded_insert_changes_no_shard(data):
         sharded.insert(ids, vectors[:3])
     assert sharded.stats() == before
     assert sum(s.content_index.size for s in sharded.shards) == N_ITEMS
+
+
+def test_crash_between_shards_keeps_the_previous_set_live(store, data, expected, tmp_path, monkeypatch):
+    """A save that dies after writing some shards must not mix old and new shard versions."""
+    root = tmp_path / "sharded"
+    ShardedStore(store.split(3)).save(root)
+    before = open_store(root).recall(data[-1][:20])
+    changed = ShardedStore.load(root)
+    new_ids = [f"crash-{i}" for i in range(30)]
+    changed.insert(new_ids, data[-1][:30], [[store.graph.tag_names[0]]] * 30)
+    saved = []
+    original = GraphStore.save
+
+    def save_then_die_on_third(self, directory, **kwargs):
+        if len(saved) == 2:
+            raise KeyboardInterrupt("killed while saving shard 3")
+        saved.append(directory)
+        return original(self, directory, **kwargs)
+
+    monkeypatch.setattr(GraphStore, "save", save_then_die_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        changed.save(root)
+    monkeypatch.setattr(GraphStore, "save", original)
+    after = open_store(root)
+    assert after.stats() == ShardedStore.load(root).stats()
+    assert after.stats()["contents"] == store.graph.num_contents  # none of the 30 inserts is live
+    assert after.recall(data[-1][:20]) == before
+    # The next complete save makes all shards move together.
+    changed.save(root)
+    assert open_store(root).stats()["contents"] == store.graph.num_contents + 30
