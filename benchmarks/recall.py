@@ -181,6 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--index-kind", default=None, help="override the index kind of both indexes")
     p.add_argument("--nlist", type=int, default=None, help="override IVF nlist (both indexes)")
     p.add_argument("--nprobe", type=int, default=None, help="override IVF nprobe (both indexes)")
+    p.add_argument("--encoding", choices=["flat", "sq8"], default=None, help="override IVF list encoding")
     p.add_argument("--batches", default="256,1024", help="batch sizes for throughput")
     p.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
     args = p.parse_args(argv)
@@ -192,7 +193,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_config(args) -> GraphConfig:
-    overrides = {"kind": args.index_kind, "nlist": args.nlist, "nprobe": args.nprobe}
+    overrides = {
+        "kind": args.index_kind,
+        "nlist": args.nlist,
+        "nprobe": args.nprobe,
+        "encoding": args.encoding,
+    }
     overrides = {k: v for k, v in overrides.items() if v}
     return GraphConfig(
         content_index=IndexConfig(**overrides),
@@ -206,7 +212,8 @@ def index_params(index: VectorIndex) -> dict:
     out: dict = {"kind": index.kind, "size": index.size}
     if index.kind == "ivf":
         ivf = faiss.extract_index_ivf(index.index)
-        out.update(nlist=ivf.nlist, nprobe=ivf.nprobe)
+        encoding = "sq8" if isinstance(ivf, faiss.IndexIVFScalarQuantizer) else "flat"
+        out.update(nlist=ivf.nlist, nprobe=ivf.nprobe, encoding=encoding)
     return out
 
 
@@ -455,7 +462,7 @@ def table(res: dict) -> str:
 
 def _describe(index: dict) -> str:
     if index["kind"] == "ivf":
-        return f"ivf (nlist {index['nlist']}, nprobe {index['nprobe']})"
+        return f"ivf {index['encoding']} (nlist {index['nlist']}, nprobe {index['nprobe']})"
     return index["kind"]
 
 

@@ -61,7 +61,12 @@ class VectorIndex:
             nlist = config.nlist or max(2, int(4 * math.sqrt(n)))
             nlist = max(2, min(nlist, n // 39))
             quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            if config.encoding == "sq8":
+                index = faiss.IndexIVFScalarQuantizer(
+                    quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+                )
+            else:
+                index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
             take = min(n, max(config.train_size, 39 * nlist))
             sample = vectors if take >= n else vectors[np.sort(rng.choice(n, take, replace=False))]

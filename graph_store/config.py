@@ -19,6 +19,9 @@ class IndexConfig:
     auto_exact_max: int = 50_000
     nlist: int | None = None  # IVF lists; None: about 4 * sqrt(n), at most n / 39
     nprobe: int = 32
+    # IVF list storage: "flat" keeps float32 vectors; "sq8" keeps 8-bit codes, 4x less memory and
+    # ~2x faster scans (IVF search is bound by memory bandwidth) at some recall.
+    encoding: str = "flat"
     train_size: int = 200_000  # vectors sampled to train IVF
     hnsw_m: int = 32
     hnsw_ef_search: int = 64
@@ -29,6 +32,8 @@ class IndexConfig:
             raise StoreError(f"index kind '{self.kind}' is not one of {', '.join(INDEX_KINDS)}")
         if self.nprobe < 1:
             raise StoreError("index nprobe must be at least 1")
+        if self.encoding not in ("flat", "sq8"):
+            raise StoreError(f"index encoding '{self.encoding}' is not one of flat, sq8")
 
 
 @dataclass
