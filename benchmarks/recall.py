@@ -212,7 +212,7 @@ def index_params(index: VectorIndex) -> dict:
     out: dict = {"kind": index.kind, "size": index.size}
     if index.kind == "ivf":
         ivf = faiss.extract_index_ivf(index.index)
-        encoding = "sq8" if isinstance(ivf, faiss.IndexIVFScalarQuantizer) else "flat"
+        encoding = "sq8" if "ScalarQuantizer" in type(index.index).__name__ else "flat"
         out.update(nlist=ivf.nlist, nprobe=ivf.nprobe, encoding=encoding)
     return out
 

@@ -148,7 +148,7 @@ class GraphStore:
             shard,
             meta,
         )
-        if config.materialize_similarity and len(item_ids):
+        if config.materialize_similarity and 0 < len(item_ids) <= config.materialize_similarity_max:
             store._link_similar(np.arange(len(item_ids)), np.asarray(item_vectors, np.float32))
         graph.flush()
         return store

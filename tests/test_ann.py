@@ -75,3 +75,25 @@ def test_bad_index_settings_are_refused():
         IndexConfig(kind="lsh")
     with pytest.raises(StoreError, match="nprobe"):
         IndexConfig(nprobe=0)
+
+
+def test_large_builds_skip_the_similarity_self_join_but_inserts_link(vectors):
+    from graph_store import GraphConfig, GraphStore
+
+    data, queries = vectors
+    tag_vectors = data[:5]
+    kwargs = dict(
+        item_ids=[f"i{n}" for n in range(200)],
+        item_vectors=data[5:205],
+        item_tags=[["t0"]] * 200,
+        tags=[f"t{n}" for n in range(5)],
+        tag_vectors=tag_vectors,
+        encoder_id="test",
+    )
+    small = GraphStore.build(**kwargs, config=GraphConfig(materialize_similarity_max=200))
+    assert small.stats()["similarity_edges_cc"] > 0
+    large = GraphStore.build(**kwargs, config=GraphConfig(materialize_similarity_max=199))
+    assert large.stats()["similarity_edges_cc"] == 0 and large.stats()["similarity_edges_ct"] == 0
+    large.insert(["new"], queries[:1])
+    assert large.stats()["similarity_edges_ct"] > 0
+    assert dict(large.graph.neighbourhood("new"))["similarity_cc"]
