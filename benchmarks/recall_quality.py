@@ -168,9 +168,11 @@ def main() -> int:
             flush=True,
         )
         if args.ann:
-            # The default for large stores (IVF, float lists, 32 probes) and the faster setting
-            # (8-bit lists, 16 probes) that a throughput-bound deployment may choose.
-            for index_config in (IndexConfig(kind="ivf"), IndexConfig(kind="ivf", encoding="sq8", nprobe=16)):
+            # Float lists with 32 probes, and the default for large stores (8-bit lists, 16 probes).
+            for index_config in (
+                IndexConfig(kind="ivf", encoding="flat", nprobe=32),
+                IndexConfig(kind="ivf"),
+            ):
                 ivf = dataclasses.replace(
                     settings.graph, content_index=index_config, materialize_similarity=False
                 )

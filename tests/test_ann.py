@@ -36,8 +36,9 @@ def test_flat_is_exact(vectors):
 @pytest.mark.parametrize(
     ("config", "minimum"),
     [
-        (IndexConfig(kind="ivf", nlist=40, nprobe=40), 1.0),  # every list probed: exact
+        (IndexConfig(kind="ivf", nlist=40, nprobe=40, encoding="flat"), 1.0),  # every list probed: exact
         (IndexConfig(kind="ivf", nlist=40, nprobe=40, encoding="sq8"), 0.9),  # 8-bit codes: close
+        (IndexConfig(kind="ivf", nlist=40, nprobe=4, encoding="flat"), 0.8),
         (IndexConfig(kind="ivf", nlist=40, nprobe=4), 0.8),
         (IndexConfig(kind="hnsw"), 0.9),
     ],
