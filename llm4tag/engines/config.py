@@ -1,0 +1,36 @@
+"""Which LLM runs, on which engine, with which resources: data, loaded from the `llm` config section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENGINES = ("transformers", "vllm")
+
+
+@dataclass
+class LLMConfig:
+    # A bundled model name (`llm4tag models list`), an alias ("default", "tiny") or a local HF folder.
+    model: str = "default"
+    engine: str = "transformers"
+    # transformers on CPU: float32. bf16 matmuls ran at 0.8 GFLOP/s on the AVX2-only machines
+    # (fp32: 128 GFLOP/s); on GPUs and CPUs with AMX, bfloat16 is the better choice.
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = 2
+    # Prompts per forward pass (transformers) / sequences in flight (vLLM's max_num_seqs).
+    batch_size: int = 8
+    max_model_len: int = 4096
+    # vLLM only.
+    gpu_memory_utilization: float = 0.85
+    enforce_eager: bool = True
+    cpu_kvcache_gb: int = 4
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from llm4tag.errors import ConfigError
+
+        if self.engine not in ENGINES:
+            raise ConfigError(f"llm.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"llm.batch_size must be >= 1, got {self.batch_size}")
