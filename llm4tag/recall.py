@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,9 @@ class BuildReport:
     encode_seconds: float
     build_seconds: float
     stats: dict
+    # The annotated items and their vectors, so the knowledge base need not encode them again.
+    annotated: list = field(default_factory=list, repr=False)
+    item_vectors: np.ndarray | None = field(default=None, repr=False)
 
 
 def build_store(
@@ -63,6 +66,8 @@ def build_store(
         encode_seconds=encoded - started,
         build_seconds=time.perf_counter() - encoded,
         stats=store.stats(),
+        annotated=annotated,
+        item_vectors=item_vectors,
     )
     return store, report
 

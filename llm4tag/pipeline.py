@@ -1,0 +1,208 @@
+"""The tagging pipeline: recall -> knowledge-enhanced generation -> calibration -> optional write-back.
+
+Plain Python over the core classes; the Serve deployments and the bulk job call the same stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graph_store import StoreError
+from llm4tag.calibrator import Calibrator, Judged
+from llm4tag.config import PipelineConfig, Settings
+from llm4tag.data import Item
+from llm4tag.engines.base import Engine
+from llm4tag.errors import LLM4TagError
+from llm4tag.generator import Generator, TagLabels
+from llm4tag.prompts import Prompts
+from llm4tag.recall import Recaller
+from llm4tag.texts import item_text
+
+log = logging.getLogger(__name__)
+
+KNOWLEDGE_DIR = "knowledge"
+MULTI_TAG_MEAN = 1.2
+
+
+def store_vocabulary(store) -> tuple[list[str], list[str | None]]:
+    graph = (store.shards[0] if hasattr(store, "shards") else store).graph
+    return list(graph.tag_names), list(graph.tag_descriptions)
+
+
+@dataclass
+class StageTimes:
+    seconds: dict[str, float] = field(default_factory=dict)
+    items: int = 0
+
+    def add(self, stage: str, started: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - started
+        return now
+
+
+class TaggingPipeline:
+    def __init__(
+        self,
+        recaller: Recaller,
+        engine: Engine | None,
+        settings: Settings,
+        samples=None,
+        knowledge=None,
+        max_tags: int | None = None,
+    ):
+        self.recaller = recaller
+        self.engine = engine
+        self.settings = settings
+        self.config: PipelineConfig = settings.pipeline
+        names, descriptions = store_vocabulary(recaller.store)
+        self.labels = TagLabels(names)
+        self.descriptions = dict(zip(names, descriptions, strict=True))
+        self.prompts = Prompts(settings.prompts)
+        self.samples = samples
+        self.knowledge = knowledge
+        self.max_tags = max_tags or (1 if self.config.mode == "single" else self.config.max_tags)
+        self.times = StageTimes()
+        self.generator = None
+        self.calibrator = None
+        if engine is not None:
+            self.generator = Generator(
+                engine,
+                self.prompts,
+                self.labels,
+                samples=samples,
+                knowledge=knowledge,
+                num_samples=self.config.num_samples,
+                num_snippets=self.config.num_snippets,
+                constrained=self.config.constrained,
+            )
+            if self.config.calibrate:
+                self.calibrator = Calibrator(
+                    engine, self.prompts, self.labels, self.descriptions, self.config.threshold
+                )
+
+    @classmethod
+    def open(
+        cls, store_dir: str | Path, settings: Settings, engine: Engine | None = None, load_engine: bool = True
+    ) -> TaggingPipeline:
+        from llm4tag.engines import make_engine
+        from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
+
+        recaller = Recaller.open(store_dir, settings)
+        folder = Path(store_dir) / KNOWLEDGE_DIR
+        samples = knowledge = None
+        if (folder / "samples").exists():
+            samples = SampleKnowledgeBase.load(folder / "samples", expected_encoder_id=recaller.encoder.id)
+        elif settings.pipeline.num_samples:
+            log.warning("store %s has no sample knowledge base: prompts get no retrieved samples", store_dir)
+        if (folder / "domain").exists():
+            knowledge = DomainKnowledgeBase.load(folder / "domain", expected_encoder_id=recaller.encoder.id)
+        elif settings.pipeline.num_snippets:
+            log.warning("store %s has no domain knowledge base: prompts get no knowledge snippets", store_dir)
+        mode = settings.pipeline.mode
+        if mode == "auto":
+            mode = "multi" if _annotated_mean(samples) > MULTI_TAG_MEAN else "single"
+        max_tags = 1 if mode == "single" else settings.pipeline.max_tags
+        if engine is None and load_engine:
+            engine = make_engine(settings.llm)
+        return cls(recaller, engine, settings, samples, knowledge, max_tags=max_tags)
+
+    @property
+    def mode(self) -> str:
+        return "single" if self.max_tags == 1 else "multi"
+
+    def tag(
+        self, items: Sequence[Item], with_candidates: bool = False, with_dropped: bool = False
+    ) -> list[dict]:
+        if self.generator is None:
+            raise LLM4TagError("the pipeline was opened without an LLM engine")
+        if not items:
+            return []
+        started = time.perf_counter()
+        contents = [item_text(i, self.recaller.texts.item_fields) for i in items]
+        vectors = self.recaller.encode(items)
+        started = self.times.add("encode", started)
+        candidates = self.recaller.store.recall(vectors)
+        started = self.times.add("recall", started)
+        ids = [i.id for i in items]
+        names = [[c.tag for c in cands] for cands in candidates]
+        generations = self.generator.generate(ids, contents, vectors, names, self.max_tags)
+        started = self.times.add("generate", started)
+        if self.calibrator is not None:
+            judged = self.calibrator.judge(contents, [g.tags for g in generations])
+            started = self.times.add("calibrate", started)
+        else:
+            judged = [[Judged(t, float("nan"), True) for t in g.tags] for g in generations]
+        rows = []
+        for item, cands, generation, verdicts in zip(items, candidates, generations, judged, strict=True):
+            by_tag = {c.tag: c for c in cands}
+            row = {
+                "id": item.id,
+                "tags": [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if v.kept],
+                "knowledge": {"samples": generation.sample_ids, "snippets": generation.snippet_ids},
+                # The LLM's own order, before calibration re-ranks and filters.
+                "generated": list(generation.tags),
+            }
+            if with_dropped:
+                row["dropped"] = [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if not v.kept]
+            if with_candidates:
+                row["candidates"] = [c.to_dict() for c in cands]
+            if generation.raw is not None:
+                row["raw"] = generation.raw
+            rows.append(row)
+        if self.config.write_back:
+            self.write_back(items, vectors, rows)
+            self.times.add("write_back", started)
+        self.times.items += len(items)
+        return rows
+
+    def tag_rows(self, items: Iterable[Item], **kwargs) -> Iterator[dict]:
+        batch: list[Item] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= self.config.batch_size:
+                yield from self.tag(batch, **kwargs)
+                batch = []
+        if batch:
+            yield from self.tag(batch, **kwargs)
+
+    def write_back(self, items: Sequence[Item], vectors, rows: Sequence[dict]) -> None:
+        """Final tags become deterministic edges (the graph grows as it serves)."""
+        store = self.recaller.store
+        new_ids, new_vectors, new_tags, new_texts = [], [], [], []
+        for index, (item, row) in enumerate(zip(items, rows, strict=True)):
+            tags = [t["tag"] for t in row["tags"]]
+            try:
+                store.write_back(item.id, tags)
+            except StoreError:
+                new_ids.append(item.id)
+                new_vectors.append(vectors[index])
+                new_tags.append(tags)
+                new_texts.append(item.text)
+        if new_ids:
+            import numpy as np
+
+            store.insert(new_ids, np.stack(new_vectors), new_tags, new_texts)
+
+
+def _annotated_mean(samples) -> float:
+    if samples is None or not len(samples):
+        return 0.0
+    counts = [len(sample.correct) for sample in samples]
+    return sum(counts) / len(counts) if counts else 0.0
+
+
+def _tag_row(verdict: Judged, candidate) -> dict:
+    row = {
+        "tag": verdict.tag,
+        "confidence": None if verdict.confidence != verdict.confidence else round(verdict.confidence, 6),
+        "source": "+".join(candidate.paths) if candidate is not None else "llm",
+    }
+    if candidate is not None:
+        row["recall_score"] = round(float(candidate.score), 6)
+        if candidate.via:
+            row["via"] = list(candidate.via)
+    return row

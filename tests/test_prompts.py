@@ -1,0 +1,86 @@
+"""Prompt templates (paper figures 3-5) as data: rendering, clipping, validation."""
+
+import pytest
+
+from llm4tag.config import settings_from_dict
+from llm4tag.errors import ConfigError
+from llm4tag.prompts import PromptConfig, Prompts, RetrievedSample
+
+
+def prompts(**overrides) -> Prompts:
+    return Prompts(PromptConfig(domain="banking customer support", item_kind="customer query", **overrides))
+
+
+def test_basic_template_when_no_knowledge():
+    system, user = prompts().generation("where is my card?", ["card arrival", "card linking"], 1)
+    assert system == {"role": "system", "content": "You are a banking customer support tag bot."}
+    assert user["role"] == "user"
+    text = user["content"]
+    assert text.startswith("Customer query: where is my card?")
+    assert "Candidate tags: card arrival, card linking" in text
+    assert "Select the most relevant tag" in text
+    assert "Domain-specific knowledge" not in text
+
+
+def test_retrieval_template_shows_samples_with_incorrect_tags_and_snippets():
+    samples = [RetrievedSample("my card never came", ("card arrival",), ("card linking",))]
+    _, user = prompts().generation(
+        "where is my card?",
+        ["card arrival"],
+        3,
+        samples=samples,
+        snippets=["card arrival: waiting for a card"],
+    )
+    text = user["content"]
+    assert "(1) Similar customer queries and their tags:" in text
+    assert '- "my card never came" -> card arrival; not: card linking' in text
+    assert "- card arrival: waiting for a card" in text
+    assert "at most 3" in text and "separated by commas" in text
+
+
+def test_retrieval_template_with_nothing_retrieved_says_none():
+    _, user = prompts().generation("x", ["a"], 1, samples=[], snippets=[])
+    assert user["content"].count("- (none)") == 2
+
+
+def test_long_texts_are_clipped():
+    p = prompts(max_content_chars=20, max_sample_chars=10)
+    _, user = p.generation(
+        "word " * 50, ["a"], 1, samples=[RetrievedSample("long " * 50, ("a",))], snippets=[]
+    )
+    text = user["content"]
+    assert "word word word word…" in text
+    assert '"long long…"' in text
+
+
+def test_judgment_puts_content_before_tag_for_prefix_sharing():
+    p = prompts()
+    a = p.judgment("my card is late", "card arrival", "The card has not arrived")
+    b = p.judgment("my card is late", "exchange rate", None)
+    assert a[0]["content"] == "You are a banking customer support tag relevance judgment bot."
+    assert a[1]["content"].startswith(
+        "Customer query: my card is late\n\nTag: card arrival (The card has not arrived)"
+    )
+    assert b[1]["content"].startswith("Customer query: my card is late\n\nTag: exchange rate\n")
+    assert a[1]["content"].endswith('Answer with "Yes" or "No".')
+
+
+def test_templates_are_editable_per_domain():
+    settings = settings_from_dict(
+        {"prompts": {"domain": "news", "item_kind": "article", "judgment": "Does {tag} fit {content}?"}}
+    )
+    _, user = Prompts(settings.prompts).judgment("Rates rise", "economy")
+    assert user["content"] == "Does economy fit Rates rise?"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"judgment": "{content} {typo}"}, "unknown placeholder"),
+        ({"system": "{domain"}, "not a valid template"),
+        ({"bogus": "x"}, "unknown setting"),
+    ],
+)
+def test_bad_templates_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        settings_from_dict({"prompts": overrides})
