@@ -70,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config(tag)
 
+    feedback = verbs.add_parser(
+        "feedback", help="record corrected annotations: retrievable samples and graph edges at once"
+    )
+    feedback.add_argument("--store", required=True)
+    feedback.add_argument(
+        "--input", required=True, help="items with their correct 'tags' and optional 'incorrect_tags'"
+    )
+    _add_config(feedback)
+
     evaluate = verbs.add_parser("eval", help="score predictions against gold annotations")
     evaluate.add_argument("--gold", required=True, help="items with their gold 'tags'")
     evaluate.add_argument("--pred", required=True, help="output of `llm4tag tag` or `llm4tag recall`")
@@ -223,6 +232,31 @@ def _cmd_tag(args) -> int:
     return 0
 
 
+def _cmd_feedback(args) -> int:
+    from llm4tag.config import load_settings
+    from llm4tag.data import read_items
+    from llm4tag.errors import DataError
+    from llm4tag.pipeline import TaggingPipeline
+
+    items = read_items(args.input).items
+    incorrect = []
+    for item in items:
+        wrong = item.extra.get("incorrect_tags", [])
+        if isinstance(wrong, str):
+            wrong = json.loads(wrong) if wrong.startswith("[") else [t for t in wrong.split("|") if t]
+        if not isinstance(wrong, list) or not all(isinstance(t, str) for t in wrong):
+            raise DataError(
+                args.input, f"item '{item.id}': must be a list of strings", field="incorrect_tags"
+            )
+        incorrect.append(wrong)
+    pipeline = TaggingPipeline.open(args.store, load_settings(args.config), load_engine=False, writable=True)
+    count = pipeline.feedback(items, incorrect)
+    # The samples are already durable (fsynced log); the graph edges need a new store version.
+    pipeline.recaller.store.save(args.store)
+    print(json.dumps({"store": str(args.store), "feedback_items": count, "samples": len(pipeline.samples)}))
+    return 0
+
+
 def _list_field(path, line: int, row: dict, name: str) -> list:
     from llm4tag.errors import DataError
 
@@ -350,6 +384,7 @@ COMMANDS = {
     "build": _cmd_build,
     "recall": _cmd_recall,
     "tag": _cmd_tag,
+    "feedback": _cmd_feedback,
     "eval": _cmd_eval,
     "models": _cmd_models,
 }

@@ -35,13 +35,29 @@ def store_vocabulary(store) -> tuple[list[str], list[str | None]]:
 
 @dataclass
 class StageTimes:
+    """Seconds and LLM tokens (computed, cached, generated) per stage, summed over calls."""
+
     seconds: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     items: int = 0
 
-    def add(self, stage: str, started: float) -> float:
+    def add(
+        self, stage: str, started: float, engine=None, before: tuple[int, int, int] | None = None
+    ) -> float:
         now = time.perf_counter()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - started
+        if engine is not None and before is not None:
+            counts = self.tokens.setdefault(stage, {"prompt": 0, "cached": 0, "generated": 0})
+            for key, value, old in zip(
+                ("prompt", "cached", "generated"), _token_counts(engine), before, strict=True
+            ):
+                counts[key] += value - old
         return now
+
+
+def _token_counts(engine) -> tuple[int, int, int]:
+    stats = engine.stats
+    return stats.prompt_tokens, stats.cached_tokens, stats.generated_tokens
 
 
 class TaggingPipeline:
@@ -86,8 +102,17 @@ class TaggingPipeline:
 
     @classmethod
     def open(
-        cls, store_dir: str | Path, settings: Settings, engine: Engine | None = None, load_engine: bool = True
+        cls,
+        store_dir: str | Path,
+        settings: Settings,
+        engine: Engine | None = None,
+        load_engine: bool = True,
+        writable: bool = False,
     ) -> TaggingPipeline:
+        """Load the store, its knowledge bases and (unless given or not wanted) the LLM engine.
+
+        ``writable`` opens the knowledge bases' append logs, so feedback is on disk before it returns.
+        """
         from llm4tag.engines import make_engine
         from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
 
@@ -95,11 +120,15 @@ class TaggingPipeline:
         folder = Path(store_dir) / KNOWLEDGE_DIR
         samples = knowledge = None
         if (folder / "samples").exists():
-            samples = SampleKnowledgeBase.load(folder / "samples", expected_encoder_id=recaller.encoder.id)
+            samples = SampleKnowledgeBase.load(
+                folder / "samples", expected_encoder_id=recaller.encoder.id, writable=writable
+            )
         elif settings.pipeline.num_samples:
             log.warning("store %s has no sample knowledge base: prompts get no retrieved samples", store_dir)
         if (folder / "domain").exists():
-            knowledge = DomainKnowledgeBase.load(folder / "domain", expected_encoder_id=recaller.encoder.id)
+            knowledge = DomainKnowledgeBase.load(
+                folder / "domain", expected_encoder_id=recaller.encoder.id, writable=writable
+            )
         elif settings.pipeline.num_snippets:
             log.warning("store %s has no domain knowledge base: prompts get no knowledge snippets", store_dir)
         mode = settings.pipeline.mode
@@ -129,11 +158,13 @@ class TaggingPipeline:
         started = self.times.add("recall", started)
         ids = [i.id for i in items]
         names = [[c.tag for c in cands] for cands in candidates]
+        before = _token_counts(self.engine)
         generations = self.generator.generate(ids, contents, vectors, names, self.max_tags)
-        started = self.times.add("generate", started)
+        started = self.times.add("generate", started, self.engine, before)
         if self.calibrator is not None:
+            before = _token_counts(self.engine)
             judged = self.calibrator.judge(contents, [g.tags for g in generations])
-            started = self.times.add("calibrate", started)
+            started = self.times.add("calibrate", started, self.engine, before)
         else:
             judged = [[Judged(t, float("nan"), True) for t in g.tags] for g in generations]
         rows = []
@@ -168,6 +199,47 @@ class TaggingPipeline:
                 batch = []
         if batch:
             yield from self.tag(batch, **kwargs)
+
+    def feedback(self, items: Sequence[Item], incorrect: Sequence[Sequence[str]] | None = None) -> int:
+        """Corrected annotations: each item's ``tags`` are right, ``incorrect`` (per item) were wrong.
+
+        The item becomes a retrievable sample at once (durably when the pipeline was opened writable)
+        and its correct tags deterministic graph edges. Returns the number of items recorded.
+        """
+        from llm4tag.knowledge import Sample
+
+        if self.samples is None:
+            raise LLM4TagError("this store has no sample knowledge base to record feedback in")
+        incorrect = list(incorrect) if incorrect is not None else [()] * len(items)
+        if len(incorrect) != len(items):
+            raise LLM4TagError("feedback needs one list of incorrect tags per item")
+        for item, wrong in zip(items, incorrect, strict=True):
+            unknown = sorted({*(item.tags or ()), *wrong} - set(self.descriptions))
+            if unknown:
+                raise LLM4TagError(
+                    f"feedback for item '{item.id}' names unknown tag(s): {', '.join(unknown)}"
+                )
+            if not item.tags and not wrong:
+                raise LLM4TagError(f"feedback for item '{item.id}' has neither correct nor incorrect tags")
+        if not items:
+            return 0
+        vectors = self.recaller.encode(items)
+        self.samples.add(
+            [
+                Sample(
+                    id=item.id,
+                    text=item_text(item, self.recaller.texts.item_fields),
+                    correct=tuple(item.tags or ()),
+                    incorrect=tuple(wrong),
+                    source="feedback",
+                )
+                for item, wrong in zip(items, incorrect, strict=True)
+            ],
+            vectors,
+        )
+        rows = [{"tags": [{"tag": t} for t in item.tags or ()]} for item in items]
+        self.write_back(items, vectors, rows)
+        return len(items)
 
     def write_back(self, items: Sequence[Item], vectors, rows: Sequence[dict]) -> None:
         """Final tags become deterministic edges (the graph grows as it serves)."""

@@ -214,3 +214,39 @@ def test_default_settings_have_paper_defaults():
     s = Settings()
     assert (s.pipeline.num_samples, s.pipeline.num_snippets, s.pipeline.threshold) == (3, 3, 0.5)
     assert s.graph.recall.num_candidates == 20
+
+
+def test_feedback_is_durable_retrievable_and_in_the_graph(store, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    corrections = tmp_path / "fb.jsonl"
+    corrections.write_text(
+        json.dumps(
+            {
+                "id": "fb-1",
+                "text": "my replacement card still has not shown up",
+                "tags": ["card_arrival"],
+                "incorrect_tags": ["card_delivery_estimate"],
+            }
+        )
+        + "\n"
+    )
+    assert main(["feedback", "--store", str(copy), "--input", str(corrections)]) == 0
+    assert json.loads(capsys.readouterr().out)["feedback_items"] == 1
+    # A fresh process view: reload everything from disk.
+    settings = settings_from_dict({"llm": {"model": "tiny"}})
+    reopened = TaggingPipeline.open(copy, settings, load_engine=False)
+    sample = reopened.samples.get("fb-1")
+    assert sample.correct == ("card_arrival",) and sample.incorrect == ("card_delivery_estimate",)
+    assert "fb-1" in reopened.recaller.store.graph.content_pos
+    from llm4tag.data import Item
+
+    probe = Item(id="probe", text="my replacement card still has not shown up", tags=None)
+    [hits] = reopened.samples.search(reopened.recaller.encode([probe]), n=1, exclude_ids=[{"probe"}])
+    assert hits[0].sample.id == "fb-1"
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "fb-2", "text": "x", "tags": ["no_such_intent"]}) + "\n")
+    assert "unknown tag" in _error(capsys, ["feedback", "--store", str(copy), "--input", str(bad)])

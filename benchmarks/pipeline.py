@@ -1,0 +1,98 @@
+"""Pipeline speed on this machine: items/s and LLM tokens per item, per stage, for a model.
+
+    python benchmarks/pipeline.py [--model default|tiny|DIR] [--engine transformers|vllm] [--items 16]
+
+Builds a store and knowledge bases from the bundled BANKING77 sample (or --train/--tags/--queries),
+warms the engine up on one batch, then tags --items held-out queries with the full pipeline
+(recall -> generation with retrieved knowledge -> calibration) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample" / "banking77"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--engine", default="transformers")
+    parser.add_argument("--items", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--train", default=str(SAMPLE / "train.jsonl"))
+    parser.add_argument("--tags", default=str(SAMPLE / "tags.jsonl"))
+    parser.add_argument("--queries", default=str(SAMPLE / "queries.jsonl"))
+    parser.add_argument("--config", default=str(REPO / "benchmarks" / "configs" / "banking77.yaml"))
+    parser.add_argument("--knowledge", default=str(SAMPLE.parent / "knowledge" / "banking77_rules.md"))
+    args = parser.parse_args()
+
+    import yaml
+
+    from llm4tag.cli import main as cli
+    from llm4tag.config import settings_from_dict
+    from llm4tag.data import read_items
+    from llm4tag.metrics import format_table
+    from llm4tag.pipeline import TaggingPipeline
+
+    data = yaml.safe_load(Path(args.config).read_text()) or {}
+    data["llm"] = {
+        **data.get("llm", {}),
+        "model": args.model,
+        "engine": args.engine,
+        "batch_size": args.batch_size,
+    }
+    data.setdefault("pipeline", {})["batch_size"] = args.batch_size
+    settings = settings_from_dict(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        build = ["build", "--items", args.train, "--tags", args.tags, "--store", str(store)]
+        if args.knowledge:
+            build += ["--knowledge", args.knowledge]
+        if cli(build) != 0:
+            sys.exit("build failed")
+        started = time.perf_counter()
+        pipeline = TaggingPipeline.open(store, settings)
+        load_s = time.perf_counter() - started
+        queries = read_items(args.queries).items
+        warm, measured = queries[: args.batch_size], queries[args.batch_size : args.batch_size + args.items]
+        pipeline.tag(warm)
+        pipeline.times = type(pipeline.times)()
+        started = time.perf_counter()
+        for start in range(0, len(measured), args.batch_size):
+            pipeline.tag(measured[start : start + args.batch_size])
+        elapsed = time.perf_counter() - started
+    n = len(measured)
+    rows = []
+    for stage, seconds in pipeline.times.seconds.items():
+        tokens = pipeline.times.tokens.get(stage, {})
+        rows.append(
+            {
+                "stage": stage,
+                "s/item": seconds / n,
+                "prompt tokens/item": tokens.get("prompt", 0) / n,
+                "cached tokens/item": tokens.get("cached", 0) / n,
+                "generated tokens/item": tokens.get("generated", 0) / n,
+                "computed tokens/s": (tokens.get("prompt", 0) + tokens.get("generated", 0)) / seconds
+                if seconds
+                else 0,
+            }
+        )
+    print(
+        f"# {pipeline.engine.name} ({args.engine}), {n} items, batch {args.batch_size}, mode {pipeline.mode}"
+    )
+    print(f"# engine load {load_s:.1f} s; end to end {n / elapsed:.3f} items/s ({elapsed / n:.2f} s/item)")
+    print(format_table(rows, list(rows[0])))
+    print(json.dumps({"model": args.model, "engine": args.engine, "items": n, "items_per_s": n / elapsed}))
+
+
+if __name__ == "__main__":
+    main()
