@@ -178,9 +178,16 @@ def test_bad_inputs_exit_2_with_one_line(built_store, tmp_path, capsys):
     )
     assert ".txt" in err
     pred = tmp_path / "pred.jsonl"
-    pred.write_text('{"id": "x", "tags": []}\n')
+    pred.write_text('{"id": "x", "labels": []}\n')
     err = _error(capsys, ["eval", "--gold", str(QUERIES), "--pred", str(pred)])
-    assert "candidates" in err and "line 1" in err
+    assert "candidates" in err and "tags" in err and "line 1" in err
+    pred.write_text('{"id": "x", "tags": []}\n{"id": "y", "candidates": []}\n')
+    err = _error(capsys, ["eval", "--gold", str(QUERIES), "--pred", str(pred)])
+    assert "mixes" in err and "line 2" in err
+    first = _rows(QUERIES)[0]["id"]
+    pred.write_text(json.dumps({"id": first, "tags": [{"tag": "card_arrival", "confidence": 1.5}]}) + "\n")
+    err = _error(capsys, ["eval", "--gold", str(QUERIES), "--pred", str(pred)])
+    assert "1.5" in err
     config = tmp_path / "c.yaml"
     config.write_text("graph:\n  recall:\n    delta_ct: 0.5\n    no_such_setting: 1\n")
     err = _error(
