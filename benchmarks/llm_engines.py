@@ -35,18 +35,19 @@ def workload(n: int):
         return [{"role": "user", "content": text}]
 
     question = '\nIs the tag "{}" correct for this item? Answer Yes or No.'
+    # Every task starts its prompts differently, so no task reads another's cached prefix.
     return {
-        "score distinct": [ask(x + question.format(tags[i % len(tags)])) for i, x in enumerate(items)],
+        "score distinct": [ask("A " + x + question.format(tags[i % len(tags)])) for i, x in enumerate(items)],
         "score shared (4 tags/item)": [
-            ask("Fresh " + x + question.format(t)) for x in items[: max(1, n // 4)] for t in tags[:4]
+            ask("B " + x + question.format(t)) for x in items[: max(1, n // 4)] for t in tags[:4]
         ],
         "choose 1 of 20": [
-            ChoiceRequest(ask(f"{x}\nCandidate tags: {', '.join(tags)}\nPick the best tag."), tuple(tags))
+            ChoiceRequest(ask(f"C {x}\nCandidate tags: {', '.join(tags)}\nPick the best tag."), tuple(tags))
             for x in items
         ],
         "choose up to 3 of 20": [
             ChoiceRequest(
-                ask(f"Again. {x}\nCandidate tags: {', '.join(tags)}\nPick up to 3 tags."), tuple(tags), 3
+                ask(f"D {x}\nCandidate tags: {', '.join(tags)}\nPick up to 3 tags."), tuple(tags), 3
             )
             for x in items
         ],
