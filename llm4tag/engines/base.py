@@ -89,6 +89,30 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def single_token_ids(tokenizer, variants: Sequence[str]) -> list[int]:
+    """Ids of the variants that the tokenizer writes as exactly one token (without special tokens)."""
+    ids: list[int] = []
+    for text in variants:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) == 1 and encoded[0] not in ids:
+            ids.append(encoded[0])
+    return ids
+
+
+def render_chat(tokenizer, messages: Messages, max_model_len: int) -> list[int]:
+    """The chat-templated prompt as token ids, ending where the assistant's answer begins.
+
+    The template already holds the special tokens, so none are added when encoding.
+    """
+    from llm4tag.errors import ModelError
+
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) >= max_model_len:
+        raise ModelError(f"prompt of {len(ids)} tokens exceeds llm.max_model_len={max_model_len}")
+    return ids
+
+
 def yes_no_confidence(yes: float, no: float) -> float:
     diff = no - yes
     if diff > 0:

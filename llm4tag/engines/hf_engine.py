@@ -15,21 +15,14 @@ from llm4tag.engines.base import (
     Messages,
     YesNo,
     logsumexp,
+    render_chat,
+    single_token_ids,
 )
 from llm4tag.engines.choices import ChoiceAutomaton
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ModelError
 
 log = logging.getLogger(__name__)
-
-
-def single_token_ids(tokenizer, variants: Sequence[str]) -> list[int]:
-    ids = []
-    for text in variants:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
-        if len(encoded) == 1 and encoded[0] not in ids:
-            ids.append(encoded[0])
-    return ids
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -83,13 +76,7 @@ class TransformersEngine:
 
     # -- helpers -------------------------------------------------------------------------------
     def render(self, messages: Messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) >= self.config.max_model_len:
-            raise ModelError(
-                f"prompt of {len(ids)} tokens exceeds llm.max_model_len={self.config.max_model_len}"
-            )
-        return ids
+        return render_chat(self.tokenizer, messages, self.config.max_model_len)
 
     def _encode_answer(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

@@ -38,6 +38,8 @@ from llm4tag.engines.base import (
     Messages,
     YesNo,
     logsumexp,
+    render_chat,
+    single_token_ids,
 )
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ModelError
@@ -128,16 +130,6 @@ def parse_choices(text: str, choices: Sequence[str], max_choices: int) -> list[s
     return list(dict.fromkeys(found))[:max_choices]
 
 
-def single_token_ids(tokenizer, variants: Sequence[str]) -> list[int]:
-    """Ids of the variants that the tokenizer writes as exactly one token (without special tokens)."""
-    ids: list[int] = []
-    for text in variants:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
-        if len(encoded) == 1 and encoded[0] not in ids:
-            ids.append(encoded[0])
-    return ids
-
-
 def _cpu_threads_bind(threads: int) -> str:
     """A VLLM_CPU_OMP_THREADS_BIND list: the last ``threads`` CPUs this process may run on."""
     try:
@@ -203,14 +195,7 @@ class VLLMEngine:
 
     # -- helpers -------------------------------------------------------------------------------
     def render(self, messages: Messages) -> list[int]:
-        """The chat-templated prompt as token ids (the template already holds any special tokens)."""
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) >= self.config.max_model_len:
-            raise ModelError(
-                f"prompt of {len(ids)} tokens exceeds llm.max_model_len={self.config.max_model_len}"
-            )
-        return ids
+        return render_chat(self.tokenizer, messages, self.config.max_model_len)
 
     def _run(self, what: str, prompts: list[list[int]], params) -> list:
         outputs = self._llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
