@@ -5,6 +5,7 @@ from graph_store.errors import EncoderMismatchError, StoreError
 from graph_store.recall import Candidate
 from graph_store.shards import ShardedStore, open_store
 from graph_store.store import GraphStore, shard_of
+from graph_store.vocabulary import StoreVocabulary, read_vocabulary
 
 __all__ = [
     "Candidate",
@@ -15,6 +16,8 @@ __all__ = [
     "RecallConfig",
     "ShardedStore",
     "StoreError",
+    "StoreVocabulary",
     "open_store",
+    "read_vocabulary",
     "shard_of",
 ]

@@ -84,6 +84,23 @@ class ShardedStore:
     def write_back(self, item_id: str, tags: Sequence[str]) -> int:
         return self.owner(item_id).write_back(item_id, tags)
 
+    def record(self, item_ids, vectors, tags, texts=None) -> None:
+        """Upsert items in their owning shards (durably, through each shard's journal)."""
+        vectors = np.asarray(vectors, np.float32)
+        texts = list(texts) if texts is not None else [None] * len(item_ids)
+        for item_id, item_tags in zip(item_ids, tags, strict=True):
+            self.shards[0].graph.tag_positions(item_tags, where=f" (item '{item_id}')")
+        groups: dict[int, list[int]] = {}
+        for row, item_id in enumerate(item_ids):
+            groups.setdefault(shard_of(item_id, len(self.shards)), []).append(row)
+        for index, rows in groups.items():
+            self.shards[index].record(
+                [item_ids[r] for r in rows], vectors[rows], [tags[r] for r in rows], [texts[r] for r in rows]
+            )
+
+    def sync(self) -> int:
+        return sum(shard.sync() for shard in self.shards)
+
     def stats(self) -> dict:
         per = [s.stats() for s in self.shards]
         total = {
@@ -108,9 +125,10 @@ class ShardedStore:
             version = shard.save(root / folder, activate=False)
             listing.append({"folder": folder, "version": version.name})
         _write_atomically(root / SHARDS_FILE, json.dumps({"shards": listing}, indent=2).encode())
-        for entry in listing:
+        for shard, entry in zip(self.shards, listing, strict=True):
             # Each shard folder also stays loadable on its own (a replica holding one shard).
             activate_version(root / entry["folder"], entry["version"])
+            shard.journal_saved(root / entry["folder"], entry["version"])
         return root
 
     @classmethod

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 import zlib
@@ -37,6 +38,7 @@ from graph_store.graph import (
     TAG,
     ContentTagGraph,
 )
+from graph_store.journal import Journal, record_line
 from graph_store.recall import Candidate, Hits, round_sims, select, select_match
 
 FORMAT_VERSION = 1
@@ -100,6 +102,9 @@ class GraphStore:
         # Opaque to the store: what the caller needs to use it the same way later (text fields...).
         self.meta = dict(meta or {})
         self.dim = tag_index.dim
+        # Set when loaded from a folder: durable writes go there, and other processes' writes come in.
+        self.journal: Journal | None = None
+        self._write_lock = threading.RLock()
 
     # -- building ---------------------------------------------------------------------------------
     @classmethod
@@ -310,6 +315,67 @@ class GraphStore:
             raise StoreError(f"item '{item_id}' is not in the store; insert it before writing tags back")
         return self.graph.add_deterministic(pos, self.graph.tag_positions(tags, where=f" (item '{item_id}')"))
 
+    def record(
+        self,
+        item_ids: Sequence[str],
+        vectors: np.ndarray,
+        tags: Sequence[Sequence[str]],
+        texts: Sequence[str | None] | None = None,
+    ) -> None:
+        """Upsert items with their final tags: new items are inserted, known ones get the tags as edges.
+
+        With a journal (a store loaded from a folder) the writes are on disk before this returns, and
+        every process holding the same folder sees them at its next :meth:`sync`.
+        """
+        vectors = np.asarray(vectors, np.float32)
+        texts = list(texts) if texts is not None else [None] * len(item_ids)
+        if not len(item_ids) == len(vectors) == len(tags) == len(texts):
+            raise StoreError("item_ids, vectors, tags and texts must have the same length")
+        if len(item_ids) and (vectors.ndim != 2 or vectors.shape[1] != self.dim):
+            raise StoreError(f"vectors must have shape (n, {self.dim}), got {tuple(vectors.shape)}")
+        # Checked before anything is written: a journal record must never fail to replay.
+        for item_id, item_tags in zip(item_ids, tags, strict=True):
+            self.graph.tag_positions(item_tags, where=f" (item '{item_id}')")
+        records = [
+            {"id": i, "tags": list(t), "text": x, "vector": v}
+            for i, t, x, v in zip(item_ids, tags, texts, vectors, strict=True)
+        ]
+        with self._write_lock:
+            if self.journal is None:
+                self._upsert(records)
+                return
+            self.journal.append([record_line(r["id"], r["tags"], r["text"], r["vector"]) for r in records])
+            self.sync()
+
+    def sync(self) -> int:
+        """Apply journal records written since the last sync (by any process); returns how many."""
+        if self.journal is None:
+            return 0
+        with self._write_lock:
+            records = self.journal.read_new()
+            if records:
+                self._upsert(records)
+            return len(records)
+
+    def _upsert(self, records: Sequence[dict]) -> None:
+        pending: dict[str, dict] = {}
+        for record in records:
+            item_id, item_tags = record["id"], list(record.get("tags") or ())
+            if item_id in pending:
+                pending[item_id]["tags"] = list(dict.fromkeys([*pending[item_id]["tags"], *item_tags]))
+            elif item_id in self.graph.content_pos:
+                self.write_back(item_id, item_tags)
+            else:
+                pending[item_id] = {**record, "tags": item_tags}
+        if pending:
+            new = list(pending.values())
+            self.insert(
+                [r["id"] for r in new],
+                np.asarray([r["vector"] for r in new], np.float32),
+                [r["tags"] for r in new],
+                [r.get("text") for r in new],
+            )
+
     def owns(self, item_id: str) -> bool:
         return shard_of(item_id, self.shard[1]) == self.shard[0]
 
@@ -384,7 +450,15 @@ class GraphStore:
             raise
         if activate:
             activate_version(root, name)
+            self.journal_saved(root, name)
         return final
+
+    def journal_saved(self, root: Path, name: str) -> None:
+        """After ``name`` became live in ``root``: the journal there starts afresh (its records are in it)."""
+        journal = Journal(root, name) if self.journal is None else self.journal
+        if self.journal is None or self.journal.path.parent.resolve() == root.resolve():
+            journal.reset(name)
+            self.journal = journal
 
     def _write_version(self, folder: Path) -> None:
         graph = self.graph
@@ -487,7 +561,7 @@ class GraphStore:
         tag_index = VectorIndex.load(str(folder / "tags.faiss"), manifest["tag_index"])
         content_index.configure(config.content_index)
         tag_index.configure(config.tag_index)
-        return cls(
+        store = cls(
             graph,
             content_index,
             tag_index,
@@ -496,6 +570,11 @@ class GraphStore:
             tuple(manifest["shard"]),
             manifest.get("meta"),
         )
+        if folder.name == (root / CURRENT).read_text().strip():
+            # Only the live version follows the folder's journal; an older one is a read-only view.
+            store.journal = Journal(root, folder.name)
+            store.sync()
+        return store
 
 
 # -- on-disk helpers ------------------------------------------------------------------------------

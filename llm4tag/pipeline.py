@@ -11,13 +11,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graph_store import StoreError
+import numpy as np
+
+from graph_store import Candidate, read_vocabulary
 from llm4tag.calibrator import Calibrator, Judged
 from llm4tag.config import PipelineConfig, Settings
 from llm4tag.data import Item
 from llm4tag.engines.base import Engine
 from llm4tag.errors import LLM4TagError
-from llm4tag.generator import Generator, TagLabels
+from llm4tag.generator import Generation, Generator, TagLabels
 from llm4tag.prompts import Prompts
 from llm4tag.recall import Recaller
 from llm4tag.texts import item_text
@@ -31,6 +33,9 @@ MULTI_TAG_MEAN = 1.2
 def store_vocabulary(store) -> tuple[list[str], list[str | None]]:
     graph = (store.shards[0] if hasattr(store, "shards") else store).graph
     return list(graph.tag_names), list(graph.tag_descriptions)
+
+
+Vocabulary = tuple[list[str], list[str | None]]
 
 
 @dataclass
@@ -63,18 +68,23 @@ def _token_counts(engine) -> tuple[int, int, int]:
 class TaggingPipeline:
     def __init__(
         self,
-        recaller: Recaller,
+        recaller: Recaller | None,
         engine: Engine | None,
         settings: Settings,
         samples=None,
         knowledge=None,
         max_tags: int | None = None,
+        vocabulary: Vocabulary | None = None,
     ):
         self.recaller = recaller
         self.engine = engine
         self.settings = settings
         self.config: PipelineConfig = settings.pipeline
-        names, descriptions = store_vocabulary(recaller.store)
+        if vocabulary is None:
+            if recaller is None:
+                raise LLM4TagError("a pipeline without a graph store needs the tag vocabulary")
+            vocabulary = store_vocabulary(recaller.store)
+        names, descriptions = vocabulary
         self.labels = TagLabels(names)
         self.descriptions = dict(zip(names, descriptions, strict=True))
         self.prompts = Prompts(settings.prompts)
@@ -108,26 +118,35 @@ class TaggingPipeline:
         engine: Engine | None = None,
         load_engine: bool = True,
         writable: bool = False,
+        load_graph: bool = True,
     ) -> TaggingPipeline:
         """Load the store, its knowledge bases and (unless given or not wanted) the LLM engine.
 
         ``writable`` opens the knowledge bases' append logs, so feedback is on disk before it returns.
+        ``load_graph=False`` reads only the store's vocabulary: enough for the generation and
+        calibration stages, which need neither the graph nor the encoder.
         """
         from llm4tag.engines import make_engine
         from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
 
-        recaller = Recaller.open(store_dir, settings)
+        recaller = vocabulary = None
+        if load_graph:
+            recaller = Recaller.open(store_dir, settings)
+            encoder_id = recaller.encoder.id
+        else:
+            described = read_vocabulary(store_dir)
+            vocabulary, encoder_id = (described.tags, described.descriptions), described.encoder_id
         folder = Path(store_dir) / KNOWLEDGE_DIR
         samples = knowledge = None
         if (folder / "samples").exists():
             samples = SampleKnowledgeBase.load(
-                folder / "samples", expected_encoder_id=recaller.encoder.id, writable=writable
+                folder / "samples", expected_encoder_id=encoder_id, writable=writable
             )
         elif settings.pipeline.num_samples:
             log.warning("store %s has no sample knowledge base: prompts get no retrieved samples", store_dir)
         if (folder / "domain").exists():
             knowledge = DomainKnowledgeBase.load(
-                folder / "domain", expected_encoder_id=recaller.encoder.id, writable=writable
+                folder / "domain", expected_encoder_id=encoder_id, writable=writable
             )
         elif settings.pipeline.num_snippets:
             log.warning("store %s has no domain knowledge base: prompts get no knowledge snippets", store_dir)
@@ -137,58 +156,78 @@ class TaggingPipeline:
         max_tags = 1 if mode == "single" else settings.pipeline.max_tags
         if engine is None and load_engine:
             engine = make_engine(settings.llm)
-        return cls(recaller, engine, settings, samples, knowledge, max_tags=max_tags)
+        return cls(recaller, engine, settings, samples, knowledge, max_tags=max_tags, vocabulary=vocabulary)
 
     @property
     def mode(self) -> str:
         return "single" if self.max_tags == 1 else "multi"
 
-    def tag(
-        self, items: Sequence[Item], with_candidates: bool = False, with_dropped: bool = False
-    ) -> list[dict]:
-        if self.generator is None:
-            raise LLM4TagError("the pipeline was opened without an LLM engine")
-        if not items:
-            return []
+    # -- the stages, each callable on its own (a Serve deployment or a Ray Data actor runs one)
+
+    def encode(self, items: Sequence[Item]) -> tuple[list[str], np.ndarray]:
+        """Each item's content text and its unit vector."""
+        self._need(self.recaller, "an encoder")
         started = time.perf_counter()
         contents = [item_text(i, self.recaller.texts.item_fields) for i in items]
         vectors = self.recaller.encode(items)
-        started = self.times.add("encode", started)
+        self.times.add("encode", started)
+        return contents, vectors
+
+    def recall(self, vectors: np.ndarray) -> list[list[Candidate]]:
+        self._need(self.recaller, "a graph store")
+        started = time.perf_counter()
         candidates = self.recaller.store.recall(vectors)
-        started = self.times.add("recall", started)
+        self.times.add("recall", started)
+        return candidates
+
+    def generate(
+        self,
+        ids: Sequence[str],
+        contents: Sequence[str],
+        vectors: np.ndarray,
+        candidates: Sequence[Sequence[str]],
+    ) -> list[Generation]:
+        self._need(self.generator, "an LLM engine")
+        started, before = time.perf_counter(), _token_counts(self.engine)
+        generations = self.generator.generate(ids, contents, vectors, candidates, self.max_tags)
+        self.times.add("generate", started, self.engine, before)
+        return generations
+
+    def calibrate(self, contents: Sequence[str], tags: Sequence[Sequence[str]]) -> list[list[Judged]]:
+        """Verdicts per item; without calibration every tag is kept with an unknown (NaN) confidence."""
+        if self.calibrator is None:
+            return [[Judged(t, float("nan"), True) for t in item_tags] for item_tags in tags]
+        started, before = time.perf_counter(), _token_counts(self.engine)
+        judged = self.calibrator.judge(contents, tags)
+        self.times.add("calibrate", started, self.engine, before)
+        return judged
+
+    def tag(
+        self, items: Sequence[Item], with_candidates: bool = False, with_dropped: bool = False
+    ) -> list[dict]:
+        self._need(self.generator, "an LLM engine")
+        if not items:
+            return []
+        contents, vectors = self.encode(items)
+        candidates = self.recall(vectors)
         ids = [i.id for i in items]
-        names = [[c.tag for c in cands] for cands in candidates]
-        before = _token_counts(self.engine)
-        generations = self.generator.generate(ids, contents, vectors, names, self.max_tags)
-        started = self.times.add("generate", started, self.engine, before)
-        if self.calibrator is not None:
-            before = _token_counts(self.engine)
-            judged = self.calibrator.judge(contents, [g.tags for g in generations])
-            started = self.times.add("calibrate", started, self.engine, before)
-        else:
-            judged = [[Judged(t, float("nan"), True) for t in g.tags] for g in generations]
-        rows = []
-        for item, cands, generation, verdicts in zip(items, candidates, generations, judged, strict=True):
-            by_tag = {c.tag: c for c in cands}
-            row = {
-                "id": item.id,
-                "tags": [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if v.kept],
-                "knowledge": {"samples": generation.sample_ids, "snippets": generation.snippet_ids},
-                # The LLM's own order, before calibration re-ranks and filters.
-                "generated": list(generation.tags),
-            }
-            if with_dropped:
-                row["dropped"] = [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if not v.kept]
-            if with_candidates:
-                row["candidates"] = [c.to_dict() for c in cands]
-            if generation.raw is not None:
-                row["raw"] = generation.raw
-            rows.append(row)
+        generations = self.generate(ids, contents, vectors, [[c.tag for c in cands] for cands in candidates])
+        judged = self.calibrate(contents, [g.tags for g in generations])
+        rows = [
+            result_row(item_id, cands, generation, verdicts, with_candidates, with_dropped)
+            for item_id, cands, generation, verdicts in zip(ids, candidates, generations, judged, strict=True)
+        ]
         if self.config.write_back:
+            started = time.perf_counter()
             self.write_back(items, vectors, rows)
             self.times.add("write_back", started)
         self.times.items += len(items)
         return rows
+
+    @staticmethod
+    def _need(part, what: str) -> None:
+        if part is None:
+            raise LLM4TagError(f"the pipeline was opened without {what}")
 
     def tag_rows(self, items: Iterable[Item], **kwargs) -> Iterator[dict]:
         batch: list[Item] = []
@@ -242,22 +281,16 @@ class TaggingPipeline:
         return len(items)
 
     def write_back(self, items: Sequence[Item], vectors, rows: Sequence[dict]) -> None:
-        """Final tags become deterministic edges (the graph grows as it serves)."""
-        store = self.recaller.store
-        new_ids, new_vectors, new_tags, new_texts = [], [], [], []
-        for index, (item, row) in enumerate(zip(items, rows, strict=True)):
-            tags = [t["tag"] for t in row["tags"]]
-            try:
-                store.write_back(item.id, tags)
-            except StoreError:
-                new_ids.append(item.id)
-                new_vectors.append(vectors[index])
-                new_tags.append(tags)
-                new_texts.append(item.text)
-        if new_ids:
-            import numpy as np
+        """Final tags become deterministic edges (the graph grows as it serves); new items are inserted.
 
-            store.insert(new_ids, np.stack(new_vectors), new_tags, new_texts)
+        Durable when the store was loaded from a folder: the writes go through its journal first.
+        """
+        self.recaller.store.record(
+            [item.id for item in items],
+            vectors,
+            [[t["tag"] for t in row["tags"]] for row in rows],
+            [item.text for item in items],
+        )
 
 
 def _annotated_mean(samples) -> float:
@@ -265,6 +298,32 @@ def _annotated_mean(samples) -> float:
         return 0.0
     counts = [len(sample.correct) for sample in samples]
     return sum(counts) / len(counts) if counts else 0.0
+
+
+def result_row(
+    item_id: str,
+    candidates: Sequence[Candidate],
+    generation: Generation,
+    verdicts: Sequence[Judged],
+    with_candidates: bool = False,
+    with_dropped: bool = False,
+) -> dict:
+    """One output row: kept tags with confidence and provenance (the recall meta-path that found them)."""
+    by_tag = {c.tag: c for c in candidates}
+    row = {
+        "id": item_id,
+        "tags": [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if v.kept],
+        "knowledge": {"samples": generation.sample_ids, "snippets": generation.snippet_ids},
+        # The LLM's own order, before calibration re-ranks and filters.
+        "generated": list(generation.tags),
+    }
+    if with_dropped:
+        row["dropped"] = [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if not v.kept]
+    if with_candidates:
+        row["candidates"] = [c.to_dict() for c in candidates]
+    if generation.raw is not None:
+        row["raw"] = generation.raw
+    return row
 
 
 def _tag_row(verdict: Judged, candidate) -> dict:

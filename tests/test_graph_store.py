@@ -326,7 +326,11 @@ def test_save_load_round_trip(tmp_path):
     assert_same_store(loaded, again)
     assert det_tags(again)["h"] == {"eps", "gamma"}
     again.save(tmp_path / "s")
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["CURRENT", "v000002", "v000003"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith("journal.")) == [
+        "CURRENT",
+        "v000002",
+        "v000003",
+    ]
     # A recall override replaces the saved settings.
     override = RecallConfig(c2c_search_k=0, min_c2t=0)
     with_override = GraphStore.load(tmp_path / "s", recall=override)
@@ -423,11 +427,18 @@ def test_exception_during_save_keeps_previous_version(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         store.save(root)
     assert calls == ["vertices.parquet", "edges.parquet"]
-    assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "v000001"]  # temp folder removed
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+        "CURRENT",
+        "v000001",
+    ]  # temp folder removed
     assert_same_store(GraphStore.load(root), old)
     monkeypatch.setattr(store_module, "_write_parquet", real)
     assert store.save(root).name == "v000002"
-    assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "v000001", "v000002"]
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+        "CURRENT",
+        "v000001",
+        "v000002",
+    ]
     assert_same_store(GraphStore.load(root), store)
 
 
@@ -481,7 +492,7 @@ def test_crash_during_save_keeps_previous_version(tmp_path, where):
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert proc.returncode == 137, proc.stderr
-    names = sorted(p.name for p in root.iterdir())
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith("journal."))
     if where == "parquet":
         assert names[1:] == ["CURRENT", "v000001", "v000002"]
         assert names[0].startswith(".tmp-v000003-")  # the torn version
@@ -499,7 +510,10 @@ def test_crash_during_save_keeps_previous_version(tmp_path, where):
     # parquet: the torn v000003 never became a version, so the number is reused.
     expected = {"parquet": ["v000002", "v000003"], "current": ["v000003", "v000004"]}[where]
     assert saved.name == expected[-1]
-    assert sorted(p.name for p in root.iterdir()) == ["CURRENT", *expected]
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+        "CURRENT",
+        *expected,
+    ]
     assert (root / "CURRENT").read_text().strip() == expected[-1]
     final = GraphStore.load(root, expected_encoder_id=ENCODER)
     assert "after" in final.graph.content_pos and "crash-item" not in final.graph.content_pos

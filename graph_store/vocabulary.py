@@ -1,0 +1,55 @@
+"""A store's tag vocabulary and encoder, read without loading the graph or its indexes.
+
+The generation and calibration stages need only this; a GPU replica should not hold the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from graph_store.errors import StoreError
+from graph_store.graph import TAG
+from graph_store.shards import SHARDS_FILE
+from graph_store.store import current_version, read_manifest
+
+
+@dataclass(frozen=True)
+class StoreVocabulary:
+    tags: list[str]
+    descriptions: list[str | None]
+    encoder_id: str
+    num_shards: int
+
+
+def read_vocabulary(directory: str | os.PathLike) -> StoreVocabulary:
+    root = Path(directory)
+    num_shards = 1
+    if (root / SHARDS_FILE).exists():
+        try:
+            listing = json.loads((root / SHARDS_FILE).read_text())["shards"]
+            first = listing[0] if isinstance(listing[0], str) else listing[0]["folder"]
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise StoreError(f"{root} is not a sharded store: {exc}") from exc
+        num_shards = len(listing)
+        root = root / first
+    folder = current_version(root)
+    manifest = read_manifest(folder)
+    try:
+        vertices = pq.read_table(folder / "vertices.parquet", columns=["vid", "kind", "key", "text"])
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StoreError(f"store {root} is damaged: {exc}") from exc
+    # Tags were added in position order, so their vertex ids sort them into the graph's tag order.
+    tags = vertices.filter(pc.equal(vertices.column("kind"), TAG)).sort_by("vid")
+    return StoreVocabulary(
+        tags=tags.column("key").to_pylist(),
+        descriptions=tags.column("text").to_pylist(),
+        encoder_id=manifest["encoder_id"],
+        num_shards=num_shards,
+    )
