@@ -27,6 +27,7 @@ warning on load. One process writes a base folder at a time; any number may read
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -480,6 +481,7 @@ class _KnowledgeBase(Generic[E]):
                 self._log = None
             _reset_log(root, self.KIND, name, self.encoder_id)
             self._origin = (root.resolve(), name)
+            self._mark_read(root / LOG_NAME, (root / LOG_NAME).stat().st_size)
             _prune_snapshots(root, KEEP_SNAPSHOTS)
             if reopen:
                 self.open_log(root)
@@ -532,9 +534,64 @@ class _KnowledgeBase(Generic[E]):
         if logged:
             base._apply(logged, np.concatenate(logged_vectors))
         base._origin = (root.resolve(), snapshot.name)
+        base._mark_read(where, scan.valid_end)
         if writable:
             base.open_log(root)
         return base
+
+    def _mark_read(self, path: Path, offset: int) -> None:
+        try:
+            self._followed = (os.stat(path).st_ino, offset)
+        except FileNotFoundError:
+            self._followed = (None, 0)
+
+    def refresh(self) -> int:
+        """Apply what other processes appended to this base's log since it was read; returns how many.
+
+        Several replicas share one knowledge folder: each appends its own additions and follows the
+        others' before it searches. Re-applying an entry changes nothing, so a base also reads back its
+        own appends. A log replaced by a save elsewhere means a new snapshot: the base reloads it.
+        """
+        if self._origin is None:
+            return 0
+        root = self._origin[0]
+        path = root / LOG_NAME
+        with self._lock:
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                return 0
+            inode, offset = getattr(self, "_followed", (None, 0))
+            if stat.st_ino != inode or stat.st_size < offset:
+                fresh = type(self).load(root, self.encoder_id, writable=self._wants_log)
+                if self._log is not None:
+                    self._log.close()
+                lock = self._lock
+                self.__dict__.update(fresh.__dict__)
+                self._lock = lock
+                return len(self)
+            if stat.st_size == offset:
+                return 0
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(stat.st_size - offset)
+            end = data.rfind(b"\n") + 1  # a line still being appended waits for the next refresh
+            entries, vectors = [], []
+            for raw in data[:end].splitlines():
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError as exc:
+                    raise DataError(str(path), f"damaged log: invalid JSON line: {exc}") from exc
+                if "format" in record and record.get("snapshot") is not None:
+                    continue  # the header
+                entries.append(_entry_from_record(self.ENTRY, record, path, 0))
+                vectors.append(_as_vectors(record.get("vector"), 1, self.dim, "the logged vector"))
+            if entries:
+                self._apply(entries, np.concatenate(vectors))
+            self._followed = (inode, offset + end)
+            return len(entries)
 
     def open_log(self, folder: str | os.PathLike[str] | None = None) -> Path:
         """Open ``folder``'s append log so that :meth:`add` is durable by default; returns its path.
@@ -1446,25 +1503,33 @@ class _AppendLog:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._broken = False
+        # Replicas of a deployment append to one log: a lock file (not the log, which a save replaces)
+        # keeps their appends whole and in one order.
+        self._lock_path = path.with_name(path.name + ".lock")
 
     def append(self, lines: list[bytes]) -> None:
         if self._broken:
             raise KnowledgeError(f"the log {self.path} could not be repaired after a failed write; reload")
         data = b"".join(lines)
-        start = os.lseek(self._fd, 0, os.SEEK_END)
+        lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)
-        except BaseException:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            start = os.lseek(self._fd, 0, os.SEEK_END)
             try:
-                os.ftruncate(self._fd, start)
+                view = memoryview(data)
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
                 os.fsync(self._fd)
-            except OSError:
-                self._broken = True
-            raise
+            except BaseException:
+                try:
+                    os.ftruncate(self._fd, start)
+                    os.fsync(self._fd)
+                except OSError:
+                    self._broken = True
+                raise
+        finally:
+            os.close(lock)  # releases the lock
 
     def close(self) -> None:
         if self._fd >= 0:

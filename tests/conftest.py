@@ -7,6 +7,7 @@ so a cosine is a plain dot product and can be checked by hand (see tests/test_gr
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,39 @@ def build_hand_store(flush_every: int = 1024, **graph_kwargs) -> GraphStore:
 @pytest.fixture
 def hand_store() -> GraphStore:
     return build_hand_store()
+
+
+# --- a real local Ray cluster and a store over the shipped BANKING77 sample (Serve and bulk tests)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session. Four logical CPUs on two cores: the deployments and
+    Ray Data actors ask for fractions of a CPU, and the oversubscription only shares the cores."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_store(tmp_path_factory) -> Path:
+    """A store (graph + knowledge bases) over the 400 BANKING77 sample items; needs the tiny LLM."""
+    from llm4tag.cli import main
+    from llm4tag.errors import ModelError
+    from llm4tag.models import resolve_llm
+
+    try:
+        resolve_llm("tiny")
+    except ModelError as exc:
+        pytest.skip(f"tiny model not installed ({exc})")
+    folder = tmp_path_factory.mktemp("sample") / "store"
+    argv = ["build", "--items", str(SAMPLE / "train.jsonl"), "--tags", str(SAMPLE / "tags.jsonl")]
+    rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
+    assert main([*argv, "--store", str(folder), "--knowledge", str(rules)]) == 0
+    return folder

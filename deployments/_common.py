@@ -1,0 +1,24 @@
+"""What the stage deployments share: settings from the app's arguments, batch sizes, threads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llm4tag.config import Settings, settings_from_dict
+
+
+def settings_of(data: dict[str, Any] | None) -> Settings:
+    return settings_from_dict(data or {})
+
+
+def configure_batching(method, batching: dict[str, Any]) -> None:
+    """Apply the batch size and wait from config to a @serve.batch method (its decorator holds defaults)."""
+    method.set_max_batch_size(int(batching["max_batch_size"]))
+    method.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
+
+
+async def in_thread(function, *args):
+    # Model calls run off the replica's event loop, which must stay free for health checks and for
+    # queueing the next batch while this one computes.
+    return await asyncio.to_thread(function, *args)

@@ -1,0 +1,98 @@
+"""The application builder: one composition graph of the stage deployments behind the ingress.
+
+`serve run serve_config.yaml` and `llm4tag serve` both call build_app with the `args` of the config's
+application; per-deployment options (replicas, autoscaling, resources) come from its `deployments`
+list (Serve applies them by name) or, for `llm4tag serve`, from `args["deployment_options"]`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.calibrator import Calibrator
+from deployments.encoder import Encoder
+from deployments.generator import Generator
+from deployments.graph_recall import GraphRecall
+from deployments.ingress import Ingress
+from graph_store import read_vocabulary
+from llm4tag.config import load_settings, settings_from_dict
+from llm4tag.errors import ConfigError
+from llm4tag.service import ServiceConfig
+
+KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options"}
+
+
+def resolve_path(path: str, base: str | None = None) -> str:
+    """Paths in the config are relative to LLM4TAG_BASE_DIR (set by `llm4tag serve` to the config's
+    folder) or the working directory; replicas get absolute paths, whatever their own cwd."""
+    expanded = Path(os.path.expandvars(os.path.expanduser(path)))
+    if not expanded.is_absolute():
+        expanded = Path(base or os.environ.get("LLM4TAG_BASE_DIR") or os.getcwd()) / expanded
+    return str(expanded.resolve())
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    unknown = sorted(set(args) - KNOWN_ARGS)
+    if unknown:
+        raise ConfigError(
+            f"unknown application argument(s): {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_ARGS))})"
+        )
+    if "store" not in args:
+        raise ConfigError("the application needs 'store': the folder built by `llm4tag build`")
+    store = resolve_path(str(args["store"]))
+    if args.get("config"):
+        settings = load_settings(resolve_path(str(args["config"]))).to_dict()
+        settings = _merge(settings, args.get("settings") or {})
+    else:
+        settings = args.get("settings") or {}
+    settings = settings_from_dict(settings).to_dict()  # validated here, before any replica starts
+    service = ServiceConfig.from_dict(args.get("service"))
+    vocabulary = read_vocabulary(store)
+    options = args.get("deployment_options") or {}
+
+    def opt(deployment, name: str):
+        return (
+            deployment.options(name=name, **options.get(name, {}))
+            if name in options
+            else deployment.options(name=name)
+        )
+
+    encoder = opt(Encoder, "Encoder").bind(settings, service.to_dict()["encoder"], vocabulary.encoder_id)
+    shards = []
+    for index in range(vocabulary.num_shards):
+        name = "GraphRecall" if vocabulary.num_shards == 1 else f"GraphRecall{index}"
+        base = options.get("GraphRecall", {})
+        shard_options = {**base, **options.get(name, {})}
+        shards.append(
+            GraphRecall.options(name=name, **shard_options).bind(
+                store, index, vocabulary.num_shards, settings
+            )
+        )
+    generator = opt(Generator, "Generator").bind(store, settings, service.to_dict()["generator"])
+    calibrator = None
+    if settings["pipeline"]["calibrate"]:
+        calibrator = opt(Calibrator, "Calibrator").bind(store, settings, service.to_dict()["calibrator"])
+    return opt(Ingress, "Ingress").bind(
+        encoder,
+        shards,
+        generator,
+        calibrator,
+        {"tags": vocabulary.tags, "descriptions": vocabulary.descriptions},
+        settings,
+        service.to_dict(),
+    )
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            _merge(merged[key], value)
+            if isinstance(value, dict) and isinstance(merged.get(key), dict)
+            else value
+        )
+    return merged

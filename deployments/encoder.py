@@ -1,0 +1,29 @@
+"""Encoder deployment: item texts -> unit vectors, batched across concurrent requests."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from deployments._common import configure_batching, in_thread, settings_of
+from llm4tag.encoder import Encoder as CoreEncoder
+from llm4tag.errors import ConfigError
+
+
+@serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+class Encoder:
+    def __init__(self, settings: dict, batching: dict, expected_encoder_id: str):
+        self.encoder = CoreEncoder(settings_of(settings).encoder)
+        if self.encoder.id != expected_encoder_id:
+            raise ConfigError(
+                f"the configured encoder is '{self.encoder.id}' but the store was built with "
+                f"'{expected_encoder_id}'; configure the encoder the store was built with"
+            )
+        configure_batching(self.encode, batching)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def encode(self, texts: list[str]) -> list[np.ndarray]:
+        return list(await in_thread(self.encoder.encode, texts))
+
+    def describe(self) -> dict:
+        return {"encoder": self.encoder.id}

@@ -1,0 +1,54 @@
+"""Generator deployment: the LLM picks tags among the candidates, with retrieved samples and knowledge.
+
+Replicas share the store's knowledge folder: feedback appended by one is followed by all (each
+refreshes before a batch), and the sample is durable before the call returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from deployments._common import configure_batching, in_thread, settings_of
+from llm4tag.generator import Generation
+from llm4tag.knowledge import Sample
+from llm4tag.pipeline import TaggingPipeline
+
+
+@serve.deployment(name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+class Generator:
+    def __init__(self, store: str, settings: dict, batching: dict):
+        config = settings_of(settings)
+        config.pipeline.calibrate = False  # the Calibrator deployment judges
+        self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
+        configure_batching(self.generate, batching)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def generate(self, requests: list[dict]) -> list[Generation]:
+        return await in_thread(self._generate, requests)
+
+    def _generate(self, requests: list[dict]) -> list[Generation]:
+        for base in (self.pipeline.samples, self.pipeline.knowledge):
+            if base is not None:
+                base.refresh()
+        return self.pipeline.generate(
+            [r["id"] for r in requests],
+            [r["content"] for r in requests],
+            np.stack([r["vector"] for r in requests]),
+            [r["candidates"] for r in requests],
+        )
+
+    async def record_samples(self, samples: list[Sample], vectors: np.ndarray) -> int:
+        if self.pipeline.samples is None:
+            return 0
+        await in_thread(self.pipeline.samples.add, samples, vectors)
+        return len(samples)
+
+    def describe(self) -> dict:
+        engine = self.pipeline.engine
+        return {
+            "model": getattr(engine, "name", None),
+            "mode": self.pipeline.mode,
+            "samples": len(self.pipeline.samples) if self.pipeline.samples is not None else 0,
+            "snippets": len(self.pipeline.knowledge) if self.pipeline.knowledge is not None else 0,
+        }

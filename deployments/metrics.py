@@ -1,0 +1,42 @@
+"""The service's own metrics (ray.serve.metrics): exported by Ray's metrics agent as ray_llm4tag_*
+series on the Prometheus endpoint and shown on the Ray dashboard's Metrics page."""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000]
+
+
+class ServiceMetrics:
+    def __init__(self):
+        self.items_tagged = Counter("llm4tag_items_tagged", description="Items tagged over HTTP.")
+        self.requests = Counter(
+            "llm4tag_requests",
+            description="Requests by endpoint and status code.",
+            tag_keys=("route", "status"),
+        )
+        self.stage_latency = Histogram(
+            "llm4tag_stage_latency_ms",
+            description="Per-request latency of each pipeline stage and end to end (stage=total).",
+            boundaries=LATENCY_MS,
+            tag_keys=("stage",),
+        )
+        self.candidates = Histogram(
+            "llm4tag_candidates_per_item",
+            description="Candidate tags recalled per item.",
+            boundaries=[1, 5, 10, 15, 20, 25, 30, 40, 60],
+        )
+        self.confidence = Histogram(
+            "llm4tag_tag_confidence",
+            description="Calibrated confidence of every judged tag (kept and dropped).",
+            boundaries=[round(0.1 * i, 1) for i in range(1, 11)],
+        )
+        self.tags_kept = Counter("llm4tag_tags_kept", description="Tags kept after calibration.")
+        self.tags_dropped = Counter(
+            "llm4tag_tags_dropped", description="Generated tags dropped by calibration."
+        )
+        self.feedback = Counter("llm4tag_feedback_items", description="Corrected annotations recorded.")
+        self.retries = Counter(
+            "llm4tag_stage_retries", description="Calls retried after a replica died.", tag_keys=("stage",)
+        )
