@@ -375,6 +375,10 @@ class _KnowledgeBase(Generic[E]):
         with self._lock:
             if durable is None:
                 durable = self._wants_log
+            if durable and self._log is not None and self._log.replaced():
+                # Another process saved a new snapshot: appending to the old, unlinked log would lose
+                # the entries. Load the new snapshot (this reopens the log) first.
+                self.refresh()
             if durable:
                 if self._log is None:
                     raise KnowledgeError(
@@ -1530,6 +1534,13 @@ class _AppendLog:
                 raise
         finally:
             os.close(lock)  # releases the lock
+
+    def replaced(self) -> bool:
+        """Whether the path now names another file than the one open here (a save reset the log)."""
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            return True
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -540,3 +540,29 @@ def test_failed_log_write_changes_nothing(samples, encoder, tmp_path, monkeypatc
     assert "f1" not in live and log.read_bytes() == before  # the partial append was cut off again
     live.add_encoded([Sample("f2", "Top up failed again", ("top_up_failed",), (), "feedback")], encoder)
     assert {"f2"} == {s.id for s in SampleKnowledgeBase.load(tmp_path / "kb")} - {i.id for i in ITEMS}
+
+
+# --- several processes on one folder (the replicas of a deployment)
+
+
+def test_replicas_follow_each_others_appends_and_a_save(samples, encoder, tmp_path):
+    folder = tmp_path / "samples"
+    samples.save(folder)
+    one = SampleKnowledgeBase.load(folder, writable=True)
+    two = SampleKnowledgeBase.load(folder, writable=True)
+    text = "Can I use my card to pay at a petrol station in Norway?"
+    one.add([Sample("f1", text, ("card_acceptance",), (), "feedback")], encoder.encode([text]))
+    assert "f1" not in two and two.refresh() == 1 and two.get("f1").correct == ("card_acceptance",)
+    assert two.refresh() == 0
+    # The other way round, and an update merges on both sides.
+    two.add([Sample("f1", text, (), ("top_up_failed",), "feedback")], encoder.encode([text]))
+    one.refresh()
+    assert one.get("f1").incorrect == ("top_up_failed",) and one.get("f1").correct == ("card_acceptance",)
+    # A save by one starts a new snapshot and an empty log: the other, appending before it refreshed,
+    # first loads the new snapshot, so its entry lands in the live log rather than the replaced one.
+    one.save(folder)
+    other = "How long does a transfer from abroad take?"
+    two.add([Sample("f2", other, ("transfer_timing",), (), "feedback")], encoder.encode([other]))
+    assert two.get("f1") == one.get("f1")
+    assert one.refresh() == 1 and "f2" in one
+    assert "f2" in SampleKnowledgeBase.load(folder)
