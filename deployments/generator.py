@@ -7,6 +7,7 @@ refreshes before a batch), and the sample is durable before the call returns.
 from __future__ import annotations
 
 import numpy as np
+import ray
 from ray import serve
 
 from deployments._common import configure_batching, in_thread, settings_of
@@ -47,6 +48,7 @@ class Generator:
     def describe(self) -> dict:
         engine = self.pipeline.engine
         return {
+            "replica": ray.get_runtime_context().get_actor_name(),
             "model": getattr(engine, "name", None),
             "mode": self.pipeline.mode,
             "samples": len(self.pipeline.samples) if self.pipeline.samples is not None else 0,

@@ -1,0 +1,284 @@
+"""The Serve application against a real local Ray cluster: the tiny LLM, the BANKING77 sample store.
+
+One deployment serves the module (start-up costs ~40 s on 2 cores); the tests run in file order, and
+the restart test redeploys it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm4tag.config import load_settings, settings_from_dict
+from llm4tag.data import read_items
+from llm4tag.pipeline import TaggingPipeline
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+QUERIES = REPO / "data" / "sample" / "banking77" / "queries.jsonl"
+DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
+LLM = {"model": "tiny", "batch_size": 4}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def call(url: str, body=None, raw: bytes | None = None, timeout: float = 300):
+    """(status, headers, parsed JSON body or text) of a GET (no body) or POST."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, headers, payload = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, payload = exc.code, dict(exc.headers), exc.read()
+    try:
+        return status, headers, json.loads(payload)
+    except ValueError:
+        return status, headers, payload.decode(errors="replace")
+
+
+def write_config(folder: Path, port: int) -> Path:
+    config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["config"] = str(DOMAIN)
+    app["args"]["service"]["limits"] = {"max_items": 8, "max_text_chars": 2000, "max_body_bytes": 65536}
+    app["args"]["service"]["retry_after_s"] = 3
+    by_name = {d["name"]: d for d in app["deployments"]}
+    # Two generator replicas, so that one can be killed while the other answers.
+    by_name["Generator"].pop("autoscaling_config", None)
+    by_name["Generator"]["num_replicas"] = 2
+    # A small ingress queue, so that a burst meets back-pressure quickly.
+    by_name["Ingress"].update(
+        max_ongoing_requests=4,
+        max_queued_requests=2,
+        backpressure_config={"status_code": 503, "retry_after_s": 3},
+    )
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start(config: Path, store: Path) -> str:
+    from deployments.launch import deploy, wait_ready
+
+    url = deploy(config, store=str(store), settings={"llm": LLM})
+    wait_ready(url, timeout=300)
+    return url
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, sample_store, tmp_path_factory):
+    from ray import serve
+
+    folder = tmp_path_factory.mktemp("serve")
+    store = folder / "store"
+    shutil.copytree(sample_store, store)  # feedback writes to it
+    config = write_config(folder, free_port())
+    url = start(config, store)
+    state = {"url": url, "config": config, "store": store}
+    yield state
+    serve.shutdown()
+
+
+def test_health_readiness_docs_and_vocabulary_search(served):
+    url = served["url"]
+    assert call(f"{url}/healthz")[2] == {"status": "ok"}
+    status, _, ready = call(f"{url}/readyz")
+    assert status == 200 and ready["ready"]
+    assert ready["stages"]["generator"]["model"] == "transformers:smollm2-135m-instruct"
+    assert ready["stages"]["recall[0]"]["contents"] == 400 and ready["stages"]["generator"]["samples"] == 400
+    status, _, docs = call(f"{url}/openapi.json")
+    assert status == 200 and {"/v1/tag", "/v1/feedback", "/v1/tags", "/healthz", "/readyz"} <= set(
+        docs["paths"]
+    )
+    found = call(f"{url}/v1/tags?q=card%20arrival")[2]
+    assert found["tags"][0]["tag"] == "card_arrival" and found["vocabulary_size"] == 77
+    assert call(f"{url}/v1/tags?q=card&limit=0")[2]["field"] == "limit"
+
+
+def test_one_item_and_a_batch_carry_tags_from_the_candidates(served):
+    url = served["url"]
+    status, _, answer = call(f"{url}/v1/tag", {"id": "one", "text": "my card still has not arrived"})
+    assert status == 200 and [r["id"] for r in answer["items"]] == ["one"]
+    assert set(answer["timings_ms"]) == {"encode", "recall", "generate", "calibrate", "total"}
+    items = [{"id": i.id, "text": i.text} for i in read_items(QUERIES).items[:3]]
+    status, _, answer = call(f"{url}/v1/tag", {"items": items, "candidates": True, "dropped": True})
+    assert status == 200 and [r["id"] for r in answer["items"]] == [i["id"] for i in items]
+    for row in answer["items"]:
+        candidates = {c["tag"] for c in row["candidates"]}
+        assert len(candidates) == 20
+        judged = row["tags"] + row["dropped"]
+        assert len(judged) == 1 and judged[0]["tag"] in candidates  # single-tag mode (BANKING77)
+        assert all(0.0 <= t["confidence"] <= 1.0 for t in judged)
+        assert all(t["confidence"] >= 0.5 for t in row["tags"])
+        assert judged[0]["source"] in {"c2t", "c2c2t", "c2t+c2c2t", "fill"}
+
+
+def test_served_rows_equal_the_in_process_pipeline(served):
+    items = read_items(QUERIES).items[3:6]
+    status, _, answer = call(
+        f"{served['url']}/v1/tag", {"items": [{"id": i.id, "text": i.text} for i in items]}
+    )
+    assert status == 200
+    settings = settings_from_dict({**load_settings(DOMAIN).to_dict(), "llm": LLM})
+    local = TaggingPipeline.open(served["store"], settings).tag(items)
+    for online, offline in zip(answer["items"], local, strict=True):
+        assert online["generated"] == offline["generated"]
+        assert online["knowledge"] == offline["knowledge"]
+        assert [t["tag"] for t in online["tags"]] == [t["tag"] for t in offline["tags"]]
+        for a, b in zip(online["tags"], offline["tags"], strict=True):
+            assert a["confidence"] == pytest.approx(b["confidence"], abs=0.02)
+            assert (a["source"], a.get("via")) == (b["source"], b.get("via"))
+
+
+BAD_TAG_REQUESTS = [
+    (b'{"items": [', 400, "body"),
+    (b"", 400, "body"),
+    (json.dumps({"items": [{"id": "a"}]}).encode(), 422, "items[0].text"),
+    (json.dumps({"items": [{"id": "a", "text": "   "}]}).encode(), 422, "items[0].text"),
+    (json.dumps({"items": [{"id": "a", "text": 42}]}).encode(), 422, "items[0].text"),
+    (json.dumps({"items": "hello"}).encode(), 422, "items"),
+    (json.dumps({"items": [{"id": "a", "text": "x", "colour": "red"}]}).encode(), 422, "items[0].colour"),
+    (json.dumps({"items": [{"text": "x"}], "verbose": True}).encode(), 422, "verbose"),
+    (json.dumps({"items": [{"id": "a", "text": "x" * 2001}]}).encode(), 413, "items[0].text"),
+    (json.dumps({"items": [{"text": "x"}] * 9}).encode(), 413, "items"),
+    (json.dumps({"items": [{"text": "x" * 1000}] * 8, "pad": "y" * 70000}).encode(), 413, "body"),
+]
+
+
+@pytest.mark.parametrize(("raw", "status", "field"), BAD_TAG_REQUESTS)
+def test_bad_input_gets_a_4xx_naming_the_field(served, raw, status, field):
+    got, _, body = call(f"{served['url']}/v1/tag", raw=raw)
+    assert (got, body["field"]) == (status, field), body
+    assert body["error"]
+
+
+def test_bad_feedback_is_refused_and_nothing_is_written(served):
+    url, store = served["url"], served["store"]
+    before = (store / "journal.jsonl").read_bytes() if (store / "journal.jsonl").exists() else b""
+    for body, field in [
+        ({"id": "f", "text": "t", "tags": ["no_such_intent"]}, "body.tags"),
+        ({"text": "t", "tags": ["card_arrival"]}, "body.id"),
+        ({"id": "f", "text": "t"}, "body.tags"),
+        (
+            {
+                "items": [
+                    {"id": "f", "text": "t", "tags": ["card_arrival"]},
+                    {"id": "g", "text": "", "tags": []},
+                ]
+            },
+            "items[1].text",
+        ),
+    ]:
+        status, _, answer = call(f"{url}/v1/feedback", body)
+        assert (status, answer["field"]) == (422, field)
+    after = (store / "journal.jsonl").read_bytes() if (store / "journal.jsonl").exists() else b""
+    assert after == before
+
+
+FEEDBACK_TEXT = "the plastic thing from you never showed up in my letterbox"
+
+
+def check_feedback_visible(url: str) -> None:
+    """A query with the corrected item's text retrieves it as a sample and recalls its tag through it."""
+    status, _, answer = call(f"{url}/v1/tag", {"id": "probe", "text": FEEDBACK_TEXT, "candidates": True})
+    assert status == 200
+    row = answer["items"][0]
+    assert "fb-1" in row["knowledge"]["samples"]
+    candidates = {c["tag"]: c for c in row["candidates"]}
+    assert "fb-1" in (candidates["card_arrival"].get("via") or [])
+
+
+def test_feedback_is_durable_visible_and_survives_a_restart(served):
+    from ray import serve
+
+    url, store = served["url"], served["store"]
+    body = {
+        "id": "fb-1",
+        "text": FEEDBACK_TEXT,
+        "tags": ["card_arrival"],
+        "incorrect": ["card_delivery_estimate"],
+    }
+    status, _, answer = call(f"{url}/v1/feedback", body)
+    assert status == 200 and answer == {"recorded": 1, "ids": ["fb-1"], "samples": 1}
+    # On disk before the answer: the shard's journal and the sample log.
+    journal = [json.loads(line) for line in (store / "journal.jsonl").read_text().splitlines()[1:]]
+    assert [(r["id"], r["tags"]) for r in journal] == [("fb-1", ["card_arrival"])]
+    assert "fb-1" in (store / "knowledge" / "samples" / "appended.jsonl").read_text()
+    check_feedback_visible(url)
+    # The whole application goes down and comes back: stores and knowledge are reloaded from disk.
+    serve.delete("llm4tag")
+    served["url"] = url = start(served["config"], store)
+    ready = call(f"{url}/readyz")[2]
+    assert ready["stages"]["recall[0]"]["contents"] == 401 and ready["stages"]["generator"]["samples"] == 401
+    check_feedback_visible(url)
+
+
+def test_a_killed_generator_replica_is_replaced_while_requests_succeed(served, ray_cluster):
+    from ray import serve
+
+    url = served["url"]
+    texts = [i.text for i in read_items(QUERIES).items[6:14]]
+    results: list[int] = []
+
+    def client(chunk):
+        for n, text in enumerate(chunk):
+            results.append(call(f"{url}/v1/tag", {"id": f"k{n}", "text": text})[0])
+
+    # The replicas' actor names, as they report them (the handle spreads calls over both).
+    handle = serve.get_deployment_handle("Generator", "llm4tag")
+    names: set[str] = set()
+    deadline = time.monotonic() + 90
+    while len(names) < 2 and time.monotonic() < deadline:
+        names.add(handle.describe.remote().result(timeout_s=60)["replica"])
+    assert len(names) == 2, names
+    clients = [threading.Thread(target=client, args=(texts[i::2],)) for i in range(2)]
+    for thread in clients:
+        thread.start()
+    time.sleep(1.0)
+    ray_cluster.kill(ray_cluster.get_actor(sorted(names)[0], namespace="serve"), no_restart=True)
+    for thread in clients:
+        thread.join(300)
+    assert results == [200] * len(texts)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        generator = serve.status().applications["llm4tag"].deployments["Generator"]
+        if generator.replica_states.get("RUNNING", 0) == 2:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail(f"the killed replica was not replaced: {generator.replica_states}")
+    assert call(f"{url}/v1/tag", {"id": "after", "text": texts[0]})[0] == 200
+
+
+def test_a_burst_beyond_the_queue_gets_503_with_retry_after(served):
+    url = served["url"]
+    answers: list[tuple[int, dict]] = []
+
+    def one(n: int) -> None:
+        status, headers, _ = call(f"{url}/v1/tag", {"id": f"b{n}", "text": "how do I top up my account"})
+        answers.append((status, {k.lower(): v for k, v in headers.items()}))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    statuses = sorted(status for status, _ in answers)
+    assert set(statuses) <= {200, 503} and statuses.count(503) >= 10 and statuses.count(200) >= 4
+    assert all(headers.get("retry-after") == "3" for status, headers in answers if status == 503)
