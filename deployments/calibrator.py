@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ray import serve
 
-from deployments._common import configure_batching, in_thread, settings_of
+from deployments._batching import QueueBatcher
+from deployments._common import settings_of
 from llm4tag.calibrator import Judged
 from llm4tag.pipeline import TaggingPipeline
 
@@ -17,16 +18,17 @@ class Calibrator:
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
         config.pipeline.num_samples = config.pipeline.num_snippets = 0
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False)
-        configure_batching(self.judge, batching)
+        self.batcher = QueueBatcher(self._judge, batching["max_batch_size"], batching["batch_wait_timeout_s"])
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def judge(self, requests: list[tuple[str, list[str]]]) -> list[list[Judged]]:
-        contents = [content for content, _ in requests]
-        tags = [item_tags for _, item_tags in requests]
-        return await in_thread(self.pipeline.calibrate, contents, tags)
+    async def judge(self, request: tuple[str, list[str]]) -> list[Judged]:
+        return await self.batcher.submit(request)
+
+    def _judge(self, requests: list[tuple[str, list[str]]]) -> list[list[Judged]]:
+        return self.pipeline.calibrate([content for content, _ in requests], [tags for _, tags in requests])
 
     def describe(self) -> dict:
         return {
             "model": getattr(self.pipeline.engine, "name", None),
             "threshold": self.pipeline.config.threshold,
+            "recent_batch_sizes": self.batcher.batch_sizes[-20:],
         }

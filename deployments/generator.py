@@ -10,7 +10,8 @@ import numpy as np
 import ray
 from ray import serve
 
-from deployments._common import configure_batching, in_thread, settings_of
+from deployments._batching import QueueBatcher
+from deployments._common import in_thread, settings_of
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
@@ -22,11 +23,12 @@ class Generator:
         config = settings_of(settings)
         config.pipeline.calibrate = False  # the Calibrator deployment judges
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
-        configure_batching(self.generate, batching)
+        self.batcher = QueueBatcher(
+            self._generate, batching["max_batch_size"], batching["batch_wait_timeout_s"]
+        )
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate(self, requests: list[dict]) -> list[Generation]:
-        return await in_thread(self._generate, requests)
+    async def generate(self, request: dict) -> Generation:
+        return await self.batcher.submit(request)
 
     def _generate(self, requests: list[dict]) -> list[Generation]:
         for base in (self.pipeline.samples, self.pipeline.knowledge):
@@ -53,4 +55,5 @@ class Generator:
             "mode": self.pipeline.mode,
             "samples": len(self.pipeline.samples) if self.pipeline.samples is not None else 0,
             "snippets": len(self.pipeline.knowledge) if self.pipeline.knowledge is not None else 0,
+            "recent_batch_sizes": self.batcher.batch_sizes[-20:],
         }

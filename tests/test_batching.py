@@ -1,0 +1,78 @@
+"""The LLM stages' request batcher (pure asyncio logic)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from deployments._batching import QueueBatcher
+
+
+def test_requests_arriving_during_a_batch_form_the_next_batch_together():
+    batches: list[list[int]] = []
+    first_started = threading.Event()
+
+    def slow_double(requests):
+        batches.append(list(requests))
+        first_started.set()
+        time.sleep(0.3)
+        return [2 * r for r in requests]
+
+    async def scenario():
+        batcher = QueueBatcher(slow_double, max_batch_size=4, wait_s=0.0)
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.to_thread(first_started.wait, 5)
+        rest = [asyncio.create_task(batcher.submit(n)) for n in range(1, 7)]
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(scenario()) == [0, 2, 4, 6, 8, 10, 12]
+    # While the first (size-1) batch ran, six arrived: they go as the maximum (4), then the rest (2).
+    assert batches == [[0], [1, 2, 3, 4], [5, 6]]
+
+
+def test_the_wait_gathers_requests_that_arrive_close_together():
+    batches: list[list[int]] = []
+
+    def record(requests):
+        batches.append(list(requests))
+        return requests
+
+    async def scenario():
+        batcher = QueueBatcher(record, max_batch_size=8, wait_s=0.2)
+        tasks = []
+        for n in range(3):
+            tasks.append(asyncio.create_task(batcher.submit(n)))
+            await asyncio.sleep(0.02)
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(scenario()) == [0, 1, 2] and batches == [[0, 1, 2]]
+
+
+def test_an_error_reaches_every_caller_of_its_batch_and_the_batcher_goes_on():
+    calls = []
+
+    def flaky(requests):
+        calls.append(list(requests))
+        if len(calls) == 1:
+            raise ValueError("model failed")
+        return requests
+
+    async def scenario():
+        batcher = QueueBatcher(flaky, max_batch_size=8, wait_s=0.05)
+        failed = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+        later = await batcher.submit(3)
+        return failed, later
+
+    failed, later = asyncio.run(scenario())
+    assert all(isinstance(e, ValueError) for e in failed) and later == 3
+
+
+def test_a_wrong_number_of_results_is_an_error():
+    async def scenario():
+        return await QueueBatcher(lambda requests: [], 4, 0.0).submit(1)
+
+    with pytest.raises(RuntimeError, match="0 results for 1"):
+        asyncio.run(scenario())
