@@ -16,8 +16,15 @@ from typing import Any
 
 
 class QueueBatcher:
-    def __init__(self, function: Callable[[list[Any]], Sequence[Any]], max_batch_size: int, wait_s: float):
+    def __init__(
+        self,
+        function: Callable[[list[Any]], Sequence[Any]],
+        max_batch_size: int,
+        wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         self.function = function  # blocking; runs in a worker thread
+        self.on_batch = on_batch  # told each batch's size (the deployments feed a metric)
         self.max_batch_size = max(1, int(max_batch_size))
         self.wait_s = max(0.0, float(wait_s))
         self.queue: asyncio.Queue | None = None
@@ -53,6 +60,8 @@ class QueueBatcher:
             if not live:
                 continue
             self.batch_sizes = [*self.batch_sizes[-99:], len(live)]
+            if self.on_batch is not None:
+                self.on_batch(len(live))
             try:
                 results = await asyncio.to_thread(self.function, [request for request, _ in live])
                 if len(results) != len(live):

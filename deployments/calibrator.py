@@ -6,6 +6,7 @@ from ray import serve
 
 from deployments._batching import QueueBatcher
 from deployments._common import settings_of
+from deployments.metrics import batch_size_histogram
 from llm4tag.calibrator import Judged
 from llm4tag.pipeline import TaggingPipeline
 
@@ -18,7 +19,10 @@ class Calibrator:
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
         config.pipeline.num_samples = config.pipeline.num_snippets = 0
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False)
-        self.batcher = QueueBatcher(self._judge, batching["max_batch_size"], batching["batch_wait_timeout_s"])
+        sizes = batch_size_histogram()
+        self.batcher = QueueBatcher(
+            self._judge, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
+        )
 
     async def judge(self, request: tuple[str, list[str]]) -> list[Judged]:
         return await self.batcher.submit(request)

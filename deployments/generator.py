@@ -12,6 +12,7 @@ from ray import serve
 
 from deployments._batching import QueueBatcher
 from deployments._common import in_thread, settings_of
+from deployments.metrics import batch_size_histogram
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
@@ -23,8 +24,9 @@ class Generator:
         config = settings_of(settings)
         config.pipeline.calibrate = False  # the Calibrator deployment judges
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
+        sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
-            self._generate, batching["max_batch_size"], batching["batch_wait_timeout_s"]
+            self._generate, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
         )
 
     async def generate(self, request: dict) -> Generation:

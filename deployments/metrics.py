@@ -40,3 +40,12 @@ class ServiceMetrics:
         self.retries = Counter(
             "llm4tag_stage_retries", description="Calls retried after a replica died.", tag_keys=("stage",)
         )
+
+
+def batch_size_histogram() -> Histogram:
+    """Requests per model batch in the LLM stages (each replica records its own)."""
+    return Histogram(
+        "llm4tag_batch_size",
+        description="Requests per LLM batch (Generator, Calibrator).",
+        boundaries=[1, 2, 4, 8, 16, 32, 64],
+    )

@@ -1,0 +1,690 @@
+"""Load on the served application next to the in-process pipeline: Serve's overhead, QPS and latency.
+
+    python benchmarks/serve_load.py --model tiny|default [--store DIR] [--requests 64]
+        [--concurrency 1,2,4,8] [--open-rate auto|R] [--duration 300] [--url URL]
+
+Steps, all in one run and on the same items (held-out BANKING77 test queries, shuffled with --seed, from
+../shared/data, else the bundled sample's queries; never train items):
+  1. store      builds the sample store (data/sample/banking77 + its rules) unless --store is given;
+  2. in-process TaggingPipeline.tag_rows with the settings the Serve config gives its replicas
+                (the config's `config` file merged with its `settings`, then --model): items/s, alone;
+  3. deploy     the Serve config (default serve_config.cpu.yaml) on a private local Ray cluster, on
+                127.0.0.1:--port, unless --url points at a running service;
+  4. warm-up    a few requests, not measured;
+  5. closed     per concurrency level, that many clients each send 1-item requests back to back,
+                bounded by --requests and --duration: QPS (items/s), p50/p99 end to end and per stage
+                (the ingress's timings_ms; `http` = end to end minus the ingress's total), non-200s;
+  6. open       Poisson arrivals at --open-rate (auto: half of the best closed-loop QPS), bounded by
+                --requests, --duration and --max-outstanding (an arrival that finds the cap full waits
+                and its latency counts from its scheduled time, so the wait is not hidden).
+When it deployed the app, it also counts the batches each batching stage formed per phase (from
+Serve's metrics on --metrics-port), and the replicas per deployment after each phase.
+Prints the tables and the issue's two targets (served QPS at saturation >= 0.90 x in-process items/s;
+open-loop p99 <= 2 x p50), and writes everything to out/serve_load/<model>.json. Serve and Ray are
+shut down at the end when this script started them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SAMPLE = REPO / "data" / "sample" / "banking77"
+SHARED = REPO.parent / "shared" / "data" / "banking77"
+STAGES = ("encode", "recall", "generate", "calibrate", "total", "http")
+TARGET_RATIO = 0.90
+TARGET_TAIL = 2.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny", help="tiny, default or a model folder")
+    parser.add_argument("--config", default=str(REPO / "serve_config.cpu.yaml"), help="Serve config")
+    parser.add_argument("--store", help="a built store (default: build the sample store in a temp folder)")
+    parser.add_argument("--url", help="measure a running service instead of deploying one")
+    parser.add_argument("--requests", type=int, default=64, help="requests per load phase (default 64)")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="closed-loop client counts")
+    parser.add_argument("--open-rate", default="auto", help="open-loop arrivals/s, or auto (saturation/2)")
+    parser.add_argument("--duration", type=float, default=300, help="seconds at most per phase")
+    parser.add_argument("--max-outstanding", type=int, default=0, help="open loop (default 4 x max clients)")
+    parser.add_argument("--warmup", type=int, default=4, help="unmeasured requests before measuring")
+    parser.add_argument(
+        "--inprocess-items", type=int, default=0, help="items for the in-process run (default --requests)"
+    )
+    parser.add_argument("--port", type=int, default=8130)
+    parser.add_argument("--metrics-port", type=int, default=8131)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(REPO / "out" / "serve_load"))
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not levels or min(levels) < 1 or args.requests < 1:
+        parser.error("--concurrency needs client counts >= 1 and --requests >= 1")
+    if args.open_rate != "auto":
+        try:
+            if float(args.open_rate) <= 0:
+                raise ValueError
+        except ValueError:
+            parser.error("--open-rate must be 'auto' or a positive number")
+    max_outstanding = args.max_outstanding or 4 * max(levels)
+
+    from deployments.launch import load_serve_config
+
+    config = load_serve_config(args.config)
+    application = config["applications"][0]
+    app_args = application.get("args") or {}
+    overrides = {"llm": {"model": args.model}}
+    settings_dict = replica_settings(args.config, app_args, overrides)
+
+    pool, source = query_pool(args.seed)
+    inprocess_n = args.inprocess_items or args.requests
+    report: dict[str, Any] = {
+        "model": args.model,
+        "machine": machine(),
+        "serve_config": str(Path(args.config).resolve()),
+        "settings": {
+            "llm": settings_dict["llm"],
+            "encoder": settings_dict["encoder"],
+            "pipeline_batch_size": settings_dict["pipeline"]["batch_size"],
+            "service": app_args.get("service"),
+            "deployments": application.get("deployments"),
+        },
+        "queries": {"source": source, "pool": len(pool), "seed": args.seed},
+        "bounds": {
+            "requests": args.requests,
+            "duration_s": args.duration,
+            "concurrency": levels,
+            "max_outstanding": max_outstanding,
+            "warmup": args.warmup,
+        },
+    }
+    print(
+        f"# machine: {report['machine']['cpus']} CPUs ({report['machine']['cpu_model']}), "
+        f"load average {report['machine']['loadavg_start']}"
+    )
+    print(f"# queries: {len(pool)} from {source}")
+    # The same items everywhere: in-process, each closed-loop level, the open loop (no stage caches
+    # results across calls, write-back is off unless the config turns it on); warm-up items apart.
+    warm = [pool[k % len(pool)] for k in range(args.warmup)]
+    measured = [pool[(args.warmup + k) % len(pool)] for k in range(max(args.requests, inprocess_n))]
+
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+        store = args.store or build_store(Path(tmp) / "store")
+        report["store"] = str(Path(store).resolve())
+        report["inprocess"] = in_process(store, settings_dict, warm, measured[:inprocess_n])
+        ip = report["inprocess"]
+        print(
+            f"# in-process: {ip['items']} items in {ip['seconds']:.1f} s = {ip['items_per_s']:.3f} items/s "
+            f"(pipeline batch {ip['batch_size']}, llm batch {settings_dict['llm']['batch_size']}, "
+            f"engine load {ip['load_s']:.1f} s)"
+        )
+        started_here = False
+        try:
+            if args.url:
+                url = args.url.rstrip("/")
+            else:
+                from deployments.launch import deploy
+
+                os.environ.pop("RAY_ADDRESS", None)  # a private local cluster, never someone else's
+                clock = time.perf_counter()
+                started_here = True
+                url = deploy(
+                    args.config,
+                    port=args.port,
+                    store=store,
+                    settings=overrides,
+                    metrics_port=args.metrics_port,
+                )
+                report["deploy_s"] = time.perf_counter() - clock
+            from deployments.launch import wait_ready
+
+            report["url"] = url
+            report["readyz"] = wait_ready(url)
+            print(
+                f"# serving at {url}" + (f" (deployed in {report['deploy_s']:.1f} s)" if started_here else "")
+            )
+            report["replicas_start"] = replicas() if started_here else None
+            phases = asyncio.run(
+                load(
+                    url,
+                    args,
+                    levels,
+                    max_outstanding,
+                    warm,
+                    measured[: args.requests],
+                    lambda: replicas() if started_here else None,
+                    BatchMeter(f"http://127.0.0.1:{args.metrics_port}/metrics" if started_here else None),
+                )
+            )
+            report.update(phases)
+        finally:
+            if started_here:
+                shutdown()
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    checks(report)
+    print_report(report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(args.model).name}.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"# wrote {path}")
+
+
+# -- set-up
+
+
+def replica_settings(config_path: str, app_args: dict, overrides: dict) -> dict:
+    """The settings every replica gets: as deployments.app.build_app merges them, then the override."""
+    from deployments.launch import _merge
+    from llm4tag.config import load_settings, settings_from_dict
+
+    base = Path(config_path).resolve().parent
+    settings = app_args.get("settings") or {}
+    if app_args.get("config"):
+        path = Path(os.path.expandvars(os.path.expanduser(str(app_args["config"]))))
+        path = path if path.is_absolute() else base / path
+        settings = _merge(load_settings(path).to_dict(), settings)
+    return settings_from_dict(_merge(settings, overrides)).to_dict()
+
+
+def query_pool(seed: int) -> tuple[list[dict], str]:
+    from llm4tag.data import read_items
+
+    path, split = SHARED / "items.jsonl.gz", "test"
+    if not path.exists():
+        path, split = SAMPLE / "queries.jsonl", None
+    items = read_items(path, split=split).items
+    pool = [{"id": i.id, "text": i.text} for i in items if "-train-" not in i.id]
+    random.Random(seed).shuffle(pool)
+    return pool, f"{path.relative_to(REPO.parent) if path.is_relative_to(REPO.parent) else path}" + (
+        f" (split {split})" if split else ""
+    )
+
+
+def build_store(store: Path) -> str:
+    from llm4tag.cli import main as cli
+
+    clock = time.perf_counter()
+    code = cli(
+        [
+            "build",
+            "--items",
+            str(SAMPLE / "train.jsonl"),
+            "--tags",
+            str(SAMPLE / "tags.jsonl"),
+            "--store",
+            str(store),
+            "--knowledge",
+            str(SAMPLE.parent / "knowledge" / "banking77_rules.md"),
+        ]
+    )
+    if code != 0:
+        sys.exit("building the sample store failed")
+    print(f"# built the sample store in {time.perf_counter() - clock:.1f} s: {store}")
+    return str(store)
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def in_process(store: str, settings_dict: dict, warm: list[dict], measured: list[dict]) -> dict:
+    """The reference: the whole pipeline in this process, in its configured batches, nothing else running."""
+    from llm4tag.config import settings_from_dict
+    from llm4tag.data import Item
+    from llm4tag.pipeline import StageTimes, TaggingPipeline
+
+    settings = settings_from_dict(settings_dict)
+    clock = time.perf_counter()
+    pipeline = TaggingPipeline.open(store, settings)
+    load_s = time.perf_counter() - clock
+    to_items = lambda rows: [Item(id=r["id"], text=r["text"]) for r in rows]  # noqa: E731
+    list(pipeline.tag_rows(to_items(warm)))
+    pipeline.times = StageTimes()
+    clock = time.perf_counter()
+    rows = list(pipeline.tag_rows(to_items(measured)))
+    seconds = time.perf_counter() - clock
+    n = len(rows)
+    result = {
+        "items": n,
+        "seconds": seconds,
+        "items_per_s": n / seconds,
+        "batch_size": settings.pipeline.batch_size,
+        "load_s": load_s,
+        "stage_s_per_item": {k: v / n for k, v in pipeline.times.seconds.items()},
+        "engine": getattr(pipeline.engine, "name", None),
+        "loadavg_end": os.getloadavg(),
+    }
+    del pipeline, rows
+    gc.collect()
+    return result
+
+
+def replicas() -> dict | None:
+    """Running replicas per deployment (Generator autoscales), read from Serve in this driver."""
+    try:
+        from ray import serve
+
+        out = {}
+        for app in serve.status().applications.values():
+            for name, dep in app.deployments.items():
+                out[name] = {str(k): v for k, v in dep.replica_states.items()}
+        return out
+    except Exception as exc:  # informative only
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def shutdown() -> None:
+    import ray
+    from ray import serve
+
+    clock = time.perf_counter()
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    print(f"# Serve and Ray shut down in {time.perf_counter() - clock:.1f} s")
+
+
+class BatchMeter:
+    """Batches formed per stage, from the batch-size histograms on the metrics port: ours
+    (`ray_llm4tag_batch_size`, Generator and Calibrator) and Serve's `ray_serve_actual_batch_size`
+    (@serve.batch, the Encoder). Serve's _sum series is unreliable here (fractional, below the count),
+    so batches are counted and binned by the histograms' buckets."""
+
+    PATTERN = re.compile(
+        r"^ray_(?:serve_actual_batch_size|llm4tag_batch_size)_(bucket|count)\{(.*)\} ([0-9.eE+-]+)$"
+    )
+
+    def __init__(self, url: str | None):
+        self.url = url
+        self.last = self.scrape() if url else {}
+
+    def scrape(self) -> dict:
+        import urllib.request
+
+        counts: dict[str, dict[str, float]] = {}
+        try:
+            with urllib.request.urlopen(self.url, timeout=10) as response:
+                text = response.read().decode()
+        except Exception:
+            return {}
+        for line in text.splitlines():
+            match = self.PATTERN.match(line)
+            if not match:
+                continue
+            kind, labels, value = match.groups()
+            tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            key = "count" if kind == "count" else tags.get("le", "?")
+            per = counts.setdefault(tags.get("deployment", "?"), {})
+            per[key] = per.get(key, 0.0) + float(value)
+        return counts
+
+    def phase(self, calls: int, settle_s: float = 30) -> dict | None:
+        """Batches since the last call, once the Generator's count covers `calls` (the exporter lags)."""
+        if not self.url:
+            return None
+        deadline = time.monotonic() + settle_s
+        while True:
+            now = self.scrape()
+            done = now.get("Generator", {}).get("count", 0) - self.last.get("Generator", {}).get("count", 0)
+            if done >= calls or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        out = {}
+        for deployment, series in now.items():
+            before = self.last.get(deployment, {})
+            delta = {k: v - before.get(k, 0.0) for k, v in series.items()}
+            batches = delta.pop("count", 0.0)
+            if not batches:
+                continue
+            bounds = sorted((float(k), v) for k, v in delta.items() if k != "+Inf")
+            sizes, below, low = {}, 0.0, 0
+            for bound, cumulative in bounds:
+                if cumulative - below > 0:
+                    label = f"{low + 1}" if low + 1 >= bound else f"{low + 1}-{bound:.0f}"
+                    sizes[label] = round(cumulative - below)
+                below, low = cumulative, int(bound)
+            out[deployment] = {"batches": round(batches), "sizes": sizes}
+        self.last = now
+        return out
+
+
+# -- load
+
+
+async def load(
+    url: str,
+    args,
+    levels: list[int],
+    max_outstanding: int,
+    warm: list[dict],
+    items: list[dict],
+    replicas_now,
+    meter: BatchMeter,
+) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=max_outstanding + 8, max_keepalive_connections=max_outstanding + 8)
+    timeout = httpx.Timeout(connect=30, read=900, write=30, pool=900)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        clock = time.perf_counter()
+        gate = asyncio.Semaphore(min(4, max(levels)))
+
+        async def warm_one(item: dict) -> Outcome:
+            async with gate:
+                return await send(client, item, time.perf_counter())
+
+        warmed = await asyncio.gather(*(warm_one(item) for item in warm))
+        print(
+            f"# warm-up: {len(warm)} requests in {time.perf_counter() - clock:.1f} s, "
+            f"statuses {sorted({s.status for s in warmed})}"
+        )
+        meter.phase(sum(s.status == 200 for s in warmed))  # the baseline for the measured phases
+        closed = []
+        for clients in levels:
+            phase = await closed_loop(client, clients, items, args.duration)
+            phase["replicas_after"] = replicas_now()
+            phase["batches"] = meter.phase(phase["ok"])
+            closed.append(phase)
+            print(
+                f"# closed {clients} clients: {phase['ok']}/{phase['sent']} ok, {phase['qps']:.3f} QPS, "
+                f"p50 {phase['e2e_ms']['p50']:.0f} ms, p99 {phase['e2e_ms']['p99']:.0f} ms",
+                flush=True,
+            )
+        saturation = max(closed, key=lambda p: p["qps"])
+        rate = saturation["qps"] / 2 if args.open_rate == "auto" else float(args.open_rate)
+        opened = await open_loop(client, rate, items, args.duration, max_outstanding, args.seed)
+        opened["rate_source"] = "auto: half of saturation" if args.open_rate == "auto" else "--open-rate"
+        opened["replicas_after"] = replicas_now()
+        opened["batches"] = meter.phase(opened["ok"])
+        print(
+            f"# open {rate:.3f}/s: {opened['ok']}/{opened['sent']} ok, {opened['qps']:.3f} QPS, "
+            f"p50 {opened['e2e_ms']['p50']:.0f} ms, p99 {opened['e2e_ms']['p99']:.0f} ms",
+            flush=True,
+        )
+    return {
+        "closed": closed,
+        "saturation": {"clients": saturation["clients"], "qps": saturation["qps"]},
+        "open": opened,
+    }
+
+
+class Outcome:
+    __slots__ = ("done", "error", "scheduled", "sent", "status", "timings")
+
+    def __init__(self, scheduled: float, sent: float):
+        self.scheduled, self.sent = scheduled, sent
+        self.done = sent
+        self.status = 0
+        self.timings: dict[str, float] = {}
+        self.error: str | None = None
+
+
+async def send(client, item: dict, scheduled: float) -> Outcome:
+    sample = Outcome(scheduled, time.perf_counter())
+    try:
+        response = await client.post("/v1/tag", json={"items": [item]})
+        sample.done = time.perf_counter()
+        sample.status = response.status_code
+        body = response.json()
+        if response.status_code == 200:
+            sample.timings = dict(body.get("timings_ms") or {})
+        else:
+            sample.error = str(body.get("error"))[:200] if isinstance(body, dict) else str(body)[:200]
+    except Exception as exc:  # counted as a failed request (status 0), the load goes on
+        sample.done = time.perf_counter()
+        sample.error = f"{type(exc).__name__}: {exc}"[:200]
+    return sample
+
+
+async def closed_loop(client, clients: int, items: list[dict], duration: float) -> dict:
+    samples: list[Outcome] = []
+    queue = list(reversed(items))
+    started = time.perf_counter()
+    deadline = started + duration
+
+    async def worker() -> None:
+        while queue and time.perf_counter() < deadline:
+            item = queue.pop()
+            samples.append(await send(client, item, time.perf_counter()))
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    phase = summarize(samples, time.perf_counter() - started)
+    return {"mode": "closed", "clients": clients, **phase, "loadavg_end": os.getloadavg()}
+
+
+async def open_loop(
+    client, rate: float, items: list[dict], duration: float, max_outstanding: int, seed: int
+) -> dict:
+    rng = random.Random(seed)
+    gate = asyncio.Semaphore(max_outstanding)
+    started = time.perf_counter()
+    at, tasks, delayed = started, [], 0
+
+    async def one(item: dict, scheduled: float) -> Outcome:
+        nonlocal delayed
+        if gate.locked():
+            delayed += 1
+        async with gate:
+            return await send(client, item, scheduled)
+
+    for item in items:
+        at += rng.expovariate(rate)
+        if at - started > duration:
+            break
+        pause = at - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        tasks.append(asyncio.create_task(one(item, at)))
+    samples = list(await asyncio.gather(*tasks))
+    phase = summarize(samples, time.perf_counter() - started)
+    lag = [s.sent - s.scheduled for s in samples]
+    return {
+        "mode": "open",
+        "rate": rate,
+        **phase,
+        "delayed_by_cap": delayed,
+        "loadavg_end": os.getloadavg(),
+        "send_lag_ms": {"p50": pct(lag, 50) * 1000, "max": max(lag, default=0) * 1000},
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    import numpy as np
+
+    return float(np.percentile(values, q))
+
+
+def summarize(samples: list[Outcome], wall: float) -> dict:
+    """QPS counts 200 answers over the phase's wall time; latencies (ms) are of the 200 answers; open-loop
+    end to end counts from the scheduled arrival."""
+    ok = [s for s in samples if s.status == 200]
+    errors: dict[str, int] = {}
+    for s in samples:
+        if s.status != 200:
+            key = f"{s.status} {s.error or ''}".strip()[:120]
+            errors[key] = errors.get(key, 0) + 1
+    e2e = [(s.done - s.scheduled) * 1000 for s in ok]
+    stages = {}
+    for stage in STAGES:
+        if stage == "http":
+            values = [(s.done - s.sent) * 1000 - s.timings["total"] for s in ok if "total" in s.timings]
+        else:
+            values = [s.timings[stage] for s in ok if stage in s.timings]
+        if values:
+            stages[stage] = {"p50": pct(values, 50), "p99": pct(values, 99)}
+    return {
+        "sent": len(samples),
+        "ok": len(ok),
+        "non_200": len(samples) - len(ok),
+        "errors": errors,
+        "wall_s": wall,
+        "qps": len(ok) / wall if wall > 0 else 0.0,
+        "e2e_ms": {"p50": pct(e2e, 50), "p99": pct(e2e, 99), "max": max(e2e, default=float("nan"))},
+        "stages_ms": stages,
+    }
+
+
+# -- report
+
+
+def checks(report: dict) -> None:
+    served, inproc = report["saturation"]["qps"], report["inprocess"]["items_per_s"]
+    ratio = served / inproc if inproc else float("nan")
+    p50, p99 = report["open"]["e2e_ms"]["p50"], report["open"]["e2e_ms"]["p99"]
+    report["checks"] = {
+        "throughput_ratio": {
+            "served_qps": served,
+            "inprocess_items_per_s": inproc,
+            "ratio": ratio,
+            "target": TARGET_RATIO,
+            "pass": ratio >= TARGET_RATIO,
+        },
+        "open_loop_tail": {
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "ratio": p99 / p50 if p50 else float("nan"),
+            "target": TARGET_TAIL,
+            "pass": p99 <= TARGET_TAIL * p50 and report["open"]["non_200"] == 0,
+        },
+    }
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = lambda cells: "| " + " | ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def print_report(report: dict) -> None:
+    ms = lambda v: "" if v is None or v != v else f"{v:.0f}" if v >= 100 else f"{v:.1f}"  # noqa: E731
+    s = report["settings"]
+    deps = ", ".join(
+        f"{d['name']} {d.get('ray_actor_options', {}).get('num_cpus', '?')} CPU"
+        + (
+            f" x{d['autoscaling_config'].get('min_replicas')}-{d['autoscaling_config'].get('max_replicas')}"
+            if d.get("autoscaling_config")
+            else f" x{d.get('num_replicas', 1)}"
+        )
+        for d in s["deployments"] or []
+    )
+    service = s["service"] or {}
+    batching = ", ".join(
+        f"{k} {v.get('max_batch_size')}/{v.get('batch_wait_timeout_s')}s"
+        for k, v in service.items()
+        if isinstance(v, dict) and "max_batch_size" in v
+    )
+    m = report["machine"]
+    print()
+    print(f"## serve_load: model {report['model']} ({report['inprocess']['engine']})")
+    print(
+        f"machine: {m['cpus']} CPUs, {m['cpu_model']}; load average start {m['loadavg_start']}, "
+        f"end {m['loadavg_end']}"
+    )
+    print(
+        f"llm: engine {s['llm'].get('engine')}, threads {s['llm'].get('threads')}, "
+        f"batch {s['llm'].get('batch_size')}; in-process pipeline batch {s['pipeline_batch_size']}"
+    )
+    print(f"deployments: {deps}")
+    print(f"serve batching (max size / wait): {batching}")
+    print()
+    header = ["phase", "n", "non-200", "items/s", "e2e p50", "e2e p99"]
+    for stage in STAGES:
+        header += [f"{stage} p50", f"{stage} p99"]
+    ip = report["inprocess"]
+    rows = [
+        ["in-process", str(ip["items"]), "0", f"{ip['items_per_s']:.3f}", "", ""] + [""] * 2 * len(STAGES)
+    ]
+    phases = [(f"closed x{p['clients']}", p) for p in report["closed"]]
+    phases.append((f"open {report['open']['rate']:.3f}/s", report["open"]))
+    for name, p in phases:
+        row = [
+            name,
+            str(p["sent"]),
+            str(p["non_200"]),
+            f"{p['qps']:.3f}",
+            ms(p["e2e_ms"]["p50"]),
+            ms(p["e2e_ms"]["p99"]),
+        ]
+        for stage in STAGES:
+            st = p["stages_ms"].get(stage, {})
+            row += [ms(st.get("p50")), ms(st.get("p99"))]
+        rows.append(row)
+    print(table(rows, header))
+    print(
+        "(latencies in ms; stages from the ingress's timings_ms; http = end to end minus the ingress total)"
+    )
+    stages = ", ".join(f"{k} {v * 1000:.0f}" for k, v in ip["stage_s_per_item"].items())
+    print(f"in-process ms/item (batched, so not comparable to per-request latencies): {stages}")
+    for name, p in phases:
+        if p["errors"]:
+            print(f"{name} errors: {p['errors']}")
+    for name, p in phases:
+        if p.get("batches"):
+            print(
+                f"{name} batches formed: "
+                + "; ".join(
+                    f"{d} {b['batches']} (sizes {', '.join(f'{k}: {v}' for k, v in b['sizes'].items())})"
+                    for d, b in p["batches"].items()
+                )
+            )
+    if report["open"].get("delayed_by_cap"):
+        print(f"open loop: {report['open']['delayed_by_cap']} arrivals waited for the outstanding cap")
+    busy = [
+        name
+        for name, p in [("in-process", ip), *phases]
+        if p.get("loadavg_end") and p["loadavg_end"][0] > 1.5 * m["cpus"]
+    ]
+    if busy:
+        print(
+            f"WARNING: the machine was busy (1-min load average > {1.5 * m['cpus']:.0f}) after: "
+            f"{', '.join(busy)}; other processes shared the CPUs, so the ratios below are not clean"
+        )
+    print()
+    t, o = report["checks"]["throughput_ratio"], report["checks"]["open_loop_tail"]
+    sat = report["saturation"]
+    print(
+        f"target served/in-process >= {t['target']:.2f}: {'PASS' if t['pass'] else 'FAIL'} "
+        f"({t['served_qps']:.3f} QPS at {sat['clients']} clients / {t['inprocess_items_per_s']:.3f} items/s "
+        f"= {t['ratio']:.2f})"
+    )
+    print(
+        f"target open-loop p99 <= {o['target']:.0f} x p50 at {report['open']['rate']:.3f}/s: "
+        f"{'PASS' if o['pass'] else 'FAIL'} (p99 {o['p99_ms']:.0f} ms, p50 {o['p50_ms']:.0f} ms, "
+        f"ratio {o['ratio']:.2f}, non-200 {report['open']['non_200']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
