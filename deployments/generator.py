@@ -50,6 +50,9 @@ class Generator:
         return len(samples)
 
     def describe(self) -> dict:
+        for base in (self.pipeline.samples, self.pipeline.knowledge):
+            if base is not None:
+                base.refresh()
         engine = self.pipeline.engine
         return {
             "replica": ray.get_runtime_context().get_actor_name(),

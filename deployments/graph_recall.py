@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import ray
 from ray import serve
 
 from deployments._common import settings_of
@@ -39,4 +40,9 @@ class GraphRecall:
     def describe(self) -> dict:
         self.store.sync()
         stats = self.store.stats()
-        return {"shard": list(self.shard), "contents": stats["contents"], "tags": stats["tags"]}
+        return {
+            "replica": ray.get_runtime_context().get_actor_name(),
+            "shard": list(self.shard),
+            "contents": stats["contents"],
+            "tags": stats["tags"],
+        }

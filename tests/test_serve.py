@@ -62,6 +62,7 @@ def write_config(folder: Path, port: int) -> Path:
     # Two generator replicas, so that one can be killed while the other answers.
     by_name["Generator"].pop("autoscaling_config", None)
     by_name["Generator"]["num_replicas"] = 2
+    by_name["GraphRecall"]["num_replicas"] = 2  # feedback through one must reach the other
     # A small ingress queue, so that a burst meets back-pressure quickly.
     by_name["Ingress"].update(
         max_ongoing_requests=4,
@@ -204,6 +205,20 @@ def check_feedback_visible(url: str) -> None:
     assert "fb-1" in (candidates["card_arrival"].get("via") or [])
 
 
+def replica_views(deployment: str, key: str, replicas: int = 2) -> set:
+    """`key` as each replica of the deployment reports it (the handle spreads calls over them)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(deployment, "llm4tag")
+    seen: dict[str, object] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < replicas and time.monotonic() < deadline:
+        answer = handle.describe.remote().result(timeout_s=60)
+        seen[answer["replica"]] = answer[key]
+    assert len(seen) == replicas, seen
+    return set(seen.values())
+
+
 def test_feedback_is_durable_visible_and_survives_a_restart(served):
     from ray import serve
 
@@ -221,6 +236,9 @@ def test_feedback_is_durable_visible_and_survives_a_restart(served):
     assert [(r["id"], r["tags"]) for r in journal] == [("fb-1", ["card_arrival"])]
     assert "fb-1" in (store / "knowledge" / "samples" / "appended.jsonl").read_text()
     check_feedback_visible(url)
+    # Every replica of the shard and of the generator holds it, not only the one that wrote it.
+    for deployment, key in (("GraphRecall", "contents"), ("Generator", "samples")):
+        assert replica_views(deployment, key) == {401}, deployment
     # The whole application goes down and comes back: stores and knowledge are reloaded from disk.
     serve.delete("llm4tag")
     served["url"] = url = start(served["config"], store)
@@ -240,7 +258,7 @@ def test_a_killed_generator_replica_is_replaced_while_requests_succeed(served, r
         for n, text in enumerate(chunk):
             results.append(call(f"{url}/v1/tag", {"id": f"k{n}", "text": text})[0])
 
-    # The replicas' actor names, as they report them (the handle spreads calls over both).
+    # The replicas' actor names, as they report them.
     handle = serve.get_deployment_handle("Generator", "llm4tag")
     names: set[str] = set()
     deadline = time.monotonic() + 90
