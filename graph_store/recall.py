@@ -36,6 +36,18 @@ class Candidate:
             out["via"] = list(self.via)
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Candidate:
+        """The inverse of ``to_dict`` (scores come back as ``to_dict`` rounded them)."""
+        return cls(
+            tag=data["tag"],
+            score=float(data["score"]),
+            paths=tuple(data.get("paths") or ()),
+            c2t_score=data.get("c2t_score"),
+            c2c2t_score=data.get("c2c2t_score"),
+            via=tuple(data.get("via") or ()),
+        )
+
 
 @dataclass
 class Hits:

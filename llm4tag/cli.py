@@ -57,7 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     tag = verbs.add_parser("tag", help="tag items: recall, LLM generation, calibration")
     tag.add_argument("--store", required=True)
     tag.add_argument("--input", required=True, help="items to tag (JSONL[.gz], Parquet or CSV)")
-    tag.add_argument("--output", required=True, help="output file (JSONL[.gz], Parquet or CSV)")
+    tag.add_argument(
+        "--output",
+        required=True,
+        help="output file (JSONL[.gz], Parquet or CSV), or a folder (ending in / or existing): bulk mode",
+    )
+    tag.add_argument(
+        "--bulk", action="store_true", help="run on Ray Data into the --output folder; a rerun resumes"
+    )
+    tag.add_argument("--address", help="bulk: Ray cluster to join (default: RAY_ADDRESS, else start one)")
     tag.add_argument("--split", help="tag only input items of this split (e.g. test)")
     tag.add_argument("--limit", type=int, help="tag only the first N items")
     tag.add_argument("--model", help="LLM: bundled name, alias (default, tiny) or HF folder")
@@ -211,6 +219,10 @@ def _cmd_tag(args) -> int:
     from llm4tag.data import detect_format, read_items, write_records
     from llm4tag.pipeline import TaggingPipeline
 
+    if args.bulk or args.output.endswith("/") or Path(args.output).is_dir() or args.address:
+        from cluster.bulk import cli_tag  # imports Ray: only here, never with the core
+
+        return cli_tag(args)
     if args.limit is not None and args.limit < 1:
         raise LLM4TagError(f"--limit must be at least 1, got {args.limit}")
     detect_format(args.output)

@@ -59,6 +59,70 @@ class PipelineConfig:
 
 
 @dataclass
+class BulkStage:
+    """One stage of the bulk job (`llm4tag tag --output DIR/`): a pool of Ray Data actors."""
+
+    # Items per call of the stage (the LLM stages then batch by llm.batch_size within it).
+    batch_size: int = 16
+    # Fixed pool size, or the lower bound when max_actors is set (the pool then autoscales).
+    actors: int = 1
+    max_actors: int | None = None
+    # At most 0.5 by default: two 1-CPU actors plus the read tasks deadlocked a 2-CPU cluster.
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+
+    def check(self, where: str) -> None:
+        if self.batch_size < 1 or self.actors < 1:
+            raise ConfigError(f"bulk.{where}: batch_size and actors must be >= 1")
+        if self.max_actors is not None and self.max_actors < self.actors:
+            raise ConfigError(f"bulk.{where}.max_actors must be >= actors ({self.actors})")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise ConfigError(f"bulk.{where}: num_cpus and num_gpus must be >= 0")
+
+
+def _default_recall_stage() -> BulkStage:
+    # Encoding is cheap per item next to the LLM stages: big batches amortise the per-call overhead.
+    return BulkStage(batch_size=256)
+
+
+@dataclass
+class BulkConfig:
+    """Bulk tagging on Ray Data: encode+recall -> generate -> calibrate, each stage an actor pool."""
+
+    recall: BulkStage = field(default_factory=_default_recall_stage)
+    generate: BulkStage = field(default_factory=BulkStage)
+    calibrate: BulkStage = field(default_factory=BulkStage)
+    # An output file is closed (renamed into place) after this many rows or seconds, whichever comes
+    # first: a crash loses at most the rows not yet in a closed file, and they are tagged on rerun.
+    rows_per_file: int = 1000
+    flush_seconds: float = 60.0
+    # CPUs per read task; the default 1 leaves no room for the actors on a small cluster.
+    read_num_cpus: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("recall", "generate", "calibrate"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                value = _section(BulkStage, value, f"bulk.{name}")
+                setattr(self, name, value)
+            if not isinstance(value, BulkStage):
+                raise ConfigError(f"config section 'bulk.{name}' must be a mapping")
+            value.check(name)
+        if self.rows_per_file < 1 or self.flush_seconds <= 0 or self.read_num_cpus < 0:
+            raise ConfigError("bulk: rows_per_file must be >= 1, flush_seconds > 0, read_num_cpus >= 0")
+
+
+_PEER_PLACEHOLDERS = {
+    "system": set(),
+    "generative": {"content", "example"},
+    "example": {"text", "tags"},
+    "selective": {"content", "candidates", "instruction"},
+    "selective_single": set(),
+    "selective_multi": {"max_tags"},
+}
+
+
+@dataclass
 class Settings:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     texts: TextConfig = field(default_factory=TextConfig)
@@ -66,6 +130,7 @@ class Settings:
     llm: LLMConfig = field(default_factory=LLMConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    bulk: BulkConfig = field(default_factory=BulkConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,9 +155,10 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(
-            "config must be a mapping of sections (encoder, texts, graph, llm, prompts, pipeline)"
+            "config must be a mapping of sections "
+            "(encoder, texts, graph, llm, prompts, pipeline, bulk)"
         )
-    sections = ("encoder", "texts", "graph", "llm", "prompts", "pipeline")
+    sections = ("encoder", "texts", "graph", "llm", "prompts", "pipeline", "bulk")
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(
@@ -109,6 +175,7 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
         llm=_section(LLMConfig, data.get("llm"), "llm"),
         prompts=_prompts(data.get("prompts")),
         pipeline=_section(PipelineConfig, data.get("pipeline"), "pipeline"),
+        bulk=_section(BulkConfig, data.get("bulk"), "bulk"),
     )
 
 

@@ -1,0 +1,646 @@
+"""Bulk offline tagging on Ray Data: Parquet/JSONL in, a folder of Parquet files out, resumable.
+
+    read (Parquet or JSONL) -> EncodeRecallStage -> GenerateStage -> CalibrateStage -> driver writes files
+
+Each stage is an actor pool over one of the pipeline's stage methods (``TaggingPipeline.encode``/``recall``,
+``generate``, ``calibrate`` + ``result_row``), so its rows equal those of ``TaggingPipeline.tag`` under the
+same settings. Between stages the data are Arrow-friendly columns: the vector as a tensor column of
+float32, candidates and generations as JSON text (their optional fields make structs awkward).
+
+Output: the driver, not the workers, writes the files. Each file is written under a hidden temporary
+name, fsynced and renamed into place, so a file in the folder is always complete; a rerun reads the ids of
+those files and tags only the rest. Writing on the driver also keeps the output and the resume check on
+one filesystem when the cluster is remote (``ray://``), where worker-side files would land on the nodes.
+Tagging rows are small next to the LLM work that makes them, so the driver is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from graph_store import Candidate
+from llm4tag.calibrator import Judged
+from llm4tag.config import BulkStage, Settings
+from llm4tag.data import Item
+from llm4tag.errors import DataError, LLM4TagError
+from llm4tag.generator import Generation
+
+STAGES = ("all", "recall")
+LOCK_NAME = ".llm4tag-bulk.lock"
+TMP_SUFFIX = ".tmp"
+
+# --- the output schema: fixed, so that every file of a folder (and of every rerun) has the same one
+
+TAG = pa.struct(
+    [
+        ("tag", pa.string()),
+        ("confidence", pa.float64()),  # null: not calibrated
+        ("source", pa.string()),
+        ("recall_score", pa.float64()),  # null: the LLM named a tag outside the candidates
+        ("via", pa.list_(pa.string())),
+    ]
+)
+CANDIDATE = pa.struct(
+    [
+        ("tag", pa.string()),
+        ("score", pa.float64()),
+        ("paths", pa.list_(pa.string())),
+        ("c2t_score", pa.float64()),
+        ("c2c2t_score", pa.float64()),
+        ("via", pa.list_(pa.string())),
+    ]
+)
+KNOWLEDGE = pa.struct([("samples", pa.list_(pa.string())), ("snippets", pa.list_(pa.string()))])
+# Keys that result_row / Candidate.to_dict leave out when empty are nulls in Parquet.
+_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw"}
+
+
+def output_schema(stages: str, with_candidates: bool, with_dropped: bool, with_raw: bool) -> pa.Schema:
+    if stages == "recall":
+        return pa.schema([("id", pa.string()), ("candidates", pa.list_(CANDIDATE))])
+    fields = [
+        ("id", pa.string()),
+        ("tags", pa.list_(TAG)),
+        ("knowledge", KNOWLEDGE),
+        ("generated", pa.list_(pa.string())),
+    ]
+    if with_dropped:
+        fields.append(("dropped", pa.list_(TAG)))
+    if with_candidates:
+        fields.append(("candidates", pa.list_(CANDIDATE)))
+    if with_raw:
+        fields.append(("raw", pa.string()))
+    return pa.schema(fields)
+
+
+def _strip_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_nulls(v) for k, v in value.items() if not (k in _OPTIONAL and v is None)}
+    if isinstance(value, list):
+        return [_strip_nulls(v) for v in value]
+    return value
+
+
+def read_output(folder: str | Path) -> list[dict]:
+    """The rows of an output folder as ``TaggingPipeline.tag`` returns them (absent keys, not nulls)."""
+    return [_strip_nulls(row) for path in output_files(folder) for row in pq.read_table(path).to_pylist()]
+
+
+def output_files(folder: str | Path) -> list[Path]:
+    # Hidden names are files still being written (or left by a crash): never part of the output.
+    return sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
+
+
+# --- input
+
+
+def _input_format(path: Path) -> str:
+    name = path.name.lower()
+    if path.is_dir():
+        if not any(p.suffix == ".parquet" for p in path.iterdir()):
+            raise DataError(str(path), "is a folder without .parquet files")
+        return "parquet"
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return "jsonl"
+    raise DataError(str(path), "bulk tagging reads Parquet (a file or a folder of files) or JSONL[.gz]")
+
+
+def _read_ids(path: Path, fmt: str, split: str | None) -> list[str]:
+    """The ids to tag, in input order, checked (as ``read_items`` does) before any work starts: ids
+    present, strings (or integers), unique; texts present and not empty."""
+    columns = ["id"] + (["split"] if split is not None else [])
+    records: Iterable[tuple[int, dict]]
+    if fmt == "parquet":
+        try:
+            schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
+            missing = [c for c in (*columns, "text") if c not in schema.names]
+            if missing:
+                raise DataError(str(path), f"no column '{missing[0]}'", field=missing[0])
+            table = pq.read_table(path, columns=[*columns, "text"])
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(str(path), f"cannot read Parquet: {exc}") from exc
+        _check_texts(path, table.column("text"))
+        records = enumerate(table.select(columns).to_pylist(), 1)
+    else:
+        from llm4tag.data import read_records
+
+        records = read_records(path)
+    ids: list[str] = []
+    seen: set[str] = set()
+    for line, record in records:
+        if fmt == "jsonl":
+            text = record.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(str(path), "missing or not a non-empty string", line=line, field="text")
+        value = record.get("id")
+        if isinstance(value, int) and not isinstance(value, bool) and fmt == "parquet":
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(str(path), "missing or not a non-empty string", line=line, field="id")
+        if value in seen:
+            raise DataError(str(path), f"duplicate id '{value}'", line=line, field="id")
+        seen.add(value)
+        if split is not None:
+            if record.get("split") is None:
+                raise DataError(str(path), f"missing, but split '{split}' was asked for", line=line)
+            if record["split"] != split:
+                continue
+        ids.append(value)
+    if not seen:
+        raise DataError(str(path), "no items (the file holds no records)")
+    return ids
+
+
+def _check_texts(path: Path, texts: pa.ChunkedArray) -> None:
+    import pyarrow.compute as pc
+
+    if not pa.types.is_string(texts.type) and not pa.types.is_large_string(texts.type):
+        raise DataError(str(path), f"must be strings, got {texts.type}", field="text")
+    bad = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py() + 1
+        raise DataError(str(path), "missing or empty", line=row, field="text")
+
+
+def _to_item(record: dict, source: str) -> Item:
+    item_id = record.get("id")
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(source, f"item '{item_id}': missing or empty", field="text")
+    tags = record.get("tags")
+    extra = {k: v for k, v in record.items() if k not in ("id", "text", "tags") and v is not None}
+    return Item(id=item_id, text=text, tags=tuple(tags) if tags else None, extra=extra)
+
+
+# --- the stages (Ray Data instantiates each class once per actor)
+
+
+def select_rows(block: pa.Table, keep: bool, ids: pa.Array) -> pa.Table:
+    """Rows whose id is (keep) or is not (skip) in ``ids``; runs in the read tasks, before batching,
+    so that a resumed job batches the remaining items as an uninterrupted one would."""
+    import pyarrow.compute as pc
+
+    member = pc.is_in(pc.cast(block.column("id"), pa.string()), value_set=ids)
+    return block.filter(member if keep else pc.invert(member))
+
+
+class EncodeRecallStage:
+    """CPU: item text -> vector -> graph candidates."""
+
+    def __init__(self, store: str, settings: Settings, source: str, final: bool = False):
+        from llm4tag.pipeline import TaggingPipeline
+
+        self.pipeline = TaggingPipeline.open(store, settings, load_engine=False)
+        self.source = source
+        self.final = final  # recall-only job: emit output rows, not columns for the next stage
+
+    def __call__(self, batch: pa.Table) -> pa.Table | dict[str, np.ndarray]:
+        items = [_to_item(r, self.source) for r in batch.to_pylist()]
+        if not items:
+            return _empty(self.final, self.pipeline.recaller.encoder.dim)
+        contents, vectors = self.pipeline.encode(items)
+        candidates = self.pipeline.recall(vectors)
+        if self.final:
+            rows = [
+                {"id": i.id, "candidates": [c.to_dict() for c in cands]}
+                for i, cands in zip(items, candidates, strict=True)
+            ]
+            return pa.Table.from_pylist(rows, schema=output_schema("recall", False, False, False))
+        return {
+            "id": np.array([i.id for i in items], dtype=object),
+            "content": np.array(contents, dtype=object),
+            "vector": vectors,
+            "candidates": np.array(
+                [json.dumps([c.to_dict() for c in cs]) for cs in candidates], dtype=object
+            ),
+        }
+
+
+def _empty(final: bool, dim: int) -> pa.Table | dict[str, np.ndarray]:
+    # Same columns and vector width as a full batch, so the blocks' schemas still unify.
+    if final:
+        return output_schema("recall", False, False, False).empty_table()
+    return {
+        "id": np.array([], dtype=object),
+        "content": np.array([], dtype=object),
+        "vector": np.zeros((0, dim), np.float32),
+        "candidates": np.array([], dtype=object),
+    }
+
+
+class GenerateStage:
+    """LLM: knowledge-enhanced generation over the recalled candidates (no graph, no encoder)."""
+
+    def __init__(self, store: str, settings: Settings):
+        from llm4tag.pipeline import TaggingPipeline
+
+        self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = [str(i) for i in batch["id"]]
+        if not ids:
+            return {k: batch[k] for k in ("id", "content", "candidates")} | {
+                "generation": np.array([], dtype=object)
+            }
+        contents = [str(c) for c in batch["content"]]
+        vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
+        names = [[c["tag"] for c in json.loads(cs)] for cs in batch["candidates"]]
+        generations = self.pipeline.generate(ids, contents, vectors, names)
+        return {
+            "id": batch["id"],
+            "content": batch["content"],
+            "candidates": batch["candidates"],
+            "generation": np.array([json.dumps(asdict(g)) for g in generations], dtype=object),
+        }
+
+
+class CalibrateStage:
+    """LLM: Yes/No verdict per generated tag, then the output rows (``pipeline.result_row``)."""
+
+    def __init__(self, store: str, settings: Settings, with_candidates: bool, with_dropped: bool):
+        from llm4tag.pipeline import TaggingPipeline
+
+        self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
+        self.with_candidates = with_candidates
+        self.with_dropped = with_dropped
+        self.schema = output_schema(
+            "all", with_candidates, with_dropped, with_raw=not settings.pipeline.constrained
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        from llm4tag.pipeline import result_row
+
+        generations = [Generation(**json.loads(g)) for g in batch["generation"]]
+        contents = [str(c) for c in batch["content"]]
+        verdicts: list[list[Judged]] = (
+            self.pipeline.calibrate(contents, [g.tags for g in generations]) if generations else []
+        )
+        rows = [
+            result_row(
+                str(item_id),
+                [Candidate.from_dict(c) for c in json.loads(cands)],
+                generation,
+                judged,
+                self.with_candidates,
+                self.with_dropped,
+            )
+            for item_id, cands, generation, judged in zip(
+                batch["id"], batch["candidates"], generations, verdicts, strict=True
+            )
+        ]
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+# --- the job
+
+
+def _compute(stage: BulkStage):
+    import ray.data
+
+    if stage.max_actors is not None:
+        return ray.data.ActorPoolStrategy(min_size=stage.actors, max_size=stage.max_actors)
+    return ray.data.ActorPoolStrategy(size=stage.actors)
+
+
+def _stage_args(stage: BulkStage) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "batch_size": stage.batch_size,
+        "compute": _compute(stage),
+        "num_cpus": stage.num_cpus,
+    }
+    if stage.num_gpus:
+        args["num_gpus"] = stage.num_gpus
+    return args
+
+
+def build_dataset(
+    input_path: Path,
+    fmt: str,
+    store: str,
+    settings: Settings,
+    stages: str,
+    select: tuple[str, frozenset[str]] | None,
+    with_candidates: bool,
+    with_dropped: bool,
+):
+    import ray.data
+
+    bulk = settings.bulk
+    if fmt == "parquet":
+        ds = ray.data.read_parquet(str(input_path), num_cpus=bulk.read_num_cpus)
+    else:
+        ds = ray.data.read_json(str(input_path), lines=True, num_cpus=bulk.read_num_cpus)
+    if select is not None:
+        ds = ds.map_batches(
+            select_rows,
+            fn_kwargs={"keep": select[0] == "keep", "ids": pa.array(sorted(select[1]), pa.string())},
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=bulk.read_num_cpus,
+        )
+    # Blocks of one batch each: a map task turns its input blocks into one output block, so without
+    # this a whole input file would cross every stage as one block and nothing would reach the
+    # output (and survive a crash) until the last stage had finished all of it.
+    ds = ds.repartition(target_num_rows_per_block=bulk.recall.batch_size).map_batches(
+        EncodeRecallStage,
+        fn_constructor_kwargs={
+            "store": store,
+            "settings": settings,
+            "source": str(input_path),
+            "final": stages == "recall",
+        },
+        batch_format="pyarrow",
+        **_stage_args(bulk.recall),
+    )
+    if stages == "recall":
+        return ds
+    ds = ds.repartition(target_num_rows_per_block=bulk.generate.batch_size).map_batches(
+        GenerateStage,
+        fn_constructor_kwargs={"store": store, "settings": settings},
+        batch_format="numpy",
+        **_stage_args(bulk.generate),
+    )
+    return ds.repartition(target_num_rows_per_block=bulk.calibrate.batch_size).map_batches(
+        CalibrateStage,
+        fn_constructor_kwargs={
+            "store": store,
+            "settings": settings,
+            "with_candidates": with_candidates,
+            "with_dropped": with_dropped,
+        },
+        batch_format="numpy",
+        **_stage_args(bulk.calibrate),
+    )
+
+
+class OutputFolder:
+    """Complete Parquet files only: each is written hidden, fsynced, then renamed into place.
+
+    An exclusive lock (released by the OS when the process dies, even by SIGKILL) keeps two jobs
+    from writing the same folder, which also makes it safe to delete temporary files a crash left.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(str(path), "is a file; bulk output needs a folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / LOCK_NAME, "w")  # noqa: SIM115 (held for the job's lifetime)
+        except OSError as exc:
+            raise DataError(str(path), f"cannot create the output folder: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self._lock.close()
+            raise LLM4TagError(f"another bulk job is writing to {path}") from exc
+        for stale in self.path.glob(f".*{TMP_SUFFIX}"):
+            stale.unlink()
+        self.run = uuid.uuid4().hex[:8]
+        self.files = 0
+
+    def done_ids(self) -> set[str]:
+        done: set[str] = set()
+        for path in output_files(self.path):
+            try:
+                done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+            except (pa.ArrowException, OSError, KeyError) as exc:
+                raise DataError(str(path), f"not a readable output file of this job: {exc}") from exc
+        return done
+
+    def write(self, table: pa.Table) -> None:
+        name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{self.run}-{self.files:05d}.parquet"
+        tmp = self.path / f".{name}{TMP_SUFFIX}"
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path / name)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.files += 1
+
+    def close(self) -> None:
+        self._lock.close()
+
+
+@dataclass
+class BulkReport:
+    output: str
+    input: int
+    skipped_done: int
+    tagged: int
+    files: int
+    seconds: float
+    stages: str
+    address: str | None
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output,
+            "input": self.input,
+            "skipped_done": self.skipped_done,
+            "tagged": self.tagged,
+            "files": self.files,
+            "seconds": round(self.seconds, 2),
+            "items_per_s": round(self.tagged / self.seconds, 3) if self.seconds and self.tagged else None,
+            "stages": self.stages,
+            "address": self.address,
+        }
+
+
+def _batches(tables: Iterator[pa.Table], rows: int, seconds: float) -> Iterator[pa.Table]:
+    """Regroup the stream into output files of ``rows`` rows, or fewer when ``seconds`` passed."""
+    pending: list[pa.Table] = []
+    count, since = 0, time.monotonic()
+    for table in tables:
+        if table.num_rows:
+            pending.append(table)
+            count += table.num_rows
+        while count >= rows:
+            merged = pa.concat_tables(pending)
+            yield merged.slice(0, rows)
+            rest = merged.slice(rows)
+            pending, count, since = ([rest] if rest.num_rows else []), rest.num_rows, time.monotonic()
+        if pending and time.monotonic() - since >= seconds:
+            yield pa.concat_tables(pending)
+            pending, count, since = [], 0, time.monotonic()
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def run_bulk(
+    input_path: str | Path,
+    output: str | Path,
+    store: str | Path,
+    settings: Settings,
+    *,
+    address: str | None = None,
+    split: str | None = None,
+    stages: str = "all",
+    with_candidates: bool = False,
+    with_dropped: bool = False,
+) -> BulkReport:
+    """Tag every input item not yet in ``output``; connect to Ray as ``connect`` does."""
+    started = time.perf_counter()
+    if stages not in STAGES:
+        raise LLM4TagError(f"stages must be one of {', '.join(STAGES)}, got {stages!r}")
+    source = Path(input_path)
+    if not source.exists():
+        raise DataError(str(source), "does not exist")
+    if not Path(store).is_dir():
+        raise LLM4TagError(f"store {store} does not exist")
+    fmt = _input_format(source)
+    wanted = _read_ids(source, fmt, split)
+    folder = OutputFolder(output)
+    started_ray = False
+    try:
+        done = folder.done_ids()
+        pending = [i for i in wanted if i not in done]
+        report = BulkReport(str(output), len(wanted), len(wanted) - len(pending), 0, 0, 0.0, stages, None)
+        if pending:
+            # Only what the filter must say: either the ids to keep or the (fewer) ids to drop.
+            all_ids = set(wanted) if split is None else None
+            excluded = done & all_ids if all_ids is not None else None
+            select: tuple[str, frozenset[str]] | None
+            if excluded is not None and not excluded:
+                select = None
+            elif excluded is not None and len(excluded) < len(pending):
+                select = ("skip", frozenset(excluded))
+            else:
+                select = ("keep", frozenset(pending))
+            report.address = connect(address, local_cpus=_local_cpus(settings, stages))
+            started_ray = report.address != "current"
+            ds = build_dataset(
+                source,
+                fmt,
+                str(Path(store).resolve()),
+                settings,
+                stages,
+                select,
+                with_candidates,
+                with_dropped,
+            )
+            stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+            try:
+                for table in _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds):
+                    folder.write(table)
+                    report.tagged += table.num_rows
+            except Exception as exc:
+                cause = _user_error(exc)
+                if cause is not None:
+                    raise cause from exc
+                raise
+        report.files = folder.files
+        report.seconds = time.perf_counter() - started
+        return report
+    finally:
+        folder.close()
+        if started_ray:
+            shutdown()
+
+
+def _user_error(exc: BaseException) -> LLM4TagError | None:
+    """The LLM4TagError (bad input row, bad store) behind Ray's wrapping of a failed task, if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, LLM4TagError):
+            return LLM4TagError(str(current).splitlines()[-1]) if "\n" in str(current) else current
+        todo += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
+
+
+def _local_cpus(settings: Settings, stages: str) -> float:
+    """Logical CPUs for a fresh local cluster: at least the cores, and room for every actor at its
+    pool's largest size plus the read. Ray Data's file-listing task asks for a whole CPU that no
+    option lowers, so 3 half-CPU actors on a 2-core machine would leave it waiting forever; logical
+    CPUs beyond the cores only share them (the stages mostly wait on each other anyway)."""
+    bulk = settings.bulk
+    used = [bulk.recall] if stages == "recall" else [bulk.recall, bulk.generate, bulk.calibrate]
+    need = sum(s.num_cpus * (s.max_actors or s.actors) for s in used) + 1 + bulk.read_num_cpus
+    return max(float(os.cpu_count() or 1), float(np.ceil(need)))
+
+
+def connect(address: str | None = None, local_cpus: float | None = None) -> str:
+    """Join ``address`` (or ``RAY_ADDRESS``) shipping this code along, or start a fresh local cluster.
+
+    A Ray already initialised in this process (tests, notebooks) is used as it is.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return "current"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local"):
+        # "local" always starts a new cluster, never joins one that `ray start` left on this host.
+        ray.init(address="local", num_cpus=local_cpus, include_dashboard=False, log_to_driver=False)
+        return "local"
+    import cluster
+    import graph_store
+    import llm4tag
+
+    ray.init(
+        address=address, runtime_env={"py_modules": [llm4tag, graph_store, cluster]}, log_to_driver=False
+    )
+    return address
+
+
+def shutdown() -> None:
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+
+
+def cli_tag(args) -> int:
+    """``llm4tag tag`` in bulk mode (an --output folder, --bulk or --address)."""
+    from llm4tag.config import load_settings
+
+    if args.limit is not None:
+        raise LLM4TagError("--limit does not apply to bulk tagging (a rerun resumes where a job stopped)")
+    if args.write_back:
+        raise LLM4TagError("--write-back does not apply to bulk tagging: the actors hold read-only stores")
+    settings = load_settings(args.config)
+    if args.model:
+        settings.llm.model = args.model
+    if args.engine:
+        settings.llm.engine = args.engine
+    if settings.pipeline.write_back:
+        raise LLM4TagError("pipeline.write_back does not apply to bulk tagging")
+    report = run_bulk(
+        args.input,
+        args.output,
+        args.store,
+        settings,
+        address=args.address,
+        split=args.split,
+        with_candidates=args.candidates,
+        with_dropped=args.dropped,
+    )
+    print(json.dumps(report.to_dict()), flush=True)
+    return 0
