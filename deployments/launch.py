@@ -21,7 +21,7 @@ from llm4tag.errors import ConfigError
 
 def load_serve_config(path: str | os.PathLike) -> dict[str, Any]:
     from pydantic import ValidationError
-    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -35,6 +35,16 @@ def load_serve_config(path: str | os.PathLike) -> dict[str, Any]:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"serve config {path}: {where}: {first['msg']}") from exc
+    # Ray's schema lets unknown deployment keys through (a typo would silently do nothing).
+    known = set(DeploymentSchema.model_fields)
+    for a, application in enumerate(raw.get("applications") or []):
+        for d, deployment in enumerate(application.get("deployments") or []):
+            unknown = sorted(set(deployment) - known)
+            if unknown:
+                raise ConfigError(
+                    f"serve config {path}: applications.{a}.deployments.{d} ({deployment.get('name')}): "
+                    f"unknown option(s) {', '.join(unknown)}"
+                )
     return raw
 
 
