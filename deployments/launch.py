@@ -69,8 +69,10 @@ def deploy(
         http["port"] = port
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        local = {} if address else {"_metrics_export_port": metrics_port} if metrics_port else {}
-        ray.init(address=address, namespace="llm4tag", log_to_driver=False, **local)
+        # Without an address, a fresh local cluster: plain ray.init() would silently join whichever
+        # cluster was started last on this machine.
+        local = {"_metrics_export_port": metrics_port} if metrics_port and not address else {}
+        ray.init(address=address or "local", namespace="llm4tag", log_to_driver=False, **local)
     serve.start(http_options=http, proxy_location=config.get("proxy_location", "EveryNode"))
     for application in config["applications"]:
         args = dict(application.get("args") or {})

@@ -104,7 +104,9 @@ def ray_cluster():
     Ray Data actors ask for fractions of a CPU, and the oversubscription only shares the cores."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # address="local": a private cluster even when another one runs on the machine (plain ray.init()
+    # would join that one, and refuse num_cpus).
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
