@@ -86,6 +86,19 @@ class Engine(Protocol):
         """Free greedy generation (for parse-and-match taggers and diagnostics)."""
         ...
 
+    def generate_diverse(
+        self,
+        prompts: Sequence[Messages],
+        max_tokens: int = 48,
+        num_beams: int = 6,
+        num_beam_groups: int = 3,
+        diversity_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+    ) -> list[list[str]]:
+        """Diverse beam search (beam groups with a Hamming diversity penalty, as BETag generates):
+        per prompt, ``num_beams`` answers, group by group, best first within a group."""
+        ...
+
     def close(self) -> None: ...
 
 

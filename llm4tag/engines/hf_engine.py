@@ -18,6 +18,7 @@ from llm4tag.engines.base import (
     render_chat,
     single_token_ids,
 )
+from llm4tag.engines.beams import DiverseBeamSearch
 from llm4tag.engines.choices import ChoiceAutomaton
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ModelError
@@ -229,6 +230,54 @@ class TransformersEngine:
             self.stats.prompt_tokens += int(mask.sum())
             self.stats.count("generate", len(batch))
         return texts
+
+    def generate_diverse(
+        self,
+        prompts: Sequence[Messages],
+        max_tokens: int = 48,
+        num_beams: int = 6,
+        num_beam_groups: int = 3,
+        diversity_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+    ) -> list[list[str]]:
+        torch = self._torch
+        answers: list[list[str]] = []
+        for messages in prompts:
+            ids = self.render(messages)
+            search = DiverseBeamSearch(
+                num_beams, num_beam_groups, self.end_ids, diversity_penalty, length_penalty, self.pad_id
+            )
+            with torch.inference_mode():
+                # The prompt is computed once and its cache copied to every beam; generate() would
+                # expand the prompt to num_beams rows before computing it.
+                out = self.model(input_ids=torch.tensor([ids], device=self.config.device), use_cache=True)
+                self.stats.prompt_tokens += len(ids)
+                cache = _copy_cache(out.past_key_values, num_beams)
+                logprobs = out.logits[:, -1, :].float().log_softmax(-1)
+                for step in range(max_tokens):
+                    sources, tokens = search.step(logprobs.cpu().numpy())
+                    if search.done or step == max_tokens - 1:
+                        break
+                    cache.reorder_cache(torch.tensor(sources, device=self.config.device))
+                    position = torch.full((num_beams, 1), len(ids) + step, device=self.config.device)
+                    out = self.model(
+                        input_ids=torch.tensor(tokens, device=self.config.device).unsqueeze(1),
+                        position_ids=position,
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+                    cache = out.past_key_values
+                    logprobs = out.logits[:, -1, :].float().log_softmax(-1)
+                    self.stats.generated_tokens += num_beams
+            answers.append(
+                [
+                    self.tokenizer.decode(hypothesis, skip_special_tokens=True).strip()
+                    for group in search.results()
+                    for hypothesis in group
+                ]
+            )
+            self.stats.count("generate_diverse")
+        return answers
 
     def close(self) -> None:
         self.model = None

@@ -267,6 +267,14 @@ class VLLMEngine:
         outputs = self._run("generate", [self.render(p) for p in prompts], params)
         return [out.outputs[0].text.strip() for out in outputs]
 
+    def generate_diverse(self, prompts: Sequence[Messages], max_tokens: int = 48, **beams) -> list[list[str]]:
+        # vLLM's beam search has no beam groups or diversity penalty; an ordinary beam search in its
+        # place would silently change what the BETag baseline measures.
+        raise ModelError(
+            "diverse beam search (method betag) is not available on the vLLM engine; "
+            "use llm.engine: transformers"
+        )
+
     def close(self) -> None:
         llm = getattr(self, "_llm", None)
         if llm is None:
