@@ -14,6 +14,8 @@ from graph_store import StoreError
 from llm4tag.errors import LLM4TagError
 
 EXIT_USAGE = 2
+# llm4tag.peers.METHODS, spelled out so that building the parser imports nothing heavy.
+TAG_METHODS = ("llm4tag", "match", "taggpt-selective", "taggpt-generative", "betag")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(recall)
 
     tag = verbs.add_parser("tag", help="tag items: recall, LLM generation, calibration")
-    tag.add_argument("--store", required=True)
+    tag.add_argument("--store", help="store folder (peer methods may take --tags instead)")
+    tag.add_argument(
+        "--method",
+        choices=TAG_METHODS,
+        default="llm4tag",
+        help="llm4tag (our pipeline) or a peer we compare against: match (cosine), taggpt-selective, "
+        "taggpt-generative, betag (diverse beams, matched late)",
+    )
+    tag.add_argument("--tags", help="peer methods: tag vocabulary file instead of a store")
     tag.add_argument("--input", required=True, help="items to tag (JSONL[.gz], Parquet or CSV)")
     tag.add_argument(
         "--output",
@@ -96,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", choices=["auto", "single", "multi"], default="auto")
     evaluate.add_argument("--plots", help="tag output: write reliability and accuracy-coverage PNGs here")
     evaluate.add_argument("--output", help="also write the metrics as JSON here")
+
+    vocab = verbs.add_parser("vocab", help="build a tag vocabulary from raw items with the LLM (TagGPT)")
+    vocab_verbs = vocab.add_subparsers(dest="vocab_verb", required=True)
+    vocab_build = vocab_verbs.add_parser("build", help="candidate tags per item, filtered and merged")
+    vocab_build.add_argument("--items", required=True, help="raw items (their tags, if any, are ignored)")
+    vocab_build.add_argument("--out", required=True, help="vocabulary file to write (tag, description, ...)")
+    vocab_build.add_argument("--model", help="LLM: bundled name, alias (default, tiny) or HF folder")
+    vocab_build.add_argument("--limit", type=int, help="use only the first N items")
+    vocab_build.add_argument("--split", help="use only items of this split")
+    vocab_build.add_argument(
+        "--cache", help="per-item LLM answers, resumable (default: OUT with .answers.jsonl)"
+    )
+    vocab_build.add_argument("--reference", help="a vocabulary file to report the coverage of")
+    vocab_build.add_argument("--report", help="also write the measures as JSON here")
+    vocab_build.add_argument("--plots", help="write the tag-popularity histogram PNG here")
+    _add_config(vocab_build)
 
     serve = verbs.add_parser("serve", help="start (or join) a Ray cluster and deploy the HTTP service")
     serve.add_argument("--config", default="serve_config.yaml", help="Serve config file (serve_config*.yaml)")
@@ -214,23 +240,33 @@ def _cmd_recall(args) -> int:
     return 0
 
 
-def _cmd_tag(args) -> int:
+def _llm_settings(args, output: str):
+    """Settings for a verb that runs the LLM and writes ``output``: checked before any work is done."""
     from llm4tag.config import load_settings
-    from llm4tag.data import detect_format, read_items, write_records
+    from llm4tag.data import detect_format
+
+    if args.limit is not None and args.limit < 1:
+        raise LLM4TagError(f"--limit must be at least 1, got {args.limit}")
+    detect_format(output)
+    settings = load_settings(args.config)
+    if args.model:
+        settings.llm.model = args.model
+    if getattr(args, "engine", None):
+        settings.llm.engine = args.engine
+    return settings
+
+
+def _cmd_tag(args) -> int:
+    from llm4tag.data import read_items, write_records
     from llm4tag.pipeline import TaggingPipeline
 
+    if args.method != "llm4tag" or args.store is None:
+        return _cmd_tag_peer(args)
     if args.bulk or args.output.endswith("/") or Path(args.output).is_dir() or args.address:
         from cluster.bulk import cli_tag  # imports Ray: only here, never with the core
 
         return cli_tag(args)
-    if args.limit is not None and args.limit < 1:
-        raise LLM4TagError(f"--limit must be at least 1, got {args.limit}")
-    detect_format(args.output)
-    settings = load_settings(args.config)
-    if args.model:
-        settings.llm.model = args.model
-    if args.engine:
-        settings.llm.engine = args.engine
+    settings = _llm_settings(args, args.output)
     if args.write_back:
         settings.pipeline.write_back = True
     items = read_items(args.input, split=args.split).items
@@ -457,6 +493,82 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_tag_peer(args) -> int:
+    from llm4tag.data import read_items, write_records
+    from llm4tag.peers import open_peer, tag_rows
+
+    if args.method == "llm4tag":
+        raise LLM4TagError("--store is required for --method llm4tag (--tags serves the peer methods)")
+    if args.bulk or args.address or args.output.endswith("/") or Path(args.output).is_dir():
+        raise LLM4TagError("bulk mode runs --method llm4tag only; peer methods write one file")
+    if (args.store is None) == (args.tags is None):
+        raise LLM4TagError(f"--method {args.method} needs exactly one of --store and --tags")
+    settings = _llm_settings(args, args.output)
+    items = read_items(args.input, split=args.split).items[: args.limit]
+    tagger = open_peer(args.method, settings, store_dir=args.store, tags_path=args.tags)
+    started = time.perf_counter()
+    count = write_records(args.output, tag_rows(tagger, items, settings.pipeline.batch_size))
+    elapsed = time.perf_counter() - started
+    summary = {"output": str(args.output), "items": count, "method": args.method}
+    summary["max_tags"] = tagger.max_tags
+    summary["seconds"] = round(elapsed, 2)
+    summary["items_per_s"] = round(count / elapsed, 3) if elapsed else None
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_vocab(args) -> int:
+    from llm4tag.data import read_items, read_tags, write_records
+    from llm4tag.encoder import Encoder
+    from llm4tag.engines import make_engine
+    from llm4tag.texts import readable_tag
+    from llm4tag.vocab import VocabularyBuilder, vocabulary_coverage
+
+    settings = _llm_settings(args, args.out)
+    items = read_items(args.items, split=args.split).items[: args.limit]
+    if not items:
+        raise LLM4TagError(f"{args.items} holds no items to build a vocabulary from")
+    reference = read_tags(args.reference) if args.reference else None
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else out.with_name(out.name.split(".")[0] + ".answers.jsonl")
+    encoder = Encoder(settings.encoder)
+    builder = VocabularyBuilder(make_engine(settings.llm), encoder, settings)
+
+    def progress(done: int, total: int) -> None:
+        logging.getLogger("llm4tag.vocab").info("answers: %d/%d items", done, total)
+
+    answers, stats = builder.answers(items, cache, progress)
+    result = builder.build(items, answers)
+    if not result.rows:
+        raise LLM4TagError(
+            f"no tag survived the frequency filter ({result.stats}); use more items or lower vocab.min_count"
+        )
+    write_records(out, result.rows)
+    summary = {"out": str(out), "cache": str(cache), **stats, **result.stats, "measures": result.measures}
+    summary["seconds"] = round(stats["seconds"], 1)
+    if reference is not None:
+        labels = [readable_tag(t.tag) for t in reference]
+        coverage = vocabulary_coverage(
+            labels,
+            encoder.encode(labels),
+            result.tags,
+            encoder.encode(result.tags),
+            settings.vocab.redundancy_threshold,
+        )
+        summary["coverage"] = {k: v for k, v in coverage.items() if k not in ("matches", "nearest")}
+    if args.plots:
+        from llm4tag.plots import popularity_histogram
+
+        path = popularity_histogram(
+            {"built": result.measures["popularity_hist"]}, Path(args.plots) / "popularity.png"
+        )
+        summary["plot"] = str(path)
+    if args.report:
+        Path(args.report).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(json.dumps(summary, default=str))
+    return 0
+
+
 COMMANDS = {
     "build": _cmd_build,
     "recall": _cmd_recall,
@@ -465,6 +577,7 @@ COMMANDS = {
     "eval": _cmd_eval,
     "models": _cmd_models,
     "serve": _cmd_serve,
+    "vocab": _cmd_vocab,
 }
 
 

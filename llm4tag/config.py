@@ -123,6 +123,114 @@ _PEER_PLACEHOLDERS = {
 
 
 @dataclass
+class PeerPromptConfig:
+    """Templates of the peer taggers and of vocabulary construction (defaults: prompts/peers.yaml)."""
+
+    system: str = ""
+    generative: str = ""
+    example: str = ""
+    selective: str = ""
+    selective_single: str = ""
+    selective_multi: str = ""
+
+    def __post_init__(self) -> None:
+        import string
+        from importlib import resources
+
+        defaults = yaml.safe_load(resources.files("llm4tag.prompts").joinpath("peers.yaml").read_text())
+        common = {"domain", "item_kind", "item_kinds", "item_kind_title"}
+        for name, allowed in _PEER_PLACEHOLDERS.items():
+            if not getattr(self, name):
+                setattr(self, name, defaults[name])
+            try:
+                used = {p for _, p, _, _ in string.Formatter().parse(getattr(self, name)) if p is not None}
+            except ValueError as exc:
+                raise ConfigError(f"peers.prompts.{name} is not a valid template: {exc}") from exc
+            unknown = sorted(used - allowed - common)
+            if unknown:
+                raise ConfigError(
+                    f"peers.prompts.{name} uses unknown placeholder(s) "
+                    f"{', '.join('{' + u + '}' for u in unknown)}"
+                )
+
+
+@dataclass
+class PeersConfig:
+    """The taggers we compare against (`llm4tag tag --method ...`): TagGPT's two, BETag, match."""
+
+    # Selective tagger: tags matched early by cosine and shown to the LLM.
+    num_candidates: int = 20
+    # TagGPT's selective tagger reads the LLM's free answer; true = constrained to the candidates.
+    selective_constrained: bool = False
+    # Late matching (generative tagger, BETag): a generated phrase names a vocabulary tag when their
+    # cosine reaches this. TagGPT gives no value; 0.5 is the paper's c-t similarity threshold.
+    match_threshold: float = 0.5
+    # Enough for about eight short tags; on CPU every generated token costs a pass over the model.
+    max_new_tokens: int = 32
+    # BETag's diverse multi-beam generation: groups of beams with a Hamming diversity penalty.
+    num_beams: int = 6
+    num_beam_groups: int = 3
+    diversity_penalty: float = 1.0
+    length_penalty: float = 1.0
+    # One worked example in the generative prompt, as in TagGPT's template (none by default).
+    example_text: str = ""
+    example_tags: list[str] = field(default_factory=list)
+    prompts: PeerPromptConfig = field(default_factory=PeerPromptConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompts, dict):
+            self.prompts = _section(PeerPromptConfig, self.prompts, "peers.prompts")
+        if not isinstance(self.prompts, PeerPromptConfig):
+            raise ConfigError("config section 'peers.prompts' must be a mapping")
+        if self.num_candidates < 1 or self.max_new_tokens < 1:
+            raise ConfigError("peers: num_candidates and max_new_tokens must be >= 1")
+        if not -1.0 <= self.match_threshold <= 1.0:
+            raise ConfigError(f"peers.match_threshold must be in [-1, 1], got {self.match_threshold}")
+        if self.num_beam_groups < 1 or self.num_beams % self.num_beam_groups:
+            raise ConfigError(
+                f"peers.num_beams ({self.num_beams}) must be a positive multiple of "
+                f"peers.num_beam_groups ({self.num_beam_groups})"
+            )
+        if self.diversity_penalty < 0:
+            raise ConfigError("peers.diversity_penalty must be >= 0")
+
+
+@dataclass
+class VocabConfig:
+    """`llm4tag vocab build`: candidate tags per item from the LLM (TagGPT section 2.1), then a
+    frequency filter and near-duplicate merging. The prompt is peers.prompts.generative."""
+
+    max_new_tokens: int = 32
+    # Items per resumable chunk: their answers reach the cache together.
+    chunk: int = 16
+    # A generated phrase longer than this is a sentence, not a tag.
+    max_words: int = 5
+    max_chars: int = 60
+    # Too rare: on fewer items than this. None: max(2, ceil(0.002 * items)), i.e. never a tag of one item.
+    min_count: int | None = None
+    # Too common: on more than this share of the items. None: from the popularity distribution (the
+    # upper Tukey fence of log counts), never below max_share_floor.
+    max_share: float | None = None
+    max_share_floor: float = 0.05
+    # Tags at or above this cosine are merged (TagGPT's redundancy threshold).
+    merge_threshold: float = 0.8
+    redundancy_threshold: float = 0.8
+    # Aliases listed in a merged tag's description (so the encoder and the judge read them too).
+    description_aliases: int = 5
+
+    def __post_init__(self) -> None:
+        if self.min_count is not None and self.min_count < 1:
+            raise ConfigError(f"vocab.min_count must be >= 1, got {self.min_count}")
+        if self.max_share is not None and not 0.0 < self.max_share <= 1.0:
+            raise ConfigError(f"vocab.max_share must be within (0, 1], got {self.max_share}")
+        for name in ("merge_threshold", "redundancy_threshold"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"vocab.{name} must be a cosine in [-1, 1], got {getattr(self, name)}")
+        if min(self.max_new_tokens, self.chunk, self.max_words, self.max_chars) < 1:
+            raise ConfigError("vocab: max_new_tokens, chunk, max_words and max_chars must be >= 1")
+
+
+@dataclass
 class Settings:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     texts: TextConfig = field(default_factory=TextConfig)
@@ -131,6 +239,8 @@ class Settings:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     bulk: BulkConfig = field(default_factory=BulkConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    peers: PeersConfig = field(default_factory=PeersConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,9 +266,9 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(
             "config must be a mapping of sections "
-            "(encoder, texts, graph, llm, prompts, pipeline, bulk)"
+            "(encoder, texts, graph, llm, prompts, pipeline, bulk, vocab, peers)"
         )
-    sections = ("encoder", "texts", "graph", "llm", "prompts", "pipeline", "bulk")
+    sections = ("encoder", "texts", "graph", "llm", "prompts", "pipeline", "bulk", "vocab", "peers")
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(
@@ -176,6 +286,8 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
         prompts=_prompts(data.get("prompts")),
         pipeline=_section(PipelineConfig, data.get("pipeline"), "pipeline"),
         bulk=_section(BulkConfig, data.get("bulk"), "bulk"),
+        vocab=_section(VocabConfig, data.get("vocab"), "vocab"),
+        peers=_section(PeersConfig, data.get("peers"), "peers"),
     )
 
 

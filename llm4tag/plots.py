@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["accuracy_coverage_plot", "reliability_diagram"]
+__all__ = ["accuracy_coverage_plot", "popularity_histogram", "reliability_diagram"]
 
 _LINE_STYLES = {1: "-", 2: "--", 3: ":"}
 _MARKERS = {1: "o", 2: "s", 3: "^"}
@@ -219,4 +219,37 @@ def accuracy_coverage_plot(
         axes.legend(fontsize=8, loc="best")
     else:
         axes.text(0.5, 0.5, "no defined point", ha="center", va="center", transform=axes.transAxes)
+    return _save(figure, path)
+
+
+def popularity_histogram(
+    histograms: Mapping[str, Mapping[str, int]], path: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """Save TagGPT's popularity plot (its figure 4): how many tags are used on 1, 2, 3-4, ... items.
+
+    ``histograms`` maps a tagging system's name to its ``popularity_hist`` (bin label -> number of
+    tags, see :func:`llm4tag.vocab.vocabulary_measures`); the systems' bars stand side by side, as
+    shares of each system's tags so that vocabularies of different sizes compare.
+    """
+    if not histograms:
+        raise ValueError("popularity_histogram needs at least one histogram")
+    from matplotlib import colormaps
+
+    bins = list(dict.fromkeys(label for hist in histograms.values() for label in hist))
+    palette = colormaps["tab10"]
+    figure = _new_figure(7.0, 4.5)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / len(histograms)
+    for index, (name, hist) in enumerate(histograms.items()):
+        total = sum(hist.values()) or 1
+        xs = [i + (index - (len(histograms) - 1) / 2) * width for i in range(len(bins))]
+        ys = [hist.get(label, 0) / total for label in bins]
+        axes.bar(xs, ys, width=width, color=palette(index % 10), label=f"{name} ({total} tags)")
+    axes.set_xticks(range(len(bins)))
+    axes.set_xticklabels(bins)
+    axes.set_xlabel("items a tag is used on")
+    axes.set_ylabel("share of the tags")
+    axes.set_title(title or "Tag popularity")
+    axes.legend(fontsize=8)
+    axes.grid(True, axis="y", linewidth=0.4, alpha=0.5)
     return _save(figure, path)
