@@ -23,7 +23,9 @@ from llm4tag.config import load_settings, settings_from_dict
 from llm4tag.errors import ConfigError
 from llm4tag.service import ServiceConfig
 
-KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options"}
+# journal: folder of the graph journals when not the store folder (shared storage on a cluster whose
+# nodes hold node-local copies of the store; README: "Scaling out").
+KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options", "journal"}
 
 
 def resolve_path(path: str, base: str | None = None) -> str:
@@ -51,6 +53,7 @@ def build_app(args: dict[str, Any]) -> Application:
         settings = args.get("settings") or {}
     settings = settings_from_dict(settings).to_dict()  # validated here, before any replica starts
     service = ServiceConfig.from_dict(args.get("service"))
+    journal = resolve_path(str(args["journal"])) if args.get("journal") else None
     vocabulary = read_vocabulary(store)
     options = args.get("deployment_options") or {}
 
@@ -69,7 +72,7 @@ def build_app(args: dict[str, Any]) -> Application:
         shard_options = {**base, **options.get(name, {})}
         shards.append(
             GraphRecall.options(name=name, **shard_options).bind(
-                store, index, vocabulary.num_shards, settings
+                store, index, vocabulary.num_shards, settings, journal
             )
         )
     generator = opt(Generator, "Generator").bind(store, settings, service.to_dict()["generator"])

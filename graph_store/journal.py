@@ -8,6 +8,11 @@ as deterministic edges. Applying a record twice changes nothing, so a reader may
 point. Appends take an exclusive lock and are fsynced before they return; several processes (the
 replicas of one shard) append to and follow the same journal. A save that makes a new version of the
 folder starts a fresh journal for it (the old records are in the version).
+
+The journal may live in another folder than the store (``journal_dir``): on a cluster whose nodes
+each hold a copy of the store (synced from object storage) the journal must be on storage that every
+node shares and that gives appends, ``flock`` and ``fsync`` (NFSv4, EFS, Filestore): object stores
+give none of the three. The live version is still read from the store's own folder.
 """
 
 from __future__ import annotations
@@ -43,8 +48,19 @@ def record_line(item_id: str, tags: Sequence[str], text: str | None, vector: np.
 class Journal:
     """Appends to and follows one store folder's journal for the version loaded from it."""
 
-    def __init__(self, folder: str | os.PathLike, version: str):
-        self.path = Path(folder) / JOURNAL
+    def __init__(self, folder: str | os.PathLike, version: str, journal_dir: str | os.PathLike | None = None):
+        self.root = Path(folder)  # the store folder: its CURRENT names the live version
+        where = Path(journal_dir) if journal_dir is not None else self.root
+        if journal_dir is not None:
+            try:
+                where.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the journal folder {where}: {exc.strerror or exc}") from exc
+        self.path = where / JOURNAL
+        # A journal outside the store folder is shared by nodes that each hold a copy of the store: a
+        # header of another version means this copy is not the one the journal continues, never that
+        # the journal is a leftover to be replaced (that would erase other nodes' acknowledged writes).
+        self.shared = journal_dir is not None
         self.version = version
         self._offset = 0  # bytes of the file already read (complete lines only)
         self._inode: int | None = None
@@ -65,11 +81,13 @@ class Journal:
         data = b"".join(lines)
         with self._locked(), _open_journal(self.path) as fd:
             size = os.fstat(fd).st_size
+            if size and self.shared and not self._header_matches(fd):
+                raise self._foreign_version(self._header_version(fd))
             if size == 0 or not self._header_matches(fd):
-                live = _live_version(self.path.parent)
+                live = _live_version(self.root)
                 if live != self.version:
                     raise StoreError(
-                        f"{self.path.parent} now holds version {live}, not {self.version} that this "
+                        f"{self.root} now holds version {live}, not {self.version} that this "
                         "process loaded (another process saved it); reload the store before writing"
                     )
                 # Missing, empty, or left from an older version (a crash between a save and the reset).
@@ -116,6 +134,8 @@ class Journal:
             if start_offset == 0 and number == 0:
                 if record.get("format") != FORMAT:
                     raise StoreError(f"{self.path} is not a graph journal")
+                if record.get("version") != self.version and self.shared:
+                    raise self._foreign_version(record.get("version"))
                 if record.get("version") != self.version:
                     log.warning(
                         "%s belongs to version %s, not the live %s: its records are already in the "
@@ -131,14 +151,27 @@ class Journal:
         self._offset = start_offset + end
         return records
 
-    def _header_matches(self, fd: int) -> bool:
+    def _header(self, fd: int) -> dict:
         os.lseek(fd, 0, os.SEEK_SET)
         first = os.read(fd, 4096).split(b"\n", 1)[0]
         try:
             header = json.loads(first)
         except ValueError:
-            return False
+            return {}
+        return header if isinstance(header, dict) else {}
+
+    def _header_matches(self, fd: int) -> bool:
+        header = self._header(fd)
         return header.get("format") == FORMAT and header.get("version") == self.version
+
+    def _header_version(self, fd: int) -> str | None:
+        return self._header(fd).get("version")
+
+    def _foreign_version(self, other: str | None) -> StoreError:
+        return StoreError(
+            f"shared journal {self.path} continues store version {other}, but this node's copy of "
+            f"{self.root} is version {self.version}: sync the store copy to {other} before serving"
+        )
 
     @staticmethod
     def _end_of_last_line(fd: int, size: int) -> int:

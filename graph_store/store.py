@@ -456,7 +456,7 @@ class GraphStore:
     def journal_saved(self, root: Path, name: str) -> None:
         """After ``name`` became live in ``root``: the journal there starts afresh (its records are in it)."""
         journal = Journal(root, name) if self.journal is None else self.journal
-        if self.journal is None or self.journal.path.parent.resolve() == root.resolve():
+        if self.journal is None or self.journal.root.resolve() == root.resolve():
             journal.reset(name)
             self.journal = journal
 
@@ -509,8 +509,13 @@ class GraphStore:
         expected_encoder_id: str | None = None,
         recall: RecallConfig | None = None,
         version: str | None = None,
+        journal_dir: str | os.PathLike | None = None,
     ) -> GraphStore:
-        """Load the live version (or the named one) of a store folder."""
+        """Load the live version (or the named one) of a store folder.
+
+        ``journal_dir``: where the live version's journal is (default: the store folder). Loading
+        replays it, so a store returned by load has every write acknowledged so far.
+        """
         root = Path(directory)
         folder = current_version(root) if version is None else root / version
         if not folder.is_dir():
@@ -572,7 +577,7 @@ class GraphStore:
         )
         if folder.name == (root / CURRENT).read_text().strip():
             # Only the live version follows the folder's journal; an older one is a read-only view.
-            store.journal = Journal(root, folder.name)
+            store.journal = Journal(root, folder.name, journal_dir)
             store.sync()
         return store
 
