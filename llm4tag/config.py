@@ -12,6 +12,7 @@ from graph_store import GraphConfig, StoreError
 from llm4tag.encoder import EncoderConfig
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ConfigError
+from llm4tag.finetune.config import FinetuneConfig, finetune_config_from_dict
 from llm4tag.prompts import PromptConfig, prompt_config_from_dict
 
 MODES = ("auto", "single", "multi")
@@ -241,6 +242,7 @@ class Settings:
     bulk: BulkConfig = field(default_factory=BulkConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     peers: PeersConfig = field(default_factory=PeersConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,7 +270,9 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
             "config must be a mapping of sections "
             "(encoder, texts, graph, llm, prompts, pipeline, bulk, vocab, peers)"
         )
-    sections = ("encoder", "texts", "graph", "llm", "prompts", "pipeline", "bulk", "vocab", "peers")
+    sections = (
+        "encoder", "texts", "graph", "llm", "prompts", "pipeline", "bulk", "vocab", "peers", "finetune"
+    )
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise ConfigError(
@@ -288,6 +292,7 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
         bulk=_section(BulkConfig, data.get("bulk"), "bulk"),
         vocab=_section(VocabConfig, data.get("vocab"), "vocab"),
         peers=_section(PeersConfig, data.get("peers"), "peers"),
+        finetune=finetune_config_from_dict(data.get("finetune")),
     )
 
 

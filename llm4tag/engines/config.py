@@ -26,6 +26,16 @@ class LLMConfig:
     cpu_kvcache_gb: int = 4
     enable_prefix_caching: bool = True
     seed: int = 0
+    # LoRA adapters (`llm4tag train`): the generator's serves choose/generate, the calibrator's the Yes/No
+    # scores; None runs the base model for that role. vLLM needs enable_lora at start-up to take any
+    # adapter, also one swapped in later, and adapters of rank <= max_lora_rank.
+    generator_adapter: str | None = None
+    calibrator_adapter: str | None = None
+    enable_lora: bool = False
+    max_lora_rank: int = 16
+    # Serving: an active.json (llm4tag/finetune/registry.py) whose adapters replicas follow between
+    # batches; `llm4tag retrain` promotions and POST /v1/admin/adapter rewrite it.
+    adapters_file: str | None = None
 
     def __post_init__(self) -> None:
         from llm4tag.errors import ConfigError

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm4tag.engines.adapters import PeftAdapters, uses_adapter
 from llm4tag.engines.base import (
     NO_VARIANTS,
     YES_VARIANTS,
@@ -74,6 +75,10 @@ class TransformersEngine:
         self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
         if not self.yes_ids or not self.no_ids:
             raise ModelError("the tokenizer has no single-token 'Yes'/'No' answer")
+        self.adapters = PeftAdapters(self.model)
+        for role in ("generator", "calibrator"):
+            if getattr(self.config, f"{role}_adapter"):
+                self.adapters.load(role, getattr(self.config, f"{role}_adapter"))
 
     # -- helpers -------------------------------------------------------------------------------
     def render(self, messages: Messages) -> list[int]:
@@ -99,6 +104,7 @@ class TransformersEngine:
         return [order[i : i + size] for i in range(0, len(order), size)]
 
     # -- Engine --------------------------------------------------------------------------------
+    @uses_adapter("generator")
     def choose(self, requests: Sequence[ChoiceRequest]) -> list[list[str]]:
         prompts = [self.render(r.messages) for r in requests]
         automata = [
@@ -139,6 +145,7 @@ class TransformersEngine:
             self.stats.count("choose", len(batch))
         return answers
 
+    @uses_adapter("calibrator")
     def score_yes_no(self, prompts: Sequence[Messages]) -> list[YesNo]:
         torch = self._torch
         rendered = [self.render(p) for p in prompts]
@@ -210,6 +217,7 @@ class TransformersEngine:
             no=logsumexp([float(row[t]) for t in self.no_ids]),
         )
 
+    @uses_adapter("generator")
     def generate(self, prompts: Sequence[Messages], max_tokens: int = 64) -> list[str]:
         rendered = [self.render(p) for p in prompts]
         texts = [""] * len(rendered)
@@ -231,6 +239,7 @@ class TransformersEngine:
             self.stats.count("generate", len(batch))
         return texts
 
+    @uses_adapter("generator")
     def generate_diverse(
         self,
         prompts: Sequence[Messages],

@@ -29,6 +29,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from llm4tag.engines.adapters import LoRARequests
 from llm4tag.engines.base import (
     CHOICE_SEPARATOR,
     NO_VARIANTS,
@@ -170,6 +171,10 @@ class VLLMEngine:
                 os.environ.setdefault("OMP_NUM_THREADS", str(config.threads))
         else:
             memory["gpu_memory_utilization"] = config.gpu_memory_utilization
+        lora = bool(config.enable_lora or config.generator_adapter or config.calibrator_adapter)
+        if lora:
+            # Two slots: the generator's and the calibrator's adapter, each swappable by a new request id.
+            memory.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=2)
         try:
             self._llm = vllm.LLM(
                 model=str(path),
@@ -192,13 +197,21 @@ class VLLMEngine:
         self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
         if not self.yes_ids or not self.no_ids:
             raise ModelError("the tokenizer has no single-token 'Yes'/'No' answer")
+        self.adapters = LoRARequests(lora, config.max_lora_rank)
+        for role in ("generator", "calibrator"):
+            if getattr(config, f"{role}_adapter"):
+                self.adapters.load(role, getattr(config, f"{role}_adapter"))
 
     # -- helpers -------------------------------------------------------------------------------
     def render(self, messages: Messages) -> list[int]:
         return render_chat(self.tokenizer, messages, self.config.max_model_len)
 
     def _run(self, what: str, prompts: list[list[int]], params) -> list:
-        outputs = self._llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+        # The role's LoRARequest is read once per call: a swap during the call affects the next one.
+        lora = self.adapters.request("calibrator" if what == "score" else "generator")
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False, lora_request=lora
+        )
         for out in outputs:
             cached = out.num_cached_tokens or 0
             self.stats.prompt_tokens += len(out.prompt_token_ids) - cached
