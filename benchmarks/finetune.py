@@ -165,7 +165,10 @@ def stage_eval(name: str, out: Path, args) -> None:
                     "configuration": label,
                     **{
                         k: report[k]
-                        for k in ("precision", "recall", "f1", "acc@1", "coverage@1", "ece", "seconds")
+                        for k in (
+                            *("precision", "recall", "f1", "acc@1", "acc@2", "acc@3"),
+                            *("coverage@1", "tags_per_item", "ece", "seconds"),
+                        )
                     },
                 }
             )
