@@ -36,10 +36,12 @@ __all__ = [
     "MULTI_KEYS",
     "SINGLE_KEYS",
     "acc_at_k",
+    "bootstrap_interval",
     "calibration_pairs",
     "coverage_at_k",
     "evaluate_tagging",
     "expected_calibration_error",
+    "metric_intervals",
     "predictions_from_rows",
     "relative_improvement",
     "single_tag_prf",
@@ -230,6 +232,117 @@ def task_type(gold: Mapping[Any, Collection[str]]) -> str:
     if not scored:
         raise ValueError("no gold item has a tag: nothing to score")
     return "single" if all(len(tags) == 1 for tags in scored.values()) else "multi"
+
+
+# ---------------------------------------------------------------------------------- bootstrap intervals
+def bootstrap_interval(
+    statistic, *columns: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(value, low, high)``: ``statistic`` of the per-item ``columns`` and its percentile bootstrap
+    interval, resampling items (the columns' rows together, so paired comparisons stay paired).
+
+    ``statistic(*columns, axis=-1)`` must reduce along ``axis`` (scipy's vectorised form).
+    """
+    from scipy.stats import bootstrap
+
+    data = tuple(np.asarray(c, dtype=np.float64) for c in columns)
+    value = float(statistic(*data, axis=-1))
+    if data[0].size < 2:
+        return value, _NAN, _NAN
+    result = bootstrap(
+        data,
+        statistic,
+        paired=True,
+        vectorized=True,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = result.confidence_interval
+    return value, float(low), float(high)
+
+
+def _item_columns(scored: dict[Any, frozenset[str]], ranked: dict[Any, _Ranked]) -> dict[str, np.ndarray]:
+    """Per scored item: whether it has a prediction, its top tag is right, and its accuracy at k=1..3."""
+    predicted, top_right, acc = [], [], {k: [] for k in (1, 2, 3)}
+    for item_id, gold_set in scored.items():
+        preds = ranked[item_id]
+        predicted.append(1.0 if preds else 0.0)
+        top_right.append(1.0 if preds and preds[0][0] in gold_set else 0.0)
+        for k in acc:
+            k_eff = min(k, len(preds))
+            acc[k].append(sum(tag in gold_set for tag, _ in preds[:k_eff]) / k_eff if preds else 0.0)
+    columns = {"predicted": np.asarray(predicted), "top_right": np.asarray(top_right)}
+    columns.update({f"acc@{k}": np.asarray(v) for k, v in acc.items()})
+    return columns
+
+
+def _ratio(num, den, axis=-1):
+    den_sum = np.sum(den, axis=axis)
+    return np.where(den_sum > 0, np.sum(num, axis=axis) / np.maximum(den_sum, 1), np.nan)
+
+
+def _f1(right, predicted, axis=-1):
+    # 2PR/(P+R) with P = right/predicted and R = right/items simplifies to 2 right/(predicted + items).
+    return 2 * np.sum(right, axis=axis) / (np.sum(predicted, axis=axis) + right.shape[axis])
+
+
+def _metric_statistics() -> dict[str, tuple[Any, tuple[str, ...]]]:
+    stats: dict[str, tuple[Any, tuple[str, ...]]] = {
+        "precision": (_ratio, ("top_right", "predicted")),
+        "recall": (lambda right, axis=-1: np.mean(right, axis=axis), ("top_right",)),
+        "f1": (_f1, ("top_right", "predicted")),
+    }
+    for k in (1, 2, 3):
+        # Acc@k averages over the items with a prediction (formula 12).
+        stats[f"acc@{k}"] = (_ratio, (f"acc@{k}", "predicted"))
+    return stats
+
+
+def metric_intervals(
+    gold: Mapping[Any, Collection[str]],
+    predictions: Mapping[Any, Sequence[Any]],
+    task: str = "auto",
+    baseline: Mapping[Any, Sequence[Any]] | None = None,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """The task's table-1 metrics with percentile bootstrap intervals over the scored items:
+    ``{metric: {"value", "low", "high"}}``. With ``baseline`` (another method's predictions on the same
+    items) each metric also gets ``diff``, ``diff_low``, ``diff_high``: the paired interval of
+    predictions minus baseline, which is what says whether one method beats the other."""
+    task = _check_task(task, allow_auto=True)
+    if task == "auto":
+        task = task_type(gold)
+    scored, ranked = _prepare(gold, predictions)
+    columns = _item_columns(scored, ranked)
+    base = _item_columns(*_prepare(gold, baseline)) if baseline is not None else None
+    out: dict[str, dict[str, float]] = {}
+    statistics = _metric_statistics()
+    for name in MULTI_KEYS if task == "multi" else SINGLE_KEYS:
+        statistic, inputs = statistics[name]
+        value, low, high = bootstrap_interval(
+            statistic, *(columns[c] for c in inputs), confidence=confidence, resamples=resamples, seed=seed
+        )
+        out[name] = {"value": value, "low": low, "high": high}
+        if base is not None:
+            n = len(inputs)
+
+            def difference(*cols, axis=-1, statistic=statistic, n=n):
+                return statistic(*cols[:n], axis=axis) - statistic(*cols[n:], axis=axis)
+
+            diff, diff_low, diff_high = bootstrap_interval(
+                difference,
+                *(columns[c] for c in inputs),
+                *(base[c] for c in inputs),
+                confidence=confidence,
+                resamples=resamples,
+                seed=seed,
+            )
+            out[name].update({"diff": diff, "diff_low": diff_low, "diff_high": diff_high})
+    return out
 
 
 # ------------------------------------------------------------------------------------------- calibration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from llm4tag.tag_metrics import (
@@ -289,3 +290,45 @@ def test_bad_thresholds_task_and_shapes():
         acc_at_k({"i": ["a"]}, {"i": [{"confidence": 0.5}]}, 1)
     with pytest.raises(ValueError, match="bins"):
         expected_calibration_error([(0.5, True)], bins=0)
+
+
+# ------------------------------------------------------------------------------- bootstrap intervals
+def test_metric_intervals_bracket_the_point_value_and_shrink_with_n():
+    from llm4tag.tag_metrics import metric_intervals
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (100, 1600):
+        gold = {i: {"a" if rng.random() < 0.7 else "b"} for i in range(n)}
+        pred = {i: ["a"] for i in range(n)}
+        report = evaluate_tagging(gold, pred)
+        got = metric_intervals(gold, pred)
+        for name in ("precision", "recall", "f1"):
+            assert got[name]["low"] <= report[name] <= got[name]["high"]
+            assert got[name]["value"] == pytest.approx(report[name])
+        widths.append(got["f1"]["high"] - got["f1"]["low"])
+    assert widths[1] < widths[0] / 2
+
+
+def test_metric_intervals_multi_tag_values_equal_acc_at_k_and_skip_unpredicted_items():
+    from llm4tag.tag_metrics import metric_intervals
+
+    gold = {i: {"a", "b"} if i % 2 else {"c"} for i in range(60)}
+    pred = {i: (["a", "c", "b"] if i % 3 else []) for i in range(60)}
+    report = evaluate_tagging(gold, pred)
+    got = metric_intervals(gold, pred, task="multi")
+    for k in (1, 2, 3):
+        assert got[f"acc@{k}"]["value"] == pytest.approx(report[f"acc@{k}"])
+
+
+def test_paired_difference_interval_excludes_zero_only_for_a_real_gap():
+    from llm4tag.tag_metrics import metric_intervals
+
+    rng = np.random.default_rng(1)
+    gold = {i: {"a" if rng.random() < 0.5 else "b"} for i in range(400)}
+    weak = {i: ["a"] for i in gold}
+    strong = {i: [next(iter(gold[i]))] if rng.random() < 0.8 else ["a"] for i in gold}
+    better = metric_intervals(gold, strong, baseline=weak)["f1"]
+    assert better["diff_low"] > 0
+    same = metric_intervals(gold, weak, baseline=weak)["f1"]
+    assert same["diff"] == 0 and same["diff_low"] <= 0 <= same["diff_high"]
