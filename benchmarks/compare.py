@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
 from pipeline_quality import build_parts, cached_rows, settings_for
 
+from graph_store.durable import append_lines
 from llm4tag.data import Item, write_records
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
@@ -40,7 +41,7 @@ from llm4tag.peers import PipelineTagger, TagIndex, make_peer
 from llm4tag.plots import accuracy_coverage_plot, popularity_histogram
 from llm4tag.tag_metrics import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
 from llm4tag.texts import readable_tag
-from llm4tag.vocab import VocabularyBuilder, open_append, vocabulary_coverage, vocabulary_measures
+from llm4tag.vocab import VocabularyBuilder, vocabulary_coverage, vocabulary_measures
 
 METHODS = ("match", "taggpt-selective", "taggpt-generative", "betag", "llm4tag")
 LABELS = {
@@ -64,22 +65,21 @@ def run_tagger(tagger, items, path: Path, chunk: int, label: str, engine=None) -
     stats = {"items": 0, "seconds": 0.0, "tokens": 0}
     before = _tokens(engine)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open_append(path) as sink:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            started = time.perf_counter()
-            for row in tagger.tag(batch):
-                rows[row["id"]] = row
-                sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            stats["items"] += len(batch)
-            stats["seconds"] += time.perf_counter() - started
-            stats["tokens"] = _tokens(engine) - before
-            done = len(items) - len(todo) + start + len(batch)
-            print(
-                f"#   {label}: {done}/{len(items)} ({stats['seconds'] / stats['items']:.1f} s/item)",
-                flush=True,
-            )
+    for start in range(0, len(todo), chunk):
+        batch = todo[start : start + chunk]
+        started = time.perf_counter()
+        tagged = list(tagger.tag(batch))
+        for row in tagged:
+            rows[row["id"]] = row
+        append_lines(path, [json.dumps(row).encode() for row in tagged])
+        stats["items"] += len(batch)
+        stats["seconds"] += time.perf_counter() - started
+        stats["tokens"] = _tokens(engine) - before
+        done = len(items) - len(todo) + start + len(batch)
+        print(
+            f"#   {label}: {done}/{len(items)} ({stats['seconds'] / stats['items']:.1f} s/item)",
+            flush=True,
+        )
     return {i.id: rows[i.id] for i in items}, stats
 
 

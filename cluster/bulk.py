@@ -17,7 +17,6 @@ Tagging rows are small next to the LLM work that makes them, so the driver is no
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from graph_store import Candidate
+from graph_store.durable import atomic_file, exclusive_lock
 from llm4tag.calibrator import Judged
 from llm4tag.config import BulkStage, Settings
 from llm4tag.data import Item
@@ -403,14 +403,15 @@ class OutputFolder:
             raise DataError(str(path), "is a file; bulk output needs a folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path / LOCK_NAME, "w")  # noqa: SIM115 (held for the job's lifetime)
         except OSError as exc:
             raise DataError(str(path), f"cannot create the output folder: {exc.strerror or exc}") from exc
+        self._stack = contextlib.ExitStack()  # the lock, held for the job's lifetime
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self._lock.close()
+            self._stack.enter_context(exclusive_lock(self.path / LOCK_NAME, wait=False))
+        except BlockingIOError as exc:
             raise LLM4TagError(f"another bulk job is writing to {path}") from exc
+        except OSError as exc:
+            raise DataError(str(path), f"cannot lock the output folder: {exc.strerror or exc}") from exc
         for stale in self.path.glob(f".*{TMP_SUFFIX}"):
             stale.unlink()
         self.run = uuid.uuid4().hex[:8]
@@ -427,21 +428,12 @@ class OutputFolder:
 
     def write(self, table: pa.Table) -> None:
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{self.run}-{self.files:05d}.parquet"
-        tmp = self.path / f".{name}{TMP_SUFFIX}"
-        with open(tmp, "wb") as fh:
+        with atomic_file(self.path / name) as fh:
             pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path / name)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         self.files += 1
 
     def close(self) -> None:
-        self._lock.close()
+        self._stack.close()
 
 
 @dataclass

@@ -9,13 +9,13 @@ created.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from graph_store.durable import atomic_file
 
 __all__ = ["accuracy_coverage_plot", "popularity_histogram", "reliability_diagram"]
 
@@ -36,17 +36,8 @@ def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``figure`` as a PNG to ``path`` atomically and return ``path`` as a Path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL with mode 0o666 gives a fresh file with the process umask applied, like a plain open().
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(target) as handle:
+        figure.savefig(handle, format="png")
     return target
 
 

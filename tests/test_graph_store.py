@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import HAND_ITEMS, HAND_RECALL, TAG_ORDER, Q, build_hand_store, vec
 
-import graph_store.store as store_module
+import graph_store.persistence as store_module
 from graph_store import EncoderMismatchError, GraphStore, RecallConfig, StoreError
 from graph_store.graph import EDGE_KIND_NAMES
 
@@ -326,7 +326,9 @@ def test_save_load_round_trip(tmp_path):
     assert_same_store(loaded, again)
     assert det_tags(again)["h"] == {"eps", "gamma"}
     again.save(tmp_path / "s")
-    assert sorted(p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(
+        p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith(("journal.", ".save."))
+    ) == [
         "CURRENT",
         "v000002",
         "v000003",
@@ -427,14 +429,14 @@ def test_exception_during_save_keeps_previous_version(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         store.save(root)
     assert calls == ["vertices.parquet", "edges.parquet"]
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save."))) == [
         "CURRENT",
         "v000001",
     ]  # temp folder removed
     assert_same_store(GraphStore.load(root), old)
     monkeypatch.setattr(store_module, "_write_parquet", real)
     assert store.save(root).name == "v000002"
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save."))) == [
         "CURRENT",
         "v000001",
         "v000002",
@@ -446,7 +448,7 @@ CRASHING_SAVE = textwrap.dedent(
     """
     import os, sys
     import numpy as np
-    import graph_store.store as gs
+    import graph_store.persistence as gs
     from graph_store import GraphStore
 
     root, where = sys.argv[1], sys.argv[2]
@@ -466,12 +468,12 @@ CRASHING_SAVE = textwrap.dedent(
     else:
         real_replace = os.replace
         def dying(src, dst):
-            if os.path.basename(dst) == gs.CURRENT:
+            if os.path.basename(dst) == "CURRENT":
                 # The version folder is complete and renamed, the new CURRENT written to its
                 # temporary file but not yet switched.
                 os._exit(137)
             real_replace(src, dst)
-        gs.os.replace = dying
+        os.replace = dying
     store.save(root)
     sys.exit(3)
     """
@@ -492,7 +494,7 @@ def test_crash_during_save_keeps_previous_version(tmp_path, where):
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert proc.returncode == 137, proc.stderr
-    names = sorted(p.name for p in root.iterdir() if not p.name.startswith("journal."))
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save.")))
     if where == "parquet":
         assert names[1:] == ["CURRENT", "v000001", "v000002"]
         assert names[0].startswith(".tmp-v000003-")  # the torn version
@@ -510,7 +512,7 @@ def test_crash_during_save_keeps_previous_version(tmp_path, where):
     # parquet: the torn v000003 never became a version, so the number is reused.
     expected = {"parquet": ["v000002", "v000003"], "current": ["v000003", "v000004"]}[where]
     assert saved.name == expected[-1]
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save."))) == [
         "CURRENT",
         *expected,
     ]

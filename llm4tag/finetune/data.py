@@ -19,10 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from graph_store.durable import atomic_folder, recover_folder
 from llm4tag.data import Item, Tag
 from llm4tag.engines.base import CHOICE_SEPARATOR, Messages
 from llm4tag.errors import LLM4TagError
@@ -212,7 +210,7 @@ def build_examples(
     """Generator and calibrator examples for the annotated ``items`` (see the module docstring)."""
     from graph_store import GraphStore
     from llm4tag.generator import Generator, TagLabels
-    from llm4tag.knowledge import DomainKnowledgeBase, Sample, SampleKnowledgeBase
+    from llm4tag.knowledge import Sample, SampleKnowledgeBase, domain_knowledge
     from llm4tag.prompts import Prompts
     from llm4tag.texts import item_text, tag_text
 
@@ -242,10 +240,7 @@ def build_examples(
     # Folds over the whole pool (every item is in exactly one), assigned at random but reproducibly.
     fold_of = np.array([i % config.folds for i in range(len(pool))])
     np.random.default_rng(config.seed).shuffle(fold_of)
-    domain = DomainKnowledgeBase.from_vocabulary(tags, encoder)
-    extra = [s for p in knowledge_files for s in DomainKnowledgeBase.load_knowledge_file(p, known)]
-    if extra:
-        domain.add(extra, encoder.encode([s.text for s in extra]), durable=False)
+    domain = domain_knowledge(tags, encoder, knowledge_files)
     prompts = Prompts(settings.prompts)
     labels = TagLabels(vocabulary)
     descriptions = {t.tag: t.description for t in tags}
@@ -417,8 +412,8 @@ def write_training_data(
     ``out_dir`` and renamed into place: a reader sees all of it or none. Returns the manifest."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    recover_folder(out)
+    with atomic_folder(out) as temp:
         digest = hashlib.sha256()
         hashes = {}
         for role in ROLES:
@@ -428,8 +423,6 @@ def write_training_data(
                     line = _canonical(example)
                     fh.write(line)
                     part.update(line)
-                fh.flush()
-                os.fsync(fh.fileno())
             hashes[role] = part.hexdigest()
             digest.update(part.digest())
         manifest = {
@@ -441,17 +434,6 @@ def write_training_data(
             "counts": {r: len(examples.get(r, [])) for r in ROLES},
         }
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
-        if out.exists():
-            # Replace an older data set: move it aside first so the rename below cannot fail half-way.
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            temp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            temp.rename(out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return manifest
 
 

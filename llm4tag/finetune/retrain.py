@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from graph_store.durable import append_lines
 from llm4tag.errors import LLM4TagError
 from llm4tag.finetune.registry import read_active, write_active
 
@@ -190,7 +190,4 @@ def retrain(
 
 def _append(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_lines(path, [json.dumps(record, default=str).encode()])
