@@ -216,24 +216,11 @@ def query_pool(seed: int) -> tuple[list[dict], str]:
 
 
 def build_store(store: Path) -> str:
-    from llm4tag.cli import main as cli
+    from llm4tag.store_builder import build_store_from_files
 
     clock = time.perf_counter()
-    code = cli(
-        [
-            "build",
-            "--items",
-            str(SAMPLE / "train.jsonl"),
-            "--tags",
-            str(SAMPLE / "tags.jsonl"),
-            "--store",
-            str(store),
-            "--knowledge",
-            str(SAMPLE.parent / "knowledge" / "banking77_rules.md"),
-        ]
-    )
-    if code != 0:
-        sys.exit("building the sample store failed")
+    rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
+    build_store_from_files(store, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", knowledge_files=[str(rules)])
     print(f"# built the sample store in {time.perf_counter() - clock:.1f} s: {store}")
     return str(store)
 

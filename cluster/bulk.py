@@ -34,9 +34,11 @@ from graph_store import Candidate
 from graph_store.durable import atomic_file, exclusive_lock
 from llm4tag.calibrator import Judged
 from llm4tag.config import BulkStage, Settings
-from llm4tag.data import Item
+from llm4tag.data import Item, read_records
 from llm4tag.errors import DataError, LLM4TagError
+from llm4tag.flow import result_row
 from llm4tag.generator import Generation
+from llm4tag.pipeline import TaggingPipeline
 
 STAGES = ("all", "recall")
 LOCK_NAME = ".llm4tag-bulk.lock"
@@ -137,8 +139,6 @@ def _read_ids(path: Path, fmt: str, split: str | None) -> list[str]:
         _check_texts(path, table.column("text"))
         records = enumerate(table.select(columns).to_pylist(), 1)
     else:
-        from llm4tag.data import read_records
-
         records = read_records(path)
     ids: list[str] = []
     seen: set[str] = set()
@@ -205,8 +205,6 @@ class EncodeRecallStage:
     """CPU: item text -> vector -> graph candidates."""
 
     def __init__(self, store: str, settings: Settings, source: str, final: bool = False):
-        from llm4tag.pipeline import TaggingPipeline
-
         self.pipeline = TaggingPipeline.open(store, settings, load_engine=False)
         self.source = source
         self.final = final  # recall-only job: emit output rows, not columns for the next stage
@@ -249,8 +247,6 @@ class GenerateStage:
     """LLM: knowledge-enhanced generation over the recalled candidates (no graph, no encoder)."""
 
     def __init__(self, store: str, settings: Settings):
-        from llm4tag.pipeline import TaggingPipeline
-
         self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -275,8 +271,6 @@ class CalibrateStage:
     """LLM: Yes/No verdict per generated tag, then the output rows (``pipeline.result_row``)."""
 
     def __init__(self, store: str, settings: Settings, with_candidates: bool, with_dropped: bool):
-        from llm4tag.pipeline import TaggingPipeline
-
         self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
         self.with_candidates = with_candidates
         self.with_dropped = with_dropped
@@ -285,8 +279,6 @@ class CalibrateStage:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        from llm4tag.pipeline import result_row
-
         generations = [Generation(**json.loads(g)) for g in batch["generation"]]
         contents = [str(c) for c in batch["content"]]
         verdicts: list[list[Judged]] = (
@@ -607,32 +599,3 @@ def shutdown() -> None:
 
     with contextlib.suppress(Exception):
         ray.shutdown()
-
-
-def cli_tag(args) -> int:
-    """``llm4tag tag`` in bulk mode (an --output folder, --bulk or --address)."""
-    from llm4tag.config import load_settings
-
-    if args.limit is not None:
-        raise LLM4TagError("--limit does not apply to bulk tagging (a rerun resumes where a job stopped)")
-    if args.write_back:
-        raise LLM4TagError("--write-back does not apply to bulk tagging: the actors hold read-only stores")
-    settings = load_settings(args.config)
-    if args.model:
-        settings.llm.model = args.model
-    if args.engine:
-        settings.llm.engine = args.engine
-    if settings.pipeline.write_back:
-        raise LLM4TagError("pipeline.write_back does not apply to bulk tagging")
-    report = run_bulk(
-        args.input,
-        args.output,
-        args.store,
-        settings,
-        address=args.address,
-        split=args.split,
-        with_candidates=args.candidates,
-        with_dropped=args.dropped,
-    )
-    print(json.dumps(report.to_dict()), flush=True)
-    return 0

@@ -13,11 +13,11 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.calibrator import Calibrator
-from deployments.encoder import Encoder
-from deployments.generator import Generator
-from deployments.graph_recall import GraphRecall
-from deployments.ingress import Ingress
+from deployments.calibrator import CalibratorDeployment
+from deployments.encoder import EncoderDeployment
+from deployments.generator import GeneratorDeployment
+from deployments.graph_recall import GraphRecallDeployment
+from deployments.ingress import IngressDeployment
 from graph_store import read_vocabulary
 from llm4tag.config import load_settings, settings_from_dict
 from llm4tag.errors import ConfigError
@@ -64,22 +64,26 @@ def build_app(args: dict[str, Any]) -> Application:
             else deployment.options(name=name)
         )
 
-    encoder = opt(Encoder, "Encoder").bind(settings, service.to_dict()["encoder"], vocabulary.encoder_id)
+    encoder = opt(EncoderDeployment, "Encoder").bind(
+        settings, service.to_dict()["encoder"], vocabulary.encoder_id
+    )
     shards = []
     for index in range(vocabulary.num_shards):
         name = "GraphRecall" if vocabulary.num_shards == 1 else f"GraphRecall{index}"
         base = options.get("GraphRecall", {})
         shard_options = {**base, **options.get(name, {})}
         shards.append(
-            GraphRecall.options(name=name, **shard_options).bind(
+            GraphRecallDeployment.options(name=name, **shard_options).bind(
                 store, index, vocabulary.num_shards, settings, journal
             )
         )
-    generator = opt(Generator, "Generator").bind(store, settings, service.to_dict()["generator"])
+    generator = opt(GeneratorDeployment, "Generator").bind(store, settings, service.to_dict()["generator"])
     calibrator = None
     if settings["pipeline"]["calibrate"]:
-        calibrator = opt(Calibrator, "Calibrator").bind(store, settings, service.to_dict()["calibrator"])
-    return opt(Ingress, "Ingress").bind(
+        calibrator = opt(CalibratorDeployment, "Calibrator").bind(
+            store, settings, service.to_dict()["calibrator"]
+        )
+    return opt(IngressDeployment, "Ingress").bind(
         encoder,
         shards,
         generator,

@@ -7,13 +7,13 @@ from ray import serve
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
 from deployments._common import in_thread, settings_of
-from deployments.metrics import batch_size_histogram
+from deployments.serve_metrics import batch_size_histogram
 from llm4tag.calibrator import Judged
 from llm4tag.pipeline import TaggingPipeline
 
 
 @serve.deployment(name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-class Calibrator:
+class CalibratorDeployment:
     def __init__(self, store: str, settings: dict, batching: dict):
         config = settings_of(settings)
         config.pipeline.calibrate = True

@@ -6,16 +6,16 @@ import numpy as np
 from ray import serve
 
 from deployments._common import configure_batching, in_thread, settings_of
-from llm4tag.encoder import Encoder as CoreEncoder
-from llm4tag.errors import ConfigError
+from graph_store import EncoderMismatchError
+from llm4tag.encoder import Encoder
 
 
 @serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
-class Encoder:
+class EncoderDeployment:
     def __init__(self, settings: dict, batching: dict, expected_encoder_id: str):
-        self.encoder = CoreEncoder(settings_of(settings).encoder)
+        self.encoder = Encoder(settings_of(settings).encoder)
         if self.encoder.id != expected_encoder_id:
-            raise ConfigError(
+            raise EncoderMismatchError(
                 f"the configured encoder is '{self.encoder.id}' but the store was built with "
                 f"'{expected_encoder_id}'; configure the encoder the store was built with"
             )

@@ -13,14 +13,14 @@ from ray import serve
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
 from deployments._common import in_thread, settings_of
-from deployments.metrics import batch_size_histogram
+from deployments.serve_metrics import batch_size_histogram
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
 
 
 @serve.deployment(name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-class Generator:
+class GeneratorDeployment:
     def __init__(self, store: str, settings: dict, batching: dict):
         config = settings_of(settings)
         config.pipeline.calibrate = False  # the Calibrator deployment judges

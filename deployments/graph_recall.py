@@ -33,7 +33,7 @@ def shard_paths(store: str, shard: int, num_shards: int, journal: str | None) ->
 
 
 @serve.deployment(name="GraphRecall", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class GraphRecall:
+class GraphRecallDeployment:
     def __init__(self, store: str, shard: int, num_shards: int, settings: dict, journal: str | None = None):
         folder, journal_dir = shard_paths(store, shard, num_shards, journal)
         started = time.perf_counter()

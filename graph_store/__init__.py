@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "Candidate": "graph_store.recall",
+    "Candidate": "graph_store.metapaths",
     "EncoderMismatchError": "graph_store.errors",
     "GraphConfig": "graph_store.config",
     "GraphStore": "graph_store.store",
@@ -24,12 +24,25 @@ _EXPORTS = {
     "shard_of": "graph_store.store",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Candidate",
+    "EncoderMismatchError",
+    "GraphConfig",
+    "GraphStore",
+    "IndexConfig",
+    "RecallConfig",
+    "ShardedStore",
+    "StoreError",
+    "StoreVocabulary",
+    "open_store",
+    "read_vocabulary",
+    "shard_of",
+]
 
 if TYPE_CHECKING:
     from graph_store.config import GraphConfig, IndexConfig, RecallConfig
     from graph_store.errors import EncoderMismatchError, StoreError
-    from graph_store.recall import Candidate
+    from graph_store.metapaths import Candidate
     from graph_store.shards import ShardedStore, open_store
     from graph_store.store import GraphStore, shard_of
     from graph_store.vocabulary import StoreVocabulary, read_vocabulary

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,19 @@ import pyarrow.parquet as pq
 
 from graph_store.ann import VectorIndex
 from graph_store.config import GraphConfig
-from graph_store.durable import CURRENT, VersionedFolder, durable_file, fsync_file, write_file
+from graph_store.durable import (
+    CURRENT,
+    Carry,
+    NewVersion,
+    VersionedFolder,
+    VersionMoved,
+    durable_file,
+    fsync_file,
+    write_file,
+)
 from graph_store.errors import StoreError
 from graph_store.graph import CONTENT, DETERMINISTIC, TAG, ContentTagGraph
+from graph_store.journal import Journal
 
 FORMAT_VERSION = 1
 KEEP_VERSIONS = 2
@@ -159,3 +170,61 @@ def read_version(
     content_index.configure(config.content_index)
     tag_index.configure(config.tag_index)
     return graph, content_index, tag_index
+
+
+class StoreSave:
+    """One save of a store into a folder (inside :meth:`graph_store.store.GraphStore.saving`): write
+    the version, then make it live."""
+
+    def __init__(self, store: Any, folder: VersionedFolder):
+        self.store = store
+        self.folder = folder
+        # Saving to the folder the store continues: its journal moves on to the new version.
+        self.own = (
+            store.journal is not None
+            and store.folder is not None
+            and store.folder.resolve() == folder.root.resolve()
+        )
+        self.version: NewVersion | None = None
+        self.covered: tuple[int | None, int] = (None, 0)
+
+    def write(self) -> Path:
+        store = self.store
+        with store._write_lock:
+            manifest = store.manifest()
+            if self.own:
+                try:
+                    store.journal.ensure_own()
+                except VersionMoved as exc:
+                    if store._unjournaled:
+                        raise StoreError(
+                            f"another process saved {self.folder.root} since this one loaded it, and this "
+                            "store holds changes made in memory only (insert, write_back); they would be "
+                            "lost: write them with record() instead"
+                        ) from exc
+                    store.reload()  # everything this process wrote is in the journal, hence in there
+                store.sync()
+                self.covered = store.journal.followed
+                manifest["journal_carry"] = Carry(store.journal.version, self.covered[1]).to_dict()
+            with self.folder.new_version() as version:
+                write_version(version.path, store.graph, store.content_index, store.tag_index, manifest)
+        self.version = version
+        return version.path
+
+    def activate(self) -> None:
+        store, name = self.store, self.version.name
+        if self.own:
+            try:
+                store.journal.switch(name, self.covered, lambda: self.folder.activate(name))
+            except VersionMoved as exc:
+                shutil.rmtree(self.version.path, ignore_errors=True)
+                raise StoreError(
+                    f"another process saved {self.folder.root} while this save ran; reload and save again"
+                ) from exc
+            store.sync()  # what other processes appended while the version was written
+            return
+        journal = Journal(self.folder.root, name)
+        journal.start(name, lambda: self.folder.activate(name))
+        if store.journal is None:
+            # A store built in memory continues the folder it was first saved to.
+            store.journal, store.folder = journal, self.folder.root

@@ -17,7 +17,7 @@ import numpy as np
 from graph_store.config import RecallConfig
 from graph_store.durable import CURRENT, write_atomically
 from graph_store.errors import StoreError
-from graph_store.recall import Candidate, merge_hits, select
+from graph_store.metapaths import Candidate, select_merged
 from graph_store.store import GraphStore, shard_of
 
 SHARDS_FILE = "shards.json"
@@ -44,11 +44,7 @@ class ShardedStore:
 
     def recall(self, vectors: np.ndarray, recall: RecallConfig | None = None) -> list[list[Candidate]]:
         rc = recall or self.config.recall
-        per_shard = [shard.search(vectors, rc) for shard in self.shards]
-        return [
-            select(merge_hits(parts, rc.c2c_search_k), self.tag_names, rc)
-            for parts in zip(*per_shard, strict=True)
-        ]
+        return select_merged([shard.search(vectors, rc) for shard in self.shards], self.tag_names, rc)
 
     def match(self, vectors: np.ndarray, k: int = 20) -> list[list[Candidate]]:
         # Tags are replicated in every shard, so one shard answers match-based recall.

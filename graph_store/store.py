@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -21,12 +20,12 @@ import numpy as np
 
 from graph_store.ann import VectorIndex, set_threads
 from graph_store.config import GraphConfig, RecallConfig
-from graph_store.durable import Carry, NewVersion, VersionedFolder, VersionMoved
+from graph_store.durable import Carry, VersionMoved
 from graph_store.errors import EncoderMismatchError, StoreError
 from graph_store.graph import DETERMINISTIC, SIMILAR_CC, SIMILAR_CT, ContentTagGraph
 from graph_store.journal import Journal, record_line
-from graph_store.persistence import current_version, read_manifest, read_version, store_folder, write_version
-from graph_store.recall import Candidate, Hits, round_sims, select, select_match
+from graph_store.metapaths import Candidate, Hits, round_sims, select, select_match
+from graph_store.persistence import StoreSave, current_version, read_manifest, read_version, store_folder
 
 # A process that keeps finding the folder moved on while it writes gives up after this many reloads.
 MAX_RELOADS = 3
@@ -482,11 +481,11 @@ class GraphStore:
         return path
 
     @contextlib.contextmanager
-    def saving(self, directory: str | os.PathLike) -> Iterator[_Save]:
+    def saving(self, directory: str | os.PathLike) -> Iterator[StoreSave]:
         """A save of this store into ``directory``, holding the folder's save lock throughout."""
         folder = store_folder(directory)
         with folder.saving():
-            yield _Save(self, folder)
+            yield StoreSave(self, folder)
 
     def manifest(self) -> dict:
         return {
@@ -549,60 +548,3 @@ class GraphStore:
         store.folder = root
         store._replayed = store.sync()
         return store
-
-
-class _Save:
-    """One save of a store into a folder (inside :meth:`GraphStore.saving`)."""
-
-    def __init__(self, store: GraphStore, folder: VersionedFolder):
-        self.store = store
-        self.folder = folder
-        # Saving to the folder the store continues: its journal moves on to the new version.
-        self.own = (
-            store.journal is not None
-            and store.folder is not None
-            and store.folder.resolve() == folder.root.resolve()
-        )
-        self.version: NewVersion | None = None
-        self.covered: tuple[int | None, int] = (None, 0)
-
-    def write(self) -> Path:
-        store = self.store
-        with store._write_lock:
-            manifest = store.manifest()
-            if self.own:
-                try:
-                    store.journal.ensure_own()
-                except VersionMoved as exc:
-                    if store._unjournaled:
-                        raise StoreError(
-                            f"another process saved {self.folder.root} since this one loaded it, and this "
-                            "store holds changes made in memory only (insert, write_back); they would be "
-                            "lost: write them with record() instead"
-                        ) from exc
-                    store.reload()  # everything this process wrote is in the journal, hence in there
-                store.sync()
-                self.covered = store.journal.followed
-                manifest["journal_carry"] = Carry(store.journal.version, self.covered[1]).to_dict()
-            with self.folder.new_version() as version:
-                write_version(version.path, store.graph, store.content_index, store.tag_index, manifest)
-        self.version = version
-        return version.path
-
-    def activate(self) -> None:
-        store, name = self.store, self.version.name
-        if self.own:
-            try:
-                store.journal.switch(name, self.covered, lambda: self.folder.activate(name))
-            except VersionMoved as exc:
-                shutil.rmtree(self.version.path, ignore_errors=True)
-                raise StoreError(
-                    f"another process saved {self.folder.root} while this save ran; reload and save again"
-                ) from exc
-            store.sync()  # what other processes appended while the version was written
-            return
-        journal = Journal(self.folder.root, name)
-        journal.start(name, lambda: self.folder.activate(name))
-        if store.journal is None:
-            # A store built in memory continues the folder it was first saved to.
-            store.journal, store.folder = journal, self.folder.root

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from graph_store.durable import append_lines
+from llm4tag.baselines import BaselinePrompts, parse_tags
 from llm4tag.config import Settings, VocabConfig
 from llm4tag.data import Item
-from llm4tag.peers import PeerPrompts, parse_tags
 from llm4tag.texts import item_text
 
 POPULARITY_BINS: tuple[tuple[int, int | None], ...] = (
@@ -259,7 +259,7 @@ class VocabularyBuilder:
         self.encoder = encoder
         self.settings = settings
         self.config: VocabConfig = settings.vocab
-        self.prompts = PeerPrompts(settings)
+        self.prompts = BaselinePrompts(settings)
 
     def answers(
         self, items: Sequence[Item], cache: Path, progress: Callable[[int, int], None] | None = None

@@ -284,3 +284,66 @@ def test_a_save_after_another_process_saved(store_folder):
     first.save(store_folder)
     with pytest.raises(StoreError, match="in memory only"):
         second.save(store_folder)
+
+
+# --- feedback's two writes (defect 5)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77"
+
+
+def test_defect_a_half_recorded_feedback_is_reported_and_the_same_feedback_converges(
+    tmp_path, monkeypatch, capsys, encoder
+):
+    # Before: when one of feedback's two writes (sample log, graph journal) failed, the other stayed
+    # with nothing saying so (`llm4tag feedback` died with a traceback, the ingress answered a bare
+    # 500). Now the answer names what was written, and sending the same feedback again converges to
+    # the state of one clean write: both writes are upserts.
+    import shutil
+
+    from llm4tag.cli import main
+
+    store, clean = tmp_path / "store", tmp_path / "clean"
+    build = ["build", "--items", str(SAMPLE / "train.jsonl"), "--tags", str(SAMPLE / "tags.jsonl")]
+    assert main([*build, "--store", str(store)]) == 0
+    shutil.copytree(store, clean)
+    feedback = tmp_path / "feedback.jsonl"
+    rows = [
+        {"id": "fb-new", "text": "my new card never came", "tags": ["card_arrival"], "incorrect_tags": []},
+        {
+            "id": "banking77-train-1",  # an item of the store, corrected
+            "text": "how do I top up by card?",
+            "tags": ["top_up_by_card_charge"],
+            "incorrect_tags": ["card_arrival"],
+        },
+    ]
+    feedback.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["feedback", "--store", str(clean), "--input", str(feedback)]) == 0
+    capsys.readouterr()
+
+    real_record, failures = GraphStore.record, []
+
+    def journal_fails_once(self, *args, **kwargs):
+        if not failures:
+            failures.append(True)
+            raise OSError(28, "No space left on device (simulated)")
+        return real_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(GraphStore, "record", journal_fails_once)
+    code = main(["feedback", "--store", str(store), "--input", str(feedback)])
+    err = capsys.readouterr().err
+    assert code == 1 and "the samples recorded, not the graph edges" in err and "again" in err
+    # In between, a reader sees the sample (retrieved into prompts) but not the graph edge.
+    assert "fb-new" in {s.id for s in SampleKnowledgeBase.load(store / "knowledge" / "samples")}
+    assert "fb-new" not in GraphStore.load(store).graph.content_pos
+    assert main(["feedback", "--store", str(store), "--input", str(feedback)]) == 0  # the same, again
+    samples = {s.id: s for s in SampleKnowledgeBase.load(store / "knowledge" / "samples")}
+    expected = {s.id: s for s in SampleKnowledgeBase.load(clean / "knowledge" / "samples")}
+    assert samples == expected
+    graph, graph_clean = GraphStore.load(store).graph, GraphStore.load(clean).graph
+    for item_id in ("fb-new", "banking77-train-1"):
+        tags = {graph.tag_names[t] for t in graph.det_tags(graph.content_pos[item_id])}
+        clean_tags = {
+            graph_clean.tag_names[t] for t in graph_clean.det_tags(graph_clean.content_pos[item_id])
+        }
+        assert tags == clean_tags
+    assert graph.num_contents == graph_clean.num_contents

@@ -9,11 +9,6 @@ from llm4tag.encoder import Encoder, EncoderConfig, resolve_model_path
 from llm4tag.errors import ModelError
 
 
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder()
-
-
 def test_bundled_encoder_gives_unit_vectors(encoder):
     vectors = encoder.encode(
         ["I am still waiting on my card?", "How do I top up by card?", "the weather is nice"]

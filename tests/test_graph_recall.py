@@ -23,7 +23,7 @@ import pytest
 from conftest import DIM, HAND_RECALL, Q, vec
 
 from graph_store import Candidate, RecallConfig, StoreError
-from graph_store.recall import Hits, linked, merge_hits, select
+from graph_store.metapaths import Hits, linked, merge_hits, select
 
 C2T, C2C2T, BOTH = ("c2t",), ("c2c2t",), ("c2t", "c2c2t")
 

@@ -15,7 +15,6 @@ import llm4tag.knowledge as knowledge
 import llm4tag.knowledge.persistence as knowledge_files
 from graph_store import StoreError, durable
 from llm4tag.data import Item, Tag, read_tags
-from llm4tag.encoder import Encoder, EncoderConfig
 from llm4tag.errors import DataError
 from llm4tag.knowledge import (
     DomainKnowledgeBase,
@@ -54,11 +53,6 @@ TAGS = [
     Tag("card_swallowed", "An ATM kept the card."),
     Tag("request_refund", None),
 ]
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder(EncoderConfig())
 
 
 @pytest.fixture

@@ -1,18 +1,12 @@
-"""Request parsing and vocabulary search of the HTTP service (pure logic, no Ray)."""
+"""Request validation (llm4tag/http_schema.py) and vocabulary search of the HTTP service (no Ray)."""
 
 from __future__ import annotations
 
 import pytest
 
 from llm4tag.errors import ConfigError
-from llm4tag.service import (
-    Limits,
-    RequestError,
-    ServiceConfig,
-    parse_feedback_request,
-    parse_tag_request,
-    search_tags,
-)
+from llm4tag.http_schema import Limits, RequestError, parse_feedback_request, parse_tag_request
+from llm4tag.service import ServiceConfig, search_tags
 
 LIMITS = Limits(max_items=3, max_text_chars=50, max_tags_per_item=2)
 VOCAB = {"card_arrival", "exchange_rate", "top_up_failed"}

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import graph_store.store as store_module
+import graph_store.persistence as store_module
 from graph_store import (
     EncoderMismatchError,
     GraphConfig,

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from graph_store.durable import atomic_folder
+from llm4tag.config.finetune import FinetuneConfig, TrainerConfig
 from llm4tag.errors import LLM4TagError
-from llm4tag.finetune.config import FinetuneConfig, TrainerConfig
-from llm4tag.finetune.data import ROLES, Example, read_training_data
+from llm4tag.finetune.examples import ROLES, Example, read_training_data
 
 log = logging.getLogger("llm4tag.finetune")
 

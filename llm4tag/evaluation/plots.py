@@ -52,7 +52,7 @@ def _finite(value: Any) -> bool:
 def reliability_diagram(
     ece_result: Mapping[str, Any] | Any, path: str | os.PathLike[str], title: str | None = None
 ) -> Path:
-    """Save a reliability diagram of an :func:`llm4tag.tag_metrics.expected_calibration_error` result.
+    """Save a reliability diagram of an :func:`llm4tag.evaluation.tagging.expected_calibration_error` result.
 
     Top panel: accuracy per confidence bin (bars) against the diagonal (perfect calibration), with the
     mean confidence of each bin marked and the bin's count written over its bar. Bottom panel: the number
@@ -159,7 +159,7 @@ def accuracy_coverage_plot(
     task: str,
     title: str | None = None,
 ) -> Path:
-    """Save the accuracy-vs-coverage plot of :func:`llm4tag.tag_metrics.threshold_curve` outputs.
+    """Save the accuracy-vs-coverage plot of :func:`llm4tag.evaluation.tagging.threshold_curve` outputs.
 
     ``curves`` maps a method name to its curve. For ``task="multi"`` Acc@k is plotted against Coverage@k
     for k = 1, 2, 3 (one colour per method, one line style per k); for ``"single"`` precision against

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,23 @@ from typing import Any
 import yaml
 
 from graph_store import GraphConfig, StoreError
+from llm4tag.config.finetune import FinetuneConfig, finetune_config_from_dict
 from llm4tag.encoder import EncoderConfig
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ConfigError
-from llm4tag.finetune.config import FinetuneConfig, finetune_config_from_dict
 from llm4tag.prompts import PromptConfig, prompt_config_from_dict
 
 MODES = ("auto", "single", "multi")
+# pipeline.mode auto: multi-tag when the annotated items carry more tags than this on average.
+MULTI_TAG_MEAN = 1.2
+
+
+def resolve_mode(mode: str, tags_per_item: Sequence[float]) -> str:
+    """``single`` or ``multi`` for a configured mode; ``auto`` decides from the annotations' mean."""
+    if mode != "auto":
+        return mode
+    mean = sum(tags_per_item) / len(tags_per_item) if len(tags_per_item) else 0.0
+    return "multi" if mean > MULTI_TAG_MEAN else "single"
 
 
 @dataclass
@@ -271,7 +282,16 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
             "(encoder, texts, graph, llm, prompts, pipeline, bulk, vocab, peers)"
         )
     sections = (
-        "encoder", "texts", "graph", "llm", "prompts", "pipeline", "bulk", "vocab", "peers", "finetune"
+        "encoder",
+        "texts",
+        "graph",
+        "llm",
+        "prompts",
+        "pipeline",
+        "bulk",
+        "vocab",
+        "peers",
+        "finetune",
     )
     unknown = sorted(set(data) - set(sections))
     if unknown:
