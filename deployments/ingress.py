@@ -7,13 +7,15 @@ GET  /v1/tags?q=    vocabulary search
 GET  /healthz       the ingress answers;   GET /readyz   every stage answers (and what it holds)
 
 The request shapes are llm4tag/http_schema.py's models (they validate and document), the stage order
-is llm4tag/flow.py's (the in-process pipeline runs the same flow), and one exception handler turns
-every refusal into ``{"error", "field"}`` with its status.
+is llm4tag/flow.py's (the in-process pipeline runs the same flow), and one exception handler
+(``answers``) turns every refusal into ``{"error", "field"}`` with its status.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route signatures' annotations
+(``request: Request``) in the replica, from a pickled copy of the app, where strings would not resolve.
 """
 
-from __future__ import annotations
-
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -67,17 +69,26 @@ class Refused(Exception):
         self.status, self.body = status, {"error": error, "field": field}
 
 
-# The replica this process runs: the exception handler answers with its configuration and metrics.
-_replica: IngressDeployment | None = None
+REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete)
 
 
-# Registered before @serve.ingress, which freezes a copy of the app.
-@app.exception_handler(RequestError)
-@app.exception_handler(Refused)
-@app.exception_handler(Overloaded)
-@app.exception_handler(flow.FeedbackIncomplete)
-async def refused(request: Request, exc: Exception) -> JSONResponse:
-    return _replica.refusal(request.url.path, exc)
+def answers(route: str):
+    """The one exception handler: a route wrapped in it answers every refusal with
+    ``{"error", "field"}`` and its status (:meth:`IngressDeployment.refusal`). A decorator rather than
+    ``app.exception_handler``, because Serve runs a pickled copy of the app, where a handler would not
+    reach the replica's settings and metrics."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        async def answer(self, *args, **kwargs):
+            try:
+                return await method(self, *args, **kwargs)
+            except REFUSALS as exc:
+                return self.refusal(route, exc)
+
+        return answer
+
+    return wrap
 
 
 @serve.deployment(
@@ -107,8 +118,6 @@ class IngressDeployment:
         self.vocabulary = frozenset(self.tags)
         self.schema = RequestSchema([f for f in self.settings.texts.item_fields if f != "text"])
         self.metrics = ServiceMetrics()
-        global _replica
-        _replica = self
 
     # -- plumbing
 
@@ -248,6 +257,7 @@ class IngressDeployment:
         openapi_extra=RequestSchema.body(DOCUMENTED.tag_request),
         summary="Tag one item or a batch",
     )
+    @answers("/v1/tag")
     async def tag(self, request: Request):
         started = time.perf_counter()
         parsed = self.schema.parse_tag(await self._json(request), self.limits)
@@ -290,6 +300,7 @@ class IngressDeployment:
         openapi_extra=RequestSchema.body(DOCUMENTED.feedback_request),
         summary="Record corrected annotations (durable before the answer)",
     )
+    @answers("/v1/feedback")
     async def feedback(self, request: Request):
         parsed = self.schema.parse_feedback(await self._json(request), self.vocabulary, self.limits)
         # Both writes are fsynced before the 200: the sample log and the owning shard's journal.
@@ -303,6 +314,7 @@ class IngressDeployment:
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
 
     @app.post("/v1/admin/adapter", responses=ERRORS, summary="Swap a LoRA adapter in without a restart")
+    @answers("/v1/admin/adapter")
     async def set_adapter(self, request: Request):
         """Body {"role": "generator"|"calibrator", "path": adapter folder or null (base model)}: the
         adapters file (llm.adapters_file) is rewritten, and every replica of the stage loads it between
@@ -330,6 +342,7 @@ class IngressDeployment:
         return {"role": role, "path": path, "replica": state}
 
     @app.get("/v1/tags", summary="Search the tag vocabulary")
+    @answers("/v1/tags")
     async def search(self, q: str = "", limit: int = 20):
         if not 1 <= limit <= self.limits.max_search_results:
             raise Refused(422, f"must be within 1..{self.limits.max_search_results}", "limit")
