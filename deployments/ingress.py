@@ -32,6 +32,7 @@ from deployments._common import settings_of
 from deployments.serve_metrics import ServiceMetrics
 from graph_store import shard_of
 from llm4tag import flow
+from llm4tag.calibrator import judges_in_context
 from llm4tag.engines.adapters import check_adapter
 from llm4tag.errors import ModelError
 from llm4tag.finetune.registry import write_active
@@ -117,6 +118,8 @@ class IngressDeployment:
         self.descriptions: list[str | None] = vocabulary["descriptions"]
         self.vocabulary = frozenset(self.tags)
         self.schema = RequestSchema([f for f in self.settings.texts.item_fields if f != "text"])
+        # Judgments continue the generation conversations: they carry them to the stage that judges.
+        self.in_context = judges_in_context(self.settings.llm, self.settings.prompts)
         self.metrics = ServiceMetrics()
 
     # -- plumbing
@@ -202,8 +205,12 @@ class IngressDeployment:
         if isinstance(call, flow.Calibrate):
             return await asyncio.gather(
                 *(
-                    self._call("calibrate", self.calibrator.judge, (content, list(tags)))
-                    for content, tags in zip(call.contents, call.tags, strict=True)
+                    self._call(
+                        "calibrate",
+                        self.calibrator.judge,
+                        (content, list(tags), context if self.in_context else None),
+                    )
+                    for content, tags, context in zip(call.contents, call.tags, call.contexts, strict=True)
                 )
             )
         if isinstance(call, flow.Record):
@@ -337,7 +344,7 @@ class IngressDeployment:
                 raise Refused(422, str(exc), "path") from exc
         await asyncio.to_thread(write_active, self.settings.llm.adapters_file, {role: path}, "admin")
         # One replica loads it now (and confirms); the others load it before their next batch.
-        state = await self._call(f"adapter-{role}", stage.sync_adapters)
+        state = await self._call(f"adapter-{role}", stage.sync_adapters, role)
         self.metrics.requests.inc(tags={"route": "/v1/admin/adapter", "status": "200"})
         return {"role": role, "path": path, "replica": state}
 
@@ -355,14 +362,16 @@ class IngressDeployment:
 
     @app.get("/readyz", summary="Every stage answers; what each holds")
     async def readyz(self):
-        stages: dict[str, Any] = {"encoder": self.encoder}
-        stages.update({f"recall[{i}]": shard for i, shard in enumerate(self.shards)})
-        stages["generator"] = self.generator
+        stages: dict[str, Any] = {"encoder": (self.encoder, ())}
+        stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(self.shards)})
+        stages["generator"] = (self.generator, ())
         if self.calibrator is not None:
-            stages["calibrator"] = self.calibrator
+            # Colocated with the generator when it judges in context: that replica describes the role.
+            stages["calibrator"] = (self.calibrator, ("calibrator",) if self.in_context else ())
         try:
             answers = await asyncio.wait_for(
-                asyncio.gather(*(handle.describe.remote() for handle in stages.values())), timeout=10
+                asyncio.gather(*(handle.describe.remote(*args) for handle, args in stages.values())),
+                timeout=10,
             )
         except Exception as exc:
             return JSONResponse({"ready": False, "error": f"{type(exc).__name__}: {exc}"}, status_code=503)

@@ -22,23 +22,28 @@ curves can be drawn over the same thresholds.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from llm4tag.config import PeerPromptConfig, PeersConfig, Settings, TextConfig, resolve_mode
-from llm4tag.data import Item, Tag
+from llm4tag.data import Item, Tag, read_tags
+from llm4tag.encoder import Encoder
+from llm4tag.engines import make_engine
 from llm4tag.engines.base import ChoiceRequest, Engine, Messages
 from llm4tag.engines.choices import match_choices
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import TagLabels
+from llm4tag.recaller import Recaller
 from llm4tag.texts import item_text, readable_tag, tag_text
 
+log = logging.getLogger(__name__)
 METHODS = ("llm4tag", "match", "taggpt-selective", "taggpt-generative", "betag")
 BASELINE_METHODS = METHODS[1:]
 
@@ -450,13 +455,8 @@ def open_baseline(
     engine: Engine | None = None,
 ) -> Tagger:
     """A baseline tagger over a store's vocabulary (and its encoder) or over a vocabulary file."""
-    from llm4tag.data import read_tags
-    from llm4tag.encoder import Encoder
-
     store = None
     if store_dir is not None:
-        from llm4tag.recaller import Recaller
-
         recaller = Recaller.open(store_dir, settings)
         store = recaller.store
         index = TagIndex.from_store(store, recaller.encoder, settings.texts)
@@ -465,7 +465,11 @@ def open_baseline(
     else:
         raise LLM4TagError("a baseline tagger needs a store or a tag vocabulary file")
     if engine is None and method != "match":
-        from llm4tag.engines import make_engine
-
-        engine = make_engine(settings.llm)
+        llm = settings.llm
+        if method == "betag" and llm.engine == "llamacpp":
+            # Diverse beam search needs beams that share and reorder a KV cache; the llama.cpp engine
+            # has none, the transformers engine does.
+            log.warning("BETag's diverse beam search runs on the transformers engine, not llama.cpp")
+            llm = replace(llm, engine="transformers")
+        engine = make_engine(llm)
     return make_baseline(method, index, settings, engine, max_tags_for(settings, store))

@@ -54,10 +54,13 @@ class Generate:
 
 @dataclass
 class Calibrate:
-    """Yes/No verdicts per generated tag -> list[list[Judged]]."""
+    """Yes/No verdicts per generated tag -> list[list[Judged]]. ``contexts``: per item, the generation
+    prompt and answer that a judgment may continue (prompts.layout; used where the calibrator judges in
+    context)."""
 
     contents: list[str]
     tags: list[list[str]]
+    contexts: list[tuple | None]
 
 
 @dataclass
@@ -120,6 +123,13 @@ class FeedbackIncomplete(LLM4TagError):
 # --- the flows
 
 
+def judgment_context(generation: Generation) -> tuple | None:
+    """What a judgment continues (the generation prompt and its answer), if the generation has it."""
+    if generation.messages and generation.answer:
+        return (generation.messages, generation.answer)
+    return None
+
+
 def unjudged(tags: Sequence[Sequence[str]]) -> list[list[Judged]]:
     """Without calibration every generated tag is kept, with an unknown (NaN) confidence."""
     return [[Judged(t, float("nan"), True) for t in item_tags] for item_tags in tags]
@@ -145,7 +155,8 @@ def tag_flow(
     candidates = select_merged(per_shard, tag_names, recall)
     generations = yield Generate(ids, contents, vectors, [[c.tag for c in cands] for cands in candidates])
     tags = [list(g.tags) for g in generations]
-    verdicts = (yield Calibrate(contents, tags)) if calibrate else unjudged(tags)
+    contexts = [judgment_context(g) for g in generations]
+    verdicts = (yield Calibrate(contents, tags, contexts)) if calibrate else unjudged(tags)
     rows = [
         result_row(item_id, cands, generation, judged, with_candidates, with_dropped)
         for item_id, cands, generation, judged in zip(ids, candidates, generations, verdicts, strict=True)

@@ -17,7 +17,7 @@ import numpy as np
 
 from graph_store import Candidate, read_vocabulary
 from llm4tag import flow
-from llm4tag.calibrator import Calibrator, Judged
+from llm4tag.calibrator import Calibrator, Judged, judges_in_context
 from llm4tag.config import PipelineConfig, Settings, resolve_mode
 from llm4tag.data import Item
 from llm4tag.engines import make_engine
@@ -110,7 +110,12 @@ class TaggingPipeline:
             )
             if self.config.calibrate:
                 self.calibrator = Calibrator(
-                    engine, self.prompts, self.labels, self.descriptions, self.config.threshold
+                    engine,
+                    self.prompts,
+                    self.labels,
+                    self.descriptions,
+                    self.config.threshold,
+                    in_context=judges_in_context(settings.llm, settings.prompts),
                 )
 
     @classmethod
@@ -205,12 +210,22 @@ class TaggingPipeline:
         self.times.add("generate", started, self.engine, before)
         return generations
 
-    def calibrate(self, contents: Sequence[str], tags: Sequence[Sequence[str]]) -> list[list[Judged]]:
-        """Verdicts per item; without calibration every tag is kept with an unknown (NaN) confidence."""
+    def calibrate(
+        self,
+        contents: Sequence[str],
+        tags: Sequence[Sequence[str]],
+        generations: Sequence[Generation] | None = None,
+        contexts: Sequence[tuple | None] | None = None,
+    ) -> list[list[Judged]]:
+        """Verdicts per item; without calibration every tag is kept with an unknown (NaN) confidence.
+        ``generations`` (or their ``judgment_context``) let the judgments continue the generation
+        conversations (prompts.layout)."""
         if self.calibrator is None:
             return flow.unjudged(tags)
         started, before = time.perf_counter(), _token_counts(self.engine)
-        judged = self.calibrator.judge(contents, tags)
+        if contexts is None and generations is not None:
+            contexts = [flow.judgment_context(g) for g in generations]
+        judged = self.calibrator.judge(contents, tags, contexts)
         self.times.add("calibrate", started, self.engine, before)
         return judged
 
@@ -239,7 +254,7 @@ class TaggingPipeline:
         if isinstance(call, flow.Generate):
             return self.generate(call.ids, call.contents, call.vectors, call.candidates)
         if isinstance(call, flow.Calibrate):
-            return self.calibrate(call.contents, call.tags)
+            return self.calibrate(call.contents, call.tags, contexts=call.contexts)
         if isinstance(call, flow.Record):
             return self.record(call.ids, call.vectors, call.tags, call.texts)
         if isinstance(call, flow.RecordSamples):
