@@ -12,6 +12,8 @@ is llm4tag/flow.py's (the in-process pipeline runs the same flow), and one excep
 
 No ``from __future__ import annotations`` here: FastAPI reads the route signatures' annotations
 (``request: Request``) in the replica, from a pickled copy of the app, where strings would not resolve.
+For the same reason every module-level name the routes use is defined above the class: Serve pickles
+the app (and the routes with the globals they see) while this module is still being imported.
 """
 
 import asyncio
@@ -71,6 +73,16 @@ class Refused(Exception):
 
 
 REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete)
+# The stage a flow call's time is reported as (timings_ms, the stage_latency_ms metric).
+STAGE_OF = {
+    flow.Encode: "encode",
+    flow.Search: "recall",
+    flow.Generate: "generate",
+    flow.Calibrate: "calibrate",
+    flow.Record: "write_back",
+    flow.Writes: "write",
+}
+
 
 
 def answers(route: str):
@@ -376,13 +388,3 @@ class IngressDeployment:
         except Exception as exc:
             return JSONResponse({"ready": False, "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
         return {"ready": True, "stages": dict(zip(stages, answers, strict=True))}
-
-
-STAGE_OF = {
-    flow.Encode: "encode",
-    flow.Search: "recall",
-    flow.Generate: "generate",
-    flow.Calibrate: "calibrate",
-    flow.Record: "write_back",
-    flow.Writes: "write",
-}
