@@ -92,7 +92,7 @@ def stage_data(name: str, out: Path, args) -> None:
 
 
 def stage_train(name: str, out: Path, args) -> list[dict]:
-    from llm4tag.config.finetune import finetune_config_from_dict
+    from llm4tag.config.finetune import FinetuneConfig
     from llm4tag.finetune.examples import read_training_data
     from llm4tag.finetune.train import train
 
@@ -108,7 +108,7 @@ def stage_train(name: str, out: Path, args) -> list[dict]:
             for machine in ("cpu", "gpu"):
                 role_section.setdefault(machine, {})["max_steps"] = steps
         settings = SimpleNamespace(
-            finetune=finetune_config_from_dict(role_section), llm=SimpleNamespace(model=args.model)
+            finetune=FinetuneConfig.load(role_section), llm=SimpleNamespace(model=args.model)
         )
         target = out / f"{role}-adapter"
         if (target / "training_manifest.json").is_file():

@@ -88,7 +88,7 @@ def main() -> None:
     application = config["applications"][0]
     app_args = application.get("args") or {}
     overrides = {"llm": {"model": args.model}}
-    settings_dict = replica_settings(args.config, app_args, overrides)
+    settings = replica_settings(args.config, app_args, overrides)
 
     pool, source = query_pool(args.seed)
     inprocess_n = args.inprocess_items or args.requests
@@ -97,9 +97,9 @@ def main() -> None:
         "machine": machine(),
         "serve_config": str(Path(args.config).resolve()),
         "settings": {
-            "llm": settings_dict["llm"],
-            "encoder": settings_dict["encoder"],
-            "pipeline_batch_size": settings_dict["pipeline"]["batch_size"],
+            "llm": settings.llm.model_dump(),
+            "encoder": settings.encoder.model_dump(),
+            "pipeline_batch_size": settings.pipeline.batch_size,
             "service": app_args.get("service"),
             "deployments": application.get("deployments"),
         },
@@ -125,11 +125,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         store = args.store or build_store(Path(tmp) / "store")
         report["store"] = str(Path(store).resolve())
-        report["inprocess"] = in_process(store, settings_dict, warm, measured[:inprocess_n])
+        report["inprocess"] = in_process(store, settings, warm, measured[:inprocess_n])
         ip = report["inprocess"]
         print(
             f"# in-process: {ip['items']} items in {ip['seconds']:.1f} s = {ip['items_per_s']:.3f} items/s "
-            f"(pipeline batch {ip['batch_size']}, llm batch {settings_dict['llm']['batch_size']}, "
+            f"(pipeline batch {ip['batch_size']}, llm batch {settings.llm.batch_size}, "
             f"engine load {ip['load_s']:.1f} s)"
         )
         started_here = False
@@ -187,18 +187,16 @@ def main() -> None:
 # -- set-up
 
 
-def replica_settings(config_path: str, app_args: dict, overrides: dict) -> dict:
-    """The settings every replica gets: as deployments.app.build_app merges them, then the override."""
-    from deployments.launch import _merge
-    from llm4tag.config import load_settings, settings_from_dict
+def replica_settings(config_path: str, app_args: dict, overrides: dict):
+    """The settings every replica gets: as deployments.app.build_app makes them, then the override."""
+    from llm4tag.config import Settings, load_settings
 
     base = Path(config_path).resolve().parent
-    settings = app_args.get("settings") or {}
+    settings = Settings()
     if app_args.get("config"):
         path = Path(os.path.expandvars(os.path.expanduser(str(app_args["config"]))))
-        path = path if path.is_absolute() else base / path
-        settings = _merge(load_settings(path).to_dict(), settings)
-    return settings_from_dict(_merge(settings, overrides)).to_dict()
+        settings = load_settings(path if path.is_absolute() else base / path)
+    return settings.with_overrides(app_args.get("settings") or {}).with_overrides(overrides)
 
 
 def query_pool(seed: int) -> tuple[list[dict], str]:
@@ -243,13 +241,11 @@ def machine() -> dict:
     }
 
 
-def in_process(store: str, settings_dict: dict, warm: list[dict], measured: list[dict]) -> dict:
+def in_process(store: str, settings, warm: list[dict], measured: list[dict]) -> dict:
     """The reference: the whole pipeline in this process, in its configured batches, nothing else running."""
-    from llm4tag.config import settings_from_dict
     from llm4tag.data import Item
     from llm4tag.pipeline import StageTimes, TaggingPipeline
 
-    settings = settings_from_dict(settings_dict)
     clock = time.perf_counter()
     pipeline = TaggingPipeline.open(store, settings)
     load_s = time.perf_counter() - clock

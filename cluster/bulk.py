@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +249,7 @@ class GenerateStage:
     that holds them, and the calibrate stage only writes the rows."""
 
     def __init__(self, store: str, settings: Settings):
-        settings = replace(settings, pipeline=replace(settings.pipeline, calibrate=_judges_here(settings)))
+        settings = settings.with_overrides({"pipeline": {"calibrate": _judges_here(settings)}})
         self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

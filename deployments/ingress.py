@@ -30,11 +30,11 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from deployments._common import settings_of
 from deployments.serve_metrics import ServiceMetrics
 from graph_store import shard_of
 from llm4tag import flow
 from llm4tag.calibrator import judges_in_context
+from llm4tag.config import Settings
 from llm4tag.engines.adapters import check_adapter
 from llm4tag.errors import ModelError
 from llm4tag.finetune.registry import write_active
@@ -84,7 +84,6 @@ STAGE_OF = {
 }
 
 
-
 def answers(route: str):
     """The one exception handler: a route wrapped in it answers every refusal with
     ``{"error", "field"}`` and its status (:meth:`IngressDeployment.refusal`). A decorator rather than
@@ -119,12 +118,12 @@ class IngressDeployment:
         generator,
         calibrator,
         vocabulary: dict,
-        settings: dict,
-        service: dict,
+        settings: Settings,
+        service: ServiceConfig,
     ):
         self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
-        self.settings = settings_of(settings)
-        self.service = ServiceConfig.from_dict(service)
+        self.settings = settings
+        self.service = service
         self.limits = self.service.limits
         self.tags: list[str] = vocabulary["tags"]
         self.descriptions: list[str | None] = vocabulary["descriptions"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from graph_store.config import merged
 from llm4tag.errors import ConfigError
 
 
@@ -81,7 +82,7 @@ def deploy(
         if store is not None:
             args["store"] = os.path.abspath(store)
         if settings:
-            args["settings"] = _merge(args.get("settings") or {}, settings)
+            args["settings"] = merged(args.get("settings") or {}, settings)
         args["deployment_options"] = {
             d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])
         }
@@ -94,14 +95,6 @@ def deploy(
     host = http.get("host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{host}:{http.get('port', 8000)}"
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if nested else value
-    return merged
 
 
 def post_json(url: str, body: Any, timeout: float = 600) -> Any:

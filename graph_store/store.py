@@ -494,7 +494,7 @@ class GraphStore:
             "shard": list(self.shard),
             "content_index": self.content_index.kind,
             "tag_index": self.tag_index.kind,
-            "config": self.config.to_dict(),
+            "config": self.config.model_dump(),
             "meta": self.meta,
             "counts": self.stats(),
         }
@@ -525,7 +525,7 @@ class GraphStore:
                 f"store {root} was built with encoder '{manifest['encoder_id']}', but the encoder in use is "
                 f"'{expected_encoder_id}'; rebuild the store with this encoder or configure the original one"
             )
-        config = GraphConfig.from_dict(manifest["config"])
+        config = GraphConfig.load(manifest["config"])
         if recall is not None:
             config.recall = recall
         graph, content_index, tag_index = read_version(root, folder, manifest, config)

@@ -26,7 +26,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -470,6 +470,6 @@ def open_baseline(
             # Diverse beam search needs beams that share and reorder a KV cache; the llama.cpp engine
             # has none, the transformers engine does.
             log.warning("BETag's diverse beam search runs on the transformers engine, not llama.cpp")
-            llm = replace(llm, engine="transformers")
+            llm = llm.with_overrides({"engine": "transformers"})
         engine = make_engine(llm)
     return make_baseline(method, index, settings, engine, max_tags_for(settings, store))

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llm4tag.data import Item
+from llm4tag.section import Section
 
 ID_PATTERN = re.compile(r"^[^\x00-\x1f]{1,256}$")
 TOO_LARGE = "too_large"  # the error type the handler answers with 413
@@ -48,15 +49,16 @@ class RequestError(ValueError):
         return {"error": self.message, "field": self.field}
 
 
-@dataclass
-class Limits:
+class Limits(Section):
     """Bounds on one request; larger requests get a 4xx rather than tying up the service."""
 
-    max_items: int = 64  # items per POST /v1/tag or /v1/feedback
-    max_text_chars: int = 20_000  # per text field of an item
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_tags_per_item: int = 64  # in feedback
-    max_search_results: int = 100  # GET /v1/tags?limit=
+    section: ClassVar[str] = "service.limits"
+
+    max_items: int = Field(64, ge=1, description="items per POST /v1/tag or /v1/feedback")
+    max_text_chars: int = Field(20_000, ge=1, description="per text field of an item")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body")
+    max_tags_per_item: int = Field(64, ge=1, description="tags per item in feedback")
+    max_search_results: int = Field(100, ge=1, description="GET /v1/tags?limit=")
 
 
 def _limits(info: ValidationInfo) -> Limits:

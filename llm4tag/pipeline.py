@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from graph_store import Candidate, read_vocabulary
+from graph_store.metapaths import select_merged
 from llm4tag import flow
 from llm4tag.calibrator import Calibrator, Judged, judges_in_context
 from llm4tag.config import PipelineConfig, Settings, resolve_mode
@@ -191,9 +192,7 @@ class TaggingPipeline:
     def recall(self, vectors: np.ndarray) -> list[list[Candidate]]:
         self._need(self.recaller, "a graph store")
         started = time.perf_counter()
-        candidates = flow.recall_from_hits(
-            self.search(vectors), self.tag_names, self.recaller.store.config.recall
-        )
+        candidates = select_merged(self.search(vectors), self.tag_names, self.recaller.store.config.recall)
         self.times.add("recall", started)
         return candidates
 

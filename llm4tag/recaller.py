@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,12 @@ class Recaller:
         store = open_store(directory)
         meta = store.meta
         if settings is None:
-            encoder_config = EncoderConfig(**meta["encoder"]) if "encoder" in meta else EncoderConfig()
-            texts = TextConfig(**meta["texts"]) if "texts" in meta else TextConfig()
+            encoder_config = EncoderConfig.load(meta.get("encoder"))
+            texts = TextConfig.load(meta.get("texts"))
         else:
             encoder_config, texts = settings.encoder, settings.texts
             store_config = store.config
-            store_config.recall = settings.graph.recall
+            store_config.recall = settings.graph.recall  # the store's own copy of its settings
         encoder = Encoder(encoder_config)
         if encoder.id != store.encoder_id:
             raise EncoderMismatchError(
@@ -59,7 +58,7 @@ class Recaller:
             return self.store.match(vectors, k or self.store.config.recall.num_candidates)
         recall = self.store.config.recall
         if k is not None and k != recall.num_candidates:
-            recall = type(recall)(**{**asdict(recall), "num_candidates": k})
+            recall = recall.with_overrides({"num_candidates": k})
         return self.store.recall(vectors, recall)
 
     def recall_rows(

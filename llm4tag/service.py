@@ -5,72 +5,44 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Sequence
+from typing import ClassVar
 
-from llm4tag.errors import ConfigError
+from pydantic import Field
+
 from llm4tag.http_schema import Limits
+from llm4tag.section import Section
 
 
-@dataclass
-class Batching:
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.02
+class Batching(Section):
+    """How a stage batches concurrent requests."""
+
+    section: ClassVar[str] = "service.batching"
+
+    max_batch_size: int = Field(8, ge=1, description="requests per model call at most")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="how long a batch waits to fill up")
 
 
-@dataclass
-class ServiceConfig:
-    limits: Limits = field(default_factory=Limits)
-    encoder: Batching = field(default_factory=lambda: Batching(64, 0.005))
-    generator: Batching = field(default_factory=Batching)
-    calibrator: Batching = field(default_factory=lambda: Batching(16, 0.02))
-    # Seconds a client is told to wait (Retry-After) when the service sheds load.
-    retry_after_s: int = 2
-    # A downstream replica that died mid-request (e.g. its node went away) is retried this often.
-    retries: int = 2
+class ServiceConfig(Section):
+    """The HTTP service (the `service:` argument of the Serve application)."""
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> ServiceConfig:
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown service setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        kwargs: dict[str, Any] = {}
-        for name, value in data.items():
-            if name == "limits":
-                kwargs[name] = _dataclass(Limits, value, "service.limits")
-            elif name in ("encoder", "generator", "calibrator"):
-                kwargs[name] = _dataclass(Batching, value, f"service.{name}")
-            else:
-                kwargs[name] = value
-        config = cls(**kwargs)
-        for name in (
-            "max_items",
-            "max_text_chars",
-            "max_body_bytes",
-            "max_tags_per_item",
-            "max_search_results",
-        ):
-            if getattr(config.limits, name) < 1:
-                raise ConfigError(f"service.limits.{name} must be >= 1")
-        return config
+    section: ClassVar[str] = "service"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _dataclass(cls, value: Any, where: str):
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(unknown)}")
-    return cls(**value)
+    limits: Limits = Field(default_factory=Limits, description="bounds on one request")
+    encoder: Batching = Field(
+        default_factory=lambda: Batching(max_batch_size=64, batch_wait_timeout_s=0.005),
+        description="the Encoder deployment's batches",
+    )
+    generator: Batching = Field(default_factory=Batching, description="the Generator deployment's batches")
+    calibrator: Batching = Field(
+        default_factory=lambda: Batching(max_batch_size=16, batch_wait_timeout_s=0.02),
+        description="the Calibrator's batches (on the Generator when judgments continue its conversation)",
+    )
+    retry_after_s: int = Field(2, ge=0, description="Retry-After of a 503 when the service sheds load")
+    # E.g. its node went away.
+    retries: int = Field(
+        2, ge=0, description="a downstream replica that died mid-request is retried this often"
+    )
 
 
 _WORD = re.compile(r"[a-z0-9]+")

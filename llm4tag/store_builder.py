@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ def build_store(
         item_texts=[i.text for i in annotated],
         encoder_id=encoder.id,
         config=settings.graph,
-        meta={"encoder": asdict(settings.encoder), "texts": asdict(settings.texts)},
+        meta={"encoder": settings.encoder.model_dump(), "texts": settings.texts.model_dump()},
     )
     if shards > 1:
         store = ShardedStore(store.split(shards))

@@ -10,7 +10,6 @@ A test that uses (directly or through another fixture) a fixture of ``MARKED_BY`
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +70,7 @@ def build_hand_store(flush_every: int = 1024, **graph_kwargs) -> GraphStore:
     config = GraphConfig(
         content_index=IndexConfig(kind="flat"),
         tag_index=IndexConfig(kind="flat"),
-        recall=replace(HAND_RECALL),
+        recall=HAND_RECALL.model_copy(),
         flush_every=flush_every,
         **settings,
     )

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -223,16 +222,16 @@ def test_insert_errors_leave_the_store_unchanged(hand_store):
 def test_write_back(hand_store):
     d_vec = HAND_ITEMS["d"][0]
     # Query = d: d is the only neighbour >= .75, so C2C2T gives d's tags.
-    assert [(c.tag, c.via) for c in hand_store.recall(d_vec, replace(HAND_RECALL, max_c2t=0))[0]] == [
-        ("delta", ("d",))
-    ]
+    assert [
+        (c.tag, c.via) for c in hand_store.recall(d_vec, HAND_RECALL.with_overrides(dict(max_c2t=0)))[0]
+    ] == [("delta", ("d",))]
     edges = hand_store.graph.edges.count
     assert hand_store.write_back("d", ["beta", "delta"]) == 1  # delta was there
     assert hand_store.write_back("d", ["beta", "delta"]) == 0  # idempotent
     assert hand_store.write_back("d", ["eps", "eps", "beta"]) == 1
     assert hand_store.graph.edges.count == edges + 2
     assert det_tags(hand_store)["d"] == {"beta", "delta", "eps"}
-    got = hand_store.recall(d_vec, replace(HAND_RECALL, max_c2t=0, max_c2c2t=5))[0]
+    got = hand_store.recall(d_vec, HAND_RECALL.with_overrides(dict(max_c2t=0, max_c2c2t=5)))[0]
     assert [(c.tag, c.c2c2t_score, c.via) for c in got] == [
         ("beta", 1.0, ("d",)),
         ("delta", 1.0, ("d",)),
@@ -292,11 +291,11 @@ def grown_store() -> GraphStore:
 def assert_same_store(a: GraphStore, b: GraphStore) -> None:
     assert a.stats() == b.stats()
     assert a.encoder_id == b.encoder_id and a.dim == b.dim and a.shard == b.shard
-    assert a.config.to_dict() == b.config.to_dict()
+    assert a.config.model_dump() == b.config.model_dump()
     assert recall_rows(a, some_queries()) == recall_rows(b, some_queries())
-    assert recall_rows(a, some_queries(), replace(HAND_RECALL, fill=True, min_c2c=3)) == recall_rows(
-        b, some_queries(), replace(HAND_RECALL, fill=True, min_c2c=3)
-    )
+    assert recall_rows(
+        a, some_queries(), HAND_RECALL.with_overrides(dict(fill=True, min_c2c=3))
+    ) == recall_rows(b, some_queries(), HAND_RECALL.with_overrides(dict(fill=True, min_c2c=3)))
     assert a.graph.flush().ecount() == b.graph.flush().ecount()
     assert a.graph.flush().vcount() == b.graph.flush().vcount()
     assert edge_table(a) == edge_table(b)

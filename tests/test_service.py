@@ -93,11 +93,11 @@ def test_feedback_needs_an_id_and_known_tags():
 
 
 def test_service_config_rejects_unknown_settings():
-    config = ServiceConfig.from_dict({"limits": {"max_items": 5}, "generator": {"max_batch_size": 4}})
+    config = ServiceConfig.load({"limits": {"max_items": 5}, "generator": {"max_batch_size": 4}})
     assert config.limits.max_items == 5 and config.generator.max_batch_size == 4
     for bad in ({"limit": {}}, {"limits": {"max_item": 1}}, {"limits": {"max_items": 0}}, {"encoder": 3}):
         with pytest.raises(ConfigError):
-            ServiceConfig.from_dict(bad)
+            ServiceConfig.load(bad)
 
 
 def test_search_ranks_whole_names_then_name_words_then_descriptions():

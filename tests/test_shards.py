@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,7 +26,9 @@ DIM, N_TAGS, N_ITEMS = 32, 50, 2000
 TIE_GROUP = 40  # items sharing one vector: more than c2c_search_k, so ties straddle the cut
 RECALL = RecallConfig(delta_ct=0.75, delta_cc=0.8, c2c_search_k=30)  # other settings: defaults
 # No fill, tight caps, no fallback: exercises other branches of the selection.
-RECALL_TIGHT = replace(RECALL, fill=False, max_c2t=3, max_c2c2t=4, min_c2t=0, min_c2c=0, delta_cc=0.7)
+RECALL_TIGHT = RECALL.with_overrides(
+    dict(fill=False, max_c2t=3, max_c2c2t=4, min_c2t=0, min_c2c=0, delta_cc=0.7)
+)
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -23,12 +23,8 @@ def positive(args: argparse.Namespace, name: str, flag: str | None = None) -> No
 
 def settings_of(args: argparse.Namespace) -> Settings:
     """The --config settings with the command line's --model and --engine over them."""
-    settings = load_settings(args.config)
-    if getattr(args, "model", None):
-        settings.llm.model = args.model
-    if getattr(args, "engine", None):
-        settings.llm.engine = args.engine
-    return settings
+    llm = {k: getattr(args, k) for k in ("model", "engine") if getattr(args, k, None)}
+    return load_settings(args.config).with_overrides({"llm": llm})
 
 
 def llm_settings(args: argparse.Namespace, output: str) -> Settings:
@@ -44,11 +40,12 @@ def print_json(summary: dict[str, Any], **kwargs) -> None:
 
 def finetune_settings(args: argparse.Namespace) -> Settings:
     """The fine-tuning verbs' settings: --model and --max-steps over the --config settings."""
-    settings = load_settings(args.config)
+    overrides: dict = {}
     if getattr(args, "model", None):
-        settings.llm.model = args.model
+        overrides["llm"] = {"model": args.model}
     if getattr(args, "max_steps", None) is not None:
         if args.max_steps < 1:
             raise LLM4TagError(f"--max-steps must be at least 1, got {args.max_steps}")
-        settings.finetune.cpu.max_steps = settings.finetune.gpu.max_steps = args.max_steps
-    return settings
+        steps = {"max_steps": args.max_steps}
+        overrides["finetune"] = {"cpu": steps, "gpu": steps}
+    return load_settings(args.config).with_overrides(overrides)

@@ -62,7 +62,7 @@ def run(args) -> int:
         return run_bulk(args)
     settings = llm_settings(args, args.output)
     if args.write_back:
-        settings.pipeline.write_back = True
+        settings = settings.with_overrides({"pipeline": {"write_back": True}})
     items = read_items(args.input, split=args.split).items
     if args.limit:
         items = items[: args.limit]

@@ -46,12 +46,14 @@ def register(verbs) -> None:
 
 def run(args) -> int:
     settings = finetune_settings(args)
+    data: dict = {}
     if args.max_items is not None:
         if args.max_items < 1:
             raise LLM4TagError(f"--max-items must be at least 1, got {args.max_items}")
-        settings.finetune.data.max_items = args.max_items
+        data["max_items"] = args.max_items
     if args.selection:
-        settings.finetune.data.selection = args.selection
+        data["selection"] = args.selection
+    settings = settings.with_overrides({"finetune": {"data": data}})
     for path in args.knowledge:
         if not Path(path).is_file():
             raise LLM4TagError(f"knowledge file {path} does not exist")

@@ -1,10 +1,10 @@
 """Settings as data: one YAML file (or none, for the defaults) configures every stage.
 
-    settings.py   the sections of the core (texts, pipeline, bulk, vocab, peers) and Settings
-    finetune.py   the `finetune:` section
+settings.py   the sections of the core (texts, pipeline, bulk, vocab, peers) and Settings
+finetune.py   the `finetune:` section
 """
 
-from llm4tag.config.finetune import FinetuneConfig, finetune_config_from_dict
+from llm4tag.config.finetune import FinetuneConfig
 from llm4tag.config.settings import (
     MODES,
     MULTI_TAG_MEAN,
@@ -33,7 +33,6 @@ __all__ = [
     "Settings",
     "TextConfig",
     "VocabConfig",
-    "finetune_config_from_dict",
     "load_settings",
     "resolve_mode",
     "settings_from_dict",

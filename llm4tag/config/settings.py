@@ -1,20 +1,28 @@
-"""Settings as data: one YAML file (or none, for the defaults) configures encoder, texts and graph."""
+"""Settings as data: one YAML file (or none, for the defaults) configures every stage.
+
+The sections are pydantic models (graph_store.config.ConfigModel, the one config mechanism) that live
+with the code they configure and are gathered here; docs/configuration.md is generated from their
+field descriptions (llm4tag/config/reference.py, checked by tests/test_config.py).
+"""
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, field_validator, model_validator
 
-from graph_store import GraphConfig, StoreError
-from llm4tag.config.finetune import FinetuneConfig, finetune_config_from_dict
+from graph_store import GraphConfig
+from llm4tag.config.finetune import FinetuneConfig
 from llm4tag.encoder import EncoderConfig
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ConfigError
-from llm4tag.prompts import PromptConfig, prompt_config_from_dict
+from llm4tag.prompts import PromptConfig
+from llm4tag.section import Section
 
 MODES = ("auto", "single", "multi")
 # pipeline.mode auto: multi-tag when the annotated items carry more tags than this on average.
@@ -29,67 +37,61 @@ def resolve_mode(mode: str, tags_per_item: Sequence[float]) -> str:
     return "multi" if mean > MULTI_TAG_MEAN else "single"
 
 
-@dataclass
-class TextConfig:
+class TextConfig(Section):
     """Which text represents a vertex (the paper: title and category of a content, tag description)."""
 
-    item_fields: list[str] = field(default_factory=lambda: ["text"])
-    # Tag vertex text: the tag made readable ("card_arrival" -> "card arrival") plus its description.
-    tag_description_chars: int = 300
+    section: ClassVar[str] = "texts"
+
+    item_fields: list[str] = Field(
+        default_factory=lambda: ["text"], min_length=1, description="item fields encoded, e.g. [text, title]"
+    )
+    tag_description_chars: int = Field(
+        300, ge=0, description="tag vertex text: the readable tag plus this much of its description"
+    )
 
 
-@dataclass
-class PipelineConfig:
+class PipelineConfig(Section):
     """recall -> generate -> calibrate -> write back (paper defaults: 3 samples, 3 snippets, 0.5)."""
 
-    # single: one tag per item; multi: up to max_tags; auto: multi when the store's annotated items
-    # carry more than 1.2 tags on average.
-    mode: str = "auto"
-    max_tags: int = 5
-    num_samples: int = 3
-    num_snippets: int = 3
-    calibrate: bool = True
-    threshold: float = 0.5
-    # Constrained decoding; False = free generation, then the answer is matched to the candidates.
-    constrained: bool = True
-    write_back: bool = False
-    batch_size: int = 16
-    # Extra domain knowledge (JSONL or Markdown) added to the knowledge base at build time.
-    knowledge_files: list[str] = field(default_factory=list)
+    section: ClassVar[str] = "pipeline"
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"pipeline.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"pipeline.threshold must be within [0, 1], got {self.threshold}")
-        for name in ("max_tags", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"pipeline.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_samples", "num_snippets"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"pipeline.{name} must be >= 0, got {getattr(self, name)}")
+    mode: Literal["auto", "single", "multi"] = Field(
+        "auto",
+        description="single: one tag per item; multi: up to max_tags; auto: multi when the stored "
+        f"items carry more than {MULTI_TAG_MEAN} tags on average",
+    )
+    max_tags: int = Field(5, ge=1, description="multi-tag answers: at most this many tags")
+    num_samples: int = Field(3, ge=0, description="retrieved annotated samples in the prompt (0: figure 3)")
+    num_snippets: int = Field(3, ge=0, description="retrieved knowledge snippets in the prompt")
+    calibrate: bool = Field(True, description="Yes/No calibration of every generated tag")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="confidence cut")
+    constrained: bool = Field(
+        True, description="constrained decoding; false: free generation matched to the candidates"
+    )
+    write_back: bool = Field(False, description="final tags become graph edges")
+    batch_size: int = Field(16, ge=1, description="items per pipeline call")
+    knowledge_files: list[str] = Field(
+        default_factory=list, description="domain knowledge (JSONL or Markdown) added at build time"
+    )
 
 
-@dataclass
-class BulkStage:
+class BulkStage(Section):
     """One stage of the bulk job (`llm4tag tag --output DIR/`): a pool of Ray Data actors."""
 
-    # Items per call of the stage (the LLM stages then batch by llm.batch_size within it).
-    batch_size: int = 16
-    # Fixed pool size, or the lower bound when max_actors is set (the pool then autoscales).
-    actors: int = 1
-    max_actors: int | None = None
-    # At most 0.5 by default: two 1-CPU actors plus the read tasks deadlocked a 2-CPU cluster.
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
+    section: ClassVar[str] = "bulk.stage"
 
-    def check(self, where: str) -> None:
-        if self.batch_size < 1 or self.actors < 1:
-            raise ConfigError(f"bulk.{where}: batch_size and actors must be >= 1")
+    batch_size: int = Field(16, ge=1, description="items per call (the LLM stages batch by llm.batch_size)")
+    actors: int = Field(1, ge=1, description="pool size, or its lower bound when max_actors is set")
+    max_actors: int | None = Field(None, ge=1, description="autoscale the pool up to this many actors")
+    # At most 0.5 by default: two 1-CPU actors plus the read tasks deadlocked a 2-CPU cluster.
+    num_cpus: float = Field(0.5, ge=0, description="CPUs per actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor")
+
+    @model_validator(mode="after")
+    def _pool(self) -> BulkStage:
         if self.max_actors is not None and self.max_actors < self.actors:
-            raise ConfigError(f"bulk.{where}.max_actors must be >= actors ({self.actors})")
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            raise ConfigError(f"bulk.{where}: num_cpus and num_gpus must be >= 0")
+            raise ValueError(f"max_actors must be >= actors ({self.actors})")
+        return self
 
 
 def _default_recall_stage() -> BulkStage:
@@ -97,34 +99,28 @@ def _default_recall_stage() -> BulkStage:
     return BulkStage(batch_size=256)
 
 
-@dataclass
-class BulkConfig:
+class BulkConfig(Section):
     """Bulk tagging on Ray Data: encode+recall -> generate -> calibrate, each stage an actor pool."""
 
-    recall: BulkStage = field(default_factory=_default_recall_stage)
-    generate: BulkStage = field(default_factory=BulkStage)
-    calibrate: BulkStage = field(default_factory=BulkStage)
-    # An output file is closed (renamed into place) after this many rows or seconds, whichever comes
-    # first: a crash loses at most the rows not yet in a closed file, and they are tagged on rerun.
-    rows_per_file: int = 1000
-    flush_seconds: float = 60.0
-    # CPUs per read task; the default 1 leaves no room for the actors on a small cluster.
-    read_num_cpus: float = 0.25
+    section: ClassVar[str] = "bulk"
 
-    def __post_init__(self) -> None:
-        for name in ("recall", "generate", "calibrate"):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                value = _section(BulkStage, value, f"bulk.{name}")
-                setattr(self, name, value)
-            if not isinstance(value, BulkStage):
-                raise ConfigError(f"config section 'bulk.{name}' must be a mapping")
-            value.check(name)
-        if self.rows_per_file < 1 or self.flush_seconds <= 0 or self.read_num_cpus < 0:
-            raise ConfigError("bulk: rows_per_file must be >= 1, flush_seconds > 0, read_num_cpus >= 0")
+    recall: BulkStage = Field(default_factory=_default_recall_stage, description="encode + recall actors")
+    generate: BulkStage = Field(default_factory=BulkStage, description="generation actors")
+    calibrate: BulkStage = Field(default_factory=BulkStage, description="calibration actors")
+    # A crash loses at most the rows not yet in a closed file, and they are tagged on rerun.
+    rows_per_file: int = Field(1000, ge=1, description="an output file is closed after this many rows...")
+    flush_seconds: float = Field(60.0, gt=0, description="...or after this many seconds")
+    # The default 1 leaves no room for the actors on a small cluster.
+    read_num_cpus: float = Field(0.25, ge=0, description="CPUs per read task")
+
+    @field_validator("recall", mode="before")
+    @classmethod
+    def _recall_defaults(cls, value: Any) -> Any:
+        # Keys not given keep the recall stage's defaults (batches of 256), not a bare stage's.
+        return {**_default_recall_stage().model_dump(), **value} if isinstance(value, dict) else value
 
 
-_PEER_PLACEHOLDERS = {
+_BASELINE_PLACEHOLDERS = {
     "system": set(),
     "generative": {"content", "example"},
     "example": {"text", "tags"},
@@ -134,192 +130,120 @@ _PEER_PLACEHOLDERS = {
 }
 
 
-@dataclass
-class PeerPromptConfig:
-    """Templates of the peer taggers and of vocabulary construction (defaults: prompts/peers.yaml)."""
+class PeerPromptConfig(Section):
+    """Templates of the baseline taggers and of vocabulary construction (defaults: prompts/peers.yaml)."""
 
-    system: str = ""
-    generative: str = ""
-    example: str = ""
-    selective: str = ""
-    selective_single: str = ""
-    selective_multi: str = ""
+    section: ClassVar[str] = "peers.prompts"
 
-    def __post_init__(self) -> None:
-        import string
-        from importlib import resources
+    system: str = Field("", description="system message")
+    generative: str = Field("", description="TagGPT's generative tagger (and vocab build)")
+    example: str = Field("", description="the worked example in the generative prompt")
+    selective: str = Field("", description="TagGPT's selective tagger")
+    selective_single: str = Field("", description="selective: single-tag instruction")
+    selective_multi: str = Field("", description="selective: multi-tag instruction")
 
-        defaults = yaml.safe_load(resources.files("llm4tag.prompts").joinpath("peers.yaml").read_text())
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        text = resources.files("llm4tag.prompts").joinpath("peers.yaml").read_text()
+        defaults = yaml.safe_load(text)
+        return {**data, **{k: defaults[k] for k in _BASELINE_PLACEHOLDERS if not data.get(k)}}
+
+    @model_validator(mode="after")
+    def _templates(self) -> PeerPromptConfig:
         common = {"domain", "item_kind", "item_kinds", "item_kind_title"}
-        for name, allowed in _PEER_PLACEHOLDERS.items():
-            if not getattr(self, name):
-                setattr(self, name, defaults[name])
+        for name, allowed in _BASELINE_PLACEHOLDERS.items():
             try:
                 used = {p for _, p, _, _ in string.Formatter().parse(getattr(self, name)) if p is not None}
             except ValueError as exc:
-                raise ConfigError(f"peers.prompts.{name} is not a valid template: {exc}") from exc
+                raise ValueError(f"{name} is not a valid template: {exc}") from exc
             unknown = sorted(used - allowed - common)
             if unknown:
-                raise ConfigError(
-                    f"peers.prompts.{name} uses unknown placeholder(s) "
-                    f"{', '.join('{' + u + '}' for u in unknown)}"
+                raise ValueError(
+                    f"{name} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
                 )
+        return self
 
 
-@dataclass
-class PeersConfig:
+class PeersConfig(Section):
     """The taggers we compare against (`llm4tag tag --method ...`): TagGPT's two, BETag, match."""
 
-    # Selective tagger: tags matched early by cosine and shown to the LLM.
-    num_candidates: int = 20
-    # TagGPT's selective tagger reads the LLM's free answer; true = constrained to the candidates.
-    selective_constrained: bool = False
-    # Late matching (generative tagger, BETag): a generated phrase names a vocabulary tag when their
-    # cosine reaches this. TagGPT gives no value; 0.5 is the paper's c-t similarity threshold.
-    match_threshold: float = 0.5
-    # Enough for about eight short tags; on CPU every generated token costs a pass over the model.
-    max_new_tokens: int = 32
-    # BETag's diverse multi-beam generation: groups of beams with a Hamming diversity penalty.
-    num_beams: int = 6
-    num_beam_groups: int = 3
-    diversity_penalty: float = 1.0
-    length_penalty: float = 1.0
-    # One worked example in the generative prompt, as in TagGPT's template (none by default).
-    example_text: str = ""
-    example_tags: list[str] = field(default_factory=list)
-    prompts: PeerPromptConfig = field(default_factory=PeerPromptConfig)
+    section: ClassVar[str] = "peers"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, dict):
-            self.prompts = _section(PeerPromptConfig, self.prompts, "peers.prompts")
-        if not isinstance(self.prompts, PeerPromptConfig):
-            raise ConfigError("config section 'peers.prompts' must be a mapping")
-        if self.num_candidates < 1 or self.max_new_tokens < 1:
-            raise ConfigError("peers: num_candidates and max_new_tokens must be >= 1")
-        if not -1.0 <= self.match_threshold <= 1.0:
-            raise ConfigError(f"peers.match_threshold must be in [-1, 1], got {self.match_threshold}")
-        if self.num_beam_groups < 1 or self.num_beams % self.num_beam_groups:
-            raise ConfigError(
-                f"peers.num_beams ({self.num_beams}) must be a positive multiple of "
-                f"peers.num_beam_groups ({self.num_beam_groups})"
+    num_candidates: int = Field(20, ge=1, description="selective: tags matched early by cosine and shown")
+    selective_constrained: bool = Field(
+        False, description="selective: constrain the answer to the candidates (TagGPT reads it free)"
+    )
+    # TagGPT gives no value; 0.5 is the paper's c-t similarity threshold.
+    match_threshold: float = Field(
+        0.5, ge=-1.0, le=1.0, description="late matching: a phrase names a tag at this cosine or above"
+    )
+    # On CPU every generated token costs a pass over the model.
+    max_new_tokens: int = Field(32, ge=1, description="generated tokens (about eight short tags)")
+    num_beams: int = Field(6, ge=1, description="BETag: beams (a multiple of num_beam_groups)")
+    num_beam_groups: int = Field(3, ge=1, description="BETag: groups with a Hamming diversity penalty")
+    diversity_penalty: float = Field(1.0, ge=0, description="BETag: the penalty")
+    length_penalty: float = Field(1.0, description="BETag: length normalisation exponent")
+    example_text: str = Field("", description="a worked example in the generative prompt (none by default)")
+    example_tags: list[str] = Field(default_factory=list, description="...and its tags")
+    prompts: PeerPromptConfig = Field(default_factory=PeerPromptConfig, description="templates")
+
+    @model_validator(mode="after")
+    def _beams(self) -> PeersConfig:
+        if self.num_beams % self.num_beam_groups:
+            raise ValueError(
+                f"num_beams ({self.num_beams}) must be a positive multiple of "
+                f"num_beam_groups ({self.num_beam_groups})"
             )
-        if self.diversity_penalty < 0:
-            raise ConfigError("peers.diversity_penalty must be >= 0")
+        return self
 
 
-@dataclass
-class VocabConfig:
+class VocabConfig(Section):
     """`llm4tag vocab build`: candidate tags per item from the LLM (TagGPT section 2.1), then a
     frequency filter and near-duplicate merging. The prompt is peers.prompts.generative."""
 
-    max_new_tokens: int = 32
-    # Items per resumable chunk: their answers reach the cache together.
-    chunk: int = 16
-    # A generated phrase longer than this is a sentence, not a tag.
-    max_words: int = 5
-    max_chars: int = 60
-    # Too rare: on fewer items than this. None: max(2, ceil(0.002 * items)), i.e. never a tag of one item.
-    min_count: int | None = None
-    # Too common: on more than this share of the items. None: from the popularity distribution (the
-    # upper Tukey fence of log counts), never below max_share_floor.
-    max_share: float | None = None
-    max_share_floor: float = 0.05
-    # Tags at or above this cosine are merged (TagGPT's redundancy threshold).
-    merge_threshold: float = 0.8
-    redundancy_threshold: float = 0.8
-    # Aliases listed in a merged tag's description (so the encoder and the judge read them too).
-    description_aliases: int = 5
+    section: ClassVar[str] = "vocab"
 
-    def __post_init__(self) -> None:
-        if self.min_count is not None and self.min_count < 1:
-            raise ConfigError(f"vocab.min_count must be >= 1, got {self.min_count}")
-        if self.max_share is not None and not 0.0 < self.max_share <= 1.0:
-            raise ConfigError(f"vocab.max_share must be within (0, 1], got {self.max_share}")
-        for name in ("merge_threshold", "redundancy_threshold"):
-            if not -1.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"vocab.{name} must be a cosine in [-1, 1], got {getattr(self, name)}")
-        if min(self.max_new_tokens, self.chunk, self.max_words, self.max_chars) < 1:
-            raise ConfigError("vocab: max_new_tokens, chunk, max_words and max_chars must be >= 1")
+    max_new_tokens: int = Field(32, ge=1, description="generated tokens per item")
+    chunk: int = Field(16, ge=1, description="items per cached chunk of answers (resumable)")
+    max_words: int = Field(5, ge=1, description="a longer phrase is a sentence, not a tag")
+    max_chars: int = Field(60, ge=1, description="...or longer than this")
+    min_count: int | None = Field(
+        None, ge=1, description="too rare below this many items (null: max(2, ceil(0.002 * items)))"
+    )
+    max_share: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="too common above this share (null: upper Tukey fence of log counts)",
+    )
+    max_share_floor: float = Field(0.05, ge=0.0, le=1.0, description="...never below this share")
+    merge_threshold: float = Field(0.8, ge=-1.0, le=1.0, description="near-duplicates merged at this cosine")
+    redundancy_threshold: float = Field(0.8, ge=-1.0, le=1.0, description="TagGPT's redundancy measure")
+    description_aliases: int = Field(5, ge=0, description="aliases listed in a merged tag's description")
 
 
-@dataclass
-class Settings:
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    texts: TextConfig = field(default_factory=TextConfig)
-    graph: GraphConfig = field(default_factory=GraphConfig)
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    prompts: PromptConfig = field(default_factory=PromptConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    bulk: BulkConfig = field(default_factory=BulkConfig)
-    vocab: VocabConfig = field(default_factory=VocabConfig)
-    peers: PeersConfig = field(default_factory=PeersConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+class Settings(Section):
+    """Every section; each is optional in the YAML file."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    section: ClassVar[str] = ""
 
-
-def _section(cls, data: Any, where: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ConfigError(f"config section '{where}' must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"config section '{where}' has unknown setting(s): {', '.join(unknown)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"config section '{where}': {exc}") from exc
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="the sentence encoder")
+    texts: TextConfig = Field(default_factory=TextConfig, description="which text represents an item, a tag")
+    graph: GraphConfig = Field(default_factory=GraphConfig, description="the content-tag graph and recall")
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="the LLM and its engine")
+    prompts: PromptConfig = Field(default_factory=PromptConfig, description="the templates of figures 3-5")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="the tagging pipeline")
+    bulk: BulkConfig = Field(default_factory=BulkConfig, description="bulk tagging on Ray Data")
+    vocab: VocabConfig = Field(default_factory=VocabConfig, description="`llm4tag vocab build`")
+    peers: PeersConfig = Field(default_factory=PeersConfig, description="the baseline taggers")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="LoRA fine-tuning")
 
 
 def settings_from_dict(data: dict[str, Any] | None) -> Settings:
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            "config must be a mapping of sections "
-            "(encoder, texts, graph, llm, prompts, pipeline, bulk, vocab, peers)"
-        )
-    sections = (
-        "encoder",
-        "texts",
-        "graph",
-        "llm",
-        "prompts",
-        "pipeline",
-        "bulk",
-        "vocab",
-        "peers",
-        "finetune",
-    )
-    unknown = sorted(set(data) - set(sections))
-    if unknown:
-        raise ConfigError(
-            f"config has unknown section(s): {', '.join(unknown)} (known: {', '.join(sections)})"
-        )
-    try:
-        graph = GraphConfig.from_dict(data.get("graph"))
-    except (StoreError, TypeError) as exc:
-        raise ConfigError(str(exc)) from exc
-    return Settings(
-        encoder=_section(EncoderConfig, data.get("encoder"), "encoder"),
-        texts=_section(TextConfig, data.get("texts"), "texts"),
-        graph=graph,
-        llm=_section(LLMConfig, data.get("llm"), "llm"),
-        prompts=_prompts(data.get("prompts")),
-        pipeline=_section(PipelineConfig, data.get("pipeline"), "pipeline"),
-        bulk=_section(BulkConfig, data.get("bulk"), "bulk"),
-        vocab=_section(VocabConfig, data.get("vocab"), "vocab"),
-        peers=_section(PeersConfig, data.get("peers"), "peers"),
-        finetune=finetune_config_from_dict(data.get("finetune")),
-    )
-
-
-def _prompts(data: Any) -> PromptConfig:
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config section 'prompts' must be a mapping, got {type(data).__name__}")
-    return prompt_config_from_dict(data)
+    return Settings.load(data)
 
 
 def load_settings(path: str | Path | None) -> Settings:

@@ -20,7 +20,6 @@ import resource
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,8 @@ def tokenize_example(tokenizer, example: Example) -> tuple[list[int], list[int]]
 
 def _fingerprint(role: str, data_hash: str, base: str, device: str, trainer: TrainerConfig, config) -> str:
     raw = json.dumps(
-        [role, data_hash, base, device, asdict(trainer), asdict(config.lora), config.seed], sort_keys=True
+        [role, data_hash, base, device, trainer.model_dump(), config.lora.model_dump(), config.seed],
+        sort_keys=True
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
@@ -306,8 +306,8 @@ def train(
         "peak_memory_mb": _peak_memory_mb(device),
         "device": device,
         "seed": seed,
-        "settings": asdict(trainer),
-        "lora": asdict(config.lora),
+        "settings": trainer.model_dump(),
+        "lora": config.lora.model_dump(),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,

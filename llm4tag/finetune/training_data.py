@@ -412,7 +412,10 @@ def build_data(settings, items, tags, out, *, store=None, knowledge=(), exclude=
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "mode": stats.mode,
             "stats": stats_dict(stats),
-            "settings": {"data": settings.finetune.data.__dict__, "recall": settings.graph.recall.__dict__},
+            "settings": {
+                "data": settings.finetune.data.model_dump(),
+                "recall": settings.graph.recall.model_dump(),
+            },
             "feedback_ids": sorted(reviewed),
             "excluded": len(excluded),
             # Per item id, a digest of its text and tags: retrain compares these to find what is new.
