@@ -14,9 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from graph_store.config import merged
+from graph_store.config import merged, read_yaml
 from llm4tag.errors import ConfigError
 
 
@@ -24,12 +22,7 @@ def load_serve_config(path: str | os.PathLike) -> dict[str, Any]:
     from pydantic import ValidationError
     from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read serve config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"serve config {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "serve config", ConfigError)
     try:
         ServeDeploySchema.model_validate(raw)
     except ValidationError as exc:

@@ -10,9 +10,12 @@ changed copy is :meth:`ConfigModel.with_overrides` (validated again); nothing mu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graph_store.errors import StoreError
@@ -29,6 +32,16 @@ def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
             merged(inner, value) if isinstance(value, Mapping) and isinstance(inner, Mapping) else value
         )
     return out
+
+
+def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = StoreError) -> Any:
+    """A YAML file's data; an unreadable or invalid file is one ``error`` naming it (``what``)."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {exc}") from exc
 
 
 def describe_error(exc: ValidationError, where: str) -> str:

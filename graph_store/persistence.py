@@ -44,11 +44,7 @@ _VERSION_RE = re.compile(r"^v(\d{6,})$")
 
 
 def store_folder(root: str | Path) -> VersionedFolder:
-    def number_of(name: str) -> int | None:
-        match = _VERSION_RE.match(name)
-        return int(match.group(1)) if match else None
-
-    return VersionedFolder(root, lambda n: f"v{n:06d}", number_of, keep=KEEP_VERSIONS)
+    return VersionedFolder(root, lambda n: f"v{n:06d}", _VERSION_RE.pattern, keep=KEEP_VERSIONS)
 
 
 def current_version(root: Path) -> Path:

@@ -20,15 +20,12 @@ import numpy as np
 
 from graph_store.ann import VectorIndex, set_threads
 from graph_store.config import GraphConfig, RecallConfig
-from graph_store.durable import Carry, VersionMoved
+from graph_store.durable import Carry, VersionMoved, append_to_live
 from graph_store.errors import EncoderMismatchError, StoreError
 from graph_store.graph import DETERMINISTIC, SIMILAR_CC, SIMILAR_CT, ContentTagGraph
 from graph_store.journal import Journal, record_line
 from graph_store.metapaths import Candidate, Hits, round_sims, select, select_match
 from graph_store.persistence import StoreSave, current_version, read_manifest, read_version, store_folder
-
-# A process that keeps finding the folder moved on while it writes gives up after this many reloads.
-MAX_RELOADS = 3
 
 
 def shard_of(item_id: str, num_shards: int) -> int:
@@ -346,15 +343,8 @@ class GraphStore:
                 self._upsert(records)
                 return
             lines = [record_line(r["id"], r["tags"], r["text"], r["vector"]) for r in records]
-            for reloads in range(MAX_RELOADS + 1):
-                try:
-                    self.journal.append(lines)
-                    break
-                except VersionMoved:
-                    # Another process saved a new version: the write goes to that version's journal.
-                    if reloads == MAX_RELOADS:
-                        raise
-                    self.reload()
+            # Another process may have saved a new version: then the write goes to that one's journal.
+            append_to_live(lambda: self.journal, lines, self.reload)
             self.sync()
 
     def sync(self) -> int:

@@ -122,16 +122,20 @@ def encoder():
     return Encoder(EncoderConfig())
 
 
-@pytest.fixture(scope="session")
-def tiny_llm() -> Path:
-    """The 135M test LLM's folder (`llm4tag models install tiny`); its answers are noise."""
+def _installed_llm(name: str) -> Path:
     from llm4tag.errors import ModelError
     from llm4tag.models import resolve_llm
 
     try:
-        return resolve_llm("tiny")
+        return resolve_llm(name)
     except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc})")
+        pytest.skip(f"{name} model not installed ({exc}); run `llm4tag models install {name}`")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm() -> Path:
+    """The 135M test LLM's folder (`llm4tag models install tiny`); its answers are noise."""
+    return _installed_llm("tiny")
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77"
@@ -155,13 +159,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def default_llm() -> Path:
     """The default LLM's folder (Qwen2.5-Coder-1.5B-Instruct, `llm4tag models install`)."""
-    from llm4tag.errors import ModelError
-    from llm4tag.models import resolve_llm
-
-    try:
-        return resolve_llm("default")
-    except ModelError as exc:
-        pytest.skip(f"default model not installed ({exc})")
+    return _installed_llm("default")
 
 
 @pytest.fixture

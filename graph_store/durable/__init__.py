@@ -47,6 +47,7 @@ from graph_store.durable.logs import (
     VersionLog,
     VersionMoved,
     append_lines,
+    append_to_live,
     end_of_complete_lines,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "VersionMoved",
     "VersionedFolder",
     "append_lines",
+    "append_to_live",
     "atomic_file",
     "atomic_folder",
     "durable_file",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,8 +23,9 @@ class NewVersion:
 class VersionedFolder:
     """``ROOT/CURRENT`` names the live version folder; versions are immutable once renamed into place.
 
-    ``name_of(number)`` spells a version's folder name; ``number_of(name)`` reads it back (None: not
-    a version). ``keep`` versions stay on disk (the live one always).
+    ``name_of(number)`` spells a version's folder name; ``pattern`` (a regular expression whose first
+    group is the number) reads it back; a name it does not match is not a version. ``keep`` versions
+    stay on disk (the live one always).
     """
 
     TEMP_PREFIX = ".tmp-"
@@ -33,12 +35,12 @@ class VersionedFolder:
         self,
         root: str | os.PathLike,
         name_of: Callable[[int], str],
-        number_of: Callable[[str], int | None],
+        pattern: str,
         keep: int = 2,
     ):
         self.root = Path(root)
         self.name_of = name_of
-        self.number_of = number_of
+        self.pattern = re.compile(pattern)
         self.keep = keep
 
     @property
@@ -54,6 +56,10 @@ class VersionedFolder:
 
     def number(self, name: str | None) -> int | None:
         return None if name is None else self.number_of(name)
+
+    def number_of(self, name: str) -> int | None:
+        match = self.pattern.fullmatch(name)
+        return int(match.group(1)) if match else None
 
     def versions(self) -> list[tuple[int, Path]]:
         if not self.root.is_dir():

@@ -388,3 +388,28 @@ class VersionLog:
             records.append((self._lines, record))
         self._inode, self._offset = inode, start + len(data)
         return records
+
+
+# A process that keeps finding the folder moved on while it writes gives up after this many reloads.
+MAX_RELOADS = 3
+
+
+def append_to_live(
+    log: Callable[[], VersionLog],
+    lines: Sequence[bytes],
+    reload: Callable[[], object],
+    before: Callable[[], object] | None = None,
+) -> None:
+    """Append to the log of the version its owner holds (``log()``); when the folder moved on (another
+    process saved), ``reload`` the owner and append to the log of the live version instead.
+    ``before`` runs ahead of each attempt (a follower reads what others appended first)."""
+    for reloads in range(MAX_RELOADS + 1):
+        try:
+            if before is not None:
+                before()
+            log().append(lines)
+            return
+        except VersionMoved:
+            if reloads == MAX_RELOADS:
+                raise
+            reload()

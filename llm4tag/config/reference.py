@@ -12,8 +12,8 @@ import json
 from pydantic import BaseModel
 
 from graph_store.config import ConfigModel
-from llm4tag.config.settings import PeerPromptConfig, Settings
-from llm4tag.prompts import PromptConfig
+from llm4tag.config.settings import Settings
+from llm4tag.prompts import PeerPromptConfig, PromptConfig
 from llm4tag.service import ServiceConfig
 
 HEADER = """# Configuration reference

@@ -7,21 +7,19 @@ field descriptions (llm4tag/config/reference.py, checked by tests/test_config.py
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from graph_store import GraphConfig
+from graph_store.config import read_yaml
 from llm4tag.config.finetune import FinetuneConfig
 from llm4tag.encoder import EncoderConfig
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ConfigError
-from llm4tag.prompts import PromptConfig
+from llm4tag.prompts import PeerPromptConfig, PromptConfig
 from llm4tag.section import Section
 
 MODES = ("auto", "single", "multi")
@@ -120,53 +118,6 @@ class BulkConfig(Section):
         return {**_default_recall_stage().model_dump(), **value} if isinstance(value, dict) else value
 
 
-_BASELINE_PLACEHOLDERS = {
-    "system": set(),
-    "generative": {"content", "example"},
-    "example": {"text", "tags"},
-    "selective": {"content", "candidates", "instruction"},
-    "selective_single": set(),
-    "selective_multi": {"max_tags"},
-}
-
-
-class PeerPromptConfig(Section):
-    """Templates of the baseline taggers and of vocabulary construction (defaults: prompts/peers.yaml)."""
-
-    section: ClassVar[str] = "peers.prompts"
-
-    system: str = Field("", description="system message")
-    generative: str = Field("", description="TagGPT's generative tagger (and vocab build)")
-    example: str = Field("", description="the worked example in the generative prompt")
-    selective: str = Field("", description="TagGPT's selective tagger")
-    selective_single: str = Field("", description="selective: single-tag instruction")
-    selective_multi: str = Field("", description="selective: multi-tag instruction")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        text = resources.files("llm4tag.prompts").joinpath("peers.yaml").read_text()
-        defaults = yaml.safe_load(text)
-        return {**data, **{k: defaults[k] for k in _BASELINE_PLACEHOLDERS if not data.get(k)}}
-
-    @model_validator(mode="after")
-    def _templates(self) -> PeerPromptConfig:
-        common = {"domain", "item_kind", "item_kinds", "item_kind_title"}
-        for name, allowed in _BASELINE_PLACEHOLDERS.items():
-            try:
-                used = {p for _, p, _, _ in string.Formatter().parse(getattr(self, name)) if p is not None}
-            except ValueError as exc:
-                raise ValueError(f"{name} is not a valid template: {exc}") from exc
-            unknown = sorted(used - allowed - common)
-            if unknown:
-                raise ValueError(
-                    f"{name} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
-                )
-        return self
-
-
 class PeersConfig(Section):
     """The taggers we compare against (`llm4tag tag --method ...`): TagGPT's two, BETag, match."""
 
@@ -247,12 +198,4 @@ def settings_from_dict(data: dict[str, Any] | None) -> Settings:
 
 
 def load_settings(path: str | Path | None) -> Settings:
-    if path is None:
-        return Settings()
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
-    return settings_from_dict(data)
+    return Settings() if path is None else settings_from_dict(read_yaml(path, "config", ConfigError))

@@ -153,17 +153,6 @@ class DomainKnowledgeBase(KnowledgeBase[Snippet]):
         base.add(snippets, vectors, durable=False)
         return base
 
-    @staticmethod
-    def load_knowledge_file(
-        path: str | os.PathLike[str],
-        vocabulary: Collection[str] | None = None,
-        *,
-        strict: bool = False,
-        max_chars: int = DEFAULT_MAX_CHARS,
-    ) -> list[Snippet]:
-        """See :func:`load_knowledge_file`."""
-        return load_knowledge_file(path, vocabulary, strict=strict, max_chars=max_chars)
-
     def tags(self) -> list[str]:
         """The tags some snippet is about."""
         with self._lock:

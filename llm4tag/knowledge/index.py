@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self
 import faiss
 import numpy as np
 
-from graph_store.durable import Carry, VersionLog, VersionMoved
+from graph_store.durable import Carry, VersionLog, VersionMoved, append_to_live
 from graph_store.errors import EncoderMismatchError
 from llm4tag.errors import DataError
 from llm4tag.knowledge.entries import E, KnowledgeError
@@ -36,8 +36,6 @@ _UNIT_TOLERANCE = 1e-3
 # Tombstoned rows (entries whose vector was replaced) are dropped from the index once they are this many
 # and a quarter of it: rebuilding costs one pass over the vectors, so it is amortised over many updates.
 _COMPACT_MIN_DEAD = 256
-# A process that keeps finding the folder moved on while it appends gives up after this many reloads.
-_MAX_RELOADS = 3
 
 
 def _single_thread() -> None:
@@ -173,18 +171,10 @@ class KnowledgeBase(Generic[E]):
                         "writable=True or call open_log(folder) after saving it"
                     )
                 lines = [log_line(e, v) for e, v in zip(entries, arr, strict=True)]
-                for reloads in range(_MAX_RELOADS + 1):
-                    try:
-                        # In log order: what others appended first, then these, read back from the log,
-                        # so that a later refresh never re-applies them over newer changes.
-                        self.refresh()
-                        self._log.append(lines)
-                        break
-                    except VersionMoved:
-                        # Another process saved a new snapshot: load it, then append to its log.
-                        if reloads == _MAX_RELOADS:
-                            raise
-                        self._reload()
+                # In log order: what others appended first, then these, read back from the log, so
+                # that a later refresh never re-applies them over newer changes. Another process may
+                # have saved a new snapshot: then they go to that one's log.
+                append_to_live(lambda: self._log, lines, self._reload, before=self.refresh)
                 self.refresh()
                 return
             self._apply(entries, arr)

@@ -47,13 +47,8 @@ _SNAPSHOT_RE = re.compile(r"^snapshot-(\d{6,})-[0-9a-f]{8}$")
 
 
 def snapshot_folder(root: str | Path) -> VersionedFolder:
-    def number_of(name: str) -> int | None:
-        match = _SNAPSHOT_RE.match(name)
-        return int(match.group(1)) if match else None
-
-    return VersionedFolder(
-        root, lambda n: f"snapshot-{n:06d}-{uuid.uuid4().hex[:8]}", number_of, keep=KEEP_SNAPSHOTS
-    )
+    name_of = lambda n: f"snapshot-{n:06d}-{uuid.uuid4().hex[:8]}"  # noqa: E731
+    return VersionedFolder(root, name_of, _SNAPSHOT_RE.pattern, keep=KEEP_SNAPSHOTS)
 
 
 def open_log(root: Path, kind: str, snapshot: str, encoder_id: str, carry: Carry | None) -> VersionLog:

@@ -45,18 +45,53 @@ for _names in _ALLOWED.values():
         _names |= {"item_kinds", "item_kind_title"}
 
 
-def _defaults() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("llm4tag.prompts").joinpath("default.yaml").read_text())
+def _defaults(name: str = "default.yaml") -> dict[str, Any]:
+    return yaml.safe_load(resources.files("llm4tag.prompts").joinpath(name).read_text())
 
 
 _TEXT_FIELDS = (*_ALLOWED, "domain", "item_kind", "item_kind_plural", "layout")
 
 
-class PromptConfig(Section):
+class Templates(Section):
+    """A section of prompt templates: empty fields take the defaults of ``DEFAULTS`` (a YAML file of
+    this package), and a template may use only its ``ALLOWED`` placeholders (typos are errors)."""
+
+    DEFAULTS: ClassVar[str]
+    ALLOWED: ClassVar[dict[str, set[str]]]
+    FILLED: ClassVar[tuple[str, ...]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = _defaults(cls.DEFAULTS)
+        return {**data, **{k: defaults[k] for k in cls.FILLED if k in defaults and not data.get(k)}}
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> Templates:
+        for name, allowed in self.ALLOWED.items():
+            try:
+                used = {p for _, p, _, _ in string.Formatter().parse(getattr(self, name)) if p is not None}
+            except ValueError as exc:
+                raise ValueError(f"{name} is not a valid template: {exc}") from exc
+            unknown = sorted(used - allowed)
+            if unknown:
+                raise ValueError(
+                    f"{name} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
+                    f" (allowed: {', '.join(sorted(allowed)) or 'none'})"
+                )
+        return self
+
+
+class PromptConfig(Templates):
     """The prompt templates of figures 3-5 (the `prompts:` section); empty: the defaults of
     prompts/default.yaml."""
 
     section: ClassVar[str] = "prompts"
+    DEFAULTS: ClassVar[str] = "default.yaml"
+    ALLOWED: ClassVar[dict[str, set[str]]] = _ALLOWED
+    FILLED: ClassVar[tuple[str, ...]] = _TEXT_FIELDS
 
     domain: str = Field("", description="the domain words, e.g. banking customer support")
     item_kind: str = Field("", description="what an item is, e.g. customer query")
@@ -88,30 +123,39 @@ class PromptConfig(Section):
     max_snippet_chars: int = Field(240, ge=1, description="per knowledge snippet")
     max_tag_description_chars: int = Field(160, ge=1, description="per tag description in a judgment")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        defaults = _defaults()
-        return {**data, **{k: defaults[k] for k in _TEXT_FIELDS if k in defaults and not data.get(k)}}
-
     @model_validator(mode="after")
-    def _templates(self) -> PromptConfig:
+    def _layout(self) -> PromptConfig:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        for name, allowed in _ALLOWED.items():
-            try:
-                used = {p for _, p, _, _ in string.Formatter().parse(getattr(self, name)) if p is not None}
-            except ValueError as exc:
-                raise ValueError(f"{name} is not a valid template: {exc}") from exc
-            unknown = sorted(used - allowed)
-            if unknown:
-                raise ValueError(
-                    f"{name} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
-                    f" (allowed: {', '.join(sorted(allowed)) or 'none'})"
-                )
         return self
+
+
+_BASELINE_ALLOWED = {
+    "system": set(),
+    "generative": {"content", "example"},
+    "example": {"text", "tags"},
+    "selective": {"content", "candidates", "instruction"},
+    "selective_single": set(),
+    "selective_multi": {"max_tags"},
+}
+for _names in _BASELINE_ALLOWED.values():
+    _names |= {"domain", "item_kind", "item_kinds", "item_kind_title"}
+
+
+class PeerPromptConfig(Templates):
+    """Templates of the baseline taggers and of vocabulary construction (defaults: prompts/peers.yaml)."""
+
+    section: ClassVar[str] = "peers.prompts"
+    DEFAULTS: ClassVar[str] = "peers.yaml"
+    ALLOWED: ClassVar[dict[str, set[str]]] = _BASELINE_ALLOWED
+    FILLED: ClassVar[tuple[str, ...]] = tuple(_BASELINE_ALLOWED)
+
+    system: str = Field("", description="system message")
+    generative: str = Field("", description="TagGPT's generative tagger (and vocab build)")
+    example: str = Field("", description="the worked example in the generative prompt")
+    selective: str = Field("", description="TagGPT's selective tagger")
+    selective_single: str = Field("", description="selective: single-tag instruction")
+    selective_multi: str = Field("", description="selective: multi-tag instruction")
 
 
 def _plural(word: str) -> str:
