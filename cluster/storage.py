@@ -93,9 +93,24 @@ def sync(source: str, destination: str | os.PathLike, *, if_missing: bool = Fals
     }
 
 
+def _inside(folder: Path, key: str) -> Path:
+    """Where the file listed as ``key`` goes under ``folder``. An object store's keys are names, not
+    paths: one with '..', an empty part or a leading '/' would be written outside the copy (or over
+    another file of it), so it is refused."""
+    parts = key.split("/")
+    if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise SyncError(f"refusing the source file {key!r}: its name leaves the folder it is copied to")
+    target = folder.joinpath(*parts)
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise SyncError(f"refusing the source file {key!r}: its name leaves the folder it is copied to")
+    return target
+
+
 def _copy(filesystem, root: str, files: dict[str, list[int]], tmp: Path) -> None:
     for relative in sorted(files):
-        target = tmp / relative
+        _inside(tmp, relative)  # every name checked before anything is written
+    for relative in sorted(files):
+        target = _inside(tmp, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         with filesystem.open_input_stream(f"{root.rstrip('/')}/{relative}") as src, open(target, "wb") as out:
             while chunk := src.read(1 << 22):

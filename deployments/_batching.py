@@ -14,6 +14,11 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from llm4tag.errors import PromptTooLong
+
+# Errors that belong to one request of a batch, not to the batch.
+REQUEST_FAULTS = (PromptTooLong,)
+
 
 class QueueBatcher:
     def __init__(
@@ -62,17 +67,30 @@ class QueueBatcher:
             self.batch_sizes = [*self.batch_sizes[-99:], len(live)]
             if self.on_batch is not None:
                 self.on_batch(len(live))
-            try:
-                results = await asyncio.to_thread(self.function, [request for request, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(
-                        f"batch function returned {len(results)} results for {len(live)} requests"
-                    )
-            except Exception as exc:  # every caller of the batch gets the error
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(live, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            outcomes = await self._outcomes([request for request, _ in live])
+            for (_, future), outcome in zip(live, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    async def _outcomes(self, requests: list[Any]) -> list[Any]:
+        """Each request's result, or the exception that is its answer. A request's own fault (a prompt
+        too long for the model) fails that request alone: the batch runs again one request at a time,
+        so the others are answered. Any other error is every caller's."""
+        try:
+            results = await asyncio.to_thread(self.function, requests)
+        except REQUEST_FAULTS as exc:
+            if len(requests) == 1:
+                return [exc]
+            return [(await self._outcomes([request]))[0] for request in requests]
+        except Exception as exc:
+            return [exc] * len(requests)
+        if len(results) != len(requests):
+            error = RuntimeError(
+                f"batch function returned {len(results)} results for {len(requests)} requests"
+            )
+            return [error] * len(requests)
+        return list(results)

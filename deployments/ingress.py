@@ -18,7 +18,6 @@ the app (and the routes with the globals they see) while this module is still be
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from typing import Any
@@ -36,7 +35,7 @@ from llm4tag import flow
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings
 from llm4tag.engines.adapters import check_adapter
-from llm4tag.errors import ModelError
+from llm4tag.errors import ModelError, PromptTooLong
 from llm4tag.finetune.registry import write_active
 from llm4tag.http_schema import (
     ErrorOut,
@@ -44,8 +43,11 @@ from llm4tag.http_schema import (
     RequestError,
     RequestSchema,
     TagResponseOut,
+    decode_json,
+    require_json,
+    without_paths,
 )
-from llm4tag.service import ServiceConfig, search_tags
+from llm4tag.service import ServiceConfig, TagSearch
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(
@@ -53,7 +55,7 @@ app = FastAPI(
     description="Automatic tagging after LLM4Tag: graph recall, knowledge-enhanced generation, calibration.",
     version="0.1.0",
 )
-ERRORS = {status: {"model": ErrorOut} for status in (400, 409, 413, 422, 503)}
+ERRORS = {status: {"model": ErrorOut} for status in (400, 409, 413, 415, 422, 503)}
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 # The request models of the default configuration, for the OpenAPI page; each replica validates with
 # the models of its own configuration (texts.item_fields).
@@ -128,6 +130,7 @@ class IngressDeployment:
         self.tags: list[str] = vocabulary["tags"]
         self.descriptions: list[str | None] = vocabulary["descriptions"]
         self.vocabulary = frozenset(self.tags)
+        self.tag_search = TagSearch(self.tags, self.descriptions, self.limits.max_query_chars)
         self.schema = RequestSchema([f for f in self.settings.texts.item_fields if f != "text"])
         # Judgments that continue the generation conversations are made by the Generator replica that
         # computed them, in the same call (deployments/app.py binds no Calibrator then).
@@ -160,6 +163,7 @@ class IngressDeployment:
         return JSONResponse(body, status_code=status, headers=headers)
 
     async def _json(self, request: Request) -> Any:
+        require_json(request.headers.get("content-type"))
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise RequestError(
@@ -172,12 +176,7 @@ class IngressDeployment:
                 raise RequestError(
                     "body", f"is more than the limit of {self.limits.max_body_bytes} bytes", 413
                 )
-        if not raw.strip():
-            raise RequestError("body", "is empty: send a JSON object", 400)
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError("body", f"malformed JSON: {exc}", 400) from exc
+        return decode_json(bytes(raw))
 
     async def _call(self, stage: str, method, *args):
         """One downstream call; a replica that died mid-call is retried on another (Serve replaces it)."""
@@ -192,6 +191,18 @@ class IngressDeployment:
                 self.metrics.retries.inc(tags={"stage": stage})
                 await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    async def _item_call(self, stage: str, index: int, method, *args):
+        """A call for one item of the request: a prompt that does not fit the model is that item's
+        413 (the other requests of the stage's batch are answered; deployments/_batching.py)."""
+        try:
+            return await self._call(stage, method, *args)
+        except PromptTooLong as exc:
+            raise RequestError(
+                f"items[{index}].text",
+                "makes a prompt longer than the model's context (llm.max_model_len): shorten it",
+                413,
+            ) from exc
 
     # -- the flow's calls, answered by the stage deployments
 
@@ -210,8 +221,8 @@ class IngressDeployment:
             # A Calibrator deployment judges the item alone (figure 5): it holds no conversation.
             return await asyncio.gather(
                 *(
-                    self._call("calibrate", self.calibrator.judge, (content, list(tags), None))
-                    for content, tags in zip(call.contents, call.tags, strict=True)
+                    self._item_call("calibrate", index, self.calibrator.judge, (content, list(tags), None))
+                    for index, (content, tags) in enumerate(zip(call.contents, call.tags, strict=True))
                 )
             )
         if isinstance(call, flow.Record):
@@ -227,12 +238,15 @@ class IngressDeployment:
         batch's: the items were judged in parallel batches)."""
         results = await asyncio.gather(
             *(
-                self._call(
+                self._item_call(
                     "generate",
+                    index,
                     self.generator.generate,
                     {"id": i, "content": c, "vector": v, "candidates": cands},
                 )
-                for i, c, v, cands in zip(call.ids, call.contents, call.vectors, call.candidates, strict=True)
+                for index, (i, c, v, cands) in enumerate(
+                    zip(call.ids, call.contents, call.vectors, call.candidates, strict=True)
+                )
             )
         )
         if not call.judge:
@@ -309,6 +323,7 @@ class IngressDeployment:
                 judge_with_generation=self.judges_with_generation,
                 with_candidates=parsed.candidates,
                 with_dropped=parsed.dropped,
+                unnamed=parsed.unnamed,
             ),
             timings,
         )
@@ -384,7 +399,8 @@ class IngressDeployment:
     async def search(self, q: str = "", limit: int = 20):
         if not 1 <= limit <= self.limits.max_search_results:
             raise Refused(422, f"must be within 1..{self.limits.max_search_results}", "limit")
-        found = search_tags(q, self.tags, self.descriptions, limit)
+        # In a thread: a long vocabulary scan must not hold up the event loop every request shares.
+        found = await asyncio.to_thread(self.tag_search.search, q, limit)
         return {"query": q, "tags": found, "vocabulary_size": len(self.tags)}
 
     @app.get("/healthz", summary="The ingress is up")
@@ -407,5 +423,7 @@ class IngressDeployment:
                 timeout=10,
             )
         except Exception as exc:
-            return JSONResponse({"ready": False, "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
-        return {"ready": True, "stages": dict(zip(stages, answers, strict=True))}
+            return JSONResponse(
+                {"ready": False, "error": without_paths(f"{type(exc).__name__}: {exc}")}, status_code=503
+            )
+        return {"ready": True, "stages": without_paths(dict(zip(stages, answers, strict=True)))}

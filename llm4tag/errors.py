@@ -32,3 +32,8 @@ class ConfigError(LLM4TagError):
 
 class ModelError(LLM4TagError):
     """A model cannot be found or loaded."""
+
+
+class PromptTooLong(ModelError):
+    """One item's prompt does not fit the model's context: that item's request fails (413), not the
+    batch it shares with others."""

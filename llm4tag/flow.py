@@ -10,7 +10,7 @@ when nothing calibrates exist in one place, and both serve the same rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,9 +151,11 @@ def tag_flow(
     judge_with_generation: bool = False,
     with_candidates: bool = False,
     with_dropped: bool = False,
+    unnamed: Collection[str] = frozenset(),
 ) -> Generator[Call, Any, Tagged]:
     """``judge_with_generation``: the judgments continue the generation conversations
-    (``judges_in_context``), so the stage that generated judges, in the same call."""
+    (``judges_in_context``), so the stage that generated judges, in the same call. ``unnamed``: ids
+    the caller did not give (the service numbered the items), never written back."""
     if not items:
         return Tagged([])
     ids = [item.id for item in items]
@@ -177,8 +179,14 @@ def tag_flow(
     ]
     if write_back:
         # Final tags become deterministic edges (the graph grows as it serves); new items are inserted.
-        final = [[t["tag"] for t in row["tags"]] for row in rows]
-        yield Record(ids, vectors, final, [item.text for item in items])
+        named = [row for row, item_id in enumerate(ids) if item_id not in unnamed]
+        if named:
+            yield Record(
+                [ids[r] for r in named],
+                vectors[named],
+                [[t["tag"] for t in rows[r]["tags"]] for r in named],
+                [items[r].text for r in named],
+            )
     return Tagged(rows, candidates, verdicts)
 
 

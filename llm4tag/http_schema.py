@@ -10,6 +10,7 @@ limits and the tag vocabulary reach the validators as validation context.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,11 @@ from pydantic_core import PydanticCustomError
 from llm4tag.data import Item
 from llm4tag.section import Section
 
-ID_PATTERN = re.compile(r"^[^\x00-\x1f]{1,256}$")
+# One line of printable text: no C0/C1 controls and no Unicode line or paragraph separators (a reader
+# that splits lines with str.splitlines() would cut a journal or sample-log line at \x85 or \u2028).
+# Anchored for pydantic's (Rust) engine, where $ is the end of the text; Python code uses fullmatch.
+ID_CHARS = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}"
+ID_PATTERN = re.compile(f"^{ID_CHARS}$")
 TOO_LARGE = "too_large"  # the error type the handler answers with 413
 
 
@@ -59,6 +64,32 @@ class Limits(Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body")
     max_tags_per_item: int = Field(64, ge=1, description="tags per item in feedback")
     max_search_results: int = Field(100, ge=1, description="GET /v1/tags?limit=")
+    max_query_chars: int = Field(200, ge=1, description="GET /v1/tags?q= (characters)")
+
+
+JSON_TYPES = ("application/json",)
+
+
+def require_json(content_type: str | None) -> None:
+    """Writes take JSON only. A browser may send a cross-site ``text/plain`` (or form) POST without a
+    preflight; refusing every other media type keeps a web page from posting through a user's browser."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media not in JSON_TYPES and not (media.startswith("application/") and media.endswith("+json")):
+        shown = f"'{media}'" if media else "missing"
+        raise RequestError("content-type", f"is {shown}: send the body as application/json", 415)
+
+
+def decode_json(raw: bytes) -> Any:
+    """The body's JSON value; anything else (empty, malformed, nested beyond the parser's depth) is a
+    400 naming the body."""
+    if not raw.strip():
+        raise RequestError("body", "is empty: send a JSON object", 400)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise RequestError("body", "JSON nested too deeply", 400) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError("body", f"malformed JSON: {exc}", 400) from exc
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -223,6 +254,9 @@ class TagRequest:
     candidates: bool = False
     dropped: bool = False
     single: bool = False  # the body was one item, so the answer is one row
+    # Ids the service gave items sent without one (item-<index>): they name no item of the caller's,
+    # so they are never written back (two requests' item-0 would otherwise share one graph vertex).
+    unnamed: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -276,7 +310,8 @@ class RequestSchema:
             for index, raw in enumerate(parsed.items)
         ]
         _no_duplicate_ids(items)
-        return TagRequest(items, parsed.candidates, parsed.dropped, single)
+        unnamed = frozenset(item.id for item, raw in zip(items, parsed.items, strict=True) if raw.id is None)
+        return TagRequest(items, parsed.candidates, parsed.dropped, single, unnamed)
 
     def parse_feedback(self, body: Any, vocabulary: Collection[str], limits: Limits) -> FeedbackRequest:
         """Corrected annotations: ``{"id", "text", "tags": [correct...], "incorrect": [wrong...]}`` or a
@@ -347,7 +382,7 @@ def request_error(exc: ValidationError, single: bool = False) -> RequestError:
     elif error["type"] == "missing":
         message = "is missing"
     elif error["type"] == "string_pattern_mismatch":
-        message = "must be a string of 1-256 printable characters"
+        message = "must be a string of 1-256 printable characters on one line"
     status = 413 if error["type"] == TOO_LARGE else 422
     return RequestError(field, message, status)
 
@@ -365,6 +400,22 @@ def _no_duplicate_ids(items: Sequence[Item]) -> None:
         if item.id in seen:
             raise RequestError(f"items[{index}].id", f"'{item.id}' is also the id of items[{seen[item.id]}]")
         seen[item.id] = index
+
+
+# An absolute POSIX path inside a string (not the path part of a URL: no ':' or '/' before it).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
+
+
+def without_paths(value: Any) -> Any:
+    """``value`` with every absolute path in its strings cut to its last part: what an unauthenticated
+    route (/readyz) shows of a stage, without telling a caller the server's layout."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda match: match.group(1), value)
+    if isinstance(value, dict):
+        return {key: without_paths(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_paths(item) for item in value]
+    return value
 
 
 def json_type(value: Any) -> str:

@@ -3,14 +3,13 @@ request and answer shapes are llm4tag/http_schema.py's."""
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import ClassVar
 
 from pydantic import Field
 
-from llm4tag.http_schema import Limits
+from llm4tag.http_schema import Limits, RequestError
 from llm4tag.section import Section
 
 
@@ -48,36 +47,49 @@ class ServiceConfig(Section):
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-def search_tags(
-    query: str, tags: Sequence[str], descriptions: Sequence[str | None], limit: int = 20
-) -> list[dict]:
-    """Tags matching every word of the query (in the name or the description), best first.
+class TagSearch:
+    """Search of one vocabulary: tags matching every word of the query (in the name or the
+    description), best first. A name match ranks above a description match, a whole-name match above
+    all; an empty query lists the vocabulary in its order.
 
-    A name match ranks above a description match, a whole-name match above all; an empty query lists
-    the vocabulary in its order.
+    The names and descriptions are lowered and split once, here, not per request; the query is capped
+    (``max_query_chars``) and its repeated words count once, and each word scans only the tags every
+    earlier word matched, so a request costs at most (distinct words) x (vocabulary) substring tests.
     """
-    words = _WORD.findall(query.lower())
-    if not words:
-        return [{"tag": t, "description": d} for t, d in zip(tags[:limit], descriptions[:limit], strict=True)]
-    scored = []
-    for position, (tag, description) in enumerate(zip(tags, descriptions, strict=True)):
-        name_words = _WORD.findall(tag.lower())
-        name = " ".join(name_words)
-        text = (description or "").lower()
-        score = 0.0
+
+    def __init__(self, tags: Sequence[str], descriptions: Sequence[str | None], max_query_chars: int = 200):
+        self.tags, self.descriptions = list(tags), list(descriptions)
+        if len(self.tags) != len(self.descriptions):
+            raise ValueError("one description (or None) per tag")
+        self.max_query_chars = max_query_chars
+        self._names = [" ".join(_WORD.findall(t.lower())) for t in self.tags]
+        self._name_words = [frozenset(name.split()) for name in self._names]
+        self._texts = [(d or "").lower() for d in self.descriptions]
+
+    def search(self, query: str, limit: int = 20) -> list[dict]:
+        if len(query) > self.max_query_chars:
+            raise RequestError(
+                "q", f"has {len(query)} characters, more than the limit of {self.max_query_chars}"
+            )
+        words = list(dict.fromkeys(_WORD.findall(query.lower())))
+        if not words:
+            return [self._row(p) for p in range(min(limit, len(self.tags)))]
+        scores = dict.fromkeys(range(len(self.tags)), 0.0)
         for word in words:
-            if word in name_words:
-                score += 3
-            elif word in name:
-                score += 2
-            elif word in text:
-                score += 1
-            else:
-                score = -math.inf
-                break
-        if score > -math.inf:
-            if name == " ".join(words):
-                score += 10
-            scored.append((-score, position, tag, description))
-    scored.sort()
-    return [{"tag": tag, "description": description} for _, _, tag, description in scored[:limit]]
+            matched = {}
+            for position, score in scores.items():
+                if word in self._name_words[position]:
+                    matched[position] = score + 3
+                elif word in self._names[position]:
+                    matched[position] = score + 2
+                elif word in self._texts[position]:
+                    matched[position] = score + 1
+            scores = matched
+            if not scores:
+                return []
+        whole = " ".join(words)
+        ranked = sorted(scores, key=lambda p: (-(scores[p] + (10 if self._names[p] == whole else 0)), p))
+        return [self._row(p) for p in ranked[:limit]]
+
+    def _row(self, position: int) -> dict:
+        return {"tag": self.tags[position], "description": self.descriptions[position]}

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from deployments._batching import QueueBatcher
+from llm4tag.errors import PromptTooLong
 
 
 def test_requests_arriving_during_a_batch_form_the_next_batch_together():
@@ -76,3 +77,25 @@ def test_a_wrong_number_of_results_is_an_error():
 
     with pytest.raises(RuntimeError, match="0 results for 1"):
         asyncio.run(scenario())
+
+
+def test_a_prompt_too_long_fails_only_its_own_request():
+    calls = []
+
+    def render(requests):
+        calls.append(list(requests))
+        for request in requests:
+            if len(request) > 5:
+                raise PromptTooLong(f"prompt of {len(request)} tokens exceeds llm.max_model_len=5")
+        return [request.upper() for request in requests]
+
+    async def scenario():
+        batcher = QueueBatcher(render, max_batch_size=8, wait_s=0.05)
+        return await asyncio.gather(
+            *(batcher.submit(r) for r in ("ab", "much too long", "cd")), return_exceptions=True
+        )
+
+    first, failed, last = asyncio.run(scenario())
+    assert (first, last) == ("AB", "CD")
+    assert isinstance(failed, PromptTooLong) and "exceeds" in str(failed)
+    assert calls[0] == ["ab", "much too long", "cd"]  # one batch, then each alone

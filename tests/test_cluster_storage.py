@@ -112,3 +112,44 @@ def test_bad_sources_are_clear_errors(tmp_path, capsys):
     assert main(["sync", "nosuchscheme://x/y", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err.startswith("error: cannot open nosuchscheme://x/y")
     assert not (tmp_path / "d").exists()
+
+
+class ObjectStore:
+    """An object store's listing as pyarrow gives it (keys are names that may hold '..' or start with
+    '/'); the files' bytes are their keys."""
+
+    def __init__(self, root: str, keys: list[str]):
+        self.root, self.keys = root, keys
+
+    def get_file_info(self, what):
+        from pyarrow import fs
+
+        if isinstance(what, str):
+            return fs.FileInfo(what, type=fs.FileType.Directory)
+        return [fs.FileInfo(f"{self.root}/{k}", type=fs.FileType.File, size=len(k)) for k in self.keys]
+
+    def open_input_stream(self, path: str):
+        import pyarrow as pa
+
+        return pa.BufferReader(path[len(self.root) + 1 :].encode())
+
+
+@pytest.mark.parametrize("bad", ["../outside", "a/../../outside", "{tmp}/outside", "a//b", "./a"])
+def test_object_keys_that_leave_the_copy_are_refused(tmp_path, monkeypatch, bad):
+    import cluster.storage
+
+    bad = bad.format(tmp=tmp_path)  # an absolute key, aimed inside the test's folder
+
+    store = ObjectStore("bucket/models", ["tiny/config.json", bad, "tiny/weights.bin"])
+    monkeypatch.setattr(cluster.storage, "open_source", lambda source: (store, "bucket/models"))
+    dest = tmp_path / "node" / "models"
+    with pytest.raises(SyncError, match="leaves the folder"):
+        sync("s3://bucket/models", dest)
+    assert not dest.exists() and not (tmp_path / "node" / "outside").exists()
+    assert not (tmp_path / "outside").exists() and sorted(p.name for p in (tmp_path / "node").iterdir()) == [
+        ".models.lock"
+    ]
+    # The same listing without the bad key copies whole.
+    store.keys.remove(bad)
+    assert sync("s3://bucket/models", dest)["copied"] == 2
+    assert (dest / "tiny" / "weights.bin").read_text() == "tiny/weights.bin"

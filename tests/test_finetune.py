@@ -326,3 +326,48 @@ def test_the_active_adapters_file_is_replaced_atomically_and_followed(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["active.json"]  # no temporary file left
     with pytest.raises(LLM4TagError, match="unknown adapter role"):
         write_active(path, {"judge": None}, by="test")
+
+
+class _RunsCode:
+    """A pickled object that runs code when loaded: what a replaced checkpoint could hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_loads_tensors_and_plain_values_only(tmp_path):
+    import torch
+
+    from llm4tag.finetune.train import load_trainer_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": 3,
+        "losses": [2.5, 2.25],
+        "loss_before": 2.75,
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "cuda_rng": None,
+    }
+    torch.save(state, tmp_path / "trainer.pt")
+    loaded = load_trainer_state(tmp_path / "trainer.pt")
+    assert loaded["python_rng"] == state["python_rng"] and loaded["losses"] == [2.5, 2.25]
+    assert torch.equal(loaded["torch_rng"], state["torch_rng"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "extra": _RunsCode(marker)}, tmp_path / "replaced.pt")
+    with pytest.raises(LLM4TagError, match="other than tensors"):
+        load_trainer_state(tmp_path / "replaced.pt")
+    assert not marker.exists()

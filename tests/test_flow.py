@@ -46,21 +46,22 @@ def answerer(log: list):
             return list(zip(made, verdicts([g.tags for g in made], contexts), strict=True))
         if isinstance(call, flow.Calibrate):
             return verdicts(call.tags, call.contexts)
+        if isinstance(call, flow.Record):
+            return None
         raise AssertionError(call)
 
     return answer
 
 
-def tag(**kwargs) -> tuple[list[type], flow.Tagged]:
-    log: list = []
+def tag(log: list | None = None, **kwargs) -> tuple[list[type], flow.Tagged]:
+    log = [] if log is None else log
     items = [Item("a", "my card has not arrived"), Item("b", "top up failed")]
     steps = flow.tag_flow(
         items,
         item_fields=("text",),
         tag_names=TAGS,
         recall=RecallConfig(),
-        write_back=False,
-        **kwargs,
+        **{"write_back": False, **kwargs},
     )
     tagged = flow.run(steps, answerer(log))
     return [type(call) for call in log], tagged
@@ -84,4 +85,17 @@ def test_judging_with_the_generation_is_one_call_with_the_same_rows():
     assert all(t["confidence"] == 0.9 for row in together.rows for t in row["tags"])  # in context
     # Without calibration there is nothing to judge, in context or not.
     calls, _ = tag(calibrate=False, judge_with_generation=True)
+    assert calls == [flow.Encode, flow.Search, flow.Generate]
+
+
+def test_items_the_caller_did_not_name_are_not_written_back():
+    log: list = []
+    calls, _ = tag(log, calibrate=False, write_back=True, unnamed={"b"})
+    assert calls == [flow.Encode, flow.Search, flow.Generate, flow.Record]
+    record = log[-1]
+    assert (
+        record.ids == ["a"] and record.vectors.shape[0] == 1 and record.texts == ["my card has not arrived"]
+    )
+    # Nothing named: no write at all.
+    calls, _ = tag(calibrate=False, write_back=True, unnamed={"a", "b"})
     assert calls == [flow.Encode, flow.Search, flow.Generate]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm4tag.config import load_settings, settings_from_dict
+from llm4tag.config import load_settings
 from llm4tag.data import read_items
 from llm4tag.pipeline import TaggingPipeline
 
@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 QUERIES = REPO / "data" / "sample" / "banking77" / "queries.jsonl"
 DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
 LLM = {"model": "tiny", "batch_size": 4}
+# Item text shown in prompts up to the request limit, so that a request can hold a prompt longer than
+# the model's context (the sample queries are far shorter: their prompts do not change).
+PROMPTS = {"max_content_chars": 2000}
 
 
 def free_port() -> int:
@@ -36,10 +39,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def call(url: str, body=None, raw: bytes | None = None, timeout: float = 300):
+def call(
+    url: str,
+    body=None,
+    raw: bytes | None = None,
+    timeout: float = 300,
+    content_type: str = "application/json",
+):
     """(status, headers, parsed JSON body or text) of a GET (no body) or POST."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, headers, payload = response.status, dict(response.headers), response.read()
@@ -77,7 +86,7 @@ def write_config(folder: Path, port: int) -> Path:
 def start(config: Path, store: Path) -> str:
     from deployments.launch import deploy, wait_ready
 
-    url = deploy(config, store=str(store), settings={"llm": LLM})
+    url = deploy(config, store=str(store), settings={"llm": LLM, "prompts": PROMPTS})
     wait_ready(url, timeout=300)
     return url
 
@@ -101,6 +110,8 @@ def test_health_readiness_docs_and_vocabulary_search(served):
     assert call(f"{url}/healthz")[2] == {"status": "ok"}
     status, _, ready = call(f"{url}/readyz")
     assert status == 200 and ready["ready"]
+    shown = json.dumps(ready)
+    assert str(served["store"]) not in shown and str(Path.home()) not in shown, shown
     assert ready["stages"]["generator"]["model"] == "llamacpp:smollm2-135m-instruct"
     assert ready["stages"]["recall[0]"]["contents"] == 400 and ready["stages"]["generator"]["samples"] == 400
     status, _, docs = call(f"{url}/openapi.json")
@@ -110,6 +121,8 @@ def test_health_readiness_docs_and_vocabulary_search(served):
     found = call(f"{url}/v1/tags?q=card%20arrival")[2]
     assert found["tags"][0]["tag"] == "card_arrival" and found["vocabulary_size"] == 77
     assert call(f"{url}/v1/tags?q=card&limit=0")[2]["field"] == "limit"
+    status, _, answer = call(f"{url}/v1/tags?q={'card%20' * 100}")
+    assert (status, answer["field"]) == (422, "q") and "200" in answer["error"]
 
 
 def test_one_item_and_a_batch_carry_tags_from_the_candidates(served):
@@ -136,7 +149,7 @@ def test_served_rows_equal_the_in_process_pipeline(served):
         f"{served['url']}/v1/tag", {"items": [{"id": i.id, "text": i.text} for i in items]}
     )
     assert status == 200
-    settings = settings_from_dict({**load_settings(DOMAIN).to_dict(), "llm": LLM})
+    settings = load_settings(DOMAIN).with_overrides({"llm": LLM, "prompts": PROMPTS})
     local = TaggingPipeline.open(served["store"], settings).tag(items)
     for online, offline in zip(answer["items"], local, strict=True):
         assert online["generated"] == offline["generated"]
@@ -162,11 +175,55 @@ BAD_TAG_REQUESTS = [
 ]
 
 
+BAD_TAG_REQUESTS += [
+    (b"[" * 60_000, 400, "body"),  # under the body limit, deeper than the parser goes
+    (b'{"items": [{"text": "x", "title": ' + b"[" * 60_000, 400, "body"),
+]
+
+
 @pytest.mark.parametrize(("raw", "status", "field"), BAD_TAG_REQUESTS)
 def test_bad_input_gets_a_4xx_naming_the_field(served, raw, status, field):
     got, _, body = call(f"{served['url']}/v1/tag", raw=raw)
     assert (got, body["field"]) == (status, field), body
     assert body["error"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_writes_take_only_json_bodies(served, content_type):
+    """A web page can make a user's browser POST text/plain or a form without a preflight."""
+    url, store = served["url"], served["store"]
+    before = (store / "journal.jsonl").read_bytes() if (store / "journal.jsonl").exists() else b""
+    body = {"id": "cross-site", "text": "my card has not arrived", "tags": ["card_arrival"]}
+    for route in ("/v1/tag", "/v1/feedback", "/v1/admin/adapter"):
+        status, _, answer = call(f"{url}{route}", body, content_type=content_type)
+        assert (status, answer["field"]) == (415, "content-type"), (route, answer)
+    after = (store / "journal.jsonl").read_bytes() if (store / "journal.jsonl").exists() else b""
+    assert after == before
+
+
+def test_a_prompt_too_long_for_the_model_fails_only_its_own_request(served):
+    url = served["url"]
+    answers: dict[str, tuple] = {}
+
+    def one(name: str, text: str) -> None:
+        for _ in range(4):  # this app's small ingress queue may shed a request: retry as told
+            answers[name] = call(f"{url}/v1/tag", {"items": [{"id": name, "text": text}]})
+            if answers[name][0] != 503:
+                return
+            time.sleep(float(answers[name][1].get("Retry-After", 3)))
+
+    # 2,000 characters of 3 tokens each: 6,000 tokens, over the model's 4,096.
+    threads = [
+        threading.Thread(target=one, args=("long", "\U0001f99c" * 2000)),
+        *(threading.Thread(target=one, args=(f"ok{n}", "how do I top up my account")) for n in range(2)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    status, _, answer = answers["long"]
+    assert (status, answer["field"]) == (413, "items[0].text") and "max_model_len" in answer["error"]
+    assert [answers[f"ok{n}"][0] for n in range(2)] == [200, 200]
 
 
 def test_bad_feedback_is_refused_and_nothing_is_written(served):

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from llm4tag.errors import ConfigError
-from llm4tag.http_schema import Limits, RequestError, parse_feedback_request, parse_tag_request
-from llm4tag.service import ServiceConfig, search_tags
+from llm4tag.http_schema import (
+    Limits,
+    RequestError,
+    decode_json,
+    parse_feedback_request,
+    parse_tag_request,
+    require_json,
+    without_paths,
+)
+from llm4tag.service import ServiceConfig, TagSearch
 
 LIMITS = Limits(max_items=3, max_text_chars=50, max_tags_per_item=2)
 VOCAB = {"card_arrival", "exchange_rate", "top_up_failed"}
@@ -26,6 +34,7 @@ def test_one_bare_item_or_a_batch():
         {"items": [{"text": "a"}, {"id": "x", "text": "b"}], "dropped": True}, [], LIMITS
     )
     assert [i.id for i in batch.items] == ["item-0", "x"] and batch.dropped and not batch.single
+    assert batch.unnamed == {"item-0"} and one.unnamed == frozenset()
 
 
 def test_extra_text_fields_only_when_configured():
@@ -50,6 +59,11 @@ def test_extra_text_fields_only_when_configured():
         ({"items": [{"text": "x" * 51}]}, "items[0].text", 413),
         ({"items": [{"id": 7, "text": "a"}]}, "items[0].id", 422),
         ({"items": [{"id": "", "text": "a"}]}, "items[0].id", 422),
+        ({"items": [{"id": "a\n", "text": "a"}]}, "items[0].id", 422),
+        ({"items": [{"id": "a\x85", "text": "a"}]}, "items[0].id", 422),
+        ({"items": [{"id": "a\u2028b", "text": "a"}]}, "items[0].id", 422),
+        ({"items": [{"id": "a\x7f", "text": "a"}]}, "items[0].id", 422),
+        ({"items": [{"id": "x" * 257, "text": "a"}]}, "items[0].id", 422),
         ({"items": [{"id": "a", "text": "a"}, {"id": "a", "text": "b"}]}, "items[1].id", 422),
         ({"items": ["a"]}, "items[0]", 422),
         ({"text": "a", "candidates": "yes"}, "candidates", 422),
@@ -59,6 +73,46 @@ def test_bad_tag_requests_name_the_field(body, field, status):
     error = refused(parse_tag_request, body, [], LIMITS)
     assert (error.field, error.status) == (field, status)
     assert error.body() == {"error": error.message, "field": field}
+
+
+def test_ids_are_one_line_of_printable_text():
+    for good in ("a", "item 7", "ünïcode-✓", "x" * 256):
+        assert parse_tag_request({"id": good, "text": "t"}, [], LIMITS).items[0].id == good
+    for bad in ("a\n", "\na", "a\r\n", "a\x85", "a\u2029"):
+        assert (
+            refused(
+                parse_feedback_request, {"id": bad, "text": "t", "tags": ["card_arrival"]}, [], VOCAB, LIMITS
+            ).field
+            == "body.id"
+        )
+
+
+def test_writes_take_json_only():
+    for good in (
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/problem+json",
+    ):
+        require_json(good)
+    for bad in (
+        None,
+        "",
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ):
+        error = refused(require_json, bad)
+        assert (error.status, error.field) == (415, "content-type"), bad
+
+
+def test_bodies_that_are_not_json_are_400_naming_the_body():
+    assert decode_json(b'{"a": [1]}') == {"a": [1]}
+    for raw in (b"", b"  ", b'{"a": ', b"\xff\xfe", b"[" * 100_000, b'{"a":' * 50_000):
+        error = refused(decode_json, raw)
+        assert (error.status, error.field) == (400, "body"), raw[:10]
+    assert "nested too deeply" in refused(decode_json, b"[" * 100_000).message
 
 
 def test_feedback_needs_an_id_and_known_tags():
@@ -103,15 +157,40 @@ def test_service_config_rejects_unknown_settings():
 def test_search_ranks_whole_names_then_name_words_then_descriptions():
     tags = ["card_arrival", "card", "lost_or_stolen_card", "exchange_rate"]
     descriptions = [None, "a payment card", None, "the rate a card payment is converted at"]
-    assert [t["tag"] for t in search_tags("card", tags, descriptions)] == [
+    assert [t["tag"] for t in TagSearch(tags, descriptions).search("card")] == [
         "card",
         "card_arrival",
         "lost_or_stolen_card",
         "exchange_rate",
     ]
-    assert [t["tag"] for t in search_tags("card rate", tags, descriptions)] == ["exchange_rate"]
-    assert search_tags("", tags, descriptions, limit=2) == [
+    assert [t["tag"] for t in TagSearch(tags, descriptions).search("card rate")] == ["exchange_rate"]
+    assert TagSearch(tags, descriptions).search("", limit=2) == [
         {"tag": "card_arrival", "description": None},
         {"tag": "card", "description": "a payment card"},
     ]
-    assert search_tags("zzz", tags, descriptions) == []
+    assert TagSearch(tags, descriptions).search("zzz") == []
+
+
+def test_search_queries_are_capped_and_repeated_words_count_once():
+    tags = [f"tag_{n}" for n in range(1000)] + ["card_arrival"]
+    search = TagSearch(tags, [None] * len(tags), max_query_chars=50)
+    assert [t["tag"] for t in search.search("card card card arrival")] == ["card_arrival"]
+    error = refused(search.search, "card " * 11)
+    assert (error.status, error.field) == (422, "q") and "50" in error.message
+
+
+def test_readiness_answers_show_no_server_paths():
+    described = {
+        "journal": "/srv/llm4tag/stores/prod/journal.jsonl",
+        "adapter": "/home/ops/adapters/generator-v3",
+        "error": "cannot read '/var/lib/llm4tag/x/adapters.json': denied",
+        "model": "llamacpp:smollm2-135m-instruct",
+        "links": ["http://host:8000/v1/tags", "a/relative/path", None, 3],
+    }
+    assert without_paths(described) == {
+        "journal": "journal.jsonl",
+        "adapter": "generator-v3",
+        "error": "cannot read 'adapters.json': denied",
+        "model": "llamacpp:smollm2-135m-instruct",
+        "links": ["http://host:8000/v1/tags", "a/relative/path", None, 3],
+    }

@@ -117,12 +117,12 @@ def render_chat(tokenizer, messages: Messages, max_model_len: int) -> list[int]:
 
     The template already holds the special tokens, so none are added when encoding.
     """
-    from llm4tag.errors import ModelError
+    from llm4tag.errors import PromptTooLong
 
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) >= max_model_len:
-        raise ModelError(f"prompt of {len(ids)} tokens exceeds llm.max_model_len={max_model_len}")
+        raise PromptTooLong(f"prompt of {len(ids)} tokens exceeds llm.max_model_len={max_model_len}")
     return ids
 
 

@@ -42,7 +42,7 @@ from llm4tag.engines.base import (
 )
 from llm4tag.engines.choices import ChoiceAutomaton
 from llm4tag.engines.config import LLMConfig
-from llm4tag.errors import ModelError
+from llm4tag.errors import ModelError, PromptTooLong
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class LlamaCppEngine:
         text = self._formatter(messages=messages).prompt
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if len(ids) >= self.config.max_model_len:
-            raise ModelError(
+            raise PromptTooLong(
                 f"prompt of {len(ids)} tokens exceeds llm.max_model_len={self.config.max_model_len}"
             )
         return ids

@@ -215,7 +215,7 @@ def train(
     step, losses, loss_before, resumed_from = 0, [], None, None
     checkpoint = _last_checkpoint(work, fingerprint)
     if checkpoint is not None:
-        state = torch.load(checkpoint / "trainer.pt", weights_only=False)
+        state = load_trainer_state(checkpoint / "trainer.pt")
         set_peft_model_state_dict(peft_model, load_file(str(checkpoint / "adapter_model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -331,6 +331,23 @@ def _last_checkpoint(work: Path, fingerprint: str) -> Path | None:
         if state.get("fingerprint") == fingerprint:
             return folder
     return None
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's optimizer, scheduler and random states. Loaded as tensors and plain values only
+    (``weights_only``): a checkpoint folder is a file anyone with write access to the work folder can
+    replace, and a full unpickle would run whatever code it names."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise LLM4TagError(
+            f"{path}: holds objects other than tensors and plain values, so it is not loaded "
+            f"(delete the checkpoint folder to train from the start): {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 def _save_checkpoint(work, step, model, torch, optimizer, scheduler, losses, loss_before, fingerprint, keep):
