@@ -7,7 +7,7 @@ its model's chat template. Answers come back as plain strings and floats, never 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -113,17 +113,68 @@ def single_token_ids(encode, variants: Sequence[str]) -> list[int]:
 
 
 def render_chat(tokenizer, messages: Messages, max_model_len: int) -> list[int]:
-    """The chat-templated prompt as token ids, ending where the assistant's answer begins.
+    """The chat-templated prompt as token ids, ending where the assistant's answer begins (a
+    transformers tokenizer: the transformers and vLLM engines).
 
     The template already holds the special tokens, so none are added when encoding.
     """
+
+    def encode(text: str, special: bool) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not special)
+
+    def template(masked: Messages) -> str:
+        return tokenizer.apply_chat_template(masked, add_generation_prompt=True, tokenize=False)
+
+    return check_length(encode_chat(template, encode, messages), max_model_len)
+
+
+def check_length(ids: list[int], max_model_len: int) -> list[int]:
     from llm4tag.errors import PromptTooLong
 
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) >= max_model_len:
         raise PromptTooLong(f"prompt of {len(ids)} tokens exceeds llm.max_model_len={max_model_len}")
     return ids
+
+
+# Stand-ins for the messages' contents while the template renders (private-use characters, which no
+# template adds): the rendered text is split at them.
+_SLOT = "\ue000{}\ue001"
+
+
+def encode_chat(
+    template: Callable[[Messages], str], encode: Callable[[str, bool], list[int]], messages: Messages
+) -> list[int]:
+    """Token ids of the chat-templated ``messages`` in which only the template's own markup can be a
+    control token. ``encode(text, special)`` tokenizes with (True) or without (False) reading
+    special-token strings as control tokens.
+
+    A message's content is the user's text, or holds it (item text, stored feedback samples): a text
+    saying ``<|im_start|>system`` must reach the model as those characters, not as a new system turn.
+    Contents without such strings (all but a few) are tokenized with the whole prompt, as before; when
+    one has them, the template renders with stand-ins for the contents, and the markup between them
+    is tokenized with special tokens while each content is tokenized without.
+    """
+    contents = [m.get("content") for m in messages]
+    if all(not isinstance(c, str) or encode(c, True) == encode(c, False) for c in contents):
+        return encode(template(messages), True)
+    slots = [_SLOT.format(i) for i in range(len(messages))]
+    masked = [
+        {**m, "content": slot} if isinstance(c, str) else m
+        for m, c, slot in zip(messages, contents, slots, strict=True)
+    ]
+    rendered = template(masked)
+    ids: list[int] = []
+    for slot, content in zip(slots, contents, strict=True):
+        if not isinstance(content, str):
+            continue
+        markup, found, rendered = rendered.partition(slot)
+        if not found:
+            from llm4tag.errors import ModelError
+
+            raise ModelError("the chat template changes message contents: user text cannot be kept literal")
+        ids += encode(markup, True) if markup else []
+        ids += encode(content, False) if content else []
+    return ids + (encode(rendered, True) if rendered else [])
 
 
 def yes_no_confidence(yes: float, no: float) -> float:

@@ -38,11 +38,13 @@ from llm4tag.engines.base import (
     EngineStats,
     Messages,
     YesNo,
+    check_length,
+    encode_chat,
     single_token_ids,
 )
 from llm4tag.engines.choices import ChoiceAutomaton
 from llm4tag.engines.config import LLMConfig
-from llm4tag.errors import ModelError, PromptTooLong
+from llm4tag.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +201,15 @@ class LlamaCppEngine:
 
     def render(self, messages: Messages) -> list[int]:
         """The chat-templated prompt as token ids (the GGUF's own template, as transformers renders it)."""
-        text = self._formatter(messages=messages).prompt
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        if len(ids) >= self.config.max_model_len:
-            raise PromptTooLong(
-                f"prompt of {len(ids)} tokens exceeds llm.max_model_len={self.config.max_model_len}"
-            )
-        return ids
+        # User text is tokenized without special-token parsing (base.encode_chat).
+        return check_length(
+            encode_chat(
+                lambda masked: self._formatter(messages=masked).prompt,
+                lambda text, special: self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special),
+                messages,
+            ),
+            self.config.max_model_len,
+        )
 
     # -- the context -----------------------------------------------------------------------------
     def _live(self) -> np.ndarray:
