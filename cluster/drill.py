@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import socket
 import sys
 import threading
@@ -70,6 +71,9 @@ def build_store(folder: Path, shards: int) -> Path:
     return store
 
 
+DRILL_KEY = "drill-" + secrets.token_urlsafe(24)
+
+
 def serve_config(folder: Path, port: int) -> Path:
     """serve_config.cpu.yaml's application with the cluster config's placement, scaled to 2 cores."""
     config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
@@ -80,6 +84,11 @@ def serve_config(folder: Path, port: int) -> Path:
     app = config["applications"][0]
     app["args"]["config"] = str(DOMAIN)
     app["args"]["service"]["retries"] = 3
+    # Every node of the drill is this machine: one key file serves them all.
+    keys = folder / "api-keys"
+    keys.write_text(f"write:{DRILL_KEY}\n")
+    keys.chmod(0o600)
+    app["args"]["service"]["auth"] = {"keys_file": str(keys)}
     for deployment in app["deployments"]:
         name = deployment["name"]
         deployment.pop("autoscaling_config", None)
@@ -149,9 +158,8 @@ class Client:
                 self._count(kind, "retry_attempts")
             wait = min(8.0, 0.5 * 2**attempt)
             try:
-                request = urllib.request.Request(
-                    self.url + path, data=data, headers={"Content-Type": "application/json"}
-                )
+                headers = {"Content-Type": "application/json", "Authorization": f"Bearer {DRILL_KEY}"}
+                request = urllib.request.Request(self.url + path, data=data, headers=headers)
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     response.read()
                 self._count(kind, "succeeded")

@@ -19,6 +19,7 @@ from deployments.generator import GeneratorDeployment
 from deployments.graph_recall import GraphRecallDeployment
 from deployments.ingress import IngressDeployment
 from graph_store import read_vocabulary
+from llm4tag.auth import ApiKeys
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings, load_settings
 from llm4tag.errors import ConfigError
@@ -51,6 +52,14 @@ def build_app(args: dict[str, Any]) -> Application:
     base = load_settings(resolve_path(str(args["config"]))) if args.get("config") else Settings()
     settings = base.with_overrides(args.get("settings") or {})
     service = ServiceConfig.load(args.get("service"))
+    if service.auth.enabled:
+        ApiKeys.load(service.auth)  # a malformed or world-readable key file is refused before start-up
+    # Relative paths are the config folder's, as for the store ("~" is each node's home).
+    if service.adapters_root is not None:
+        service = service.model_copy(update={"adapters_root": resolve_path(service.adapters_root)})
+    if not service.auth.keys_file.startswith("~"):
+        auth = service.auth.model_copy(update={"keys_file": resolve_path(service.auth.keys_file)})
+        service = service.model_copy(update={"auth": auth})
     journal = resolve_path(str(args["journal"])) if args.get("journal") else None
     vocabulary = read_vocabulary(store)
     options = args.get("deployment_options") or {}

@@ -12,9 +12,11 @@ import time
 
 from ray import serve
 
-from deployments.launch import dashboard_url, deploy, post_json, wait_ready
+from deployments.launch import dashboard_url, deploy, load_serve_config, post_json, wait_ready
+from llm4tag.auth import ensure_key_file
 from llm4tag.data import read_items
 from llm4tag.errors import LLM4TagError
+from llm4tag.service import ServiceConfig
 
 
 def register(verbs) -> None:
@@ -43,6 +45,15 @@ def run(args) -> int:
             "--detach needs a running cluster (--address or RAY_ADDRESS): a local one ends with us"
         )
     demo = read_items(args.demo).items[: args.demo_items] if args.demo else []
+    for application in load_serve_config(args.config).get("applications") or []:
+        auth = ServiceConfig.load((application.get("args") or {}).get("service")).auth
+        written = ensure_key_file(auth)
+        if written is not None:
+            print(
+                f"API key (scopes write, admin) written to {written} (mode 0600); send it as "
+                "'Authorization: Bearer <key>' to POST /v1/feedback and /v1/admin/*",
+                flush=True,
+            )
     started = time.perf_counter()
     url = deploy(
         args.config,

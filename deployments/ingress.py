@@ -32,9 +32,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from deployments.serve_metrics import ServiceMetrics
 from graph_store import shard_of
 from llm4tag import flow
+from llm4tag.auth import ApiKeys, AuthError
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings
-from llm4tag.engines.adapters import check_adapter
+from llm4tag.engines.adapters import OutsideAdaptersRoot, check_adapter, under_adapters_root
 from llm4tag.errors import ModelError, PromptTooLong
 from llm4tag.finetune.registry import write_active
 from llm4tag.http_schema import (
@@ -55,7 +56,7 @@ app = FastAPI(
     description="Automatic tagging after LLM4Tag: graph recall, knowledge-enhanced generation, calibration.",
     version="0.1.0",
 )
-ERRORS = {status: {"model": ErrorOut} for status in (400, 409, 413, 415, 422, 503)}
+ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 409, 413, 415, 422, 503)}
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 # The request models of the default configuration, for the OpenAPI page; each replica validates with
 # the models of its own configuration (texts.item_fields).
@@ -69,9 +70,9 @@ class Overloaded(Exception):
 class Refused(Exception):
     """An answer other than 200, with the body every refusal has."""
 
-    def __init__(self, status: int, error: str, field: str):
+    def __init__(self, status: int, error: str, field: str, headers: dict[str, str] | None = None):
         super().__init__(error)
-        self.status, self.body = status, {"error": error, "field": field}
+        self.status, self.body, self.headers = status, {"error": error, "field": field}, headers
 
 
 REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete)
@@ -138,6 +139,9 @@ class IngressDeployment:
             self.settings.llm, self.settings.prompts
         )
         self.metrics = ServiceMetrics()
+        # Read here, in the replica, from its node's environment or secret file: never an argument of
+        # the application (Serve keeps those in its config, which its dashboard shows).
+        self.keys = ApiKeys.load(self.service.auth) if self.service.auth.enabled else None
 
     # -- plumbing
 
@@ -147,7 +151,7 @@ class IngressDeployment:
         if isinstance(exc, RequestError):
             status, body = exc.status, exc.body()
         elif isinstance(exc, Refused):
-            status, body = exc.status, exc.body
+            status, body, headers = exc.status, exc.body, exc.headers
         elif isinstance(exc, Overloaded):
             status, body = (
                 503,
@@ -161,6 +165,16 @@ class IngressDeployment:
             raise exc
         self.metrics.requests.inc(tags={"route": route, "status": str(status)})
         return JSONResponse(body, status_code=status, headers=headers)
+
+    def _authorize(self, request: Request, scope: str | None) -> None:
+        """Refuse (401/403) unless the request carries a key with ``scope`` (None: any key)."""
+        if self.keys is None:
+            return
+        try:
+            self.keys.check(request.headers.get("authorization"), scope)
+        except AuthError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            raise Refused(exc.status, exc.message, "authorization", headers) from None
 
     async def _json(self, request: Request) -> Any:
         require_json(request.headers.get("content-type"))
@@ -309,6 +323,8 @@ class IngressDeployment:
     @answers("/v1/tag")
     async def tag(self, request: Request):
         started = time.perf_counter()
+        if self.service.auth.reads:
+            self._authorize(request, None)
         parsed = self.schema.parse_tag(await self._json(request), self.limits)
         timings: dict[str, float] = {}
         recall = self.settings.graph.recall
@@ -353,6 +369,7 @@ class IngressDeployment:
     )
     @answers("/v1/feedback")
     async def feedback(self, request: Request):
+        self._authorize(request, "write")
         parsed = self.schema.parse_feedback(await self._json(request), self.vocabulary, self.limits)
         # Both writes are fsynced before the 200: the sample log and the owning shard's journal.
         # They run concurrently; if one fails the answer is a 503 naming it, and the same request
@@ -369,7 +386,9 @@ class IngressDeployment:
     async def set_adapter(self, request: Request):
         """Body {"role": "generator"|"calibrator", "path": adapter folder or null (base model)}: the
         adapters file (llm.adapters_file) is rewritten, and every replica of the stage loads it between
-        batches; requests in flight are answered by the old adapter or the new one, none fails."""
+        batches; requests in flight are answered by the old adapter or the new one, none fails.
+        Only folders under service.adapters_root are accepted."""
+        self._authorize(request, "admin")
         body = await self._json(request)
         if not isinstance(body, dict) or body.get("role") not in ("generator", "calibrator"):
             raise Refused(422, "must be generator or calibrator", "role")
@@ -384,6 +403,12 @@ class IngressDeployment:
         if path is not None:
             if not isinstance(path, str) or not path:
                 raise Refused(422, "must be a folder path or null", "path")
+            if self.service.adapters_root is None:
+                raise Refused(409, "set service.adapters_root to swap adapters over HTTP", "path")
+            try:
+                path = str(under_adapters_root(self.service.adapters_root, path))
+            except OutsideAdaptersRoot as exc:
+                raise Refused(403, str(exc), "path") from None
             try:
                 await asyncio.to_thread(check_adapter, role, path)
             except ModelError as exc:
@@ -396,7 +421,9 @@ class IngressDeployment:
 
     @app.get("/v1/tags", summary="Search the tag vocabulary")
     @answers("/v1/tags")
-    async def search(self, q: str = "", limit: int = 20):
+    async def search(self, request: Request, q: str = "", limit: int = 20):
+        if self.service.auth.reads:
+            self._authorize(request, None)
         if not 1 <= limit <= self.limits.max_search_results:
             raise Refused(422, f"must be within 1..{self.limits.max_search_results}", "limit")
         # In a thread: a long vocabulary scan must not hold up the event loop every request shares.

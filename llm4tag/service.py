@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from llm4tag.auth import Auth
 from llm4tag.http_schema import Limits, RequestError
 from llm4tag.section import Section
 
@@ -37,11 +38,27 @@ class ServiceConfig(Section):
         default_factory=lambda: Batching(max_batch_size=16, batch_wait_timeout_s=0.02),
         description="the Calibrator's batches (on the Generator when judgments continue its conversation)",
     )
+    auth: Auth = Field(
+        default_factory=Auth,
+        description="API keys for the write and admin routes (`auth: off` turns the check off)",
+    )
+    adapters_root: str | None = Field(
+        None,
+        description="POST /v1/admin/adapter accepts only adapter folders under this folder (none: refused)",
+    )
     retry_after_s: int = Field(2, ge=0, description="Retry-After of a 503 when the service sheds load")
     # E.g. its node went away.
     retries: int = Field(
         2, ge=0, description="a downstream replica that died mid-request is retried this often"
     )
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_off(cls, value: Any) -> Any:
+        # YAML reads `auth: off` as false; both spellings turn the check off, and only they do.
+        if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+            return {"enabled": False}
+        return value
 
 
 _WORD = re.compile(r"[a-z0-9]+")

@@ -36,9 +36,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def call(url: str, body=None, timeout: float = 300):
+ADMIN = "test-admin-key-0123456789"
+WRITER = "test-writer-key-0123456789"
+
+
+def call(url: str, body=None, timeout: float = 300, key: str | None = ADMIN):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -86,6 +91,10 @@ def served(ray_cluster, sample_store, adapters, tmp_path_factory):
     for deployment in app["deployments"]:
         deployment.pop("autoscaling_config", None)
         deployment["num_replicas"] = 1
+    keys = folder / "api-keys"
+    keys.write_text(f"write,admin:{ADMIN}\nwrite:{WRITER}\n")
+    keys.chmod(0o600)
+    app["args"]["service"] = {"auth": {"keys_file": str(keys)}, "adapters_root": str(adapters)}
     path = folder / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     active = folder / "active.json"  # absent at start: the base model serves both roles
@@ -163,7 +172,12 @@ def test_a_bad_adapter_request_is_refused_with_the_field_named(served, adapters)
     assert status == 422 and body["field"] == "path" and "calibrator adapter" in body["error"]
     status, body = call(f"{url}/v1/admin/adapter", {"role": "judge", "path": None})
     assert status == 422 and body["field"] == "role"
-    status, body = call(f"{url}/v1/admin/adapter", {"role": "calibrator", "path": "/nonexistent"})
-    assert status == 422 and body["field"] == "path"
+    # Only adapters under service.adapters_root, and only with an admin key.
+    for outside in ("/nonexistent", str(adapters.parent), "../"):
+        status, body = call(f"{url}/v1/admin/adapter", {"role": "calibrator", "path": outside})
+        assert status == 403 and body["field"] == "path" and "adapters root" in body["error"], outside
+    for key, expected in ((None, 401), (WRITER, 403)):
+        status, body = call(f"{url}/v1/admin/adapter", {"role": "calibrator", "path": None}, key=key)
+        assert (status, body["field"]) == (expected, "authorization")
     status, ready = call(f"{url}/readyz")
-    assert ready["stages"]["calibrator"]["adapter"]["path"] == str(adapters / "calibrator")
+    assert ready["stages"]["calibrator"]["adapter"]["path"] == "calibrator"  # /readyz shows no paths

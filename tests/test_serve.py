@@ -31,6 +31,9 @@ LLM = {"model": "tiny", "batch_size": 4}
 # Item text shown in prompts up to the request limit, so that a request can hold a prompt longer than
 # the model's context (the sample queries are far shorter: their prompts do not change).
 PROMPTS = {"max_content_chars": 2000}
+# The app's API keys (a 0600 file the fixture writes): one that may write, one that may also swap.
+WRITER = "test-writer-key-0123456789"
+ADMIN = "test-admin-key-0123456789"
 
 
 def free_port() -> int:
@@ -45,10 +48,12 @@ def call(
     raw: bytes | None = None,
     timeout: float = 300,
     content_type: str = "application/json",
+    key: str | None = ADMIN,
 ):
     """(status, headers, parsed JSON body or text) of a GET (no body) or POST."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, headers, payload = response.status, dict(response.headers), response.read()
@@ -67,6 +72,10 @@ def write_config(folder: Path, port: int) -> Path:
     app["args"]["config"] = str(DOMAIN)
     app["args"]["service"]["limits"] = {"max_items": 8, "max_text_chars": 2000, "max_body_bytes": 65536}
     app["args"]["service"]["retry_after_s"] = 3
+    keys = folder / "api-keys"
+    keys.write_text(f"write:{WRITER}\nwrite,admin:{ADMIN}\n")
+    keys.chmod(0o600)
+    app["args"]["service"]["auth"] = {"keys_file": str(keys)}
     by_name = {d["name"]: d for d in app["deployments"]}
     # Two generator replicas, so that one can be killed while the other answers.
     by_name["Generator"].pop("autoscaling_config", None)
@@ -224,6 +233,31 @@ def test_a_prompt_too_long_for_the_model_fails_only_its_own_request(served):
     status, _, answer = answers["long"]
     assert (status, answer["field"]) == (413, "items[0].text") and "max_model_len" in answer["error"]
     assert [answers[f"ok{n}"][0] for n in range(2)] == [200, 200]
+
+
+def test_writes_need_a_key_with_the_routes_scope(served):
+    url, store = served["url"], served["store"]
+    before = (store / "journal.jsonl").read_bytes() if (store / "journal.jsonl").exists() else b""
+    feedback = {"id": "auth-probe", "text": "my card has not arrived", "tags": ["no_such_intent"]}
+    swap = {"role": "generator", "path": None}
+    for key, route, body, expected in [
+        (None, "/v1/feedback", feedback, 401),
+        ("not-a-key-0123456789", "/v1/feedback", feedback, 401),
+        (None, "/v1/admin/adapter", swap, 401),
+        (WRITER, "/v1/admin/adapter", swap, 403),
+        (WRITER, "/v1/feedback", feedback, 422),  # past the check: the unknown tag is refused
+    ]:
+        status, headers, answer = call(f"{url}{route}", body, key=key)
+        assert (status, answer["field"]) == (expected, "authorization" if expected < 422 else "body.tags")
+        if status == 401:
+            assert {k.lower(): v for k, v in headers.items()}.get(
+                "www-authenticate"
+            ) == "Bearer" and "Bearer <key>" in answer["error"]
+    # Reads need none (service.auth.reads is off).
+    assert call(f"{url}/v1/tag", {"id": "anon", "text": "top up failed"}, key=None)[0] == 200
+    assert call(f"{url}/v1/tags?q=card", key=None)[0] == 200
+    after = (store / "journal.jsonl").read_bytes() if (store / "journal.jsonl").exists() else b""
+    assert after == before
 
 
 def test_bad_feedback_is_refused_and_nothing_is_written(served):

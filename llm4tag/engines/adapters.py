@@ -41,6 +41,20 @@ class AdapterInfo:
         return dict(self.__dict__)
 
 
+class OutsideAdaptersRoot(ModelError):
+    """An adapter folder outside the one adapters may be loaded from."""
+
+
+def under_adapters_root(root: str | Path, path: str | Path) -> Path:
+    """``path`` (absolute, or relative to ``root``) resolved, if it lies under ``root``: an adapter
+    swap over HTTP may load only what was put there, not any folder of the server."""
+    base = Path(root).expanduser().resolve()
+    folder = (base / Path(path).expanduser()).resolve()  # an absolute path replaces base
+    if folder == base or not folder.is_relative_to(base):
+        raise OutsideAdaptersRoot(f"{path} is not a folder under the adapters root (service.adapters_root)")
+    return folder
+
+
 def check_adapter(role: str, path: str | Path) -> dict[str, Any]:
     """What an adapter folder says about itself; ModelError for anything that is not one."""
     if role not in ROLES:
