@@ -22,3 +22,7 @@ async def in_thread(function, *args):
     # Model calls run off the replica's event loop, which must stay free for health checks and for
     # queueing the next batch while this one computes.
     return await asyncio.to_thread(function, *args)
+
+
+class Overloaded(Exception):
+    """A stage refused more work (Serve's back pressure): the ingress answers 503 with Retry-After."""

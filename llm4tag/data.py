@@ -307,6 +307,7 @@ def read_items(
     strict_tags: bool = False,
     split: str | None = None,
     require_tags: bool = False,
+    aliases: Mapping[str, str] | None = None,
 ) -> ItemsFile:
     """Read and validate an items file.
 
@@ -318,6 +319,7 @@ def read_items(
     - With ``vocabulary``, tags outside it are dropped and counted (and a warning is logged), or with
       ``strict_tags=True`` rejected.
     - With ``split``, only records whose ``split`` field equals it are kept; every record must have one.
+    - With ``aliases``, a tag given by another name (a SKOS concept's URI or notation) becomes its tag.
     - Every other non-null field goes to ``Item.extra``.
     """
     spath = str(path)
@@ -347,6 +349,8 @@ def read_items(
             )
         first_line[item_id] = line
         tags = _parse_tags(spath, line, record.get("tags"), fmt)
+        if aliases and tags is not None:
+            tags = tuple(dict.fromkeys(aliases.get(t, t) for t in tags))
 
         if split is not None:
             value = record.get("split")
@@ -407,8 +411,13 @@ def read_items(
 # --- tags
 
 
-def read_tags(path: str | os.PathLike[str]) -> list[Tag]:
-    """Read a tag vocabulary: ``tag`` (required, unique, non-empty string), ``description`` (optional)."""
+def read_tags(path: str | os.PathLike[str], language: str | None = None) -> list[Tag]:
+    """Read a tag vocabulary: ``tag`` (required, unique, non-empty string), ``description`` (optional);
+    or a SKOS file (``.ttl``, ``.rdf``, ...: :func:`llm4tag.skos.read_skos`, labels in ``language``)."""
+    from llm4tag.skos import is_skos_path, read_skos
+
+    if is_skos_path(path):
+        return read_skos(path, language)
     spath = str(path)
     tags: list[Tag] = []
     first_line: dict[str, int] = {}

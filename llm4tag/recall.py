@@ -15,6 +15,7 @@ from llm4tag.config import Settings, TextConfig
 from llm4tag.data import Item, Tag
 from llm4tag.encoder import Encoder, EncoderConfig
 from llm4tag.errors import LLM4TagError
+from llm4tag.skos import hierarchy, vocabulary_meta
 from llm4tag.texts import item_text, tag_text
 
 log = logging.getLogger("llm4tag.recall")
@@ -55,7 +56,12 @@ def build_store(
         item_texts=[i.text for i in annotated],
         encoder_id=encoder.id,
         config=settings.graph,
-        meta={"encoder": asdict(settings.encoder), "texts": asdict(settings.texts)},
+        meta={
+            "encoder": asdict(settings.encoder),
+            "texts": asdict(settings.texts),
+            **({"vocabulary": vocabulary} if (vocabulary := vocabulary_meta(tags)) else {}),
+        },
+        tag_broader=hierarchy(tags),
     )
     if shards > 1:
         store = ShardedStore(store.split(shards))

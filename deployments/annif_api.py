@@ -1,0 +1,203 @@
+"""Annif-compatible REST endpoints, mixed into the ingress beside llm4tag's own (see
+llm4tag/annif_compat.py for the mapping; Annif's OpenAPI: tests/annif/annif.yaml).
+
+GET  /v1/                                  API information
+GET  /v1/vocabs                            the vocabulary
+GET  /v1/projects, /v1/projects/{id}       the one project this service is
+POST /v1/projects/{id}/suggest             form: text, limit, threshold, language
+POST /v1/projects/{id}/suggest-batch       JSON {documents: [{text, document_id?}]} (<= 32), query limit...
+POST /v1/projects/{id}/learn               JSON [{text, subjects: [{uri}]}] -> feedback (durable), 204
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from deployments._common import Overloaded
+from llm4tag.annif_compat import (
+    PROBLEM_MEDIA_TYPE,
+    AnnifSettings,
+    Problem,
+    Subjects,
+    item_id,
+    parse_batch,
+    parse_form,
+    parse_learn,
+    parse_params,
+    parse_suggest,
+    project,
+    suggestions,
+    vocabulary,
+)
+from llm4tag.data import Item
+from llm4tag.service import RequestError, TagRequest
+
+router = APIRouter()
+API_VERSION = "0.1.0"
+
+
+def _problem(exc: Problem) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _overloaded(exc: Overloaded, retry_after_s: int) -> JSONResponse:
+    problem = Problem(503, f"the service is overloaded (stage {exc}); retry later")
+    return JSONResponse(
+        problem.body(),
+        status_code=503,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+class AnnifRoutes:
+    """Routes of Annif's API; the ingress class inherits them (Serve binds ``self``)."""
+
+    annif: AnnifSettings
+    subjects: Subjects
+
+    def _init_annif(self, settings: dict | None, vocabulary: dict, modified: str | None) -> None:
+        self.annif = AnnifSettings.model_validate(settings or {})
+        meta = (vocabulary.get("meta") or {}).get("vocabulary") or {}
+        self.subjects = Subjects.of(
+            vocabulary["tags"],
+            meta.get("tags"),
+            self.annif.language or meta.get("language"),
+            self.annif.uri_base,
+        )
+        self.annif_modified = modified
+        up: dict[str, list[str]] = defaultdict(list)
+        down: dict[str, list[str]] = defaultdict(list)
+        for narrower, broader in vocabulary.get("broader") or ():
+            up[narrower].append(broader)
+            down[broader].append(narrower)
+        self.hierarchy_up, self.hierarchy_down = dict(up), dict(down)
+
+    def _project_or_404(self, project_id: str) -> None:
+        if project_id != self.annif.project_id:
+            raise Problem(404, f"Project '{project_id}' not found", "Project not found")
+
+    async def _suggest(self, documents: list[str], limit: int, threshold: float) -> list[list[dict]]:
+        """Tag the documents through the service (all judged tags, so that ``threshold`` cuts)."""
+        texts = [d for d in documents if d.strip()]
+        results: dict[str, list[dict]] = {}
+        if texts:
+            items = [Item(id=item_id(t), text=t) for t in dict.fromkeys(texts)]
+            try:
+                rows, _ = await self._tag(TagRequest(items, candidates=False, dropped=True), origin="annif")
+            except RequestError as exc:
+                raise Problem(exc.status if exc.status in (400, 413) else 400, exc.message) from exc
+            results = {row["id"]: suggestions(row, self.subjects, limit, threshold) for row in rows}
+        return [results.get(item_id(d), []) if d.strip() else [] for d in documents]
+
+    # -- routes
+
+    @router.get("/v1/", summary="Annif: API information", tags=["annif"])
+    async def annif_info(self):
+        return {"title": "llm4tag (Annif-compatible REST API)", "version": API_VERSION}
+
+    @router.get("/v1/vocabs", summary="Annif: vocabularies", tags=["annif"])
+    async def annif_vocabs(self):
+        return {"vocabs": [vocabulary(self.annif, self.subjects)]}
+
+    @router.get("/v1/projects", summary="Annif: projects", tags=["annif"])
+    async def annif_projects(self):
+        return {"projects": [project(self.annif, self.subjects, self.annif_modified)]}
+
+    @router.get("/v1/projects/{project_id}", summary="Annif: one project", tags=["annif"])
+    async def annif_project(self, project_id: str):
+        try:
+            self._project_or_404(project_id)
+        except Problem as exc:
+            return _problem(exc)
+        return project(self.annif, self.subjects, self.annif_modified)
+
+    @router.post(
+        "/v1/projects/{project_id}/suggest", summary="Annif: suggest subjects for a text", tags=["annif"]
+    )
+    async def annif_suggest(self, project_id: str, request: Request):
+        try:
+            self._project_or_404(project_id)
+            text, params = parse_suggest(
+                parse_form(await self._annif_body(request)), self.subjects, self.limits.max_text_chars
+            )
+            (results,) = await self._suggest([text], params.limit, params.threshold)
+        except Problem as exc:
+            return _problem(exc)
+        except Overloaded as exc:
+            return _overloaded(exc, self.service.retry_after_s)
+        return {"results": results}
+
+    @router.post(
+        "/v1/projects/{project_id}/suggest-batch",
+        summary="Annif: suggest subjects for up to 32 documents",
+        tags=["annif"],
+    )
+    async def annif_suggest_batch(self, project_id: str, request: Request):
+        try:
+            self._project_or_404(project_id)
+            params = parse_params(dict(request.query_params), self.subjects)
+            documents = parse_batch(
+                self._annif_json(await self._annif_body(request)), self.limits.max_text_chars
+            )
+            results = await self._suggest([t for t, _ in documents], params.limit, params.threshold)
+        except Problem as exc:
+            return _problem(exc)
+        except Overloaded as exc:
+            return _overloaded(exc, self.service.retry_after_s)
+        return [
+            {"results": found, "document_id": document_id}
+            for found, (_, document_id) in zip(results, documents, strict=True)
+        ]
+
+    @router.post(
+        "/v1/projects/{project_id}/learn",
+        summary="Annif: learn from indexed documents (recorded as feedback)",
+        status_code=204,
+        tags=["annif"],
+    )
+    async def annif_learn(self, project_id: str, request: Request):
+        try:
+            self._project_or_404(project_id)
+            if not self.annif.learn:
+                raise Problem(
+                    403,
+                    f"Project '{project_id}' is not configured to allow learning via API",
+                    "Learning not allowed",
+                )
+            items = parse_learn(
+                self._annif_json(await self._annif_body(request)),
+                self.subjects,
+                self.limits.max_text_chars,
+                self.limits.max_items,
+            )
+            if items:
+                parsed = self._parse_feedback({"items": items})
+                await self._write_feedback(parsed)
+        except RequestError as exc:
+            return _problem(
+                Problem(exc.status if exc.status in (400, 413) else 400, f"{exc.field}: {exc.message}")
+            )
+        except Problem as exc:
+            return _problem(exc)
+        except Overloaded as exc:
+            return _overloaded(exc, self.service.retry_after_s)
+        return Response(status_code=204, media_type="application/json")
+
+    async def _annif_body(self, request: Request) -> bytes:
+        try:
+            return await self._body(request)
+        except RequestError as exc:
+            raise Problem(exc.status if exc.status in (400, 413) else 400, exc.message) from exc
+
+    @staticmethod
+    def _annif_json(raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Problem(400, f"Request body is not valid JSON: {exc}") from exc
