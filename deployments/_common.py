@@ -26,3 +26,12 @@ async def in_thread(function, *args):
 
 class Overloaded(Exception):
     """A stage refused more work (Serve's back pressure): the ingress answers 503 with Retry-After."""
+
+
+def current_replica():
+    """The deployment object of this replica, for routes kept outside the ingress class (a FastAPI
+    dependency): functions of a module are shipped to the replica by reference, where Serve's
+    class-based-view conversion of mixin methods does not happen."""
+    from ray import serve
+
+    return serve.get_replica_context().servable_object

@@ -12,13 +12,14 @@ POST /v1/projects/{id}/learn               JSON [{text, subjects: [{uri}]}] -> f
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from deployments._common import Overloaded
+from deployments._common import Overloaded, current_replica
 from llm4tag.annif_compat import (
     PROBLEM_MEDIA_TYPE,
     AnnifSettings,
@@ -37,7 +38,9 @@ from llm4tag.annif_compat import (
 from llm4tag.data import Item
 from llm4tag.service import RequestError, TagRequest
 
+log = logging.getLogger("ray.serve")
 router = APIRouter()
+Replica = Annotated[Any, Depends(current_replica)]
 API_VERSION = "0.1.0"
 
 
@@ -56,7 +59,8 @@ def _overloaded(exc: Overloaded, retry_after_s: int) -> JSONResponse:
 
 
 class AnnifRoutes:
-    """Routes of Annif's API; the ingress class inherits them (Serve binds ``self``)."""
+    """The Annif project's state and its tagging; the ingress class inherits them, the routes below reach
+    them through the replica."""
 
     annif: AnnifSettings
     subjects: Subjects
@@ -95,109 +99,124 @@ class AnnifRoutes:
             results = {row["id"]: suggestions(row, self.subjects, limit, threshold) for row in rows}
         return [results.get(item_id(d), []) if d.strip() else [] for d in documents]
 
-    # -- routes
 
-    @router.get("/v1/", summary="Annif: API information", tags=["annif"])
-    async def annif_info(self):
-        return {"title": "llm4tag (Annif-compatible REST API)", "version": API_VERSION}
+# -- routes (module functions: the ingress replica comes in as a dependency)
 
-    @router.get("/v1/vocabs", summary="Annif: vocabularies", tags=["annif"])
-    async def annif_vocabs(self):
-        return {"vocabs": [vocabulary(self.annif, self.subjects)]}
 
-    @router.get("/v1/projects", summary="Annif: projects", tags=["annif"])
-    async def annif_projects(self):
-        return {"projects": [project(self.annif, self.subjects, self.annif_modified)]}
+@router.get("/v1/", summary="Annif: API information", tags=["annif"])
+async def annif_info():
+    return {"title": "llm4tag (Annif-compatible REST API)", "version": API_VERSION}
 
-    @router.get("/v1/projects/{project_id}", summary="Annif: one project", tags=["annif"])
-    async def annif_project(self, project_id: str):
-        try:
-            self._project_or_404(project_id)
-        except Problem as exc:
-            return _problem(exc)
-        return project(self.annif, self.subjects, self.annif_modified)
 
-    @router.post(
-        "/v1/projects/{project_id}/suggest", summary="Annif: suggest subjects for a text", tags=["annif"]
-    )
-    async def annif_suggest(self, project_id: str, request: Request):
-        try:
-            self._project_or_404(project_id)
-            text, params = parse_suggest(
-                parse_form(await self._annif_body(request)), self.subjects, self.limits.max_text_chars
+@router.get("/v1/vocabs", summary="Annif: vocabularies", tags=["annif"])
+async def annif_vocabs(ingress: Replica):
+    return {"vocabs": [vocabulary(ingress.annif, ingress.subjects)]}
+
+
+@router.get("/v1/projects", summary="Annif: projects", tags=["annif"])
+async def annif_projects(ingress: Replica):
+    return {"projects": [project(ingress.annif, ingress.subjects, ingress.annif_modified)]}
+
+
+@router.get("/v1/projects/{project_id}", summary="Annif: one project", tags=["annif"])
+async def annif_project(ingress: Replica, project_id: str):
+    try:
+        ingress._project_or_404(project_id)
+    except Problem as exc:
+        return _problem(exc)
+    return project(ingress.annif, ingress.subjects, ingress.annif_modified)
+
+
+@router.post(
+    "/v1/projects/{project_id}/suggest", summary="Annif: suggest subjects for a text", tags=["annif"]
+)
+async def annif_suggest(ingress: Replica, project_id: str, request: Request):
+    try:
+        ingress._project_or_404(project_id)
+        text, params = parse_suggest(
+            parse_form(await _annif_body(ingress, request)), ingress.subjects, ingress.limits.max_text_chars
+        )
+        (results,) = await ingress._suggest([text], params.limit, params.threshold)
+    except Problem as exc:
+        return _problem(exc)
+    except Overloaded as exc:
+        return _overloaded(exc, ingress.service.retry_after_s)
+    return {"results": results}
+
+
+@router.post(
+    "/v1/projects/{project_id}/suggest-batch",
+    summary="Annif: suggest subjects for up to 32 documents",
+    tags=["annif"],
+)
+async def annif_suggest_batch(ingress: Replica, project_id: str, request: Request):
+    try:
+        ingress._project_or_404(project_id)
+        params = parse_params(dict(request.query_params), ingress.subjects)
+        documents = parse_batch(
+            _annif_json(await _annif_body(ingress, request)), ingress.limits.max_text_chars
+        )
+        results = await ingress._suggest([t for t, _ in documents], params.limit, params.threshold)
+    except Problem as exc:
+        return _problem(exc)
+    except Overloaded as exc:
+        return _overloaded(exc, ingress.service.retry_after_s)
+    return [
+        {"results": found, "document_id": document_id}
+        for found, (_, document_id) in zip(results, documents, strict=True)
+    ]
+
+
+@router.post(
+    "/v1/projects/{project_id}/learn",
+    summary="Annif: learn from indexed documents (recorded as feedback)",
+    status_code=204,
+    tags=["annif"],
+)
+async def annif_learn(ingress: Replica, project_id: str, request: Request):
+    try:
+        ingress._project_or_404(project_id)
+        if not ingress.annif.learn:
+            raise Problem(
+                403,
+                f"Project '{project_id}' is not configured to allow learning via API",
+                "Learning not allowed",
             )
-            (results,) = await self._suggest([text], params.limit, params.threshold)
-        except Problem as exc:
-            return _problem(exc)
-        except Overloaded as exc:
-            return _overloaded(exc, self.service.retry_after_s)
-        return {"results": results}
+        items, unknown = parse_learn(
+            _annif_json(await _annif_body(ingress, request)),
+            ingress.subjects,
+            ingress.limits.max_text_chars,
+            ingress.limits.max_items,
+        )
+        if items:
+            parsed = ingress._parse_feedback({"items": items})
+            await ingress._write_feedback(parsed)
+    except RequestError as exc:
+        return _problem(
+            Problem(exc.status if exc.status in (400, 413) else 400, f"{exc.field}: {exc.message}")
+        )
+    except Problem as exc:
+        return _problem(exc)
+    except Overloaded as exc:
+        return _overloaded(exc, ingress.service.retry_after_s)
+    # Unknown subject URIs are left out as Annif leaves them out; the header says how many.
+    headers = {"X-Unknown-Subjects": str(len(unknown))} if unknown else None
+    if unknown:
+        log.warning(
+            "learn: %d subject URI(s) outside the vocabulary left out, e.g. <%s>", len(unknown), unknown[0]
+        )
+    return Response(status_code=204, media_type="application/json", headers=headers)
 
-    @router.post(
-        "/v1/projects/{project_id}/suggest-batch",
-        summary="Annif: suggest subjects for up to 32 documents",
-        tags=["annif"],
-    )
-    async def annif_suggest_batch(self, project_id: str, request: Request):
-        try:
-            self._project_or_404(project_id)
-            params = parse_params(dict(request.query_params), self.subjects)
-            documents = parse_batch(
-                self._annif_json(await self._annif_body(request)), self.limits.max_text_chars
-            )
-            results = await self._suggest([t for t, _ in documents], params.limit, params.threshold)
-        except Problem as exc:
-            return _problem(exc)
-        except Overloaded as exc:
-            return _overloaded(exc, self.service.retry_after_s)
-        return [
-            {"results": found, "document_id": document_id}
-            for found, (_, document_id) in zip(results, documents, strict=True)
-        ]
 
-    @router.post(
-        "/v1/projects/{project_id}/learn",
-        summary="Annif: learn from indexed documents (recorded as feedback)",
-        status_code=204,
-        tags=["annif"],
-    )
-    async def annif_learn(self, project_id: str, request: Request):
-        try:
-            self._project_or_404(project_id)
-            if not self.annif.learn:
-                raise Problem(
-                    403,
-                    f"Project '{project_id}' is not configured to allow learning via API",
-                    "Learning not allowed",
-                )
-            items = parse_learn(
-                self._annif_json(await self._annif_body(request)),
-                self.subjects,
-                self.limits.max_text_chars,
-                self.limits.max_items,
-            )
-            if items:
-                parsed = self._parse_feedback({"items": items})
-                await self._write_feedback(parsed)
-        except RequestError as exc:
-            return _problem(
-                Problem(exc.status if exc.status in (400, 413) else 400, f"{exc.field}: {exc.message}")
-            )
-        except Problem as exc:
-            return _problem(exc)
-        except Overloaded as exc:
-            return _overloaded(exc, self.service.retry_after_s)
-        return Response(status_code=204, media_type="application/json")
+async def _annif_body(ingress, request: Request) -> bytes:
+    try:
+        return await ingress._body(request)
+    except RequestError as exc:
+        raise Problem(exc.status if exc.status in (400, 413) else 400, exc.message) from exc
 
-    async def _annif_body(self, request: Request) -> bytes:
-        try:
-            return await self._body(request)
-        except RequestError as exc:
-            raise Problem(exc.status if exc.status in (400, 413) else 400, exc.message) from exc
 
-    @staticmethod
-    def _annif_json(raw: bytes) -> Any:
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Problem(400, f"Request body is not valid JSON: {exc}") from exc
+def _annif_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, f"Request body is not valid JSON: {exc}") from exc

@@ -19,11 +19,12 @@ import logging
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
+from deployments._common import current_replica
 from llm4tag.review_queue import (
     REVIEW_HEADER,
     REVIEWER_HEADER,
@@ -37,6 +38,8 @@ from llm4tag.service import search_tags
 
 log = logging.getLogger("ray.serve")
 router = APIRouter()
+# The ingress replica serving the request (its handles, settings, queue).
+Replica = Annotated[Any, Depends(current_replica)]
 UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 REVIEWER = re.compile(r"^[^\x00-\x1f]{1,100}\Z")
 
@@ -50,7 +53,8 @@ def _refusal(exc: ReviewError) -> JSONResponse:
 
 
 class ReviewRoutes:
-    """Routes and hooks of the review queue; the ingress class inherits them (Serve binds ``self``)."""
+    """The review queue's state and hooks; the ingress class inherits them, the routes below reach them
+    through the replica."""
 
     review: ReviewQueue | None
     review_settings: ReviewSettings
@@ -132,96 +136,104 @@ class ReviewRoutes:
             await asyncio.to_thread(self.review.finish, entry["entry"])
         return len(stale)
 
-    # -- routes
 
-    @router.get("/ui", include_in_schema=False)
-    async def ui_root(self):
-        return RedirectResponse("/ui/")
+# -- routes (module functions: the ingress replica comes in as a dependency)
 
-    @router.get("/ui/", include_in_schema=False)
-    async def ui_index(self):
-        return FileResponse(ui_folder() / "index.html", media_type="text/html")
 
-    @router.get("/ui/{name}", include_in_schema=False)
-    async def ui_file(self, name: str):
-        if name not in UI_FILES:  # a fixed list: no path from the request reaches the file system
-            return JSONResponse({"error": f"no file {name!r}", "field": "path"}, status_code=404)
-        return FileResponse(ui_folder() / name, media_type=UI_FILES[name])
+@router.get("/ui", include_in_schema=False)
+async def ui_root():
+    return RedirectResponse("/ui/")
 
-    @router.get("/v1/review/queue", summary="Review queue: entries by state, counts, band")
-    async def review_queue(self, state: str = "pending", limit: int = 50, offset: int = 0):
-        if self.review is None:
-            return _refusal(ReviewError("this service keeps no review queue", 409, "review"))
-        if not 1 <= limit <= 500 or offset < 0:
-            return _refusal(ReviewError("limit must be within 1..500 and offset >= 0", 422, "limit"))
-        try:
-            recovered = await self._review_recover()
-            entries = await asyncio.to_thread(self.review.entries, state, limit, offset, self.review_cut)
-        except ReviewError as exc:
-            return _refusal(exc)
-        counts = await asyncio.to_thread(self.review.counts)
-        return {
-            "entries": entries,
-            "counts": counts,
-            "band": list(self.review_band),
-            "cut": self.review_cut,
-            "recovered": recovered,
-        }
 
-    @router.get("/v1/review/entries/{entry}", summary="One review entry")
-    async def review_entry(self, entry: int):
-        if self.review is None:
-            return _refusal(ReviewError("this service keeps no review queue", 409, "review"))
-        try:
-            return await asyncio.to_thread(self.review.get, entry)
-        except ReviewError as exc:
-            return _refusal(exc)
+@router.get("/ui/", include_in_schema=False)
+async def ui_index():
+    return FileResponse(ui_folder() / "index.html", media_type="text/html")
 
-    @router.get("/v1/knowledge", summary="Retrieved samples and knowledge snippets by id")
-    async def knowledge(self, samples: str = "", snippets: str = ""):
-        sample_ids = [s for s in samples.split(",") if s][:100]
-        snippet_ids = [s for s in snippets.split(",") if s][:100]
-        return await self._call("knowledge", self.generator.knowledge_entries, sample_ids, snippet_ids)
 
-    @router.get("/v1/vocabulary", summary="The vocabulary: descriptions, URIs, hierarchy, stored-item counts")
-    async def vocabulary(
-        self,
-        q: str = "",
-        limit: int = 50,
-        offset: int = 0,
-        tag: list[str] = Query(default=[]),  # noqa: B008
-    ):
-        """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
-        if not 1 <= limit <= self.limits.max_search_results or offset < 0:
-            return JSONResponse(
-                {"error": f"must be within 1..{self.limits.max_search_results}", "field": "limit"},
-                status_code=422,
-            )
-        per_shard = await asyncio.gather(*(self._call("recall", s.tag_counts) for s in self.shards))
-        counts = [sum(c) for c in zip(*per_shard, strict=True)]
-        position = {t: i for i, t in enumerate(self.tags)}
-        if tag:
-            found = [
-                {"tag": t, "description": self.descriptions[position[t]]}
-                for t in dict.fromkeys(tag)
-                if t in position
-            ][:limit]
-        else:
-            found = search_tags(q, self.tags, self.descriptions, offset + limit)[offset:]
-        rows = []
-        for hit in found:
-            tag = hit["tag"]
-            subject = self.subjects.subject(tag, 0.0)
-            rows.append(
-                {
-                    "tag": tag,
-                    "description": hit["description"],
-                    "uri": subject["uri"],
-                    "label": subject["label"],
-                    "notation": subject["notation"],
-                    "broader": self.hierarchy_up.get(tag, []),
-                    "narrower": self.hierarchy_down.get(tag, []),
-                    "count": counts[position[tag]],
-                }
-            )
-        return {"query": q, "tags": rows, "vocabulary_size": len(self.tags)}
+@router.get("/ui/{name}", include_in_schema=False)
+async def ui_file(name: str):
+    if name not in UI_FILES:  # a fixed list: no path from the request reaches the file system
+        return JSONResponse({"error": f"no file {name!r}", "field": "path"}, status_code=404)
+    return FileResponse(ui_folder() / name, media_type=UI_FILES[name])
+
+
+@router.get("/v1/review/queue", summary="Review queue: entries by state, counts, band")
+async def review_queue(ingress: Replica, state: str = "pending", limit: int = 50, offset: int = 0):
+    if ingress.review is None:
+        return _refusal(ReviewError("this service keeps no review queue", 409, "review"))
+    if not 1 <= limit <= 500 or offset < 0:
+        return _refusal(ReviewError("limit must be within 1..500 and offset >= 0", 422, "limit"))
+    try:
+        recovered = await ingress._review_recover()
+        entries = await asyncio.to_thread(ingress.review.entries, state, limit, offset, ingress.review_cut)
+    except ReviewError as exc:
+        return _refusal(exc)
+    counts = await asyncio.to_thread(ingress.review.counts)
+    return {
+        "entries": entries,
+        "counts": counts,
+        "band": list(ingress.review_band),
+        "cut": ingress.review_cut,
+        "recovered": recovered,
+    }
+
+
+@router.get("/v1/review/entries/{entry}", summary="One review entry")
+async def review_entry(ingress: Replica, entry: int):
+    if ingress.review is None:
+        return _refusal(ReviewError("this service keeps no review queue", 409, "review"))
+    try:
+        return await asyncio.to_thread(ingress.review.get, entry)
+    except ReviewError as exc:
+        return _refusal(exc)
+
+
+@router.get("/v1/knowledge", summary="Retrieved samples and knowledge snippets by id")
+async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
+    sample_ids = [s for s in samples.split(",") if s][:100]
+    snippet_ids = [s for s in snippets.split(",") if s][:100]
+    return await ingress._call("knowledge", ingress.generator.knowledge_entries, sample_ids, snippet_ids)
+
+
+@router.get("/v1/vocabulary", summary="The vocabulary: descriptions, URIs, hierarchy, stored-item counts")
+async def vocabulary(
+    ingress: Replica,
+    q: str = "",
+    limit: int = 50,
+    offset: int = 0,
+    tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults per request)
+):
+    """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
+    if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
+        return JSONResponse(
+            {"error": f"must be within 1..{ingress.limits.max_search_results}", "field": "limit"},
+            status_code=422,
+        )
+    per_shard = await asyncio.gather(*(ingress._call("recall", s.tag_counts) for s in ingress.shards))
+    counts = [sum(c) for c in zip(*per_shard, strict=True)]
+    position = {t: i for i, t in enumerate(ingress.tags)}
+    if tag:
+        found = [
+            {"tag": t, "description": ingress.descriptions[position[t]]}
+            for t in dict.fromkeys(tag)
+            if t in position
+        ][:limit]
+    else:
+        found = search_tags(q, ingress.tags, ingress.descriptions, offset + limit)[offset:]
+    rows = []
+    for hit in found:
+        tag = hit["tag"]
+        subject = ingress.subjects.subject(tag, 0.0)
+        rows.append(
+            {
+                "tag": tag,
+                "description": hit["description"],
+                "uri": subject["uri"],
+                "label": subject["label"],
+                "notation": subject["notation"],
+                "broader": ingress.hierarchy_up.get(tag, []),
+                "narrower": ingress.hierarchy_down.get(tag, []),
+                "count": counts[position[tag]],
+            }
+        )
+    return {"query": q, "tags": rows, "vocabulary_size": len(ingress.tags)}

@@ -223,14 +223,18 @@ def parse_batch(body: Any, max_chars: int) -> list[tuple[str, str | None]]:
     return out
 
 
-def parse_learn(body: Any, subjects: Subjects, max_chars: int, max_documents: int) -> list[dict]:
-    """Feedback items (``id``, ``text``, ``tags``) of a learn body. Documents without text or subjects
-    are skipped, as Annif skips them; a subject URI outside the vocabulary is an error."""
+def parse_learn(
+    body: Any, subjects: Subjects, max_chars: int, max_documents: int
+) -> tuple[list[dict], list[str]]:
+    """Feedback items (``id``, ``text``, ``tags``) of a learn body, and the subject URIs outside the
+    vocabulary. As Annif does, those URIs are left out (its learn has no 400 answer), and documents
+    without text or without a known subject are skipped."""
     if not isinstance(body, list):
         raise Problem(400, f"{_json_type(body)} is not of type 'array'")
     if len(body) > max_documents:
         raise Problem(413, f"{len(body)} documents, more than the limit of {max_documents}")
     items: dict[str, dict] = {}
+    unknown: list[str] = []
     for index, document in enumerate(body):
         if not isinstance(document, dict):
             raise Problem(400, f"{_json_type(document)} is not of type 'object' - '{index}'")
@@ -249,9 +253,8 @@ def parse_learn(body: Any, subjects: Subjects, max_chars: int, max_documents: in
                 raise Problem(400, f"'uri' is a required property - '{index}.subjects.{position}'")
             tag = subjects.tag_of(uri)
             if tag is None:
-                raise Problem(
-                    400, f"subject <{uri}> is not in the vocabulary - '{index}.subjects.{position}'"
-                )
+                unknown.append(uri)
+                continue
             tags.append(tag)
         if not tags:
             continue
@@ -260,7 +263,7 @@ def parse_learn(body: Any, subjects: Subjects, max_chars: int, max_documents: in
             items[key]["tags"] = list(dict.fromkeys([*items[key]["tags"], *tags]))
         else:
             items[key] = {"id": key, "text": text, "tags": list(dict.fromkeys(tags))}
-    return list(items.values())
+    return list(items.values()), unknown
 
 
 def _text(value: Any, where: str, max_chars: int) -> str:

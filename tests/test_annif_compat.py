@@ -105,11 +105,22 @@ def test_learn_documents_become_feedback_items_by_uri():
         {"subjects": [{"uri": "http://e/cards"}]},
         {"text": "  ", "subjects": [{"uri": "http://e/cards"}]},
     ]
-    assert parse_learn(body, SUBJECTS, 100, 10) == [
-        {"id": item_id("my card"), "text": "my card", "tags": ["Cards", "top up"]}
-    ]
-    with pytest.raises(Problem, match="<http://e/other> is not in the vocabulary"):
-        parse_learn([{"text": "a", "subjects": [{"uri": "http://e/other"}]}], SUBJECTS, 100, 10)
+    assert parse_learn(body, SUBJECTS, 100, 10) == (
+        [{"id": item_id("my card"), "text": "my card", "tags": ["Cards", "top up"]}],
+        [],
+    )
+    # As Annif: a URI outside the vocabulary is left out (and reported), not refused.
+    mixed = [{"text": "a", "subjects": [{"uri": "http://e/other"}, {"uri": "http://e/cards"}]}]
+    assert parse_learn(mixed, SUBJECTS, 100, 10) == (
+        [{"id": item_id("a"), "text": "a", "tags": ["Cards"]}],
+        ["http://e/other"],
+    )
+    assert parse_learn([{"text": "b", "subjects": [{"uri": "http://e/x"}]}], SUBJECTS, 100, 10) == (
+        [],
+        ["http://e/x"],
+    )
+    with pytest.raises(Problem, match="'uri' is a required property"):
+        parse_learn([{"text": "a", "subjects": [{"label": "x"}]}], SUBJECTS, 100, 10)
     with pytest.raises(Problem) as too_many:
         parse_learn([{"text": "a", "subjects": []}] * 11, SUBJECTS, 100, 10)
     assert too_many.value.status == 413
