@@ -15,6 +15,7 @@ The queue logic is llm4tag/review_queue.py; here are only the routes and the two
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from importlib import resources
@@ -128,7 +129,7 @@ class ReviewRoutes:
         stale = await asyncio.to_thread(self.review.stale, self.review_settings.stale_s)
         for entry in stale:
             try:
-                parsed = self._parse_feedback(entry["feedback"])
+                parsed = self._parse_feedback(json.loads(entry["feedback"]))
                 await self._write_feedback(parsed)
             except Exception as exc:  # the next look at the queue tries again
                 log.warning("review entry %s: could not write its feedback again: %s", entry["entry"], exc)

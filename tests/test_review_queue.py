@@ -267,3 +267,61 @@ def test_every_committed_entry_survives_the_writer_being_killed(tmp_path):
     # Every add that returned is there; at most the one in flight when the kill came is extra.
     pending = ReviewQueue(path).counts()["pending"]
     assert acknowledged + 1 <= pending <= acknowledged + 2
+
+
+@pytest.mark.slow
+def test_a_tag_output_is_imported_by_the_verb(sample_store, tmp_path, capsys):
+    """llm4tag tag --dropped (the tiny LLM) then llm4tag review import: every judged tag in the band."""
+    from pathlib import Path
+
+    from llm4tag.cli import main
+
+    queries = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77" / "queries.jsonl"
+    out, queue_file = tmp_path / "tagged.jsonl", tmp_path / "q.sqlite3"
+    assert (
+        main(
+            [
+                "tag",
+                "--store",
+                str(sample_store),
+                "--input",
+                str(queries),
+                "--output",
+                str(out),
+                "--limit",
+                "4",
+                "--model",
+                "tiny",
+                "--dropped",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    judged = sum(len(r["tags"]) + len(r["dropped"]) for r in rows)
+    assert (
+        main(
+            [
+                "review",
+                "import",
+                "--queue",
+                str(queue_file),
+                "--output",
+                str(out),
+                "--input",
+                str(queries),
+                "--band",
+                "0",
+                "1",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert (summary["rows"], summary["added"], summary["missing_text"]) == (4, judged, 0)
+    entries = ReviewQueue(queue_file).entries(limit=100)
+    assert {(e["item_id"], e["tag"]) for e in entries} == {
+        (r["id"], t["tag"]) for r in rows for t in [*r["tags"], *r["dropped"]]
+    }
+    assert {e["origin"] for e in entries} == {"bulk:tagged.jsonl"}

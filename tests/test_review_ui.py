@@ -95,7 +95,7 @@ def served(ray_cluster, skos_store, tmp_path_factory):
     args = config["applications"][0]["args"]
     args["config"] = str(REPO / "benchmarks" / "configs" / "debian_debtags.yaml")
     # Every judged tag enters the queue (the tiny model's confidences are noise), in a file of its own.
-    args["review"] = {"band": [0.0, 1.0], "queue": str(folder / "queue.sqlite3")}
+    args["review"] = {"band": [0.0, 1.0], "queue": str(folder / "queue.sqlite3"), "stale_s": 2}
     args["annif"] = {"project_id": PROJECT, "name": "Debian debtags (llm4tag)"}
     path = folder / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -375,3 +375,25 @@ def test_two_reviewers_deciding_the_same_entries_apply_each_once(served):
         )
         assert (status, body["field"]) == (422, "id")
         assert call(f"{url}/v1/review/entries/{entry['entry']}")[1]["state"] == "pending"
+
+
+def test_a_decision_whose_writer_died_is_finished_by_the_next_look_at_the_queue(served):
+    """A decision recorded (applying) whose feedback was never written, as after a crash of the replica
+    between the two: the next GET of the queue writes its feedback and finishes it."""
+    import time
+
+    from llm4tag.review_queue import ReviewQueue, feedback_for
+
+    url, store = served["url"], served["store"]
+    queue = ReviewQueue(served["queue"])
+    entry = queue.entries(limit=1)[0]
+    queue.begin(entry["entry"], "accept", None, "crashed", feedback_for(entry, "accept"))
+    before = len(journal_records(store))
+    time.sleep(2.5)  # review.stale_s is 2 here
+    status, answer = call(f"{url}/v1/review/queue?limit=1")
+    assert status == 200 and answer["recovered"] == 1
+    decided = call(f"{url}/v1/review/entries/{entry['entry']}")[1]
+    assert (decided["state"], decided["reviewer"]) == ("decided", "crashed")
+    assert [(r["id"], r["tags"]) for r in journal_records(store)[before:]] == [
+        (entry["item_id"], [entry["tag"]])
+    ]

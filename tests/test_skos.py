@@ -193,3 +193,20 @@ def test_a_store_built_from_skos_keeps_every_uri_and_the_hierarchy(tmp_path):
     rdf_in = rdflib.Graph().parse(source)
     uris_in = {str(c) for c in rdf_in.subjects(rdflib.RDF.type, SKOS.Concept)}
     assert {t.extra["uri"] for t in again} == uris_in
+
+
+def test_a_jsonl_vocabulary_may_carry_its_uris(tmp_path):
+    vocabulary = tmp_path / "tags.jsonl"
+    vocabulary.write_text(
+        json.dumps({"tag": "card_arrival", "description": "d", "uri": "http://e/arrival", "notation": "A1"})
+        + "\n"
+        + json.dumps({"tag": "top_up"})
+        + "\n"
+    )
+    tags = read_tags(vocabulary)
+    meta = vocabulary_meta(tags)
+    assert meta == {"language": None, "tags": {"card_arrival": {"uri": "http://e/arrival", "notation": "A1"}}}
+    assert [tag_uri(t.tag, meta["tags"].get(t.tag)) for t in tags] == [
+        "http://e/arrival",
+        "urn:llm4tag:tag:top_up",
+    ]
