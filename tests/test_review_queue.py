@@ -123,18 +123,22 @@ def test_feedback_that_decides_something_else_is_refused():
         feedback_for(entry, "replace", "t1")
 
 
-def test_an_entry_left_applying_by_a_dead_writer_is_taken_over_once(tmp_path):
+def test_an_entry_left_applying_by_a_dead_writer_is_taken_over_once(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("llm4tag.review_queue.time.time", lambda: clock[0])
     queue = ReviewQueue(tmp_path / "q.sqlite3")
     queue.add(uncertain_tags(row("a", [("t1", 0.6)]), "text a", BAND, "online"))
     entry = queue.entries()[0]
     queue.begin(entry["entry"], "accept", None, "ann", feedback_for(entry, "accept"))
+    clock[0] += 30
     assert queue.stale(60) == []  # still within its writer's time
-    time.sleep(0.05)
-    taken = queue.stale(0.01)
-    assert [e["entry"] for e in taken] == [entry["entry"]] and json.loads(taken[0]["feedback"])["tags"] == [
-        "t1"
-    ]
-    assert queue.stale(0.01) == []  # the first taker holds it
+    clock[0] += 60
+    taken = queue.stale(60)
+    assert [e["entry"] for e in taken] == [entry["entry"]]
+    assert json.loads(taken[0]["feedback"])["tags"] == ["t1"]
+    assert queue.stale(60) == []  # the first taker holds it now
+    clock[0] += 61
+    assert len(queue.stale(60)) == 1  # ... until it, too, is silent too long
     assert queue.finish(entry["entry"])["state"] == "decided"
 
 
@@ -154,7 +158,7 @@ def test_the_queue_survives_reopening_and_is_a_plain_sqlite_file(tmp_path):
 
 def _decide_all(path: str, reviewer: str, entries: list[int], start, results) -> None:
     queue = ReviewQueue(path)
-    start.wait()
+    start.wait()  # both deciders are ready: they start together
     won = []
     for number in entries:
         entry = queue.get(number)
@@ -163,6 +167,7 @@ def _decide_all(path: str, reviewer: str, entries: list[int], start, results) ->
         except AlreadyDecided:
             continue
         won.append(number)
+        time.sleep(0.005)  # the feedback's writes happen here
         queue.finish(number)
     results.put((reviewer, won))
 
@@ -175,14 +180,13 @@ def test_two_reviewers_in_two_processes_decide_each_entry_exactly_once(tmp_path)
     )
     numbers = [e["entry"] for e in queue.entries(limit=100)]
     context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
+    start, results = context.Barrier(2), context.Queue()
     workers = [
         context.Process(target=_decide_all, args=(str(path), name, order, start, results))
         for name, order in (("ann", numbers), ("bob", numbers[::-1]))
     ]
     for worker in workers:
         worker.start()
-    start.set()
     won = dict(results.get(timeout=120) for _ in workers)
     for worker in workers:
         worker.join(timeout=60)
