@@ -86,18 +86,12 @@ def build_app(args: dict[str, Any]) -> Application:
             )
         )
     batching = service.to_dict()
-    generator = opt(Generator, "Generator").bind(
-        store, settings, batching["generator"], batching["calibrator"]
-    )
+    generator = opt(Generator, "Generator").bind(store, settings, batching["generator"])
     calibrator = None
-    if parsed.pipeline.calibrate:
-        # Judgments that continue the generation conversations run where those were computed: on
-        # the Generator deployment (one model in memory, and only the question is computed).
-        calibrator = (
-            generator
-            if judges_in_context(parsed.llm, parsed.prompts)
-            else opt(Calibrator, "Calibrator").bind(store, settings, batching["calibrator"])
-        )
+    # Judgments that continue the generation conversations run where those were computed, in the
+    # Generator's call (one model in memory, only the question computed): no Calibrator deployment.
+    if parsed.pipeline.calibrate and not judges_in_context(parsed.llm, parsed.prompts):
+        calibrator = opt(Calibrator, "Calibrator").bind(store, settings, batching["calibrator"])
     return opt(Ingress, "Ingress").bind(
         encoder,
         shards,

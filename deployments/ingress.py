@@ -6,7 +6,8 @@ GET  /v1/tags?q=    vocabulary search
 GET  /healthz       the ingress answers;   GET /readyz   every stage answers (and what it holds)
 
 Beside them: the review UI and queue (deployments/review_api.py) and Annif's API
-(deployments/annif_api.py), whose routes this class inherits.
+(deployments/annif_api.py): their routers are included in this app, and this class inherits the state
+and hooks their routes use.
 """
 
 import asyncio
@@ -38,7 +39,7 @@ from graph_store import shard_of
 from graph_store.recall import merge_hits, select
 from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.knowledge import Sample
-from llm4tag.pipeline import judgment_context, result_row
+from llm4tag.pipeline import result_row
 from llm4tag.review_queue import ReviewError
 from llm4tag.service import (
     RequestError,
@@ -207,7 +208,7 @@ class Ingress(ReviewRoutes, AnnifRoutes):
         lap("recall")
         for cands in candidates:
             self.metrics.candidates.observe(len(cands))
-        generations = await asyncio.gather(
+        results = await asyncio.gather(
             *(
                 self._call(
                     "generate",
@@ -222,15 +223,18 @@ class Ingress(ReviewRoutes, AnnifRoutes):
                 for item, content, vector, cands in zip(items, contents, vectors, candidates, strict=True)
             )
         )
+        generations = [generation for generation, _, _ in results]
         lap("generate")
-        if self.calibrator is not None:
+        if self.in_context and self.settings.pipeline.calibrate:
+            # Judged by the Generator in the same call: its own measure splits the time.
+            judged = [verdicts for _, verdicts, _ in results]
+            judge_ms = 1000 * max(seconds for _, _, seconds in results)
+            timings["generate"] -= judge_ms
+            timings["calibrate"] = judge_ms
+        elif self.calibrator is not None:
             judged = await asyncio.gather(
                 *(
-                    self._call(
-                        "calibrate",
-                        self.calibrator.judge,
-                        (content, list(g.tags), judgment_context(g) if self.in_context else None),
-                    )
+                    self._call("calibrate", self.calibrator.judge, (content, list(g.tags), None))
                     for content, g in zip(contents, generations, strict=True)
                 )
             )
@@ -336,6 +340,8 @@ class Ingress(ReviewRoutes, AnnifRoutes):
             return self._error(route, 422, {"error": "must be generator or calibrator", "field": "role"})
         role, path = body["role"], body.get("path")
         stage = self.generator if role == "generator" else self.calibrator
+        if stage is None and self.in_context and self.settings.pipeline.calibrate:
+            stage = self.generator  # the Generator replicas judge (and follow the calibrator adapter)
         if stage is None:
             return self._error(route, 422, {"error": "this app runs no calibrator", "field": "role"})
         if not self.settings.llm.adapters_file:
@@ -376,8 +382,10 @@ class Ingress(ReviewRoutes, AnnifRoutes):
         stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(self.shards)})
         stages["generator"] = (self.generator, ())
         if self.calibrator is not None:
-            # Colocated with the generator when it judges in context: that replica describes the role.
-            stages["calibrator"] = (self.calibrator, ("calibrator",) if self.in_context else ())
+            stages["calibrator"] = (self.calibrator, ())
+        elif self.in_context and self.settings.pipeline.calibrate:
+            # Judged on the Generator replicas: one of them describes the role.
+            stages["calibrator"] = (self.generator, ("calibrator",))
         try:
             answers = await asyncio.wait_for(
                 asyncio.gather(*(handle.describe.remote(*args) for handle, args in stages.values())),

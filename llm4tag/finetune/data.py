@@ -211,6 +211,7 @@ def build_examples(
 ) -> tuple[list[Example], list[Example], BuildStats]:
     """Generator and calibrator examples for the annotated ``items`` (see the module docstring)."""
     from graph_store import GraphStore
+    from llm4tag.calibrator import judges_in_context
     from llm4tag.generator import Generator, TagLabels
     from llm4tag.knowledge import DomainKnowledgeBase, Sample, SampleKnowledgeBase
     from llm4tag.prompts import Prompts
@@ -247,6 +248,9 @@ def build_examples(
     if extra:
         domain.add(extra, encoder.encode([s.text for s in extra]), durable=False)
     prompts = Prompts(settings.prompts)
+    # Calibrator examples in the form the served judgments take: a follow-up of the generation
+    # conversation in which the judged tag was the answer, or figure 5 (prompts.layout).
+    in_context = judges_in_context(settings.llm, settings.prompts)
     labels = TagLabels(vocabulary)
     descriptions = {t.tag: t.description for t in tags}
     generator_examples: dict[int, Example] = {}
@@ -348,7 +352,12 @@ def build_examples(
                 Example(
                     "calibrator",
                     item.id,
-                    prompts.judgment(contents[index], labels.label.get(t, t), descriptions.get(t)),
+                    prompts.judgment(
+                        contents[index],
+                        labels.label.get(t, t),
+                        descriptions.get(t),
+                        (messages[pos], labels.label.get(t, t)) if in_context else None,
+                    ),
                     answer,
                     {"tag": t, "why": why, "fold": fold, "source": source},
                 )
