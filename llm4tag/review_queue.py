@@ -385,6 +385,12 @@ class ReviewQueue:
         caller: its ``started`` is moved on, so that two callers do not both take one."""
         now = time.time()
         taken = []
+        with self._connect() as db:  # the common case, nothing stale, takes no write lock
+            if not db.execute(
+                "SELECT 1 FROM entries WHERE state = 'applying' AND started < ? LIMIT 1",
+                (now - older_than_s,),
+            ).fetchone():
+                return []
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT * FROM entries WHERE state = 'applying' AND started < ?", (now - older_than_s,)
