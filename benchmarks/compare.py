@@ -32,15 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
 from pipeline_quality import build_parts, cached_rows, settings_for
 
+from graph_store.durable import append_lines
+from llm4tag.baselines import PipelineTagger, TagIndex, make_baseline
 from llm4tag.data import Item, write_records
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
-from llm4tag.metrics import format_table
-from llm4tag.peers import PipelineTagger, TagIndex, make_peer
-from llm4tag.plots import accuracy_coverage_plot, popularity_histogram
-from llm4tag.tag_metrics import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
+from llm4tag.evaluation.plots import accuracy_coverage_plot, popularity_histogram
+from llm4tag.evaluation.tables import format_table
+from llm4tag.evaluation.tagging import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
 from llm4tag.texts import readable_tag
-from llm4tag.vocab import VocabularyBuilder, open_append, vocabulary_coverage, vocabulary_measures
+from llm4tag.vocab import VocabularyBuilder, vocabulary_coverage, vocabulary_measures
 
 METHODS = ("match", "taggpt-selective", "taggpt-generative", "betag", "llm4tag")
 LABELS = {
@@ -64,22 +65,21 @@ def run_tagger(tagger, items, path: Path, chunk: int, label: str, engine=None) -
     stats = {"items": 0, "seconds": 0.0, "tokens": 0}
     before = _tokens(engine)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open_append(path) as sink:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            started = time.perf_counter()
-            for row in tagger.tag(batch):
-                rows[row["id"]] = row
-                sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            stats["items"] += len(batch)
-            stats["seconds"] += time.perf_counter() - started
-            stats["tokens"] = _tokens(engine) - before
-            done = len(items) - len(todo) + start + len(batch)
-            print(
-                f"#   {label}: {done}/{len(items)} ({stats['seconds'] / stats['items']:.1f} s/item)",
-                flush=True,
-            )
+    for start in range(0, len(todo), chunk):
+        batch = todo[start : start + chunk]
+        started = time.perf_counter()
+        tagged = list(tagger.tag(batch))
+        for row in tagged:
+            rows[row["id"]] = row
+        append_lines(path, [json.dumps(row).encode() for row in tagged])
+        stats["items"] += len(batch)
+        stats["seconds"] += time.perf_counter() - started
+        stats["tokens"] = _tokens(engine) - before
+        done = len(items) - len(todo) + start + len(batch)
+        print(
+            f"#   {label}: {done}/{len(items)} ({stats['seconds'] / stats['items']:.1f} s/item)",
+            flush=True,
+        )
     return {i.id: rows[i.id] for i in items}, stats
 
 
@@ -139,7 +139,7 @@ def compare_dataset(name, args, encoder, engine_box) -> dict:
                 rows, stats = {i.id: have[i.id] for i in sample}, {"items": 0, "seconds": 0.0}
             else:
                 from llm4tag.pipeline import TaggingPipeline
-                from llm4tag.recall import Recaller
+                from llm4tag.recaller import Recaller
 
                 store, samples, domain = build_parts(ds, settings, encoder)
                 pipeline = TaggingPipeline(
@@ -153,7 +153,7 @@ def compare_dataset(name, args, encoder, engine_box) -> dict:
                 tagger = PipelineTagger(pipeline, with_dropped=True)
                 rows, stats = run_tagger(tagger, sample, path, args.chunk, f"{name}/llm4tag", engine())
         else:
-            tagger = make_peer(method, index, settings, None if method == "match" else engine(), max_tags)
+            tagger = make_baseline(method, index, settings, None if method == "match" else engine(), max_tags)
             llm = None if method == "match" else engine()
             rows, stats = run_tagger(
                 tagger, sample, out / f"{method}.jsonl", args.chunk, f"{name}/{method}", llm

@@ -42,9 +42,9 @@ def main() -> None:
 
     from llm4tag.cli import main as cli
     from llm4tag.data import Item, read_tags
-    from llm4tag.recall import Recaller
+    from llm4tag.evaluation.tagging import bootstrap_interval
+    from llm4tag.recaller import Recaller
     from llm4tag.skos import aliases, hierarchy
-    from llm4tag.tag_metrics import bootstrap_interval
 
     skos_tags = read_tags(DEBTAGS / "vocabulary.ttl", "en")
     by_notation = aliases(skos_tags)

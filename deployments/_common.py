@@ -1,21 +1,22 @@
-"""What the stage deployments share: settings from the app's arguments, batch sizes, threads."""
+"""What the stage deployments share: batch sizes, threads. (Their settings arrive typed: the app
+binds llm4tag's Settings and the service's Batching to each deployment.)"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
 
-from llm4tag.config import Settings, settings_from_dict
+from llm4tag import flow
+from llm4tag.annif_compat import Problem
+from llm4tag.http_schema import RequestError
+from llm4tag.review_queue import ReviewError
+from llm4tag.service import Batching
 
 
-def settings_of(data: dict[str, Any] | None) -> Settings:
-    return settings_from_dict(data or {})
-
-
-def configure_batching(method, batching: dict[str, Any]) -> None:
+def configure_batching(method, batching: Batching) -> None:
     """Apply the batch size and wait from config to a @serve.batch method (its decorator holds defaults)."""
-    method.set_max_batch_size(int(batching["max_batch_size"]))
-    method.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
+    method.set_max_batch_size(batching.max_batch_size)
+    method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
 
 async def in_thread(function, *args):
@@ -26,6 +27,49 @@ async def in_thread(function, *args):
 
 class Overloaded(Exception):
     """A stage refused more work (Serve's back pressure): the ingress answers 503 with Retry-After."""
+
+
+class Refused(Exception):
+    """An answer other than 200, with the body every refusal has."""
+
+    def __init__(self, status: int, error: str, field: str):
+        super().__init__(error)
+        self.status, self.body = status, {"error": error, "field": field}
+
+
+# What the ingress's one exception handler (IngressDeployment.refusal) answers.
+REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete, ReviewError, Problem)
+
+
+def answered(route: str, annif: bool = False):
+    """The exception handler of the routes kept outside the ingress class (module functions that take
+    the replica as their ``ingress`` argument): every refusal goes to the replica's one mapping
+    (``refusal``). ``annif``: the route answers in Annif's problem details, so a refusal of ours becomes
+    one first."""
+
+    def wrap(function):
+        @functools.wraps(function)
+        async def answer(*args, **kwargs):
+            try:
+                try:
+                    return await function(*args, **kwargs)
+                except (RequestError, Overloaded) as exc:
+                    if not annif:
+                        raise
+                    raise as_problem(exc) from exc
+            except REFUSALS as exc:
+                return kwargs["ingress"].refusal(route, exc)
+
+        return answer
+
+    return wrap
+
+
+def as_problem(exc: RequestError | Overloaded) -> Problem:
+    if isinstance(exc, Overloaded):
+        return Problem(503, f"the service is overloaded (stage {exc}); retry later")
+    status = exc.status if exc.status in (400, 413) else 400
+    return Problem(status, exc.message if exc.field == "body" else f"{exc.field}: {exc.message}")
 
 
 def current_replica():

@@ -17,11 +17,10 @@ from collections import defaultdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from deployments._common import Overloaded, current_replica
+from deployments._common import answered, current_replica
 from llm4tag.annif_compat import (
-    PROBLEM_MEDIA_TYPE,
     AnnifSettings,
     Problem,
     Subjects,
@@ -36,26 +35,11 @@ from llm4tag.annif_compat import (
     vocabulary,
 )
 from llm4tag.data import Item
-from llm4tag.service import RequestError, TagRequest
 
 log = logging.getLogger("ray.serve")
 router = APIRouter()
 Replica = Annotated[Any, Depends(current_replica)]
 API_VERSION = "0.1.0"
-
-
-def _problem(exc: Problem) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, media_type=PROBLEM_MEDIA_TYPE)
-
-
-def _overloaded(exc: Overloaded, retry_after_s: int) -> JSONResponse:
-    problem = Problem(503, f"the service is overloaded (stage {exc}); retry later")
-    return JSONResponse(
-        problem.body(),
-        status_code=503,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers={"Retry-After": str(retry_after_s)},
-    )
 
 
 class AnnifRoutes:
@@ -65,8 +49,8 @@ class AnnifRoutes:
     annif: AnnifSettings
     subjects: Subjects
 
-    def _init_annif(self, settings: dict | None, vocabulary: dict, modified: str | None) -> None:
-        self.annif = AnnifSettings.model_validate(settings or {})
+    def _init_annif(self, settings: AnnifSettings, vocabulary: dict, modified: str | None) -> None:
+        self.annif = settings
         meta = (vocabulary.get("meta") or {}).get("vocabulary") or {}
         self.subjects = Subjects.of(
             vocabulary["tags"],
@@ -92,15 +76,13 @@ class AnnifRoutes:
         results: dict[str, list[dict]] = {}
         if texts:
             items = [Item(id=item_id(t), text=t) for t in dict.fromkeys(texts)]
-            try:
-                rows, _ = await self._tag(TagRequest(items, candidates=False, dropped=True), origin="annif")
-            except RequestError as exc:
-                raise Problem(exc.status if exc.status in (400, 413) else 400, exc.message) from exc
+            rows = await self._tag(items, with_candidates=False, with_dropped=True, origin="annif")
             results = {row["id"]: suggestions(row, self.subjects, limit, threshold) for row in rows}
         return [results.get(item_id(d), []) if d.strip() else [] for d in documents]
 
 
-# -- routes (module functions: the ingress replica comes in as a dependency)
+# -- routes (module functions: the ingress replica comes in as a dependency; refusals go to the
+# ingress's one handler as Annif's problem details)
 
 
 @router.get("/v1/", summary="Annif: API information", tags=["annif"])
@@ -119,28 +101,22 @@ async def annif_projects(ingress: Replica):
 
 
 @router.get("/v1/projects/{project_id}", summary="Annif: one project", tags=["annif"])
+@answered("/v1/projects/{id}", annif=True)
 async def annif_project(ingress: Replica, project_id: str):
-    try:
-        ingress._project_or_404(project_id)
-    except Problem as exc:
-        return _problem(exc)
+    ingress._project_or_404(project_id)
     return project(ingress.annif, ingress.subjects, ingress.annif_modified)
 
 
 @router.post(
     "/v1/projects/{project_id}/suggest", summary="Annif: suggest subjects for a text", tags=["annif"]
 )
+@answered("/v1/projects/{id}/suggest", annif=True)
 async def annif_suggest(ingress: Replica, project_id: str, request: Request):
-    try:
-        ingress._project_or_404(project_id)
-        text, params = parse_suggest(
-            parse_form(await _annif_body(ingress, request)), ingress.subjects, ingress.limits.max_text_chars
-        )
-        (results,) = await ingress._suggest([text], params.limit, params.threshold)
-    except Problem as exc:
-        return _problem(exc)
-    except Overloaded as exc:
-        return _overloaded(exc, ingress.service.retry_after_s)
+    ingress._project_or_404(project_id)
+    text, params = parse_suggest(
+        parse_form(await ingress._body(request)), ingress.subjects, ingress.limits.max_text_chars
+    )
+    (results,) = await ingress._suggest([text], params.limit, params.threshold)
     return {"results": results}
 
 
@@ -149,18 +125,12 @@ async def annif_suggest(ingress: Replica, project_id: str, request: Request):
     summary="Annif: suggest subjects for up to 32 documents",
     tags=["annif"],
 )
+@answered("/v1/projects/{id}/suggest-batch", annif=True)
 async def annif_suggest_batch(ingress: Replica, project_id: str, request: Request):
-    try:
-        ingress._project_or_404(project_id)
-        params = parse_params(dict(request.query_params), ingress.subjects)
-        documents = parse_batch(
-            _annif_json(await _annif_body(ingress, request)), ingress.limits.max_text_chars
-        )
-        results = await ingress._suggest([t for t, _ in documents], params.limit, params.threshold)
-    except Problem as exc:
-        return _problem(exc)
-    except Overloaded as exc:
-        return _overloaded(exc, ingress.service.retry_after_s)
+    ingress._project_or_404(project_id)
+    params = parse_params(dict(request.query_params), ingress.subjects)
+    documents = parse_batch(_annif_json(await ingress._body(request)), ingress.limits.max_text_chars)
+    results = await ingress._suggest([t for t, _ in documents], params.limit, params.threshold)
     return [
         {"results": found, "document_id": document_id}
         for found, (_, document_id) in zip(results, documents, strict=True)
@@ -173,32 +143,23 @@ async def annif_suggest_batch(ingress: Replica, project_id: str, request: Reques
     status_code=204,
     tags=["annif"],
 )
+@answered("/v1/projects/{id}/learn", annif=True)
 async def annif_learn(ingress: Replica, project_id: str, request: Request):
-    try:
-        ingress._project_or_404(project_id)
-        if not ingress.annif.learn:
-            raise Problem(
-                403,
-                f"Project '{project_id}' is not configured to allow learning via API",
-                "Learning not allowed",
-            )
-        items, unknown = parse_learn(
-            _annif_json(await _annif_body(ingress, request)),
-            ingress.subjects,
-            ingress.limits.max_text_chars,
-            ingress.limits.max_items,
+    ingress._project_or_404(project_id)
+    if not ingress.annif.learn:
+        raise Problem(
+            403,
+            f"Project '{project_id}' is not configured to allow learning via API",
+            "Learning not allowed",
         )
-        if items:
-            parsed = ingress._parse_feedback({"items": items})
-            await ingress._write_feedback(parsed)
-    except RequestError as exc:
-        return _problem(
-            Problem(exc.status if exc.status in (400, 413) else 400, f"{exc.field}: {exc.message}")
-        )
-    except Problem as exc:
-        return _problem(exc)
-    except Overloaded as exc:
-        return _overloaded(exc, ingress.service.retry_after_s)
+    items, unknown = parse_learn(
+        _annif_json(await ingress._body(request)),
+        ingress.subjects,
+        ingress.limits.max_text_chars,
+        ingress.limits.max_items,
+    )
+    if items:
+        await ingress._write_feedback(ingress._parse_feedback({"items": items}))
     # Unknown subject URIs are left out as Annif leaves them out; the header says how many.
     headers = {"X-Unknown-Subjects": str(len(unknown))} if unknown else None
     if unknown:
@@ -206,13 +167,6 @@ async def annif_learn(ingress: Replica, project_id: str, request: Request):
             "learn: %d subject URI(s) outside the vocabulary left out, e.g. <%s>", len(unknown), unknown[0]
         )
     return Response(status_code=204, media_type="application/json", headers=headers)
-
-
-async def _annif_body(ingress, request: Request) -> bytes:
-    try:
-        return await ingress._body(request)
-    except RequestError as exc:
-        raise Problem(exc.status if exc.status in (400, 413) else 400, exc.message) from exc
 
 
 def _annif_json(raw: bytes) -> Any:

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from deployments._common import current_replica
+from deployments._common import Refused, answered, current_replica
 from llm4tag.review_queue import (
     REVIEW_HEADER,
     REVIEWER_HEADER,
@@ -49,10 +49,6 @@ def ui_folder() -> Path:
     return Path(str(resources.files("deployments") / "ui"))
 
 
-def _refusal(exc: ReviewError) -> JSONResponse:
-    return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
-
-
 class ReviewRoutes:
     """The review queue's state and hooks; the ingress class inherits them, the routes below reach them
     through the replica."""
@@ -61,8 +57,8 @@ class ReviewRoutes:
     review_settings: ReviewSettings
     review_band: tuple[float, float]
 
-    def _init_review(self, store: str | None, settings: dict | None, cut: float) -> None:
-        self.review_settings = ReviewSettings.model_validate(settings or {})
+    def _init_review(self, store: str | None, settings: ReviewSettings, cut: float) -> None:
+        self.review_settings = settings
         self.review_band = self.review_settings.band_around(cut)
         self.review_cut = cut
         self.review = (
@@ -159,16 +155,14 @@ async def ui_file(name: str):
 
 
 @router.get("/v1/review/queue", summary="Review queue: entries by state, counts, band")
+@answered("/v1/review/queue")
 async def review_queue(ingress: Replica, state: str = "pending", limit: int = 50, offset: int = 0):
     if ingress.review is None:
-        return _refusal(ReviewError("this service keeps no review queue", 409, "review"))
+        raise ReviewError("this service keeps no review queue", 409, "review")
     if not 1 <= limit <= 500 or offset < 0:
-        return _refusal(ReviewError("limit must be within 1..500 and offset >= 0", 422, "limit"))
-    try:
-        recovered = await ingress._review_recover()
-        entries = await asyncio.to_thread(ingress.review.entries, state, limit, offset, ingress.review_cut)
-    except ReviewError as exc:
-        return _refusal(exc)
+        raise ReviewError("limit must be within 1..500 and offset >= 0", 422, "limit")
+    recovered = await ingress._review_recover()
+    entries = await asyncio.to_thread(ingress.review.entries, state, limit, offset, ingress.review_cut)
     counts = await asyncio.to_thread(ingress.review.counts)
     return {
         "entries": entries,
@@ -180,16 +174,15 @@ async def review_queue(ingress: Replica, state: str = "pending", limit: int = 50
 
 
 @router.get("/v1/review/entries/{entry}", summary="One review entry")
+@answered("/v1/review/entries")
 async def review_entry(ingress: Replica, entry: int):
     if ingress.review is None:
-        return _refusal(ReviewError("this service keeps no review queue", 409, "review"))
-    try:
-        return await asyncio.to_thread(ingress.review.get, entry)
-    except ReviewError as exc:
-        return _refusal(exc)
+        raise ReviewError("this service keeps no review queue", 409, "review")
+    return await asyncio.to_thread(ingress.review.get, entry)
 
 
 @router.get("/v1/knowledge", summary="Retrieved samples and knowledge snippets by id")
+@answered("/v1/knowledge")
 async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
     sample_ids = [s for s in samples.split(",") if s][:100]
     snippet_ids = [s for s in snippets.split(",") if s][:100]
@@ -197,6 +190,7 @@ async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
 
 
 @router.get("/v1/vocabulary", summary="The vocabulary: descriptions, URIs, hierarchy, stored-item counts")
+@answered("/v1/vocabulary")
 async def vocabulary(
     ingress: Replica,
     q: str = "",
@@ -206,10 +200,7 @@ async def vocabulary(
 ):
     """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
     if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
-        return JSONResponse(
-            {"error": f"must be within 1..{ingress.limits.max_search_results}", "field": "limit"},
-            status_code=422,
-        )
+        raise Refused(422, f"must be within 1..{ingress.limits.max_search_results}", "limit")
     per_shard = await asyncio.gather(*(ingress._call("recall", s.tag_counts) for s in ingress.shards))
     counts = [sum(c) for c in zip(*per_shard, strict=True)]
     position = {t: i for i, t in enumerate(ingress.tags)}

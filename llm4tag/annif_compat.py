@@ -22,11 +22,12 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from llm4tag.section import Section
 from llm4tag.skos import DERIVED_URI_BASE, tag_uri
 
 # Annif's limits (annif.yaml): at most 32 documents per suggest-batch; limit >= 0; 0 <= threshold <= 1.
@@ -42,10 +43,10 @@ TITLES = {
 }
 
 
-class AnnifSettings(BaseModel):
-    """The ``annif:`` section of the Serve application's arguments."""
+class AnnifSettings(Section):
+    """The Annif-compatible API (the `annif:` argument of the Serve application)."""
 
-    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "annif"
 
     project_id: str = Field("llm4tag", pattern=r"^[A-Za-z0-9_-]+$", description="The Annif project id.")
     name: str = Field("llm4tag", description="The project's name.")

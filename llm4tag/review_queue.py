@@ -36,11 +36,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from llm4tag.errors import LLM4TagError
+from llm4tag.section import Section
 
 DECISIONS = ("accept", "reject", "replace")
 STATES = ("pending", "applying", "decided")
@@ -95,10 +96,10 @@ class AlreadyDecided(ReviewError):
         self.entry = entry
 
 
-class ReviewSettings(BaseModel):
-    """The ``review:`` section of the Serve application's arguments (and of ``review import``)."""
+class ReviewSettings(Section):
+    """The review queue (the `review:` argument of the Serve application; `llm4tag review import`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "review"
 
     band: tuple[float, float] | None = Field(
         None, description="Confidences [low, high] that enter the queue; default: the cut +- margin."

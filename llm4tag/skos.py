@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from llm4tag.data import Tag
 from llm4tag.errors import DataError
+from llm4tag.tag_entry import Tag
 
 SKOS_EXTENSIONS = {
     ".ttl": "turtle",

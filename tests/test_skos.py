@@ -152,8 +152,7 @@ def test_the_shipped_debtags_vocabulary_names_every_tag_of_the_sample():
     assert items.unknown_tag_annotations == 0
 
 
-@pytest.mark.slow
-def test_a_store_built_from_skos_keeps_every_uri_and_the_hierarchy(tmp_path):
+def test_a_store_built_from_skos_keeps_every_uri_and_the_hierarchy(tmp_path, encoder):
     """llm4tag build --tags vocabulary.ttl: the store's vocabulary written back as SKOS has the URIs,
     labels, notations, notes and hierarchy of the input (URIs out equal URIs in)."""
     from graph_store import GraphStore, read_vocabulary

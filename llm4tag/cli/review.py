@@ -1,15 +1,19 @@
-"""The `llm4tag review` verb: `review import` queues the uncertain tags of a tag output (a bulk output
-folder or a file written by `llm4tag tag`) for the review UI (registered by ``add_commands``)."""
+"""`llm4tag review import`: queue the uncertain tags of a tag output (a bulk output folder or a file
+written by `llm4tag tag --dropped`) for the review UI."""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
+from llm4tag.cli.common import add_config, print_json
+from llm4tag.config import load_settings
+from llm4tag.data import read_items
 from llm4tag.errors import LLM4TagError
+from llm4tag.review_queue import ReviewQueue, ReviewSettings, import_rows, read_bulk_rows
 
 
-def add_commands(verbs) -> None:
+def register(verbs) -> None:
     review = verbs.add_parser("review", help="the review queue of uncertain tags (the UI's Review page)")
     review_verbs = review.add_subparsers(dest="review_verb", required=True)
     imp = review_verbs.add_parser(
@@ -29,26 +33,20 @@ def add_commands(verbs) -> None:
         help="confidences to queue (default: cut +- margin)",
     )
     imp.add_argument("--margin", type=float, help="half-width of the default band (default 0.15)")
-    imp.add_argument("--config", help="settings YAML (pipeline.threshold is the cut)")
+    add_config(imp, "settings YAML (pipeline.threshold is the cut)")
+    imp.set_defaults(run=run)
 
 
-def _cmd_review(args) -> int:
-    from llm4tag.config import load_settings
-    from llm4tag.data import read_items
-    from llm4tag.review_queue import ReviewQueue, ReviewSettings, import_rows, read_bulk_rows
-
+def run(args) -> int:
     if not args.store and not args.queue:
         raise LLM4TagError("name the queue: --store (the served store folder) or --queue (its file)")
-    try:
-        settings = ReviewSettings.model_validate(
-            {
-                **({"band": tuple(args.band)} if args.band else {}),
-                **({"margin": args.margin} if args.margin is not None else {}),
-                **({"queue": args.queue} if args.queue else {}),
-            }
-        )
-    except ValueError as exc:
-        raise LLM4TagError(f"review settings: {exc}") from exc
+    settings = ReviewSettings.load(
+        {
+            **({"band": tuple(args.band)} if args.band else {}),
+            **({"margin": args.margin} if args.margin is not None else {}),
+            **({"queue": args.queue} if args.queue else {}),
+        }
+    )
     config = load_settings(args.config)
     band = settings.band_around(config.pipeline.threshold)
     if not Path(args.output).exists():
@@ -61,16 +59,11 @@ def _cmd_review(args) -> int:
     }
     queue = ReviewQueue(settings.queue_path(args.store or "."))
     counts = import_rows(queue, read_bulk_rows(args.output), texts, band, f"bulk:{Path(args.output).name}")
-    print(
-        json.dumps({"queue": str(queue.path), "band": list(band), **counts, "queue_counts": queue.counts()})
-    )
+    print_json({"queue": str(queue.path), "band": list(band), **counts, "queue_counts": queue.counts()})
     if counts["rows_without_dropped"]:
         print(
-            f"note: {counts['rows_without_dropped']} row(s) carry no 'dropped' tags (tag without --dropped): "
-            "only their kept tags could enter the queue",
-            flush=True,
+            f"note: {counts['rows_without_dropped']} row(s) carry no 'dropped' tags (tag without "
+            "--dropped): only their kept tags could enter the queue",
+            file=sys.stderr,
         )
     return 0
-
-
-COMMANDS = {"review": _cmd_review}
