@@ -48,14 +48,14 @@ class AnnifSettings(Section):
 
     section: ClassVar[str] = "annif"
 
-    project_id: str = Field("llm4tag", pattern=r"^[A-Za-z0-9_-]+$", description="The Annif project id.")
-    name: str = Field("llm4tag", description="The project's name.")
+    project_id: str = Field("llm4tag", pattern=r"^[A-Za-z0-9_-]+$", description="the Annif project id")
+    name: str = Field("llm4tag", description="the project's name")
     language: str | None = Field(
-        None, description="Language of the labels; default: the SKOS vocabulary's (--language), else 'en'."
+        None, description="language of the labels; default: the SKOS vocabulary's (--language), else 'en'"
     )
-    vocab_id: str = Field("llm4tag", description="The vocabulary's id in GET /v1/vocabs.")
-    uri_base: str = Field(DERIVED_URI_BASE, description="Prefix of the URIs derived for tags without one.")
-    learn: bool = Field(True, description="Accept POST .../learn (it becomes feedback).")
+    vocab_id: str = Field("llm4tag", description="the vocabulary's id in GET /v1/vocabs")
+    uri_base: str = Field(DERIVED_URI_BASE, description="prefix of the URIs derived for tags without one")
+    learn: bool = Field(True, description="accept POST .../learn (it becomes feedback)")
 
 
 class Problem(Exception):

@@ -102,17 +102,13 @@ class ReviewSettings(Section):
     section: ClassVar[str] = "review"
 
     band: tuple[float, float] | None = Field(
-        None, description="Confidences [low, high] that enter the queue; default: the cut +- margin."
+        None, description="confidences [low, high] that enter the queue; default: the cut +- margin"
     )
-    margin: float = Field(0.15, ge=0.0, le=1.0, description="Half-width of the default band.")
-    queue: str | None = Field(
-        None, description="The queue's SQLite file; default STORE/review/queue.sqlite3."
-    )
-    online: bool = Field(
-        True, description="Queue uncertain tags of online requests (/v1/tag, Annif suggest)."
-    )
+    margin: float = Field(0.15, ge=0.0, le=1.0, description="half-width of the default band")
+    queue: str | None = Field(None, description="the queue's SQLite file; default STORE/review/queue.sqlite3")
+    online: bool = Field(True, description="queue uncertain tags of online requests (/v1/tag, Annif suggest)")
     stale_s: float = Field(
-        60.0, gt=0, description="An entry left 'applying' this long (its writer died) is finished by another."
+        60.0, gt=0, description="an entry left 'applying' this long (its writer died) is finished by another"
     )
 
     @model_validator(mode="after")
