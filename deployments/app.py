@@ -8,6 +8,7 @@ list (Serve applies them by name) or, for `llm4tag serve`, from `args["deploymen
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,19 @@ from deployments.generator import GeneratorDeployment
 from deployments.graph_recall import GraphRecallDeployment
 from deployments.ingress import IngressDeployment
 from graph_store import read_vocabulary
+from llm4tag.annif_compat import AnnifSettings
 from llm4tag.auth import ApiKeys
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings, load_settings
 from llm4tag.errors import ConfigError
+from llm4tag.review_queue import ReviewSettings
 from llm4tag.service import ServiceConfig
 
 # journal: folder of the graph journals when not the store folder (shared storage on a cluster whose
 # nodes hold node-local copies of the store; README: "Scaling out").
-KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options", "journal"}
+# review: the review queue (llm4tag/review_queue.py ReviewSettings); annif: the Annif-compatible API
+# (llm4tag/annif_compat.py AnnifSettings).
+KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options", "journal", "review", "annif"}
 
 
 def resolve_path(path: str, base: str | None = None) -> str:
@@ -52,16 +57,19 @@ def build_app(args: dict[str, Any]) -> Application:
     base = load_settings(resolve_path(str(args["config"]))) if args.get("config") else Settings()
     settings = base.with_overrides(args.get("settings") or {})
     service = ServiceConfig.load(args.get("service"))
-    if service.auth.enabled:
-        ApiKeys.load(service.auth)  # a malformed or world-readable key file is refused before start-up
     # Relative paths are the config folder's, as for the store ("~" is each node's home).
     if service.adapters_root is not None:
         service = service.model_copy(update={"adapters_root": resolve_path(service.adapters_root)})
     if not service.auth.keys_file.startswith("~"):
         auth = service.auth.model_copy(update={"keys_file": resolve_path(service.auth.keys_file)})
         service = service.model_copy(update={"auth": auth})
+    if service.auth.enabled:
+        ApiKeys.load(service.auth)  # a malformed or world-readable key file is refused before start-up
     journal = resolve_path(str(args["journal"])) if args.get("journal") else None
     vocabulary = read_vocabulary(store)
+    # Checked here, before any replica starts, like the settings.
+    review = ReviewSettings.load(args.get("review"))
+    annif = AnnifSettings.load(args.get("annif"))
     options = args.get("deployment_options") or {}
 
     def opt(deployment, name: str):
@@ -93,7 +101,25 @@ def build_app(args: dict[str, Any]) -> Application:
         shards,
         generator,
         calibrator,
-        {"tags": vocabulary.tags, "descriptions": vocabulary.descriptions},
+        {
+            "tags": vocabulary.tags,
+            "descriptions": vocabulary.descriptions,
+            "meta": vocabulary.meta,
+            "broader": vocabulary.broader,
+            "modified": _modified(store),
+        },
         settings,
         service,
+        store,
+        review,
+        annif,
     )
+
+
+def _modified(store: str) -> str | None:
+    """When the store's live version was made (Annif's project modification_time)."""
+    for pointer in (Path(store) / "CURRENT", Path(store) / "shards.json"):
+        if pointer.exists():
+            stamp = datetime.fromtimestamp(pointer.stat().st_mtime, tz=UTC)
+            return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None
