@@ -152,8 +152,8 @@ def test_adapters_swap_under_load_without_failing_a_request(served, adapters):
 
     status, ready = call(f"{url}/readyz")
     generator, calibrator = ready["stages"]["generator"], ready["stages"]["calibrator"]
-    assert generator["adapter"]["path"] == str(adapters / "generator") and generator["swaps"] == 1
-    assert calibrator["adapter"]["path"] == str(adapters / "calibrator") and calibrator["swaps"] == 1
+    assert generator["adapter"]["path"] == "generator" and generator["swaps"] == 1
+    assert calibrator["adapter"]["path"] == "calibrator" and calibrator["swaps"] == 1
     assert generator["adapter"]["data_hash"] and generator["error"] is None
     active = json.loads(served["active"].read_text())
     assert active["generator"] == str((adapters / "generator").resolve()) and active["by"] == "admin"
