@@ -256,7 +256,7 @@ def _fit_omikuji(features: sp.csr_matrix, labels: list[list[int]], n_labels: int
                 vals = features.data[start:end]
                 pairs = " ".join(f"{c}:{v:.6g}" for c, v in zip(cols.tolist(), vals.tolist(), strict=True))
                 fh.write(f"{','.join(map(str, sorted(set(row_labels))))} {pairs}\n")
-        with _quiet_stderr():
+        with _quiet_output():
             return omikuji.Model.train_on_data(str(path), hyper, config.threads or None)
 
 
@@ -277,17 +277,20 @@ def _fit_linear(features: sp.csr_matrix, labels: list[list[int]], n_labels: int,
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Omikuji's Rust core draws progress bars on file descriptor 2 with no switch to turn them off."""
+def _quiet_output():
+    """Omikuji's Rust core logs to file descriptor 1 and draws progress bars on 2, with no switch."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        for fd in saved:
+            os.dup2(devnull, fd)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
         os.close(devnull)
 
 
