@@ -241,6 +241,23 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
             "fit_seconds": fit_s[label],
             "ms_per_item": item_ms[label],
         }
+    # Where annotations are scarce: test items whose gold tags have no (or few) train annotations.
+    counts: dict[str, int] = {}
+    for tags in data.item_tags:
+        for t in tags:
+            counts[t] = counts.get(t, 0) + 1
+    scarce = {}
+    for label_range, lo, hi in (("0", 0, 0), ("1-4", 1, 4)):
+        subset = [i for i in ds.test if all(lo <= counts.get(t, 0) <= hi for t in i.tags or ())]
+        scarce[label_range] = {
+            "items": len(subset),
+            "top1_right": {
+                label: float(np.mean([bool(p[i.id]) and p[i.id][0]["tag"] in gold[i.id] for i in subset]))
+                if subset
+                else float("nan")
+                for label, p in methods.items()
+            },
+        }
     ranker_preds = methods["**ranker**"]
     cut_precision, cut_coverage = precision_and_coverage_at(gold, ranker_preds, models.cut)
     results["**ranker**"]["held_out_cut"] = {
@@ -249,13 +266,24 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
         "test_coverage": cut_coverage,
         "held_out_metrics": models.metrics,
     }
-    curves = {label: threshold_curve(gold, preds, THRESHOLDS, task) for label, preds in methods.items()}
+    curves = {
+        label.strip("*"): threshold_curve(gold, preds, THRESHOLDS, task) for label, preds in methods.items()
+    }
     png = accuracy_coverage_plot(
         curves,
         args.out / name / "accuracy_coverage.png",
         task,
         title=f"{name}: {n} test items, every method on the same items",
     )
+    if task == "multi":
+        # Seven methods times three k crowd one legend: the top tag alone, drawn as a single-tag curve.
+        top1 = {label: [{**p, "precision": p["acc@1"]} for p in curve] for label, curve in curves.items()}
+        accuracy_coverage_plot(
+            top1,
+            args.out / name / "accuracy_coverage_acc1.png",
+            "single",
+            title=f"{name}: Acc@1 vs Coverage@1, {n} test items",
+        )
     print(f"# {name}: train {len(ds.train)}, test {n}, tags {len(ds.tags)}, task {task}, {emit} tag(s) shown")
     return {
         "name": name,
@@ -268,6 +296,8 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
         "cut": {"cut": models.cut, "test_precision": cut_precision, "test_coverage": cut_coverage},
         "held_out": models.metrics,
         "gold_missed": held.gold_missed,
+        "scarce": scarce,
+        "curves": curves,
         "png": str(png),
     }
 
@@ -295,15 +325,23 @@ def main() -> int:
         everything[name] = result
         cut = result["cut"]
         held = result["held_out"]
+        cut_text = "none reaches it" if cut["cut"] is None else f"{cut['cut']:.3f}"
         section = (
             f"## {name} ({result['task']}-tag, {result['n']} test items = the whole test split, "
             f"{result['train']} train items, {result['emit']} tag(s) shown per item)\n\n"
             + format_table(result["table"], list(result["table"][0]))
-            + f"\n\nRanker cut fitted on held-out train folds for 95% precision: {cut['cut']}, on test: "
-            f"precision {cut['test_precision']:.4f}, coverage {cut['test_coverage']:.3f}. Held out on train: "
-            f"top-1 precision {held['top1_precision']:.4f}, ECE {held['ece_shown']:.4f}, gold tags no "
-            f"candidate covered {result['gold_missed']}.\n"
+            + f"\n\nRanker cut fitted on held-out train folds for 95% precision: {cut_text}, on test: "
+            f"precision {cut['test_precision']:.4f}, coverage {cut['test_coverage']:.3f}. Held out on train "
+            f"(out-of-fold): top-1 precision {held['top1_precision']:.4f}; gold tags no candidate covered: "
+            f"{result['gold_missed']}.\n"
         )
+        for band, info in result["scarce"].items():
+            if info["items"]:
+                shares = ", ".join(f"{k.strip('*')} {v:.3f}" for k, v in info["top1_right"].items())
+                section += (
+                    f"\nTest items whose gold tags have {band} train annotations: {info['items']}; "
+                    f"share whose top tag is right: {shares}.\n"
+                )
         print("\n" + section, flush=True)
         sections.append(section)
         (args.out / "tables.md").write_text("\n".join(sections))

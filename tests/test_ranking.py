@@ -170,6 +170,16 @@ def test_a_planted_leak_is_caught(banking, fitted, queries, encoder):
     # A fold whose store and learned recall were built with its own items.
     with pytest.raises(LeakError):
         fold_parts(banking, held, GraphConfig(), LearnedConfig())
+    with pytest.raises(LeakError):
+        LearnedRecall.fit(
+            ids=banking.ids,
+            texts=banking.texts,
+            vectors=banking.vectors,
+            item_tags=banking.item_tags,
+            tags=banking.tags,
+            encoder_id=banking.encoder_id,
+            exclude_ids=held[:1],
+        )
 
     def leaky_parts(rest, held_ids, graph, learned):
         return fold_parts(banking, [], graph, learned)  # fits on every item, the held-out ones too
@@ -211,6 +221,23 @@ def test_models_persist_and_are_refused_under_another_encoder(fitted, banking, q
     # A second save replaces the first whole.
     models.save(tmp_path / "ranking")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]
+
+
+@pytest.mark.slow
+def test_a_failed_save_leaves_the_previous_models(fitted, encoder, tmp_path, monkeypatch):
+    models, _ = fitted
+    models.save(tmp_path / "ranking")
+    before = (tmp_path / "ranking" / "manifest.json").read_text()
+
+    def disk_full(folder):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(models.ranker, "save", disk_full)
+    with pytest.raises(OSError):
+        models.save(tmp_path / "ranking")
+    assert (tmp_path / "ranking" / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]  # no half-written folder left
+    assert RankingModels.load(tmp_path / "ranking", expected_encoder_id=encoder.id).cut == models.cut
 
 
 @pytest.mark.slow

@@ -48,6 +48,11 @@ class CandidateSet:
     features: np.ndarray  # (len(tags), len(FEATURES)) float32
 
 
+def contents_of(store: GraphStore | ShardedStore) -> int:
+    shards = store.shards if isinstance(store, ShardedStore) else [store]
+    return sum(shard.graph.num_contents for shard in shards)
+
+
 class CandidateFeatures:
     """Candidates and features of new items against one store and one learned model."""
 

@@ -14,11 +14,9 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llm4tag.errors import LLM4TagError
-from llm4tag.ranking.provenance import (
-    EncoderMismatch,
-    LeakError,
-    check_manifest,
-    data_hash,
-    write_manifest,
-)
+from llm4tag.ranking.provenance import LeakError, check_manifest, data_hash, new_folder, write_manifest
 
 KINDS = ("omikuji", "linear")
 # Measured on a held-out fifth of each shared train split (benchmarks/learned_recall.py): see the
@@ -177,10 +169,7 @@ class LearnedRecall:
         """Write the model into ``folder`` whole or not at all (a temporary folder, then a rename)."""
         import joblib
 
-        target = Path(folder)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with new_folder(folder) as tmp:
             joblib.dump(self.vectorizer, tmp / "vectorizer.joblib")
             if self.config.kind == "omikuji":
                 self.model.save(str(tmp / "omikuji"))
@@ -195,11 +184,7 @@ class LearnedRecall:
                 settings=asdict(self.config),
                 extra={"tags": self.tags, "fit_seconds": self.fit_seconds, "metrics": self.metrics},
             )
-            _replace_folder(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, expected_encoder_id: str) -> LearnedRecall:
@@ -227,7 +212,7 @@ class LearnedRecall:
         )
 
 
-__all__ = ["DEFAULT_KIND", "KINDS", "EncoderMismatch", "LearnedConfig", "LearnedRecall"]
+__all__ = ["DEFAULT_KIND", "KINDS", "LearnedConfig", "LearnedRecall"]
 
 
 def _features(words: sp.csr_matrix, vectors: np.ndarray, config: LearnedConfig) -> sp.csr_matrix:
@@ -292,15 +277,3 @@ def _quiet_output():
             os.dup2(copy, fd)
             os.close(copy)
         os.close(devnull)
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Move a complete folder over ``target``: the old one is renamed away first, then removed, so a
-    crash leaves either the old or the new model, never a mix."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,9 +22,9 @@ import numpy as np
 from graph_store import GraphConfig, GraphStore, ShardedStore
 from llm4tag.errors import LLM4TagError
 from llm4tag.ranking.crossfit import Annotated, HeldOut, held_out_candidates
-from llm4tag.ranking.features import CandidateFeatures
-from llm4tag.ranking.learned import LearnedConfig, LearnedRecall, _replace_folder
-from llm4tag.ranking.provenance import EncoderMismatch, check_manifest, data_hash, write_manifest
+from llm4tag.ranking.features import CandidateFeatures, contents_of
+from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
+from llm4tag.ranking.provenance import EncoderMismatch, check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
 from llm4tag.ranking.routing import precision_cut
 from llm4tag.tag_metrics import expected_calibration_error
@@ -59,6 +57,17 @@ class RankingModels:
     target_precision: float = 0.95
     cut: float | None = None  # threshold reaching target_precision on held-out data
     metrics: dict = field(default_factory=dict)
+    _features: tuple = field(default=(None, None), repr=False, compare=False)
+
+    def features_for(self, store: GraphStore | ShardedStore) -> CandidateFeatures:
+        """The feature computer of a store, reused across batches: it reads the store's tag vectors
+        and annotation counts once, again only when the store has grown by new items."""
+        key = (id(store), contents_of(store))
+        cached_key, cached = self._features
+        if cached_key != key:
+            cached = CandidateFeatures(store, self.learned, learned_k=self.learned_k)
+            self._features = (key, cached)
+        return cached
 
     def assert_unseen(self, ids: Sequence[str]) -> None:
         self.learned.assert_unseen(ids)
@@ -75,7 +84,7 @@ class RankingModels:
         items are first checked not to be training items of the fitted models."""
         if ids is not None:
             self.assert_unseen(ids)
-        sets = CandidateFeatures(store, self.learned, learned_k=self.learned_k).compute(texts, vectors)
+        sets = self.features_for(store).compute(texts, vectors)
         if not sets:
             return []
         raw = self.ranker.raw(np.concatenate([s.features for s in sets]))
@@ -102,10 +111,7 @@ class RankingModels:
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
-        target = Path(folder)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with new_folder(folder) as tmp:
             self.learned.save(tmp / "learned")
             self.ranker.save(tmp / "ranker")
             write_manifest(
@@ -121,11 +127,7 @@ class RankingModels:
                 },
                 extra={"metrics": self.metrics},
             )
-            _replace_folder(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, expected_encoder_id: str) -> RankingModels:
@@ -184,7 +186,8 @@ def fit_ranking(
         "held_out_rows": len(held.y),
         "gold_tags_missed_by_candidates": held.gold_missed,
         "top1_precision": float(held.y[top1].mean()),
-        "ece_shown": expected_calibration_error(
+        # In-sample for the isotonic map (fitted on these very rows): a check, not an estimate.
+        "ece_shown_calibration_fit": expected_calibration_error(
             zip(oof[shown].tolist(), held.y[shown].tolist(), strict=True)
         )["ece"],
         "cut": cut,

@@ -8,11 +8,15 @@ ids of their training items, so scoring an item they were trained on is caught (
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from llm4tag.errors import LLM4TagError
@@ -86,3 +90,30 @@ def _json_default(value):
     if isinstance(value, set | frozenset | tuple):
         return sorted(value) if isinstance(value, set | frozenset) else list(value)
     raise TypeError(f"cannot write {type(value).__name__} to a manifest")
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Move a complete folder over ``target``: the old one is renamed away first, then removed, so a
+    crash leaves either the old or the new model, never a mix."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def new_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``target`` to write a model into; on success it replaces ``target``
+    whole, on failure it is removed and ``target`` stays as it was."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,8 +22,7 @@ import numpy as np
 
 from llm4tag.errors import LLM4TagError
 from llm4tag.ranking.features import FEATURES
-from llm4tag.ranking.learned import _replace_folder
-from llm4tag.ranking.provenance import LeakError, check_manifest, write_manifest
+from llm4tag.ranking.provenance import LeakError, check_manifest, new_folder, write_manifest
 
 CALIBRATIONS = ("isotonic", "sigmoid")
 
@@ -127,10 +124,7 @@ class Ranker:
     def save(self, folder: str | os.PathLike) -> Path:
         import joblib
 
-        target = Path(folder)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with new_folder(folder) as tmp:
             joblib.dump({"model": self.model, "calibrator": self.calibrator}, tmp / "ranker.joblib")
             (tmp / "trained_ids.json").write_text(json.dumps(sorted(self.trained_ids)))
             write_manifest(
@@ -146,11 +140,7 @@ class Ranker:
                     "metrics": self.metrics,
                 },
             )
-            _replace_folder(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | os.PathLike, *, expected_encoder_id: str) -> Ranker:
