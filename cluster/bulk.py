@@ -23,7 +23,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from graph_store import Candidate
-from llm4tag.calibrator import Judged
+from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.config import BulkStage, Settings
 from llm4tag.data import Item
 from llm4tag.errors import DataError, LLM4TagError
@@ -246,29 +246,41 @@ def _empty(final: bool, dim: int) -> pa.Table | dict[str, np.ndarray]:
 
 
 class GenerateStage:
-    """LLM: knowledge-enhanced generation over the recalled candidates (no graph, no encoder)."""
+    """LLM: knowledge-enhanced generation over the recalled candidates (no graph, no encoder). When the
+    judgments continue the generation conversations (``prompts.layout``) it judges too, on the engine
+    that holds them, and the calibrate stage only writes the rows."""
 
     def __init__(self, store: str, settings: Settings):
         from llm4tag.pipeline import TaggingPipeline
 
+        settings = replace(settings, pipeline=replace(settings.pipeline, calibrate=_judges_here(settings)))
         self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = [str(i) for i in batch["id"]]
         if not ids:
-            return {k: batch[k] for k in ("id", "content", "candidates")} | {
-                "generation": np.array([], dtype=object)
-            }
+            empty = np.array([], dtype=object)
+            judged = {"verdicts": empty} if self.pipeline.calibrator is not None else {}
+            return {k: batch[k] for k in ("id", "content", "candidates")} | {"generation": empty} | judged
         contents = [str(c) for c in batch["content"]]
         vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
         names = [[c["tag"] for c in json.loads(cs)] for cs in batch["candidates"]]
         generations = self.pipeline.generate(ids, contents, vectors, names)
-        return {
+        out = {
             "id": batch["id"],
             "content": batch["content"],
             "candidates": batch["candidates"],
             "generation": np.array([json.dumps(asdict(g)) for g in generations], dtype=object),
         }
+        if self.pipeline.calibrator is not None:
+            verdicts = self.pipeline.calibrate(contents, [g.tags for g in generations], generations)
+            out["verdicts"] = np.array([json.dumps([asdict(v) for v in vs]) for vs in verdicts], dtype=object)
+        return out
+
+
+def _judges_here(settings: Settings) -> bool:
+    """Whether the generate stage also judges (the judgments continue its conversations)."""
+    return settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
 
 
 class CalibrateStage:
@@ -277,7 +289,10 @@ class CalibrateStage:
     def __init__(self, store: str, settings: Settings, with_candidates: bool, with_dropped: bool):
         from llm4tag.pipeline import TaggingPipeline
 
-        self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
+        # Judged already by the generate stage: no model needed here.
+        self.pipeline = TaggingPipeline.open(
+            store, settings, load_graph=False, load_engine=not _judges_here(settings)
+        )
         self.with_candidates = with_candidates
         self.with_dropped = with_dropped
         self.schema = output_schema(
@@ -289,9 +304,14 @@ class CalibrateStage:
 
         generations = [Generation(**json.loads(g)) for g in batch["generation"]]
         contents = [str(c) for c in batch["content"]]
-        verdicts: list[list[Judged]] = (
-            self.pipeline.calibrate(contents, [g.tags for g in generations]) if generations else []
-        )
+        if "verdicts" in batch:
+            verdicts = [[Judged(**v) for v in json.loads(vs)] for vs in batch["verdicts"]]
+        else:
+            verdicts = (
+                self.pipeline.calibrate(contents, [g.tags for g in generations], generations)
+                if generations
+                else []
+            )
         rows = [
             result_row(
                 str(item_id),

@@ -19,6 +19,7 @@ from deployments.generator import Generator
 from deployments.graph_recall import GraphRecall
 from deployments.ingress import Ingress
 from graph_store import read_vocabulary
+from llm4tag.calibrator import judges_in_context
 from llm4tag.config import load_settings, settings_from_dict
 from llm4tag.errors import ConfigError
 from llm4tag.service import ServiceConfig
@@ -51,7 +52,8 @@ def build_app(args: dict[str, Any]) -> Application:
         settings = _merge(settings, args.get("settings") or {})
     else:
         settings = args.get("settings") or {}
-    settings = settings_from_dict(settings).to_dict()  # validated here, before any replica starts
+    parsed = settings_from_dict(settings)  # validated here, before any replica starts
+    settings = parsed.to_dict()
     service = ServiceConfig.from_dict(args.get("service"))
     journal = resolve_path(str(args["journal"])) if args.get("journal") else None
     vocabulary = read_vocabulary(store)
@@ -75,10 +77,19 @@ def build_app(args: dict[str, Any]) -> Application:
                 store, index, vocabulary.num_shards, settings, journal
             )
         )
-    generator = opt(Generator, "Generator").bind(store, settings, service.to_dict()["generator"])
+    batching = service.to_dict()
+    generator = opt(Generator, "Generator").bind(
+        store, settings, batching["generator"], batching["calibrator"]
+    )
     calibrator = None
-    if settings["pipeline"]["calibrate"]:
-        calibrator = opt(Calibrator, "Calibrator").bind(store, settings, service.to_dict()["calibrator"])
+    if parsed.pipeline.calibrate:
+        # Judgments that continue the generation conversations run where those were computed: on
+        # the Generator deployment (one model in memory, and only the question is computed).
+        calibrator = (
+            generator
+            if judges_in_context(parsed.llm, parsed.prompts)
+            else opt(Calibrator, "Calibrator").bind(store, settings, batching["calibrator"])
+        )
     return opt(Ingress, "Ingress").bind(
         encoder,
         shards,

@@ -1,4 +1,9 @@
-"""Calibrator deployment: Yes/No confidence per (item, generated tag); tags under the threshold drop."""
+"""Calibrator deployment: Yes/No confidence per (item, generated tag); tags under the threshold drop.
+
+``Judging`` is the calibration stage itself, so that the Generator deployment can run it too: when the
+judgments continue the generation conversations (``prompts.layout``), they run where that conversation
+was computed (deployments/app.py binds the calibrator to the Generator deployment).
+"""
 
 from __future__ import annotations
 
@@ -9,38 +14,55 @@ from deployments._batching import QueueBatcher
 from deployments._common import in_thread, settings_of
 from deployments.metrics import batch_size_histogram
 from llm4tag.calibrator import Judged
+from llm4tag.engines.base import Messages
 from llm4tag.pipeline import TaggingPipeline
+
+JudgeRequest = tuple[str, list[str], tuple[Messages, str] | None]
+
+
+class Judging:
+    def _start_judging(self, pipeline: TaggingPipeline, adapters_file: str | None, batching: dict) -> None:
+        self.judging = pipeline
+        self.judge_adapter = AdapterFollower(pipeline.engine, "calibrator", adapters_file)
+        sizes = batch_size_histogram()
+        self.judge_batcher = QueueBatcher(
+            self._judge, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
+        )
+
+    async def judge(self, request: JudgeRequest) -> list[Judged]:
+        return await self.judge_batcher.submit(request)
+
+    def _judge(self, requests: list[JudgeRequest]) -> list[list[Judged]]:
+        self.judge_adapter.sync()  # between batches: this batch runs wholly on one adapter
+        return self.judging.calibrate(
+            [content for content, _, _ in requests],
+            [tags for _, tags, _ in requests],
+            contexts=[context for _, _, context in requests],
+        )
+
+    def describe_judging(self) -> dict:
+        return {
+            "model": getattr(self.judging.engine, "name", None),
+            "threshold": self.judging.config.threshold,
+            "in_context": self.judging.calibrator.in_context,
+            "recent_batch_sizes": self.judge_batcher.batch_sizes[-20:],
+            **self.judge_adapter.describe(),
+        }
 
 
 @serve.deployment(name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-class Calibrator:
+class Calibrator(Judging):
     def __init__(self, store: str, settings: dict, batching: dict):
         config = settings_of(settings)
         config.pipeline.calibrate = True
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
         config.pipeline.num_samples = config.pipeline.num_snippets = 0
-        self.pipeline = TaggingPipeline.open(store, config, load_graph=False)
-        self.adapter = AdapterFollower(self.pipeline.engine, "calibrator", config.llm.adapters_file)
-        sizes = batch_size_histogram()
-        self.batcher = QueueBatcher(
-            self._judge, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
-        )
-
-    async def judge(self, request: tuple[str, list[str]]) -> list[Judged]:
-        return await self.batcher.submit(request)
-
-    def _judge(self, requests: list[tuple[str, list[str]]]) -> list[list[Judged]]:
-        self.adapter.sync()  # between batches: this batch runs wholly on one adapter
-        return self.pipeline.calibrate([content for content, _ in requests], [tags for _, tags in requests])
+        pipeline = TaggingPipeline.open(store, config, load_graph=False)
+        self._start_judging(pipeline, config.llm.adapters_file, batching)
 
     def describe(self) -> dict:
-        return {
-            "model": getattr(self.pipeline.engine, "name", None),
-            "threshold": self.pipeline.config.threshold,
-            "recent_batch_sizes": self.batcher.batch_sizes[-20:],
-            **self.adapter.describe(),
-        }
+        return self.describe_judging()
 
     async def sync_adapters(self) -> dict:
-        await in_thread(self.adapter.sync)
-        return self.adapter.describe()
+        await in_thread(self.judge_adapter.sync)
+        return self.judge_adapter.describe()

@@ -1,7 +1,9 @@
 """Generator deployment: the LLM picks tags among the candidates, with retrieved samples and knowledge.
 
 Replicas share the store's knowledge folder: feedback appended by one is followed by all (each
-refreshes before a batch), and the sample is durable before the call returns.
+refreshes before a batch), and the sample is durable before the call returns. When the judgments
+continue the generation conversations it also runs the calibration stage (``Judging``), on the engine
+that holds them.
 """
 
 from __future__ import annotations
@@ -13,23 +15,30 @@ from ray import serve
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
 from deployments._common import in_thread, settings_of
+from deployments.calibrator import Judging
 from deployments.metrics import batch_size_histogram
+from llm4tag.calibrator import judges_in_context
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
 
 
 @serve.deployment(name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-class Generator:
-    def __init__(self, store: str, settings: dict, batching: dict):
+class Generator(Judging):
+    def __init__(self, store: str, settings: dict, batching: dict, judge_batching: dict | None = None):
         config = settings_of(settings)
-        config.pipeline.calibrate = False  # the Calibrator deployment judges
+        # Judging here only when the judgments continue this stage's conversations (app.py).
+        judges = config.pipeline.calibrate and judges_in_context(config.llm, config.prompts)
+        config.pipeline.calibrate = judges
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
         self.adapter = AdapterFollower(self.pipeline.engine, "generator", config.llm.adapters_file)
         sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
             self._generate, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
         )
+        self.judges = judges
+        if judges:
+            self._start_judging(self.pipeline, config.llm.adapters_file, judge_batching or batching)
 
     async def generate(self, request: dict) -> Generation:
         return await self.batcher.submit(request)
@@ -52,7 +61,9 @@ class Generator:
         await in_thread(self.pipeline.samples.add, samples, vectors)
         return len(samples)
 
-    def describe(self) -> dict:
+    def describe(self, role: str = "generator") -> dict:
+        if role == "calibrator" and self.judges:
+            return {"colocated_with": "Generator", **self.describe_judging()}
         for base in (self.pipeline.samples, self.pipeline.knowledge):
             if base is not None:
                 base.refresh()
@@ -67,6 +78,7 @@ class Generator:
             **self.adapter.describe(),
         }
 
-    async def sync_adapters(self) -> dict:
-        await in_thread(self.adapter.sync)
-        return self.adapter.describe()
+    async def sync_adapters(self, role: str = "generator") -> dict:
+        follower = self.judge_adapter if role == "calibrator" and self.judges else self.adapter
+        await in_thread(follower.sync)
+        return follower.describe()

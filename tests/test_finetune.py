@@ -249,7 +249,7 @@ def test_the_transformers_engine_loads_swaps_and_drops_the_adapter(calibrator_ad
     out, _ = calibrator_adapter
     examples, _ = read_training_data(train_data, "calibrator")
     prompts = [e.messages for e in examples[:8]]
-    engine = make_engine(LLMConfig(model="tiny", batch_size=4))
+    engine = make_engine(LLMConfig(model="tiny", engine="transformers", batch_size=4))
     try:
         base = [s.confidence for s in engine.score_yes_no(prompts)]
         info = engine.adapters.load("calibrator", out)
@@ -263,7 +263,8 @@ def test_the_transformers_engine_loads_swaps_and_drops_the_adapter(calibrator_ad
     finally:
         engine.close()
     # From config, as serving starts it.
-    engine = make_engine(LLMConfig(model="tiny", batch_size=4, calibrator_adapter=str(out)))
+    config = LLMConfig(model="tiny", engine="transformers", batch_size=4, calibrator_adapter=str(out))
+    engine = make_engine(config)
     try:
         assert [s.confidence for s in engine.score_yes_no(prompts)] == pytest.approx(tuned, abs=1e-5)
     finally:

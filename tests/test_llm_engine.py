@@ -20,7 +20,7 @@ def engine():
         resolve_llm("tiny")
     except ModelError as exc:
         pytest.skip(f"tiny model not installed ({exc}); run `llm4tag models install tiny`")
-    engine = make_engine(LLMConfig(model="tiny", batch_size=4))
+    engine = make_engine(LLMConfig(model="tiny", engine="transformers", batch_size=4))
     yield engine
     engine.close()
 
@@ -134,7 +134,7 @@ def test_overlong_prompt_is_refused(engine):
 
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="unknown model"):
-        make_engine(LLMConfig(model=str(tmp_path / "nowhere")))
+        make_engine(LLMConfig(model=str(tmp_path / "nowhere"), engine="transformers"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match=r"no config\.json"):
-        make_engine(LLMConfig(model=str(tmp_path / "empty")))
+        make_engine(LLMConfig(model=str(tmp_path / "empty"), engine="transformers"))

@@ -133,7 +133,7 @@ def tiny_engine():
 
     try:
         # One thread: with two, a tiny-model call ran 20x slower whenever other work shared the cores.
-        engine = make_engine(LLMConfig(model="tiny", batch_size=4, threads=1))
+        engine = make_engine(LLMConfig(model="tiny", engine="transformers", batch_size=4, threads=1))
     except ModelError as exc:
         pytest.skip(f"tiny model not installed ({exc})")
     yield engine

@@ -84,3 +84,34 @@ def test_templates_are_editable_per_domain():
 def test_bad_templates_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         settings_from_dict({"prompts": overrides})
+
+
+def test_a_continuation_judgment_extends_the_generation_conversation():
+    p = prompts()
+    generation = p.generation("my card is late", ["card arrival", "refund"], 1)
+    judged = p.judgment(
+        "my card is late", "card arrival", "The card has not arrived", (generation, "card arrival")
+    )
+    # The generation prompt unchanged, then the answer given, then only the question.
+    assert judged[: len(generation)] == generation
+    assert judged[len(generation)] == {"role": "assistant", "content": "card arrival"}
+    assert judged[-1] == {
+        "role": "user",
+        "content": 'Is the customer query relevant to the tag "card arrival" (The card has not arrived)? '
+        'Answer with "Yes" or "No".',
+    }
+
+
+def test_layout_auto_judges_in_context_only_where_the_engine_keeps_prefixes():
+    from llm4tag.calibrator import judges_in_context
+    from llm4tag.engines import LLMConfig
+
+    auto, paper = PromptConfig(), PromptConfig(layout="paper")
+    assert judges_in_context(LLMConfig(engine="llamacpp"), auto)
+    assert judges_in_context(LLMConfig(engine="vllm"), auto)
+    assert not judges_in_context(LLMConfig(engine="vllm", enable_prefix_caching=False), auto)
+    assert not judges_in_context(LLMConfig(engine="transformers"), auto)
+    assert not judges_in_context(LLMConfig(engine="llamacpp"), paper)
+    assert judges_in_context(LLMConfig(engine="transformers"), PromptConfig(layout="continuation"))
+    with pytest.raises(ConfigError, match=r"prompts\.layout must be one of"):
+        PromptConfig(layout="sideways")

@@ -9,6 +9,7 @@ import yaml
 
 from deployments.app import KNOWN_ARGS, resolve_path
 from deployments.launch import load_serve_config
+from llm4tag.calibrator import judges_in_context
 from llm4tag.config import load_settings, settings_from_dict
 from llm4tag.errors import ConfigError
 from llm4tag.service import ServiceConfig
@@ -28,14 +29,16 @@ def test_config_files_validate(name):
         base = load_settings(resolve_path(app["args"]["config"], str(REPO))).to_dict()
         base.update({k: {**base.get(k, {}), **v} for k, v in settings.items()})
         settings = base
-    settings_from_dict(settings)
     ServiceConfig.from_dict(app["args"].get("service"))
     deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(deployments) == STAGES
+    parsed = settings_from_dict(settings)
+    # Judgments that continue the generation conversation run on the Generator (deployments/app.py).
+    colocated = judges_in_context(parsed.llm, parsed.prompts)
+    assert set(deployments) == (STAGES - {"Calibrator"} if colocated else STAGES)
     ingress = deployments["Ingress"]
     assert ingress["max_queued_requests"] > 0 and ingress["backpressure_config"]["retry_after_s"] > 0
     gpu = name == "serve_config.yaml"
-    for stage in ("Generator", "Calibrator"):
+    for stage in ("Generator",) if colocated else ("Generator", "Calibrator"):
         assert (deployments[stage]["ray_actor_options"].get("num_gpus", 0) >= 1) == gpu
     if not gpu:  # the five deployments fit on a 2-CPU machine
         assert sum(d["ray_actor_options"]["num_cpus"] for d in deployments.values()) <= 2

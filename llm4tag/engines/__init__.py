@@ -1,4 +1,4 @@
-"""LLM engines behind one interface (see base.Engine): transformers and vLLM."""
+"""LLM engines behind one interface (see base.Engine): llama.cpp, transformers and vLLM."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ __all__ = [
 def make_engine(config: LLMConfig) -> Engine:
     from llm4tag.models import resolve_llm
 
+    if config.engine == "llamacpp":
+        from llm4tag.engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(resolve_llm(config.model, fmt="gguf"), config)
     path = resolve_llm(config.model)
     if config.engine == "vllm":
         from llm4tag.engines.vllm_engine import VLLMEngine

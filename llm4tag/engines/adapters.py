@@ -1,4 +1,5 @@
-"""LoRA adapters in the engines: one slot per role, swapped without reloading the base model.
+"""LoRA adapters in the engines (transformers/PEFT, vLLM, llama.cpp): one slot per role, swapped without
+reloading the base model.
 
 The generator adapter serves ``choose``/``generate`` and the calibrator adapter ``score_yes_no``; a role
 with no adapter runs the base model. A swap loads the new adapter beside the old one and then switches
@@ -171,3 +172,81 @@ class LoRARequests:
         # No lock: a copy of the dict is consistent, and describing must not wait for a running batch.
         slots = dict(self.slots)
         return {role: (slots[role].to_dict() if role in slots else None) for role in ROLES}
+
+
+class LlamaLoras:
+    """llama.cpp: one GGUF LoRA per role (a PEFT adapter is converted once, see lora_gguf.py), set on the
+    context before each engine call. Saved prefix states are keyed by the active adapter, since a KV
+    state computed under one adapter is wrong under another."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.lock = threading.RLock()  # held by every engine call and by a swap
+        self.slots: dict[str, AdapterInfo] = {}
+        self.handles: dict[str, Any] = {}
+        self.active = ""  # the adapter the context runs with ("" = base model)
+        self._names = itertools.count(1)
+
+    def load(self, role: str, path: str | Path | None) -> AdapterInfo | None:
+        from llm4tag.engines.lora_gguf import peft_to_gguf
+
+        if path is None:
+            with self.lock:
+                self.slots.pop(role, None)
+                self._drop(self.handles.pop(role, None), role)
+            return None
+        meta = check_adapter(role, path)
+        gguf = peft_to_gguf(Path(path).expanduser(), Path(self.engine.llm.model_path))
+        lib = self.engine._lib
+        handle = lib.llama_adapter_lora_init(self.engine.llm.model, str(gguf).encode("utf-8"))
+        if not handle:
+            raise ModelError(f"llama.cpp cannot load the adapter {path} (converted to {gguf})")
+        name = f"{role}_{next(self._names)}"
+        with self.lock:
+            old = self.handles.get(role)
+            self.slots[role] = AdapterInfo(role, str(path), name, **meta)
+            self.handles[role] = handle
+            self._drop(old, role)
+        return self.slots[role]
+
+    def _drop(self, handle, role: str) -> None:
+        """Free a role's previous adapter, first taking it off the context if it is set there."""
+        if handle is None:
+            return
+        if self.active.startswith(f"{role}_"):
+            self._set(None, "")
+        self.engine._lib.llama_adapter_lora_free(handle)
+
+    def _set(self, handle, name: str) -> None:
+        import ctypes
+
+        lib, ctx = self.engine._lib, self.engine.llm.ctx
+        if handle is None:
+            code = lib.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(handle)
+            code = lib.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        if code:
+            raise ModelError(f"llama.cpp refused to set the adapter {name or 'base'} ({code})")
+        # The live context was computed under the previous adapter.
+        self.engine.llm.n_tokens = 0
+        self.active = name
+
+    @contextmanager
+    def use(self, role: str):
+        with self.lock:
+            info = self.slots.get(role)
+            name = info.name if info is not None else ""
+            if name != self.active:
+                self._set(self.handles.get(role), name)
+            yield
+
+    def describe(self) -> dict[str, Any]:
+        slots = dict(self.slots)
+        return {role: (slots[role].to_dict() if role in slots else None) for role in ROLES}
+
+    def close(self) -> None:
+        with self.lock:
+            for role in list(self.handles):
+                self._drop(self.handles.pop(role), role)
+            self.slots.clear()

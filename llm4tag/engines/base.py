@@ -102,11 +102,11 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def single_token_ids(tokenizer, variants: Sequence[str]) -> list[int]:
-    """Ids of the variants that the tokenizer writes as exactly one token (without special tokens)."""
+def single_token_ids(encode, variants: Sequence[str]) -> list[int]:
+    """Ids of the variants that ``encode`` (text -> ids, no special tokens) writes as exactly one token."""
     ids: list[int] = []
     for text in variants:
-        encoded = tokenizer.encode(text, add_special_tokens=False)
+        encoded = encode(text)
         if len(encoded) == 1 and encoded[0] not in ids:
             ids.append(encoded[0])
     return ids

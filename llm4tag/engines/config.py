@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENGINES = ("transformers", "vllm")
+ENGINES = ("llamacpp", "transformers", "vllm")
 
 
 @dataclass
 class LLMConfig:
     # A bundled model name (`llm4tag models list`), an alias ("default", "tiny") or a local HF folder.
     model: str = "default"
-    engine: str = "transformers"
+    # llamacpp: the bundled GGUF as shipped, on CPU (the default; benchmarks/engines.py); transformers:
+    # any HF folder, CPU or one GPU, and the engine that trains adapters; vllm: GPU serving.
+    engine: str = "llamacpp"
     # transformers on CPU: float32. bf16 matmuls ran at 0.8 GFLOP/s on the AVX2-only machines
     # (fp32: 128 GFLOP/s); on GPUs and CPUs with AMX, bfloat16 is the better choice.
     dtype: str = "float32"
@@ -20,6 +22,10 @@ class LLMConfig:
     # Prompts per forward pass (transformers) / sequences in flight (vLLM's max_num_seqs).
     batch_size: int = 8
     max_model_len: int = 4096
+    # llama.cpp only: tokens per decode call, and the saved prefix states (KV of earlier prompts that
+    # later prompts start from; ~28 KB per token for the 1.5B default).
+    n_batch: int = 512
+    state_cache_mb: int = 512
     # vLLM only.
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = True
@@ -44,3 +50,5 @@ class LLMConfig:
             raise ConfigError(f"llm.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.batch_size < 1:
             raise ConfigError(f"llm.batch_size must be >= 1, got {self.batch_size}")
+        if self.n_batch < 1 or self.state_cache_mb < 0:
+            raise ConfigError("llm.n_batch must be >= 1 and llm.state_cache_mb >= 0")

@@ -71,8 +71,8 @@ class TransformersEngine:
             raise ModelError(f"model '{model_path}' defines no end-of-sequence token")
         self.end_ids = eos_ids
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
-        self.yes_ids = single_token_ids(self.tokenizer, YES_VARIANTS)
-        self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
+        self.yes_ids = single_token_ids(self._encode_answer, YES_VARIANTS)
+        self.no_ids = single_token_ids(self._encode_answer, NO_VARIANTS)
         if not self.yes_ids or not self.no_ids:
             raise ModelError("the tokenizer has no single-token 'Yes'/'No' answer")
         self.adapters = PeftAdapters(self.model)

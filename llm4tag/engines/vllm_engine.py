@@ -193,8 +193,8 @@ class VLLMEngine:
         self.tokenizer = self._llm.get_tokenizer()
         self.name = f"vllm:{path.name if path.name != 'hf' else path.parent.name}"
         self.stats = EngineStats()
-        self.yes_ids = single_token_ids(self.tokenizer, YES_VARIANTS)
-        self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
+        self.yes_ids = single_token_ids(self._encode_answer, YES_VARIANTS)
+        self.no_ids = single_token_ids(self._encode_answer, NO_VARIANTS)
         if not self.yes_ids or not self.no_ids:
             raise ModelError("the tokenizer has no single-token 'Yes'/'No' answer")
         self.adapters = LoRARequests(lora, config.max_lora_rank)
@@ -203,6 +203,9 @@ class VLLMEngine:
                 self.adapters.load(role, getattr(config, f"{role}_adapter"))
 
     # -- helpers -------------------------------------------------------------------------------
+    def _encode_answer(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def render(self, messages: Messages) -> list[int]:
         return render_chat(self.tokenizer, messages, self.config.max_model_len)
 

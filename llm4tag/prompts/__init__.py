@@ -36,7 +36,9 @@ _ALLOWED = {
     "snippet": {"text"},
     "none_retrieved": set(),
     "judgment": {"domain", "item_kind", "item_kind_title", "content", "tag", "tag_description"},
+    "judgment_followup": {"domain", "item_kind", "item_kind_title", "tag", "tag_description"},
 }
+LAYOUTS = ("auto", "paper", "continuation")
 for _names in _ALLOWED.values():
     if "item_kind" in _names:
         _names |= {"item_kinds", "item_kind_title"}
@@ -63,6 +65,9 @@ class PromptConfig:
     none_retrieved: str = ""
     judgment_system: str = ""
     judgment: str = ""
+    judgment_followup: str = ""
+    # paper | continuation | auto (see default.yaml).
+    layout: str = ""
     # Lengths in characters: the prompt's cost on CPU is its token count.
     max_content_chars: int = 600
     max_sample_chars: int = 200
@@ -74,6 +79,8 @@ class PromptConfig:
         for f in fields(self):
             if isinstance(getattr(self, f.name), str) and not getattr(self, f.name) and f.name in defaults:
                 setattr(self, f.name, defaults[f.name])
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"prompts.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         for name, allowed in _ALLOWED.items():
             template = getattr(self, name)
             try:
@@ -164,9 +171,25 @@ class Prompts:
             {"role": "user", "content": user},
         ]
 
-    def judgment(self, content: str, tag: str, description: str | None = None) -> Messages:
+    def judgment(
+        self,
+        content: str,
+        tag: str,
+        description: str | None = None,
+        context: tuple[Messages, str] | None = None,
+    ) -> Messages:
+        """Figure 5; with ``context`` (the generation prompt and the answer given to it), the follow-up
+        question that continues that conversation instead."""
         c = self.config
         described = f" ({_clip(description, c.max_tag_description_chars)})" if description else ""
+        if context is not None:
+            messages, answer = context
+            question = c.judgment_followup.format(**self._common, tag=tag, tag_description=described)
+            return [
+                *messages,
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": question},
+            ]
         user = c.judgment.format(
             **self._common,
             content=_clip(content, c.max_content_chars),
