@@ -74,10 +74,10 @@ def main() -> None:
     import yaml
 
     from cluster.bulk import run_bulk
-    from llm4tag.cli import main as cli
     from llm4tag.config import settings_from_dict
     from llm4tag.data import Item
-    from llm4tag.metrics import format_table
+    from llm4tag.evaluation.tables import format_table
+    from llm4tag.store_builder import build_store_from_files
 
     data = yaml.safe_load(Path(args.config).read_text()) or {}
     data["llm"] = {**data.get("llm", {}), "model": args.model, "batch_size": args.batch_size}
@@ -94,10 +94,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(args.store) if args.store else Path(tmp) / "store"
         if not args.store:
-            build = ["build", "--items", str(SAMPLE / "train.jsonl"), "--tags", str(SAMPLE / "tags.jsonl")]
             rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
-            if cli([*build, "--store", str(store), "--knowledge", str(rules)]) != 0:
-                sys.exit("build failed")
+            build_store_from_files(
+                store, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", knowledge_files=[str(rules)]
+            )
         rows = synthetic_items(args.items)
         source = Path(tmp) / "items.parquet"
         pq.write_table(pa.Table.from_pylist(rows), source)
@@ -112,7 +112,7 @@ def main() -> None:
                 pipeline = TaggingPipeline.open(store, settings)
                 produce = pipeline.tag_rows
             else:
-                from llm4tag.recall import Recaller
+                from llm4tag.recaller import Recaller
 
                 recaller = Recaller.open(store, settings)
 

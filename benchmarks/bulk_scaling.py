@@ -121,16 +121,16 @@ def main() -> None:
     import pyarrow.parquet as pq
     from bulk import synthetic_items
 
-    from llm4tag.cli import main as cli
-    from llm4tag.metrics import format_table
+    from llm4tag.evaluation.tables import format_table
+    from llm4tag.store_builder import build_store_from_files
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
-        build = ["build", "--items", str(SAMPLE / "train.jsonl"), "--tags", str(SAMPLE / "tags.jsonl")]
         rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
-        if cli([*build, "--store", str(store), "--knowledge", str(rules)]) != 0:
-            sys.exit("build failed")
+        build_store_from_files(
+            store, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", knowledge_files=[str(rules)]
+        )
         jobs = [("recall", args.recall_items), ("all", args.all_items)]
         for stages, count in jobs:
             if count <= 0:

@@ -29,18 +29,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
+from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset, test_sample
 from pipeline_quality import build_parts, cached_rows, settings_for
 
+from graph_store.durable import append_lines
+from llm4tag.baselines import PipelineTagger, TagIndex, make_baseline
 from llm4tag.data import Item, write_records
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
-from llm4tag.metrics import format_table
-from llm4tag.peers import PipelineTagger, TagIndex, make_peer
-from llm4tag.plots import accuracy_coverage_plot, popularity_histogram
-from llm4tag.tag_metrics import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
+from llm4tag.evaluation.plots import accuracy_coverage_plot, popularity_histogram
+from llm4tag.evaluation.tables import format_table
+from llm4tag.evaluation.tagging import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
 from llm4tag.texts import readable_tag
-from llm4tag.vocab import VocabularyBuilder, open_append, vocabulary_coverage, vocabulary_measures
+from llm4tag.vocab import VocabularyBuilder, vocabulary_coverage, vocabulary_measures
 
 METHODS = ("match", "taggpt-selective", "taggpt-generative", "betag", "llm4tag")
 LABELS = {
@@ -64,22 +65,21 @@ def run_tagger(tagger, items, path: Path, chunk: int, label: str, engine=None) -
     stats = {"items": 0, "seconds": 0.0, "tokens": 0}
     before = _tokens(engine)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open_append(path) as sink:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            started = time.perf_counter()
-            for row in tagger.tag(batch):
-                rows[row["id"]] = row
-                sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            stats["items"] += len(batch)
-            stats["seconds"] += time.perf_counter() - started
-            stats["tokens"] = _tokens(engine) - before
-            done = len(items) - len(todo) + start + len(batch)
-            print(
-                f"#   {label}: {done}/{len(items)} ({stats['seconds'] / stats['items']:.1f} s/item)",
-                flush=True,
-            )
+    for start in range(0, len(todo), chunk):
+        batch = todo[start : start + chunk]
+        started = time.perf_counter()
+        tagged = list(tagger.tag(batch))
+        for row in tagged:
+            rows[row["id"]] = row
+        append_lines(path, [json.dumps(row).encode() for row in tagged])
+        stats["items"] += len(batch)
+        stats["seconds"] += time.perf_counter() - started
+        stats["tokens"] = _tokens(engine) - before
+        done = len(items) - len(todo) + start + len(batch)
+        print(
+            f"#   {label}: {done}/{len(items)} ({stats['seconds'] / stats['items']:.1f} s/item)",
+            flush=True,
+        )
     return {i.id: rows[i.id] for i in items}, stats
 
 
@@ -114,7 +114,7 @@ def compare_dataset(name, args, encoder, engine_box) -> dict:
     example = ds.train[0]
     settings.peers.example_text = example.text
     settings.peers.example_tags = list(example.tags or ())
-    sample = random.Random(0).sample(ds.test, min(QUALITY_SAMPLE, len(ds.test)))[: args.sizes[name]]
+    sample = test_sample(ds, args.sizes[name])
     gold = {i.id: set(i.tags or ()) for i in sample}
     max_tags = 1 if settings.pipeline.mode == "single" else settings.pipeline.max_tags
     task = "single" if max_tags == 1 else "multi"
@@ -139,7 +139,7 @@ def compare_dataset(name, args, encoder, engine_box) -> dict:
                 rows, stats = {i.id: have[i.id] for i in sample}, {"items": 0, "seconds": 0.0}
             else:
                 from llm4tag.pipeline import TaggingPipeline
-                from llm4tag.recall import Recaller
+                from llm4tag.recaller import Recaller
 
                 store, samples, domain = build_parts(ds, settings, encoder)
                 pipeline = TaggingPipeline(
@@ -153,7 +153,7 @@ def compare_dataset(name, args, encoder, engine_box) -> dict:
                 tagger = PipelineTagger(pipeline, with_dropped=True)
                 rows, stats = run_tagger(tagger, sample, path, args.chunk, f"{name}/llm4tag", engine())
         else:
-            tagger = make_peer(method, index, settings, None if method == "match" else engine(), max_tags)
+            tagger = make_baseline(method, index, settings, None if method == "match" else engine(), max_tags)
             llm = None if method == "match" else engine()
             rows, stats = run_tagger(
                 tagger, sample, out / f"{method}.jsonl", args.chunk, f"{name}/{method}", llm
@@ -359,11 +359,11 @@ def main() -> None:
         "--quality", type=Path, default=REPO / "out" / "quality", help="pipeline_quality.py's rows"
     )
     parser.add_argument(
-        "--n", default="24", help=f"test items per set (first n of the {QUALITY_SAMPLE}): N or NAME=N,NAME=N"
+        "--n", default="500", help="test items per set (a fixed seed-0 order's first n): N or NAME=N,NAME=N"
     )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--model", default="default")
-    parser.add_argument("--engine", default="transformers")
+    parser.add_argument("--engine", default=None, help="LLM engine (default: the config's, llamacpp)")
     parser.add_argument("--threads", type=int, help="LLM threads (default: config)")
     parser.add_argument("--batch-size", type=int, help="LLM prompts per forward pass (default: config, 8)")
     parser.add_argument("--chunk", type=int, default=8, help="items per tagger call (and per cache write)")
@@ -381,8 +381,8 @@ def main() -> None:
         args.sizes = {k: int(v) for k, v in (part.split("=") for part in args.n.split(","))}
     else:
         args.sizes = dict.fromkeys(names, int(args.n))
-    if set(names) - set(args.sizes) or not all(1 <= n <= QUALITY_SAMPLE for n in args.sizes.values()):
-        parser.error(f"--n must give every data set a size within 1..{QUALITY_SAMPLE}")
+    if set(names) - set(args.sizes) or not all(n >= 1 for n in args.sizes.values()):
+        parser.error("--n must give every data set a size of at least 1")
 
     encoder_settings = settings_for(args.datasets.split(",")[0], {}, args.model, args.engine)
     encoder = Encoder(encoder_settings.encoder)

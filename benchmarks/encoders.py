@@ -46,7 +46,8 @@ import numpy as np
 from graph_store import GraphConfig, GraphStore
 from llm4tag.data import Item, read_items, read_tags
 from llm4tag.encoder import Encoder, EncoderConfig
-from llm4tag.metrics import format_table, recall_metrics
+from llm4tag.evaluation.recall_metrics import recall_metrics
+from llm4tag.evaluation.tables import format_table
 from llm4tag.texts import item_text, tag_text
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,10 +42,10 @@ from pipeline_quality import build_parts
 from llm4tag.config import settings_from_dict
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
-from llm4tag.metrics import format_table
+from llm4tag.evaluation.tables import format_table
+from llm4tag.evaluation.tagging import evaluate_tagging, metric_intervals
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.recall import Recaller
-from llm4tag.tag_metrics import evaluate_tagging, metric_intervals
+from llm4tag.recaller import Recaller
 
 BASES = {
     "transformers": {"llm": {"engine": "transformers"}, "prompts": {"layout": "paper"}},

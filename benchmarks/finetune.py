@@ -63,7 +63,8 @@ def stage_data(name: str, out: Path, args) -> None:
 
     from llm4tag.config import settings_from_dict
     from llm4tag.encoder import Encoder
-    from llm4tag.finetune.data import build_examples, write_training_data
+    from llm4tag.finetune.examples import write_training_data
+    from llm4tag.finetune.training_data import build_examples
 
     raw = merged_settings(name, args)
     settings = settings_from_dict(raw)
@@ -91,8 +92,8 @@ def stage_data(name: str, out: Path, args) -> None:
 
 
 def stage_train(name: str, out: Path, args) -> list[dict]:
-    from llm4tag.finetune.config import finetune_config_from_dict
-    from llm4tag.finetune.data import read_training_data
+    from llm4tag.config.finetune import FinetuneConfig
+    from llm4tag.finetune.examples import read_training_data
     from llm4tag.finetune.train import train
 
     raw = json.loads((out / SETTINGS_FILE).read_text())
@@ -107,7 +108,7 @@ def stage_train(name: str, out: Path, args) -> list[dict]:
             for machine in ("cpu", "gpu"):
                 role_section.setdefault(machine, {})["max_steps"] = steps
         settings = SimpleNamespace(
-            finetune=finetune_config_from_dict(role_section), llm=SimpleNamespace(model=args.model)
+            finetune=FinetuneConfig.load(role_section), llm=SimpleNamespace(model=args.model)
         )
         target = out / f"{role}-adapter"
         if (target / "training_manifest.json").is_file():
@@ -139,8 +140,8 @@ def stage_eval(name: str, out: Path, args) -> None:
 
     from llm4tag.config import settings_from_dict
     from llm4tag.encoder import Encoder
+    from llm4tag.evaluation.tables import format_table
     from llm4tag.finetune.retrain import eval_pipeline, evaluate_adapters
-    from llm4tag.metrics import format_table
 
     raw = json.loads((out / SETTINGS_FILE).read_text())
     raw["llm"] = {**raw.get("llm", {}), "model": args.model}

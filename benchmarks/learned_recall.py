@@ -21,10 +21,11 @@ from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, load_dataset
 
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder
-from llm4tag.metrics import format_table, recall_metrics
+from llm4tag.evaluation.recall_metrics import recall_metrics
+from llm4tag.evaluation.tables import format_table
+from llm4tag.evaluation.tagging import evaluate_tagging
 from llm4tag.ranking.crossfit import assign_folds
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
-from llm4tag.tag_metrics import evaluate_tagging
 
 VARIANTS = {
     "omikuji words": LearnedConfig(kind="omikuji", embeddings=False, ngram_max=1),

@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from llm4tag.metrics import format_table
+    from llm4tag.evaluation.tables import format_table
 
     rows = []
     for name in args.engines.split(","):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,11 +36,11 @@ def main() -> None:
 
     import yaml
 
-    from llm4tag.cli import main as cli
     from llm4tag.config import settings_from_dict
     from llm4tag.data import read_items
-    from llm4tag.metrics import format_table
+    from llm4tag.evaluation.tables import format_table
     from llm4tag.pipeline import TaggingPipeline
+    from llm4tag.store_builder import build_store_from_files
 
     data = yaml.safe_load(Path(args.config).read_text()) or {}
     data["llm"] = {
@@ -54,11 +53,8 @@ def main() -> None:
     settings = settings_from_dict(data)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "store"
-        build = ["build", "--items", args.train, "--tags", args.tags, "--store", str(store)]
-        if args.knowledge:
-            build += ["--knowledge", args.knowledge]
-        if cli(build) != 0:
-            sys.exit("build failed")
+        knowledge = [args.knowledge] if args.knowledge else []
+        build_store_from_files(store, args.train, args.tags, knowledge_files=knowledge)
         started = time.perf_counter()
         pipeline = TaggingPipeline.open(store, settings)
         load_s = time.perf_counter() - started

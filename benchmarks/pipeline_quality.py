@@ -28,16 +28,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
 
-from graph_store import GraphStore
+from llm4tag import store_builder
 from llm4tag.config import settings_from_dict
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
-from llm4tag.knowledge import DomainKnowledgeBase, Sample, SampleKnowledgeBase
-from llm4tag.metrics import format_table
+from llm4tag.evaluation.plots import accuracy_coverage_plot, reliability_diagram
+from llm4tag.evaluation.tables import format_table
+from llm4tag.evaluation.tagging import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.plots import accuracy_coverage_plot, reliability_diagram
-from llm4tag.recall import Recaller
-from llm4tag.tag_metrics import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
+from llm4tag.recaller import Recaller
 
 CONFIGS = {"full": {}, "no_srki": {"num_samples": 0, "num_snippets": 0}}
 
@@ -45,26 +44,16 @@ CONFIGS = {"full": {}, "no_srki": {"num_samples": 0, "num_snippets": 0}}
 def settings_for(name: str, extra: dict, model: str, engine: str):
     data = yaml.safe_load((REPO / "benchmarks" / "configs" / f"{name}.yaml").read_text()) or {}
     data.setdefault("pipeline", {}).update(extra)
-    data["llm"] = {**data.get("llm", {}), "model": model, "engine": engine}
+    data["llm"] = {**data.get("llm", {}), "model": model, **({"engine": engine} if engine else {})}
     return settings_from_dict(data)
 
 
 def build_parts(ds, settings, encoder):
-    store = GraphStore.build(
-        item_ids=[i.id for i in ds.train],
-        item_vectors=ds.train_vectors,
-        item_tags=[list(i.tags or ()) for i in ds.train],
-        tags=[t.tag for t in ds.tags],
-        tag_vectors=ds.tag_vectors,
-        tag_descriptions=[t.description for t in ds.tags],
-        encoder_id=encoder.id,
-        config=settings.graph,
+    """The store and knowledge bases of a data set's train split (vectors from the data set's cache)."""
+    parts = store_builder.build_parts(
+        ds.train, ds.tags, settings, encoder, item_vectors=ds.train_vectors, tag_vectors=ds.tag_vectors
     )
-    samples = SampleKnowledgeBase.build(
-        [Sample.from_item(i, settings.texts.item_fields) for i in ds.train], ds.train_vectors, encoder.id
-    )
-    domain = DomainKnowledgeBase.from_vocabulary(ds.tags, encoder)
-    return store, samples, domain
+    return parts.store, parts.samples, parts.domain
 
 
 def cached_rows(path: Path) -> dict[str, dict]:

@@ -37,11 +37,9 @@ from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
 
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder
-from llm4tag.metrics import format_table
-from llm4tag.plots import accuracy_coverage_plot
-from llm4tag.ranking import Annotated, LearnedConfig, RankerConfig, fit_ranking, precision_cut
-from llm4tag.ranking.crossfit import build_store
-from llm4tag.tag_metrics import (
+from llm4tag.evaluation.plots import accuracy_coverage_plot
+from llm4tag.evaluation.tables import format_table
+from llm4tag.evaluation.tagging import (
     MULTI_KEYS,
     SINGLE_KEYS,
     calibration_pairs,
@@ -49,6 +47,8 @@ from llm4tag.tag_metrics import (
     metric_intervals,
     threshold_curve,
 )
+from llm4tag.ranking import Annotated, LearnedConfig, RankerConfig, fit_ranking, precision_cut
+from llm4tag.ranking.crossfit import build_store
 from llm4tag.texts import item_text
 
 KNN = 10

@@ -25,7 +25,8 @@ from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, load_dataset
 from graph_store import GraphConfig, GraphStore, IndexConfig, RecallConfig
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder
-from llm4tag.metrics import format_table, recall_metrics
+from llm4tag.evaluation.recall_metrics import recall_metrics
+from llm4tag.evaluation.tables import format_table
 
 
 def build(items, vectors, ds, config: GraphConfig) -> GraphStore:

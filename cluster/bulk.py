@@ -12,182 +12,40 @@ name, fsynced and renamed into place, so a file in the folder is always complete
 those files and tags only the rest. Writing on the driver also keeps the output and the resume check on
 one filesystem when the cluster is remote (``ray://``), where worker-side files would land on the nodes.
 Tagging rows are small next to the LLM work that makes them, so the driver is not the bottleneck.
+The files (output schema, output folder, input) are cluster/bulk_files.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
-import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
+from cluster.bulk_files import (
+    OutputFolder,
+    input_format,
+    output_schema,
+    read_ids,
+    to_item,
+)
 from graph_store import Candidate
 from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.config import BulkStage, Settings
-from llm4tag.data import Item
 from llm4tag.errors import DataError, LLM4TagError
+from llm4tag.flow import result_row
 from llm4tag.generator import Generation
+from llm4tag.pipeline import TaggingPipeline
 
 STAGES = ("all", "recall")
-LOCK_NAME = ".llm4tag-bulk.lock"
-TMP_SUFFIX = ".tmp"
-
-# --- the output schema: fixed, so that every file of a folder (and of every rerun) has the same one
-
-TAG = pa.struct(
-    [
-        ("tag", pa.string()),
-        ("confidence", pa.float64()),  # null: not calibrated
-        ("source", pa.string()),
-        ("recall_score", pa.float64()),  # null: the LLM named a tag outside the candidates
-        ("via", pa.list_(pa.string())),
-    ]
-)
-CANDIDATE = pa.struct(
-    [
-        ("tag", pa.string()),
-        ("score", pa.float64()),
-        ("paths", pa.list_(pa.string())),
-        ("c2t_score", pa.float64()),
-        ("c2c2t_score", pa.float64()),
-        ("via", pa.list_(pa.string())),
-    ]
-)
-KNOWLEDGE = pa.struct([("samples", pa.list_(pa.string())), ("snippets", pa.list_(pa.string()))])
-# Keys that result_row / Candidate.to_dict leave out when empty are nulls in Parquet.
-_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw"}
-
-
-def output_schema(stages: str, with_candidates: bool, with_dropped: bool, with_raw: bool) -> pa.Schema:
-    if stages == "recall":
-        return pa.schema([("id", pa.string()), ("candidates", pa.list_(CANDIDATE))])
-    fields = [
-        ("id", pa.string()),
-        ("tags", pa.list_(TAG)),
-        ("knowledge", KNOWLEDGE),
-        ("generated", pa.list_(pa.string())),
-    ]
-    if with_dropped:
-        fields.append(("dropped", pa.list_(TAG)))
-    if with_candidates:
-        fields.append(("candidates", pa.list_(CANDIDATE)))
-    if with_raw:
-        fields.append(("raw", pa.string()))
-    return pa.schema(fields)
-
-
-def _strip_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_nulls(v) for k, v in value.items() if not (k in _OPTIONAL and v is None)}
-    if isinstance(value, list):
-        return [_strip_nulls(v) for v in value]
-    return value
-
-
-def read_output(folder: str | Path) -> list[dict]:
-    """The rows of an output folder as ``TaggingPipeline.tag`` returns them (absent keys, not nulls)."""
-    return [_strip_nulls(row) for path in output_files(folder) for row in pq.read_table(path).to_pylist()]
-
-
-def output_files(folder: str | Path) -> list[Path]:
-    # Hidden names are files still being written (or left by a crash): never part of the output.
-    return sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
-
-
-# --- input
-
-
-def _input_format(path: Path) -> str:
-    name = path.name.lower()
-    if path.is_dir():
-        if not any(p.suffix == ".parquet" for p in path.iterdir()):
-            raise DataError(str(path), "is a folder without .parquet files")
-        return "parquet"
-    if name.endswith(".parquet"):
-        return "parquet"
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        return "jsonl"
-    raise DataError(str(path), "bulk tagging reads Parquet (a file or a folder of files) or JSONL[.gz]")
-
-
-def _read_ids(path: Path, fmt: str, split: str | None) -> list[str]:
-    """The ids to tag, in input order, checked (as ``read_items`` does) before any work starts: ids
-    present, strings (or integers), unique; texts present and not empty."""
-    columns = ["id"] + (["split"] if split is not None else [])
-    records: Iterable[tuple[int, dict]]
-    if fmt == "parquet":
-        try:
-            schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
-            missing = [c for c in (*columns, "text") if c not in schema.names]
-            if missing:
-                raise DataError(str(path), f"no column '{missing[0]}'", field=missing[0])
-            table = pq.read_table(path, columns=[*columns, "text"])
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(str(path), f"cannot read Parquet: {exc}") from exc
-        _check_texts(path, table.column("text"))
-        records = enumerate(table.select(columns).to_pylist(), 1)
-    else:
-        from llm4tag.data import read_records
-
-        records = read_records(path)
-    ids: list[str] = []
-    seen: set[str] = set()
-    for line, record in records:
-        if fmt == "jsonl":
-            text = record.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(str(path), "missing or not a non-empty string", line=line, field="text")
-        value = record.get("id")
-        if isinstance(value, int) and not isinstance(value, bool) and fmt == "parquet":
-            value = str(value)
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(str(path), "missing or not a non-empty string", line=line, field="id")
-        if value in seen:
-            raise DataError(str(path), f"duplicate id '{value}'", line=line, field="id")
-        seen.add(value)
-        if split is not None:
-            if record.get("split") is None:
-                raise DataError(str(path), f"missing, but split '{split}' was asked for", line=line)
-            if record["split"] != split:
-                continue
-        ids.append(value)
-    if not seen:
-        raise DataError(str(path), "no items (the file holds no records)")
-    return ids
-
-
-def _check_texts(path: Path, texts: pa.ChunkedArray) -> None:
-    import pyarrow.compute as pc
-
-    if not pa.types.is_string(texts.type) and not pa.types.is_large_string(texts.type):
-        raise DataError(str(path), f"must be strings, got {texts.type}", field="text")
-    bad = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
-    if pc.any(bad).as_py():
-        row = pc.index(bad, True).as_py() + 1
-        raise DataError(str(path), "missing or empty", line=row, field="text")
-
-
-def _to_item(record: dict, source: str) -> Item:
-    item_id = record.get("id")
-    if isinstance(item_id, int) and not isinstance(item_id, bool):
-        item_id = str(item_id)
-    text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(source, f"item '{item_id}': missing or empty", field="text")
-    tags = record.get("tags")
-    extra = {k: v for k, v in record.items() if k not in ("id", "text", "tags") and v is not None}
-    return Item(id=item_id, text=text, tags=tuple(tags) if tags else None, extra=extra)
-
 
 # --- the stages (Ray Data instantiates each class once per actor)
 
@@ -195,8 +53,6 @@ def _to_item(record: dict, source: str) -> Item:
 def select_rows(block: pa.Table, keep: bool, ids: pa.Array) -> pa.Table:
     """Rows whose id is (keep) or is not (skip) in ``ids``; runs in the read tasks, before batching,
     so that a resumed job batches the remaining items as an uninterrupted one would."""
-    import pyarrow.compute as pc
-
     member = pc.is_in(pc.cast(block.column("id"), pa.string()), value_set=ids)
     return block.filter(member if keep else pc.invert(member))
 
@@ -205,14 +61,12 @@ class EncodeRecallStage:
     """CPU: item text -> vector -> graph candidates."""
 
     def __init__(self, store: str, settings: Settings, source: str, final: bool = False):
-        from llm4tag.pipeline import TaggingPipeline
-
         self.pipeline = TaggingPipeline.open(store, settings, load_engine=False)
         self.source = source
         self.final = final  # recall-only job: emit output rows, not columns for the next stage
 
     def __call__(self, batch: pa.Table) -> pa.Table | dict[str, np.ndarray]:
-        items = [_to_item(r, self.source) for r in batch.to_pylist()]
+        items = [to_item(r, self.source) for r in batch.to_pylist()]
         if not items:
             return _empty(self.final, self.pipeline.recaller.encoder.dim)
         contents, vectors = self.pipeline.encode(items)
@@ -251,9 +105,7 @@ class GenerateStage:
     that holds them, and the calibrate stage only writes the rows."""
 
     def __init__(self, store: str, settings: Settings):
-        from llm4tag.pipeline import TaggingPipeline
-
-        settings = replace(settings, pipeline=replace(settings.pipeline, calibrate=_judges_here(settings)))
+        settings = settings.with_overrides({"pipeline": {"calibrate": _judges_here(settings)}})
         self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -287,8 +139,6 @@ class CalibrateStage:
     """LLM: Yes/No verdict per generated tag, then the output rows (``pipeline.result_row``)."""
 
     def __init__(self, store: str, settings: Settings, with_candidates: bool, with_dropped: bool):
-        from llm4tag.pipeline import TaggingPipeline
-
         # Judged already by the generate stage: no model needed here.
         self.pipeline = TaggingPipeline.open(
             store, settings, load_graph=False, load_engine=not _judges_here(settings)
@@ -300,8 +150,6 @@ class CalibrateStage:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        from llm4tag.pipeline import result_row
-
         generations = [Generation(**json.loads(g)) for g in batch["generation"]]
         contents = [str(c) for c in batch["content"]]
         if "verdicts" in batch:
@@ -410,60 +258,6 @@ def build_dataset(
     )
 
 
-class OutputFolder:
-    """Complete Parquet files only: each is written hidden, fsynced, then renamed into place.
-
-    An exclusive lock (released by the OS when the process dies, even by SIGKILL) keeps two jobs
-    from writing the same folder, which also makes it safe to delete temporary files a crash left.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise DataError(str(path), "is a file; bulk output needs a folder")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path / LOCK_NAME, "w")  # noqa: SIM115 (held for the job's lifetime)
-        except OSError as exc:
-            raise DataError(str(path), f"cannot create the output folder: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self._lock.close()
-            raise LLM4TagError(f"another bulk job is writing to {path}") from exc
-        for stale in self.path.glob(f".*{TMP_SUFFIX}"):
-            stale.unlink()
-        self.run = uuid.uuid4().hex[:8]
-        self.files = 0
-
-    def done_ids(self) -> set[str]:
-        done: set[str] = set()
-        for path in output_files(self.path):
-            try:
-                done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
-            except (pa.ArrowException, OSError, KeyError) as exc:
-                raise DataError(str(path), f"not a readable output file of this job: {exc}") from exc
-        return done
-
-    def write(self, table: pa.Table) -> None:
-        name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{self.run}-{self.files:05d}.parquet"
-        tmp = self.path / f".{name}{TMP_SUFFIX}"
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path / name)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.files += 1
-
-    def close(self) -> None:
-        self._lock.close()
-
-
 @dataclass
 class BulkReport:
     output: str
@@ -530,8 +324,8 @@ def run_bulk(
         raise DataError(str(source), "does not exist")
     if not Path(store).is_dir():
         raise LLM4TagError(f"store {store} does not exist")
-    fmt = _input_format(source)
-    wanted = _read_ids(source, fmt, split)
+    fmt = input_format(source)
+    wanted = read_ids(source, fmt, split)
     folder = OutputFolder(output)
     started_ray = False
     try:
@@ -635,32 +429,3 @@ def shutdown() -> None:
 
     with contextlib.suppress(Exception):
         ray.shutdown()
-
-
-def cli_tag(args) -> int:
-    """``llm4tag tag`` in bulk mode (an --output folder, --bulk or --address)."""
-    from llm4tag.config import load_settings
-
-    if args.limit is not None:
-        raise LLM4TagError("--limit does not apply to bulk tagging (a rerun resumes where a job stopped)")
-    if args.write_back:
-        raise LLM4TagError("--write-back does not apply to bulk tagging: the actors hold read-only stores")
-    settings = load_settings(args.config)
-    if args.model:
-        settings.llm.model = args.model
-    if args.engine:
-        settings.llm.engine = args.engine
-    if settings.pipeline.write_back:
-        raise LLM4TagError("pipeline.write_back does not apply to bulk tagging")
-    report = run_bulk(
-        args.input,
-        args.output,
-        args.store,
-        settings,
-        address=args.address,
-        split=args.split,
-        with_candidates=args.candidates,
-        with_dropped=args.dropped,
-    )
-    print(json.dumps(report.to_dict()), flush=True)
-    return 0

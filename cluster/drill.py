@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from llm4tag.store_builder import build_store_from_files
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "banking77"
 DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
@@ -60,14 +62,11 @@ def log(message: str) -> None:
 
 
 def build_store(folder: Path, shards: int) -> Path:
-    from llm4tag.cli import main
-
     store = folder / "store"
-    argv = ["build", "--items", str(SAMPLE / "train.jsonl"), "--tags", str(SAMPLE / "tags.jsonl")]
     rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
-    code = main([*argv, "--store", str(store), "--knowledge", str(rules), "--shards", str(shards)])
-    if code != 0:
-        raise RuntimeError(f"llm4tag build exited with {code}")
+    build_store_from_files(
+        store, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", shards=shards, knowledge_files=[str(rules)]
+    )
     return store
 
 

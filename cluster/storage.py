@@ -20,18 +20,13 @@ fsync (a ReadWriteMany volume: NFSv4, EFS, Filestore); object stores have none o
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
-import shutil
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-from graph_store.store import _fsync_dir  # one fsync-a-folder helper for every atomic rename
+from graph_store.durable import atomic_folder, exclusive_lock, recover_folder
 
 MARKER = ".llm4tag-synced.json"
 
@@ -76,23 +71,18 @@ def sync(source: str, destination: str | os.PathLike, *, if_missing: bool = Fals
     started = time.perf_counter()
     dest = Path(destination).expanduser().resolve()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest.parent / f".{dest.name}.lock"):
-        _remove_temporaries(dest)
+    # Two syncs of one destination on a node (two init containers, a retry) must not interleave.
+    with exclusive_lock(dest.parent / f".{dest.name}.lock"):
+        recover_folder(dest)
         if if_missing and dest.exists():
             return {"source": source, "destination": str(dest), "copied": 0, "skipped": "exists"}
         filesystem, root = open_source(source)
         files = listing(filesystem, root)
         if _marker(dest) == {"source": source, "files": files}:
             return {"source": source, "destination": str(dest), "copied": 0, "skipped": "unchanged"}
-        tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
+        with atomic_folder(dest) as tmp:
             _copy(filesystem, root, files, tmp)
             (tmp / MARKER).write_text(json.dumps({"source": source, "files": files}))
-            _fsync_tree(tmp)
-            _swap(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     size = sum(v[0] for v in files.values())
     return {
         "source": source,
@@ -104,7 +94,6 @@ def sync(source: str, destination: str | os.PathLike, *, if_missing: bool = Fals
 
 
 def _copy(filesystem, root: str, files: dict[str, list[int]], tmp: Path) -> None:
-    tmp.mkdir()
     for relative in sorted(files):
         target = tmp / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,56 +104,11 @@ def _copy(filesystem, root: str, files: dict[str, list[int]], tmp: Path) -> None
             raise SyncError(f"{relative} changed while it was copied; run the sync again")
 
 
-def _swap(tmp: Path, dest: Path) -> None:
-    """Put tmp in dest's place; the old copy goes only after the new one is there."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _marker(dest: Path) -> dict | None:
     try:
         return json.loads((dest / MARKER).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _remove_temporaries(dest: Path) -> None:
-    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in dest.parent.glob(f".{dest.name}.old-*"):
-        # A crash between the two renames of _swap: the old copy is whole; keep it if dest is gone.
-        if dest.exists():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(stale, dest)
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, names in os.walk(root):
-        for name in names:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Two syncs of one destination on a node (two init containers, a retry) must not interleave.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from deployments.metrics import adapter_metrics
+from deployments.serve_metrics import adapter_metrics
 from llm4tag.finetune.registry import ActiveAdapters
 
 log = logging.getLogger("ray.serve")

@@ -1,21 +1,17 @@
-"""What the stage deployments share: settings from the app's arguments, batch sizes, threads."""
+"""What the stage deployments share: batch sizes, threads. (Their settings arrive typed: the app
+binds llm4tag's Settings and the service's Batching to each deployment.)"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from llm4tag.config import Settings, settings_from_dict
-
-
-def settings_of(data: dict[str, Any] | None) -> Settings:
-    return settings_from_dict(data or {})
+from llm4tag.service import Batching
 
 
-def configure_batching(method, batching: dict[str, Any]) -> None:
+def configure_batching(method, batching: Batching) -> None:
     """Apply the batch size and wait from config to a @serve.batch method (its decorator holds defaults)."""
-    method.set_max_batch_size(int(batching["max_batch_size"]))
-    method.set_batch_wait_timeout_s(float(batching["batch_wait_timeout_s"]))
+    method.set_max_batch_size(batching.max_batch_size)
+    method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
 
 async def in_thread(function, *args):

@@ -13,14 +13,14 @@ from typing import Any
 
 from ray.serve import Application
 
-from deployments.calibrator import Calibrator
-from deployments.encoder import Encoder
-from deployments.generator import Generator
-from deployments.graph_recall import GraphRecall
-from deployments.ingress import Ingress
+from deployments.calibrator import CalibratorDeployment
+from deployments.encoder import EncoderDeployment
+from deployments.generator import GeneratorDeployment
+from deployments.graph_recall import GraphRecallDeployment
+from deployments.ingress import IngressDeployment
 from graph_store import read_vocabulary
 from llm4tag.calibrator import judges_in_context
-from llm4tag.config import load_settings, settings_from_dict
+from llm4tag.config import Settings, load_settings
 from llm4tag.errors import ConfigError
 from llm4tag.service import ServiceConfig
 
@@ -47,14 +47,10 @@ def build_app(args: dict[str, Any]) -> Application:
     if "store" not in args:
         raise ConfigError("the application needs 'store': the folder built by `llm4tag build`")
     store = resolve_path(str(args["store"]))
-    if args.get("config"):
-        settings = load_settings(resolve_path(str(args["config"]))).to_dict()
-        settings = _merge(settings, args.get("settings") or {})
-    else:
-        settings = args.get("settings") or {}
-    parsed = settings_from_dict(settings)  # validated here, before any replica starts
-    settings = parsed.to_dict()
-    service = ServiceConfig.from_dict(args.get("service"))
+    # Validated here, before any replica starts; every deployment gets these typed settings.
+    base = load_settings(resolve_path(str(args["config"]))) if args.get("config") else Settings()
+    settings = base.with_overrides(args.get("settings") or {})
+    service = ServiceConfig.load(args.get("service"))
     journal = resolve_path(str(args["journal"])) if args.get("journal") else None
     vocabulary = read_vocabulary(store)
     options = args.get("deployment_options") or {}
@@ -66,47 +62,35 @@ def build_app(args: dict[str, Any]) -> Application:
             else deployment.options(name=name)
         )
 
-    encoder = opt(Encoder, "Encoder").bind(settings, service.to_dict()["encoder"], vocabulary.encoder_id)
+    encoder = opt(EncoderDeployment, "Encoder").bind(settings, service.encoder, vocabulary.encoder_id)
     shards = []
     for index in range(vocabulary.num_shards):
         name = "GraphRecall" if vocabulary.num_shards == 1 else f"GraphRecall{index}"
         base = options.get("GraphRecall", {})
         shard_options = {**base, **options.get(name, {})}
         shards.append(
-            GraphRecall.options(name=name, **shard_options).bind(
+            GraphRecallDeployment.options(name=name, **shard_options).bind(
                 store, index, vocabulary.num_shards, settings, journal
             )
         )
-    batching = service.to_dict()
-    generator = opt(Generator, "Generator").bind(
-        store, settings, batching["generator"], batching["calibrator"]
+    generator = opt(GeneratorDeployment, "Generator").bind(
+        store, settings, service.generator, service.calibrator
     )
     calibrator = None
-    if parsed.pipeline.calibrate:
+    if settings.pipeline.calibrate:
         # Judgments that continue the generation conversations run where those were computed: on
         # the Generator deployment (one model in memory, and only the question is computed).
         calibrator = (
             generator
-            if judges_in_context(parsed.llm, parsed.prompts)
-            else opt(Calibrator, "Calibrator").bind(store, settings, batching["calibrator"])
+            if judges_in_context(settings.llm, settings.prompts)
+            else opt(CalibratorDeployment, "Calibrator").bind(store, settings, service.calibrator)
         )
-    return opt(Ingress, "Ingress").bind(
+    return opt(IngressDeployment, "Ingress").bind(
         encoder,
         shards,
         generator,
         calibrator,
         {"tags": vocabulary.tags, "descriptions": vocabulary.descriptions},
         settings,
-        service.to_dict(),
+        service,
     )
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = (
-            _merge(merged[key], value)
-            if isinstance(value, dict) and isinstance(merged.get(key), dict)
-            else value
-        )
-    return merged

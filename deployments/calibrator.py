@@ -11,22 +11,26 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread, settings_of
-from deployments.metrics import batch_size_histogram
+from deployments._common import in_thread
+from deployments.serve_metrics import batch_size_histogram
 from llm4tag.calibrator import Judged
+from llm4tag.config import Settings
 from llm4tag.engines.base import Messages
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.service import Batching
 
 JudgeRequest = tuple[str, list[str], tuple[Messages, str] | None]
 
 
 class Judging:
-    def _start_judging(self, pipeline: TaggingPipeline, adapters_file: str | None, batching: dict) -> None:
+    def _start_judging(
+        self, pipeline: TaggingPipeline, adapters_file: str | None, batching: Batching
+    ) -> None:
         self.judging = pipeline
         self.judge_adapter = AdapterFollower(pipeline.engine, "calibrator", adapters_file)
         sizes = batch_size_histogram()
         self.judge_batcher = QueueBatcher(
-            self._judge, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
+            self._judge, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
         )
 
     async def judge(self, request: JudgeRequest) -> list[Judged]:
@@ -51,18 +55,18 @@ class Judging:
 
 
 @serve.deployment(name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-class Calibrator(Judging):
-    def __init__(self, store: str, settings: dict, batching: dict):
-        config = settings_of(settings)
-        config.pipeline.calibrate = True
+class CalibratorDeployment(Judging):
+    def __init__(self, store: str, settings: Settings, batching: Batching):
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
-        config.pipeline.num_samples = config.pipeline.num_snippets = 0
+        config = settings.with_overrides(
+            {"pipeline": {"calibrate": True, "num_samples": 0, "num_snippets": 0}}
+        )
         pipeline = TaggingPipeline.open(store, config, load_graph=False)
         self._start_judging(pipeline, config.llm.adapters_file, batching)
 
     def describe(self) -> dict:
         return self.describe_judging()
 
-    async def sync_adapters(self) -> dict:
+    async def sync_adapters(self, role: str = "calibrator") -> dict:
         await in_thread(self.judge_adapter.sync)
         return self.judge_adapter.describe()

@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from deployments._common import configure_batching, in_thread, settings_of
-from llm4tag.encoder import Encoder as CoreEncoder
-from llm4tag.errors import ConfigError
+from deployments._common import configure_batching, in_thread
+from graph_store import EncoderMismatchError
+from llm4tag.config import Settings
+from llm4tag.encoder import Encoder
+from llm4tag.service import Batching
 
 
 @serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
-class Encoder:
-    def __init__(self, settings: dict, batching: dict, expected_encoder_id: str):
-        self.encoder = CoreEncoder(settings_of(settings).encoder)
+class EncoderDeployment:
+    def __init__(self, settings: Settings, batching: Batching, expected_encoder_id: str):
+        self.encoder = Encoder(settings.encoder)
         if self.encoder.id != expected_encoder_id:
-            raise ConfigError(
+            raise EncoderMismatchError(
                 f"the configured encoder is '{self.encoder.id}' but the store was built with "
                 f"'{expected_encoder_id}'; configure the encoder the store was built with"
             )

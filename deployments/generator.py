@@ -14,27 +14,30 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread, settings_of
+from deployments._common import in_thread
 from deployments.calibrator import Judging
-from deployments.metrics import batch_size_histogram
+from deployments.serve_metrics import batch_size_histogram
 from llm4tag.calibrator import judges_in_context
+from llm4tag.config import Settings
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.service import Batching
 
 
 @serve.deployment(name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-class Generator(Judging):
-    def __init__(self, store: str, settings: dict, batching: dict, judge_batching: dict | None = None):
-        config = settings_of(settings)
+class GeneratorDeployment(Judging):
+    def __init__(
+        self, store: str, settings: Settings, batching: Batching, judge_batching: Batching | None = None
+    ):
         # Judging here only when the judgments continue this stage's conversations (app.py).
-        judges = config.pipeline.calibrate and judges_in_context(config.llm, config.prompts)
-        config.pipeline.calibrate = judges
+        judges = settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
+        config = settings.with_overrides({"pipeline": {"calibrate": judges}})
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
         self.adapter = AdapterFollower(self.pipeline.engine, "generator", config.llm.adapters_file)
         sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
-            self._generate, batching["max_batch_size"], batching["batch_wait_timeout_s"], sizes.observe
+            self._generate, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
         )
         self.judges = judges
         if judges:

@@ -17,9 +17,9 @@ import numpy as np
 import ray
 from ray import serve
 
-from deployments._common import settings_of
 from graph_store import GraphStore
 from graph_store.shards import shard_folder
+from llm4tag.config import Settings
 
 log = logging.getLogger("ray.serve")
 
@@ -33,13 +33,15 @@ def shard_paths(store: str, shard: int, num_shards: int, journal: str | None) ->
 
 
 @serve.deployment(name="GraphRecall", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class GraphRecall:
-    def __init__(self, store: str, shard: int, num_shards: int, settings: dict, journal: str | None = None):
+class GraphRecallDeployment:
+    def __init__(
+        self, store: str, shard: int, num_shards: int, settings: Settings, journal: str | None = None
+    ):
         folder, journal_dir = shard_paths(store, shard, num_shards, journal)
         started = time.perf_counter()
         # load() replays the journal: the catch-up happens here, before the replica is ready.
         self.store = GraphStore.load(folder, journal_dir=journal_dir)
-        self.store.config.recall = settings_of(settings).graph.recall
+        self.store.config.recall = settings.graph.recall  # the store's own copy of its settings
         self.shard = (shard, num_shards)
         self.loaded_s = time.perf_counter() - started
         self.journal_path = str(self.store.journal.path) if self.store.journal is not None else None

@@ -1,45 +1,51 @@
-"""The HTTP ingress: validates requests, chains the stage deployments, answers with tags + provenance.
+"""The HTTP ingress: validates requests, runs the stage flow over the stage deployments, answers with
+tags + provenance.
 
 POST /v1/tag        one item or {"items": [...]}: tags with confidence and provenance
 POST /v1/feedback   corrected annotations: durable graph edges + retrievable samples
 GET  /v1/tags?q=    vocabulary search
 GET  /healthz       the ingress answers;   GET /readyz   every stage answers (and what it holds)
+
+The request shapes are llm4tag/http_schema.py's models (they validate and document), the stage order
+is llm4tag/flow.py's (the in-process pipeline runs the same flow), and one exception handler
+(``answers``) turns every refusal into ``{"error", "field"}`` with its status.
+
+No ``from __future__ import annotations`` here: FastAPI reads the route signatures' annotations
+(``request: Request``) in the replica, from a pickled copy of the app, where strings would not resolve.
+For the same reason every module-level name the routes use is defined above the class: Serve pickles
+the app (and the routes with the globals they see) while this module is still being imported.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from deployments._common import settings_of
-from deployments.metrics import ServiceMetrics
-from deployments.schema import (
-    ErrorOut,
-    FeedbackRequestIn,
-    TagRequestIn,
-    TagResponseOut,
-    body_schema,
-)
+from deployments.serve_metrics import ServiceMetrics
 from graph_store import shard_of
-from graph_store.recall import merge_hits, select
-from llm4tag.calibrator import Judged, judges_in_context
-from llm4tag.knowledge import Sample
-from llm4tag.pipeline import judgment_context, result_row
-from llm4tag.service import (
+from llm4tag import flow
+from llm4tag.calibrator import judges_in_context
+from llm4tag.config import Settings
+from llm4tag.engines.adapters import check_adapter
+from llm4tag.errors import ModelError
+from llm4tag.finetune.registry import write_active
+from llm4tag.http_schema import (
+    ErrorOut,
+    FeedbackResponseOut,
     RequestError,
-    ServiceConfig,
-    parse_feedback_request,
-    parse_tag_request,
-    search_tags,
+    RequestSchema,
+    TagResponseOut,
 )
-from llm4tag.texts import item_text
+from llm4tag.service import ServiceConfig, search_tags
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(
@@ -47,17 +53,54 @@ app = FastAPI(
     description="Automatic tagging after LLM4Tag: graph recall, knowledge-enhanced generation, calibration.",
     version="0.1.0",
 )
-ERRORS = {
-    400: {"model": ErrorOut},
-    413: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-    503: {"model": ErrorOut},
-}
+ERRORS = {status: {"model": ErrorOut} for status in (400, 409, 413, 422, 503)}
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
+# The request models of the default configuration, for the OpenAPI page; each replica validates with
+# the models of its own configuration (texts.item_fields).
+DOCUMENTED = RequestSchema()
 
 
 class Overloaded(Exception):
-    pass
+    """A stage refused more work (Serve's back pressure): 503 with Retry-After."""
+
+
+class Refused(Exception):
+    """An answer other than 200, with the body every refusal has."""
+
+    def __init__(self, status: int, error: str, field: str):
+        super().__init__(error)
+        self.status, self.body = status, {"error": error, "field": field}
+
+
+REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete)
+# The stage a flow call's time is reported as (timings_ms, the stage_latency_ms metric).
+STAGE_OF = {
+    flow.Encode: "encode",
+    flow.Search: "recall",
+    flow.Generate: "generate",
+    flow.Calibrate: "calibrate",
+    flow.Record: "write_back",
+    flow.Writes: "write",
+}
+
+
+def answers(route: str):
+    """The one exception handler: a route wrapped in it answers every refusal with
+    ``{"error", "field"}`` and its status (:meth:`IngressDeployment.refusal`). A decorator rather than
+    ``app.exception_handler``, because Serve runs a pickled copy of the app, where a handler would not
+    reach the replica's settings and metrics."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        async def answer(self, *args, **kwargs):
+            try:
+                return await method(self, *args, **kwargs)
+            except REFUSALS as exc:
+                return self.refusal(route, exc)
+
+        return answer
+
+    return wrap
 
 
 @serve.deployment(
@@ -67,7 +110,7 @@ class Overloaded(Exception):
     max_queued_requests=256,
 )
 @serve.ingress(app)
-class Ingress:
+class IngressDeployment:
     def __init__(
         self,
         encoder,
@@ -75,35 +118,43 @@ class Ingress:
         generator,
         calibrator,
         vocabulary: dict,
-        settings: dict,
-        service: dict,
+        settings: Settings,
+        service: ServiceConfig,
     ):
         self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
-        self.settings = settings_of(settings)
-        self.service = ServiceConfig.from_dict(service)
+        self.settings = settings
+        self.service = service
         self.limits = self.service.limits
         self.tags: list[str] = vocabulary["tags"]
         self.descriptions: list[str | None] = vocabulary["descriptions"]
         self.vocabulary = frozenset(self.tags)
-        self.text_fields = [f for f in self.settings.texts.item_fields if f != "text"]
-        self.recall_config = self.settings.graph.recall
+        self.schema = RequestSchema([f for f in self.settings.texts.item_fields if f != "text"])
         # Judgments continue the generation conversations: they carry them to the stage that judges.
         self.in_context = judges_in_context(self.settings.llm, self.settings.prompts)
         self.metrics = ServiceMetrics()
 
     # -- plumbing
 
-    def _error(self, route: str, status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    def refusal(self, route: str, exc: Exception) -> JSONResponse:
+        """The one mapping of errors to answers: ``{"error", "field"}`` and the status."""
+        headers = None
+        if isinstance(exc, RequestError):
+            status, body = exc.status, exc.body()
+        elif isinstance(exc, Refused):
+            status, body = exc.status, exc.body
+        elif isinstance(exc, Overloaded):
+            status, body = (
+                503,
+                {"error": f"the service is overloaded (stage {exc}); retry later", "field": "service"},
+            )
+            headers = {"Retry-After": str(self.service.retry_after_s)}
+        elif isinstance(exc, flow.FeedbackIncomplete):
+            status, body = 503, {"error": str(exc), "field": "service"}
+            headers = {"Retry-After": str(self.service.retry_after_s)}
+        else:
+            raise exc
         self.metrics.requests.inc(tags={"route": route, "status": str(status)})
         return JSONResponse(body, status_code=status, headers=headers)
-
-    def _overloaded(self, route: str, what: str) -> JSONResponse:
-        return self._error(
-            route,
-            503,
-            {"error": f"the service is overloaded ({what}); retry later", "field": "service"},
-            {"Retry-After": str(self.service.retry_after_s)},
-        )
 
     async def _json(self, request: Request) -> Any:
         declared = request.headers.get("content-length")
@@ -139,6 +190,81 @@ class Ingress:
                 await asyncio.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    # -- the flow's calls, answered by the stage deployments
+
+    async def answer(self, call: flow.Call):
+        if isinstance(call, flow.Encode):
+            vectors = await asyncio.gather(
+                *(self._call("encode", self.encoder.encode, c) for c in call.contents)
+            )
+            return np.stack(vectors)
+        if isinstance(call, flow.Search):
+            return await asyncio.gather(*(self._call("recall", s.search, call.vectors) for s in self.shards))
+        if isinstance(call, flow.Generate):
+            return await asyncio.gather(
+                *(
+                    self._call(
+                        "generate",
+                        self.generator.generate,
+                        {"id": i, "content": c, "vector": v, "candidates": cands},
+                    )
+                    for i, c, v, cands in zip(
+                        call.ids, call.contents, call.vectors, call.candidates, strict=True
+                    )
+                )
+            )
+        if isinstance(call, flow.Calibrate):
+            return await asyncio.gather(
+                *(
+                    self._call(
+                        "calibrate",
+                        self.calibrator.judge,
+                        (content, list(tags), context if self.in_context else None),
+                    )
+                    for content, tags, context in zip(call.contents, call.tags, call.contexts, strict=True)
+                )
+            )
+        if isinstance(call, flow.Record):
+            return await self._record(call)
+        if isinstance(call, flow.RecordSamples):
+            return await self._call("feedback", self.generator.record_samples, call.samples, call.vectors)
+        if isinstance(call, flow.Writes):
+            return await asyncio.gather(*(self.answer(w) for w in call.writes), return_exceptions=True)
+        raise TypeError(f"no answer to {type(call).__name__}")
+
+    async def _record(self, call: flow.Record) -> None:
+        """Durable upserts in each item's owning shard (its journal is followed by every replica)."""
+        groups: dict[int, list[int]] = {}
+        for row, item_id in enumerate(call.ids):
+            groups.setdefault(shard_of(item_id, len(self.shards)), []).append(row)
+        await asyncio.gather(
+            *(
+                self._call(
+                    "record",
+                    self.shards[shard].record,
+                    [call.ids[r] for r in rows],
+                    call.vectors[rows],
+                    [call.tags[r] for r in rows],
+                    [call.texts[r] for r in rows],
+                )
+                for shard, rows in groups.items()
+            )
+        )
+
+    async def run(self, steps, timings: dict[str, float] | None = None):
+        """Drive a flow over the deployments, timing each stage (ms)."""
+        result = None
+        while True:
+            try:
+                call = steps.send(result)
+            except StopIteration as stop:
+                return stop.value
+            started = time.perf_counter()
+            result = await self.answer(call)
+            if timings is not None:
+                stage = STAGE_OF.get(type(call), type(call).__name__.lower())
+                timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
+
     # -- routes
 
     @app.post(
@@ -146,194 +272,98 @@ class Ingress:
         response_model=TagResponseOut,
         response_model_exclude_unset=True,
         responses=ERRORS,
-        openapi_extra=body_schema(TagRequestIn),
+        openapi_extra=RequestSchema.body(DOCUMENTED.tag_request),
         summary="Tag one item or a batch",
     )
+    @answers("/v1/tag")
     async def tag(self, request: Request):
-        route = "/v1/tag"
         started = time.perf_counter()
-        try:
-            parsed = parse_tag_request(await self._json(request), self.text_fields, self.limits)
-            rows, timings = await self._tag(parsed)
-        except RequestError as exc:
-            return self._error(route, exc.status, exc.body())
-        except Overloaded as exc:
-            return self._overloaded(route, f"stage {exc}")
+        parsed = self.schema.parse_tag(await self._json(request), self.limits)
+        timings: dict[str, float] = {}
+        recall = self.settings.graph.recall
+        tagged = await self.run(
+            flow.tag_flow(
+                parsed.items,
+                item_fields=self.settings.texts.item_fields,
+                tag_names=self.tags,
+                recall=recall,
+                calibrate=self.calibrator is not None,
+                write_back=self.settings.pipeline.write_back,
+                with_candidates=parsed.candidates,
+                with_dropped=parsed.dropped,
+            ),
+            timings,
+        )
         timings["total"] = (time.perf_counter() - started) * 1000
+        self._observe(tagged, timings)
+        self.metrics.requests.inc(tags={"route": "/v1/tag", "status": "200"})
+        return {"items": tagged.rows, "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+
+    def _observe(self, tagged: flow.Tagged, timings: dict[str, float]) -> None:
         for stage, ms in timings.items():
             self.metrics.stage_latency.observe(ms, tags={"stage": stage})
-        self.metrics.items_tagged.inc(len(rows))
-        self.metrics.requests.inc(tags={"route": route, "status": "200"})
-        return {"items": rows, "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
-
-    async def _tag(self, parsed) -> tuple[list[dict], dict[str, float]]:
-        items = parsed.items
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = (now - clock) * 1000
-            clock = now
-
-        contents = [item_text(i, self.settings.texts.item_fields) for i in items]
-        vectors = await asyncio.gather(*(self._call("encode", self.encoder.encode, c) for c in contents))
-        lap("encode")
-        import numpy as np
-
-        matrix = np.stack(vectors)
-        per_shard = await asyncio.gather(*(self._call("recall", s.search, matrix) for s in self.shards))
-        rc = self.recall_config
-        candidates = [
-            select(merge_hits(list(parts), rc.c2c_search_k) if len(parts) > 1 else parts[0], self.tags, rc)
-            for parts in zip(*per_shard, strict=True)
-        ]
-        lap("recall")
-        for cands in candidates:
+        for cands in tagged.candidates:
             self.metrics.candidates.observe(len(cands))
-        generations = await asyncio.gather(
-            *(
-                self._call(
-                    "generate",
-                    self.generator.generate,
-                    {
-                        "id": item.id,
-                        "content": content,
-                        "vector": vector,
-                        "candidates": [c.tag for c in cands],
-                    },
-                )
-                for item, content, vector, cands in zip(items, contents, vectors, candidates, strict=True)
-            )
-        )
-        lap("generate")
-        if self.calibrator is not None:
-            judged = await asyncio.gather(
-                *(
-                    self._call(
-                        "calibrate",
-                        self.calibrator.judge,
-                        (content, list(g.tags), judgment_context(g) if self.in_context else None),
-                    )
-                    for content, g in zip(contents, generations, strict=True)
-                )
-            )
-            lap("calibrate")
-        else:
-            judged = [[Judged(t, float("nan"), True) for t in g.tags] for g in generations]
-        rows = []
-        for item, cands, generation, verdicts in zip(items, candidates, generations, judged, strict=True):
+        for verdicts in tagged.verdicts:
             for verdict in verdicts:
                 if verdict.confidence == verdict.confidence:
                     self.metrics.confidence.observe(verdict.confidence)
                 (self.metrics.tags_kept if verdict.kept else self.metrics.tags_dropped).inc()
-            rows.append(result_row(item.id, cands, generation, verdicts, parsed.candidates, parsed.dropped))
-        if self.settings.pipeline.write_back:
-            await self._record(items, vectors, [[t["tag"] for t in row["tags"]] for row in rows])
-            lap("write_back")
-        return rows, timings
-
-    async def _record(self, items, vectors, tags: list[list[str]]) -> None:
-        """Durable upserts in each item's owning shard (its journal is followed by every replica)."""
-        import numpy as np
-
-        groups: dict[int, list[int]] = {}
-        for row, item in enumerate(items):
-            groups.setdefault(shard_of(item.id, len(self.shards)), []).append(row)
-        await asyncio.gather(
-            *(
-                self._call(
-                    "record",
-                    self.shards[shard].record,
-                    [items[r].id for r in rows],
-                    np.stack([vectors[r] for r in rows]),
-                    [tags[r] for r in rows],
-                    [items[r].text for r in rows],
-                )
-                for shard, rows in groups.items()
-            )
-        )
+        self.metrics.items_tagged.inc(len(tagged.rows))
 
     @app.post(
         "/v1/feedback",
+        response_model=FeedbackResponseOut,
         responses=ERRORS,
-        openapi_extra=body_schema(FeedbackRequestIn),
+        openapi_extra=RequestSchema.body(DOCUMENTED.feedback_request),
         summary="Record corrected annotations (durable before the answer)",
     )
+    @answers("/v1/feedback")
     async def feedback(self, request: Request):
-        route = "/v1/feedback"
-        try:
-            parsed = parse_feedback_request(
-                await self._json(request), self.text_fields, self.vocabulary, self.limits
-            )
-            items = parsed.items
-            contents = [item_text(i, self.settings.texts.item_fields) for i in items]
-            vectors = await asyncio.gather(*(self._call("encode", self.encoder.encode, c) for c in contents))
-            samples = [
-                Sample(id=i.id, text=c, correct=tuple(i.tags or ()), incorrect=tuple(w), source="feedback")
-                for i, c, w in zip(items, contents, parsed.incorrect, strict=True)
-            ]
-            import numpy as np
-
-            # Both writes are fsynced before the 200: the sample log and the owning shard's journal.
-            recorded, _ = await asyncio.gather(
-                self._call("feedback", self.generator.record_samples, samples, np.stack(vectors)),
-                self._record(items, vectors, [list(i.tags or ()) for i in items]),
-            )
-        except RequestError as exc:
-            return self._error(route, exc.status, exc.body())
-        except Overloaded as exc:
-            return self._overloaded(route, f"stage {exc}")
-        self.metrics.feedback.inc(len(items))
-        self.metrics.requests.inc(tags={"route": route, "status": "200"})
-        return {"recorded": len(items), "ids": [i.id for i in items], "samples": recorded}
+        parsed = self.schema.parse_feedback(await self._json(request), self.vocabulary, self.limits)
+        # Both writes are fsynced before the 200: the sample log and the owning shard's journal.
+        # They run concurrently; if one fails the answer is a 503 naming it, and the same request
+        # sent again converges (both are upserts).
+        recorded = await self.run(
+            flow.feedback_flow(parsed.items, parsed.incorrect, item_fields=self.settings.texts.item_fields)
+        )
+        self.metrics.feedback.inc(recorded.items)
+        self.metrics.requests.inc(tags={"route": "/v1/feedback", "status": "200"})
+        return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
 
     @app.post("/v1/admin/adapter", responses=ERRORS, summary="Swap a LoRA adapter in without a restart")
+    @answers("/v1/admin/adapter")
     async def set_adapter(self, request: Request):
         """Body {"role": "generator"|"calibrator", "path": adapter folder or null (base model)}: the
         adapters file (llm.adapters_file) is rewritten, and every replica of the stage loads it between
         batches; requests in flight are answered by the old adapter or the new one, none fails."""
-        from llm4tag.engines.adapters import check_adapter
-        from llm4tag.errors import ModelError
-        from llm4tag.finetune.registry import write_active
-
-        route = "/v1/admin/adapter"
-        try:
-            body = await self._json(request)
-        except RequestError as exc:
-            return self._error(route, exc.status, exc.body())
+        body = await self._json(request)
         if not isinstance(body, dict) or body.get("role") not in ("generator", "calibrator"):
-            return self._error(route, 422, {"error": "must be generator or calibrator", "field": "role"})
+            raise Refused(422, "must be generator or calibrator", "role")
         role, path = body["role"], body.get("path")
         stage = self.generator if role == "generator" else self.calibrator
         if stage is None:
-            return self._error(route, 422, {"error": "this app runs no calibrator", "field": "role"})
+            raise Refused(422, "this app runs no calibrator", "role")
         if not self.settings.llm.adapters_file:
-            return self._error(
-                route, 409, {"error": "set llm.adapters_file to swap adapters over HTTP", "field": "role"}
-            )
+            raise Refused(409, "set llm.adapters_file to swap adapters over HTTP", "role")
         if path is not None:
             if not isinstance(path, str) or not path:
-                return self._error(route, 422, {"error": "must be a folder path or null", "field": "path"})
+                raise Refused(422, "must be a folder path or null", "path")
             try:
                 await asyncio.to_thread(check_adapter, role, path)
             except ModelError as exc:
-                return self._error(route, 422, {"error": str(exc), "field": "path"})
+                raise Refused(422, str(exc), "path") from exc
         await asyncio.to_thread(write_active, self.settings.llm.adapters_file, {role: path}, "admin")
         # One replica loads it now (and confirms); the others load it before their next batch.
         state = await self._call(f"adapter-{role}", stage.sync_adapters, role)
-        self.metrics.requests.inc(tags={"route": route, "status": "200"})
+        self.metrics.requests.inc(tags={"route": "/v1/admin/adapter", "status": "200"})
         return {"role": role, "path": path, "replica": state}
 
     @app.get("/v1/tags", summary="Search the tag vocabulary")
+    @answers("/v1/tags")
     async def search(self, q: str = "", limit: int = 20):
         if not 1 <= limit <= self.limits.max_search_results:
-            return self._error(
-                "/v1/tags",
-                422,
-                {"error": f"must be within 1..{self.limits.max_search_results}", "field": "limit"},
-            )
+            raise Refused(422, f"must be within 1..{self.limits.max_search_results}", "limit")
         found = search_tags(q, self.tags, self.descriptions, limit)
         return {"query": q, "tags": found, "vocabulary_size": len(self.tags)}
 

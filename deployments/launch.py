@@ -14,8 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from graph_store.config import merged, read_yaml
 from llm4tag.errors import ConfigError
 
 
@@ -23,12 +22,7 @@ def load_serve_config(path: str | os.PathLike) -> dict[str, Any]:
     from pydantic import ValidationError
     from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read serve config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"serve config {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "serve config", ConfigError)
     try:
         ServeDeploySchema.model_validate(raw)
     except ValidationError as exc:
@@ -81,7 +75,7 @@ def deploy(
         if store is not None:
             args["store"] = os.path.abspath(store)
         if settings:
-            args["settings"] = _merge(args.get("settings") or {}, settings)
+            args["settings"] = merged(args.get("settings") or {}, settings)
         args["deployment_options"] = {
             d["name"]: {k: v for k, v in d.items() if k != "name"} for d in application.get("deployments", [])
         }
@@ -94,14 +88,6 @@ def deploy(
     host = http.get("host", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{host}:{http.get('port', 8000)}"
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if nested else value
-    return merged
 
 
 def post_json(url: str, body: Any, timeout: float = 600) -> Any:

@@ -6,6 +6,7 @@ those of the unsharded store (exactly, with exact indexes). A Serve replica hold
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -14,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from graph_store.config import RecallConfig
+from graph_store.durable import CURRENT, write_atomically
 from graph_store.errors import StoreError
-from graph_store.recall import Candidate, merge_hits, select
-from graph_store.store import CURRENT, GraphStore, _write_atomically, activate_version, shard_of
+from graph_store.metapaths import Candidate, select_merged
+from graph_store.store import GraphStore, shard_of
 
 SHARDS_FILE = "shards.json"
 
@@ -42,11 +44,7 @@ class ShardedStore:
 
     def recall(self, vectors: np.ndarray, recall: RecallConfig | None = None) -> list[list[Candidate]]:
         rc = recall or self.config.recall
-        per_shard = [shard.search(vectors, rc) for shard in self.shards]
-        return [
-            select(merge_hits(parts, rc.c2c_search_k), self.tag_names, rc)
-            for parts in zip(*per_shard, strict=True)
-        ]
+        return select_merged([shard.search(vectors, rc) for shard in self.shards], self.tag_names, rc)
 
     def match(self, vectors: np.ndarray, k: int = 20) -> list[list[Candidate]]:
         # Tags are replicated in every shard, so one shard answers match-based recall.
@@ -120,15 +118,18 @@ class ShardedStore:
             raise StoreError(f"{root} holds an unsharded store; save the shards to another folder")
         count = len(self.shards)
         listing = []
-        for shard in self.shards:
-            folder = shard_folder(shard.shard[0], count)
-            version = shard.save(root / folder, activate=False)
-            listing.append({"folder": folder, "version": version.name})
-        _write_atomically(root / SHARDS_FILE, json.dumps({"shards": listing}, indent=2).encode())
-        for shard, entry in zip(self.shards, listing, strict=True):
-            # Each shard folder also stays loadable on its own (a replica holding one shard).
-            activate_version(root / entry["folder"], entry["version"])
-            shard.journal_saved(root / entry["folder"], entry["version"])
+        with contextlib.ExitStack() as stack:
+            saves = [
+                stack.enter_context(shard.saving(root / shard_folder(shard.shard[0], count)))
+                for shard in self.shards
+            ]
+            for shard, save in zip(self.shards, saves, strict=True):
+                version = save.write()
+                listing.append({"folder": shard_folder(shard.shard[0], count), "version": version.name})
+            write_atomically(root / SHARDS_FILE, json.dumps({"shards": listing}, indent=2).encode())
+            for save in saves:
+                # Each shard folder also stays loadable on its own (a replica holding one shard).
+                save.activate()
         return root
 
     @classmethod

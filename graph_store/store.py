@@ -1,49 +1,31 @@
-"""A graph store: the content–tag graph, its two vector indexes, and their persistence.
+"""A graph store: the content–tag graph, its two vector indexes, recall, growth, and persistence.
 
-On disk a store is a directory of immutable versions and a CURRENT file naming the live one:
-
-    STORE/CURRENT            "v000002"
-    STORE/v000002/manifest.json, vertices.parquet, edges.parquet, contents.faiss, tags.faiss
-
-A save writes a complete new version beside the old one and then replaces CURRENT with
-os.replace, which is atomic: a crash at any point leaves the previous version readable.
+On disk (graph_store/persistence.py) a store is a folder of immutable versions, a CURRENT file naming
+the live one, and the journal of writes since (graph_store/journal.py). A store loaded from a folder
+writes through the journal and follows what other processes write there; when another process saves
+a new version, it reloads that version before it reads or writes again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import shutil
 import threading
-import time
-import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from graph_store.ann import VectorIndex, set_threads
 from graph_store.config import GraphConfig, RecallConfig
+from graph_store.durable import Carry, VersionMoved, append_to_live
 from graph_store.errors import EncoderMismatchError, StoreError
-from graph_store.graph import (
-    CONTENT,
-    DETERMINISTIC,
-    SIMILAR_CC,
-    SIMILAR_CT,
-    TAG,
-    ContentTagGraph,
-)
+from graph_store.graph import DETERMINISTIC, SIMILAR_CC, SIMILAR_CT, ContentTagGraph
 from graph_store.journal import Journal, record_line
-from graph_store.recall import Candidate, Hits, round_sims, select, select_match
-
-FORMAT_VERSION = 1
-CURRENT = "CURRENT"
-KEEP_VERSIONS = 2
+from graph_store.metapaths import Candidate, Hits, round_sims, select, select_match
+from graph_store.persistence import StoreSave, current_version, read_manifest, read_version, store_folder
 
 
 def shard_of(item_id: str, num_shards: int) -> int:
@@ -104,6 +86,14 @@ class GraphStore:
         self.dim = tag_index.dim
         # Set when loaded from a folder: durable writes go there, and other processes' writes come in.
         self.journal: Journal | None = None
+        self.folder: Path | None = None  # the folder the journal continues
+        # Set for a view of a version that is not live: it refuses writes (they would go nowhere).
+        self.read_only: str | None = None
+        self._replayed = 0  # journal records the last load replayed
+        # Changed in memory by insert()/write_back() since loaded (not through the journal): a reload
+        # would lose that, so a save that finds the folder moved on refuses instead of reloading.
+        self._unjournaled = False
+        self._replaying = False
         self._write_lock = threading.RLock()
 
     # -- building ---------------------------------------------------------------------------------
@@ -276,8 +266,10 @@ class GraphStore:
     ) -> None:
         """Add new contents with their similarity edges (and deterministic edges for known tags).
 
-        They are searchable by the next recall: faiss appends to the index in place.
+        They are searchable by the next recall: faiss appends to the index in place. On a store loaded
+        from a folder this changes memory only, until the next save (:meth:`record` writes durably).
         """
+        self._unjournaled = self._unjournaled or not self._replaying
         vectors = np.asarray(vectors, np.float32)
         if len(item_ids) != len(vectors):
             raise StoreError("item_ids and vectors must have the same length")
@@ -309,7 +301,11 @@ class GraphStore:
             self._link_similar(positions, vectors)
 
     def write_back(self, item_id: str, tags: Sequence[str]) -> int:
-        """Record final tags of a stored item as deterministic edges; returns how many were new."""
+        """Record final tags of a stored item as deterministic edges; returns how many were new.
+
+        In memory only, as :meth:`insert`; :meth:`record` writes durably.
+        """
+        self._unjournaled = self._unjournaled or not self._replaying
         pos = self.graph.content_pos.get(item_id)
         if pos is None:
             raise StoreError(f"item '{item_id}' is not in the store; insert it before writing tags back")
@@ -341,23 +337,57 @@ class GraphStore:
             for i, t, x, v in zip(item_ids, tags, texts, vectors, strict=True)
         ]
         with self._write_lock:
+            if self.read_only is not None:
+                raise StoreError(f"cannot write to {self.read_only}")
             if self.journal is None:
                 self._upsert(records)
                 return
-            self.journal.append([record_line(r["id"], r["tags"], r["text"], r["vector"]) for r in records])
+            lines = [record_line(r["id"], r["tags"], r["text"], r["vector"]) for r in records]
+            # Another process may have saved a new version: then the write goes to that one's journal.
+            append_to_live(lambda: self.journal, lines, self.reload)
             self.sync()
 
     def sync(self) -> int:
-        """Apply journal records written since the last sync (by any process); returns how many."""
+        """Apply journal records written since the last sync (by any process); returns how many.
+
+        When another process saved a new version meanwhile, the store reloads it (with its journal).
+        """
         if self.journal is None:
             return 0
         with self._write_lock:
-            records = self.journal.read_new()
+            try:
+                records = [record for _, record in self.journal.read_new()]
+            except VersionMoved:
+                return self.reload()
             if records:
                 self._upsert(records)
             return len(records)
 
+    def reload(self) -> int:
+        """Load the folder's live version and its journal in place of this one; returns the journal
+        records replayed."""
+        if self.folder is None or self.journal is None:
+            raise StoreError("only a store loaded from a folder can reload")
+        with self._write_lock:
+            fresh = type(self).load(
+                self.folder,
+                expected_encoder_id=self.encoder_id,
+                recall=self.config.recall,
+                journal_dir=self.journal.journal_dir,
+            )
+            lock = self._write_lock
+            self.__dict__.update(fresh.__dict__)
+            self._write_lock = lock
+            return self._replayed
+
     def _upsert(self, records: Sequence[dict]) -> None:
+        self._replaying = True
+        try:
+            self._upsert_records(records)
+        finally:
+            self._replaying = False
+
+    def _upsert_records(self, records: Sequence[dict]) -> None:
         pending: dict[str, dict] = {}
         for record in records:
             item_id, item_tags = record["id"], list(record.get("tags") or ())
@@ -429,77 +459,35 @@ class GraphStore:
     def save(self, directory: str | os.PathLike, *, activate: bool = True) -> Path:
         """Write a new version and switch CURRENT to it atomically; returns the version folder.
 
-        With activate=False the version is written but CURRENT stays: a sharded store first writes
-        every shard, then switches them all with one atomic write of its shard list.
+        Saving to the folder the store was loaded from folds its journal in: the new version holds
+        what this process has applied, and the writes other processes appended while it was written
+        move into the new version's journal (none is lost). With activate=False the version is
+        written but not live (a sharded store switches all shards after writing every one).
         """
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(root)
-        number = _latest_version_number(root) + 1
-        name = f"v{number:06d}"
-        tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            self._write_version(tmp)
-            _fsync_dir(tmp)
-            final = root / name
-            os.replace(tmp, final)
-            _fsync_dir(root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if activate:
-            activate_version(root, name)
-            self.journal_saved(root, name)
-        return final
+        with self.saving(directory) as save:
+            path = save.write()
+            if activate:
+                save.activate()
+        return path
 
-    def journal_saved(self, root: Path, name: str) -> None:
-        """After ``name`` became live in ``root``: the journal there starts afresh (its records are in it)."""
-        journal = Journal(root, name) if self.journal is None else self.journal
-        if self.journal is None or self.journal.root.resolve() == root.resolve():
-            journal.reset(name)
-            self.journal = journal
+    @contextlib.contextmanager
+    def saving(self, directory: str | os.PathLike) -> Iterator[StoreSave]:
+        """A save of this store into ``directory``, holding the folder's save lock throughout."""
+        folder = store_folder(directory)
+        with folder.saving():
+            yield StoreSave(self, folder)
 
-    def _write_version(self, folder: Path) -> None:
-        graph = self.graph
-        graph.flush()
-        graph.compact()
-        n_vertices = len(graph.vertex_kind)
-        keys, texts = [None] * n_vertices, [None] * n_vertices
-        for pos, vid in enumerate(graph.tag_vid):
-            keys[vid], texts[vid] = graph.tag_names[pos], graph.tag_descriptions[pos]
-        for pos, vid in enumerate(graph.content_vid):
-            keys[vid], texts[vid] = graph.content_ids[pos], graph.content_texts[pos]
-        vertices = pa.table(
-            {
-                "vid": pa.array(np.arange(n_vertices), pa.int64()),
-                "kind": pa.array(np.asarray(graph.vertex_kind, np.int8), pa.int8()),
-                "key": pa.array(keys, pa.string()),
-                "text": pa.array(texts, pa.string()),
-            }
-        )
-        src, dst, kind, weight = graph.edges.arrays()
-        edges = pa.table({"src": src, "dst": dst, "kind": kind, "weight": weight})
-        _write_parquet(vertices, folder / "vertices.parquet")
-        _write_parquet(edges, folder / "edges.parquet")
-        self.content_index.save(str(folder / "contents.faiss"))
-        self.tag_index.save(str(folder / "tags.faiss"))
-        for name in ("contents.faiss", "tags.faiss"):
-            _fsync_file(folder / name)
-        manifest = {
-            "format_version": FORMAT_VERSION,
+    def manifest(self) -> dict:
+        return {
             "encoder_id": self.encoder_id,
             "dim": self.dim,
             "shard": list(self.shard),
             "content_index": self.content_index.kind,
             "tag_index": self.tag_index.kind,
-            "config": self.config.to_dict(),
+            "config": self.config.model_dump(),
             "meta": self.meta,
             "counts": self.stats(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        # The manifest goes last: a version folder without one is never mistaken for a store.
-        _write_atomically(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
 
     @classmethod
     def load(
@@ -514,7 +502,8 @@ class GraphStore:
         """Load the live version (or the named one) of a store folder.
 
         ``journal_dir``: where the live version's journal is (default: the store folder). Loading
-        replays it, so a store returned by load has every write acknowledged so far.
+        replays it, so a store returned by load has every write acknowledged so far. A version that
+        is not the live one is a read-only view.
         """
         root = Path(directory)
         folder = current_version(root) if version is None else root / version
@@ -526,46 +515,10 @@ class GraphStore:
                 f"store {root} was built with encoder '{manifest['encoder_id']}', but the encoder in use is "
                 f"'{expected_encoder_id}'; rebuild the store with this encoder or configure the original one"
             )
-        config = GraphConfig.from_dict(manifest["config"])
+        config = GraphConfig.load(manifest["config"])
         if recall is not None:
             config.recall = recall
-        try:
-            vertices = pq.read_table(folder / "vertices.parquet").to_pydict()
-            edges = pq.read_table(folder / "edges.parquet")
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise StoreError(f"store {root} is damaged: {exc}") from exc
-        graph = ContentTagGraph(flush_every=config.flush_every)
-        kinds = vertices["kind"]
-        if vertices["vid"] != list(range(len(kinds))):
-            raise StoreError(f"store {root} is damaged: vertex ids are not dense")
-        # Vertices are re-added in vid order, a run of one kind at a time, so that the saved edge
-        # endpoints stay valid.
-        start = 0
-        while start < len(kinds):
-            end = start
-            while end < len(kinds) and kinds[end] == kinds[start]:
-                end += 1
-            add = graph.add_tags if kinds[start] == TAG else graph.add_contents
-            add(vertices["key"][start:end], vertices["text"][start:end])
-            start = end
-        src = edges.column("src").to_numpy()
-        dst = edges.column("dst").to_numpy()
-        kind = edges.column("kind").to_numpy()
-        weight = edges.column("weight").to_numpy()
-        det = kind == DETERMINISTIC
-        vertex_pos = np.asarray(graph.vertex_pos, np.int64)
-        vertex_kind = np.asarray(graph.vertex_kind, np.int8)
-        # Deterministic edges were written content -> tag; normalise in case of either order.
-        c_vid = np.where(vertex_kind[src[det]] == CONTENT, src[det], dst[det])
-        t_vid = np.where(vertex_kind[src[det]] == CONTENT, dst[det], src[det])
-        graph.add_deterministic_bulk(vertex_pos[c_vid], vertex_pos[t_vid])
-        graph.edges = type(graph.edges)()
-        graph.edges.append(src, dst, kind, weight)
-        graph.flush()
-        content_index = VectorIndex.load(str(folder / "contents.faiss"), manifest["content_index"])
-        tag_index = VectorIndex.load(str(folder / "tags.faiss"), manifest["tag_index"])
-        content_index.configure(config.content_index)
-        tag_index.configure(config.tag_index)
+        graph, content_index, tag_index = read_version(root, folder, manifest, config)
         store = cls(
             graph,
             content_index,
@@ -575,96 +528,13 @@ class GraphStore:
             tuple(manifest["shard"]),
             manifest.get("meta"),
         )
-        if folder.name == (root / CURRENT).read_text().strip():
-            # Only the live version follows the folder's journal; an older one is a read-only view.
-            store.journal = Journal(root, folder.name, journal_dir)
-            store.sync()
+        if version is not None and version != store_folder(root).live():
+            store.read_only = f"version {version} of {root}, which is not the live one (a read-only view)"
+            return store
+        # If another process makes a newer version live meanwhile, the first sync says so and the
+        # store reloads: a loaded store never takes writes it cannot make durable.
+        carry = Carry.from_dict(manifest.get("journal_carry"))
+        store.journal = Journal(root, folder.name, journal_dir, carry)
+        store.folder = root
+        store._replayed = store.sync()
         return store
-
-
-# -- on-disk helpers ------------------------------------------------------------------------------
-def activate_version(root: Path, name: str) -> None:
-    """Make a written version the live one (atomic), then drop versions no longer needed."""
-    _write_atomically(root / CURRENT, (name + "\n").encode())
-    _fsync_dir(root)
-    _prune_versions(root, keep=KEEP_VERSIONS)
-
-
-def current_version(root: Path) -> Path:
-    pointer = root / CURRENT
-    if not root.is_dir():
-        raise StoreError(f"store {root} does not exist")
-    if not pointer.is_file():
-        raise StoreError(f"{root} is not a graph store (no {CURRENT} file); build one with `llm4tag build`")
-    name = pointer.read_text().strip()
-    folder = root / name
-    if not name or not folder.is_dir():
-        raise StoreError(f"store {root} is damaged: {CURRENT} names '{name}', which does not exist")
-    return folder
-
-
-def read_manifest(folder: Path) -> dict:
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise StoreError(f"store version {folder} has no readable manifest.json: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise StoreError(f"store version {folder} is damaged: manifest.json is not a JSON object")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise StoreError(
-            f"store {folder.parent} has format version {version}; this llm4tag reads version {FORMAT_VERSION}"
-        )
-    required = ("encoder_id", "shard", "content_index", "tag_index", "config")
-    missing = [key for key in required if key not in manifest]
-    if missing:
-        raise StoreError(f"store version {folder} is damaged: manifest.json lacks {', '.join(missing)}")
-    return manifest
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path)
-    _fsync_file(path)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _latest_version_number(root: Path) -> int:
-    numbers = [int(p.name[1:]) for p in root.glob("v[0-9]*") if p.name[1:].isdigit()]
-    return max(numbers, default=0)
-
-
-def _remove_stale_temporaries(root: Path) -> None:
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in root.glob(f".{CURRENT}.*.tmp"):  # left by a crash inside _write_atomically
-        stale.unlink(missing_ok=True)
-
-
-def _prune_versions(root: Path, keep: int) -> None:
-    live = (root / CURRENT).read_text().strip()
-    versions = sorted((p for p in root.glob("v[0-9]*") if p.name[1:].isdigit()), key=lambda p: p.name)
-    for old in versions[:-keep]:
-        if old.name != live:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(old)

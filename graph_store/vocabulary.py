@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 
 from graph_store.errors import StoreError
 from graph_store.graph import TAG
+from graph_store.persistence import current_version, read_manifest
 from graph_store.shards import SHARDS_FILE
-from graph_store.store import current_version, read_manifest
 
 
 @dataclass(frozen=True)

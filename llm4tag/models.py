@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from graph_store.durable import exclusive_lock, fsync_dir, fsync_file, fsync_tree, write_atomically
 from llm4tag.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -224,30 +225,16 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    from graph_store.store import _fsync_dir  # issue 16 moves the durable-write helpers into one module
-
-    tmp = folder / "install.json.tmp"
-    with open(tmp, "w") as out:
-        out.write(json.dumps(manifest, indent=2) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, folder / "install.json")
-    _fsync_dir(folder)
+    write_atomically(folder / "install.json", (json.dumps(manifest, indent=2) + "\n").encode())
 
 
 @contextmanager
 def _install_lock(folder: Path):
     """One installer or converter per model at a time (two Serve replicas may ask for the HF folder
     at once): the second waits, then finds the work done."""
-    import fcntl
-
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(folder / ".lock"):
+        yield
 
 
 def install(name: str, force: bool = False, find_links: str | None = None, hf: bool = False) -> Path:
@@ -273,7 +260,9 @@ def install(name: str, force: bool = False, find_links: str | None = None, hf: b
                     if (folder / old).exists():
                         shutil.rmtree(folder / old)
                 (folder / "gguf").mkdir()
+                fsync_file(staged)  # on disk before the manifest says it is installed
                 os.replace(staged, folder / "gguf" / model.gguf_name)
+                fsync_dir(folder / "gguf")
             _write_manifest(folder, _manifest(model, sha, time.time() - started))
             existing = folder / "gguf" / model.gguf_name
         else:
@@ -301,9 +290,11 @@ def convert(name: str) -> Path:
         with tempfile.TemporaryDirectory(dir=folder, prefix=".convert-") as tmp:
             staged = Path(tmp) / "hf"
             convert_gguf(gguf, staged)
+            fsync_tree(staged)  # on disk before the manifest says it is converted
             if (folder / "hf").exists():
                 shutil.rmtree(folder / "hf")
             os.replace(staged, folder / "hf")
+            fsync_dir(folder)
         import transformers
 
         manifest = _manifest_of(model) or {}

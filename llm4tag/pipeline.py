@@ -1,6 +1,8 @@
-"""The tagging pipeline: recall -> knowledge-enhanced generation -> calibration -> optional write-back.
+"""The tagging pipeline in one process: recall -> knowledge-enhanced generation -> calibration ->
+optional write-back, over a store folder.
 
-Plain Python over the core classes; the Serve deployments and the bulk job call the same stages.
+The stage order is the flow's (llm4tag/flow.py); the pipeline answers its calls in process. Each
+stage is also callable on its own: a Serve deployment or a Ray Data actor runs one.
 """
 
 from __future__ import annotations
@@ -14,28 +16,29 @@ from pathlib import Path
 import numpy as np
 
 from graph_store import Candidate, read_vocabulary
+from graph_store.metapaths import select_merged
+from llm4tag import flow
 from llm4tag.calibrator import Calibrator, Judged, judges_in_context
-from llm4tag.config import PipelineConfig, Settings
+from llm4tag.config import PipelineConfig, Settings, resolve_mode
 from llm4tag.data import Item
+from llm4tag.engines import make_engine
 from llm4tag.engines.base import Engine
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import Generation, Generator, TagLabels
+from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
 from llm4tag.prompts import Prompts
-from llm4tag.recall import Recaller
+from llm4tag.recaller import Recaller
+from llm4tag.store_builder import KNOWLEDGE_DIR
 from llm4tag.texts import item_text
 
 log = logging.getLogger(__name__)
 
-KNOWLEDGE_DIR = "knowledge"
-MULTI_TAG_MEAN = 1.2
+Vocabulary = tuple[list[str], list[str | None]]
 
 
-def store_vocabulary(store) -> tuple[list[str], list[str | None]]:
+def store_vocabulary(store) -> Vocabulary:
     graph = (store.shards[0] if hasattr(store, "shards") else store).graph
     return list(graph.tag_names), list(graph.tag_descriptions)
-
-
-Vocabulary = tuple[list[str], list[str | None]]
 
 
 @dataclass
@@ -85,6 +88,7 @@ class TaggingPipeline:
                 raise LLM4TagError("a pipeline without a graph store needs the tag vocabulary")
             vocabulary = store_vocabulary(recaller.store)
         names, descriptions = vocabulary
+        self.tag_names = list(names)
         self.labels = TagLabels(names)
         self.descriptions = dict(zip(names, descriptions, strict=True))
         self.prompts = Prompts(settings.prompts)
@@ -127,13 +131,10 @@ class TaggingPipeline:
     ) -> TaggingPipeline:
         """Load the store, its knowledge bases and (unless given or not wanted) the LLM engine.
 
-        ``writable`` opens the knowledge bases' append logs, so feedback is on disk before it returns.
-        ``load_graph=False`` reads only the store's vocabulary: enough for the generation and
+        ``writable`` makes the knowledge bases' additions durable, so feedback is on disk before it
+        returns. ``load_graph=False`` reads only the store's vocabulary: enough for the generation and
         calibration stages, which need neither the graph nor the encoder.
         """
-        from llm4tag.engines import make_engine
-        from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
-
         recaller = vocabulary = None
         if load_graph:
             recaller = Recaller.open(store_dir, settings)
@@ -155,9 +156,8 @@ class TaggingPipeline:
             )
         elif settings.pipeline.num_snippets:
             log.warning("store %s has no domain knowledge base: prompts get no knowledge snippets", store_dir)
-        mode = settings.pipeline.mode
-        if mode == "auto":
-            mode = "multi" if _annotated_mean(samples) > MULTI_TAG_MEAN else "single"
+        counts = [len(sample.correct) for sample in samples] if samples is not None else []
+        mode = resolve_mode(settings.pipeline.mode, counts)
         max_tags = 1 if mode == "single" else settings.pipeline.max_tags
         if engine is None and load_engine:
             engine = make_engine(settings.llm)
@@ -172,16 +172,27 @@ class TaggingPipeline:
     def encode(self, items: Sequence[Item]) -> tuple[list[str], np.ndarray]:
         """Each item's content text and its unit vector."""
         self._need(self.recaller, "an encoder")
-        started = time.perf_counter()
         contents = [item_text(i, self.recaller.texts.item_fields) for i in items]
-        vectors = self.recaller.encode(items)
+        return contents, self.encode_contents(contents)
+
+    def encode_contents(self, contents: Sequence[str]) -> np.ndarray:
+        self._need(self.recaller, "an encoder")
+        started = time.perf_counter()
+        vectors = self.recaller.encoder.encode(list(contents))
         self.times.add("encode", started)
-        return contents, vectors
+        return vectors
+
+    def search(self, vectors: np.ndarray) -> list:
+        """Every shard's search hits (one list per shard)."""
+        self._need(self.recaller, "a graph store")
+        store, recall = self.recaller.store, self.recaller.store.config.recall
+        shards = store.shards if hasattr(store, "shards") else [store]
+        return [shard.search(vectors, recall) for shard in shards]
 
     def recall(self, vectors: np.ndarray) -> list[list[Candidate]]:
         self._need(self.recaller, "a graph store")
         started = time.perf_counter()
-        candidates = self.recaller.store.recall(vectors)
+        candidates = select_merged(self.search(vectors), self.tag_names, self.recaller.store.config.recall)
         self.times.add("recall", started)
         return candidates
 
@@ -209,40 +220,68 @@ class TaggingPipeline:
         ``generations`` (or their ``judgment_context``) let the judgments continue the generation
         conversations (prompts.layout)."""
         if self.calibrator is None:
-            return [[Judged(t, float("nan"), True) for t in item_tags] for item_tags in tags]
+            return flow.unjudged(tags)
         started, before = time.perf_counter(), _token_counts(self.engine)
         if contexts is None and generations is not None:
-            contexts = [judgment_context(g) for g in generations]
+            contexts = [flow.judgment_context(g) for g in generations]
         judged = self.calibrator.judge(contents, tags, contexts)
         self.times.add("calibrate", started, self.engine, before)
         return judged
+
+    def record(self, ids, vectors, tags, texts) -> None:
+        """Durable upserts into the graph (through its journal when the store came from a folder)."""
+        self._need(self.recaller, "a graph store")
+        started = time.perf_counter()
+        self.recaller.store.record(ids, vectors, tags, texts)
+        self.times.add("write_back", started)
+
+    def record_samples(self, samples, vectors) -> int:
+        if self.samples is None:
+            raise LLM4TagError("this store has no sample knowledge base to record feedback in")
+        self.samples.add(samples, vectors)
+        return len(samples)
+
+    def answer(self, call: flow.Call):
+        """One call of a flow, answered in this process."""
+        if isinstance(call, flow.Encode):
+            return self.encode_contents(call.contents)
+        if isinstance(call, flow.Search):
+            started = time.perf_counter()
+            hits = self.search(call.vectors)
+            self.times.add("recall", started)
+            return hits
+        if isinstance(call, flow.Generate):
+            return self.generate(call.ids, call.contents, call.vectors, call.candidates)
+        if isinstance(call, flow.Calibrate):
+            return self.calibrate(call.contents, call.tags, contexts=call.contexts)
+        if isinstance(call, flow.Record):
+            return self.record(call.ids, call.vectors, call.tags, call.texts)
+        if isinstance(call, flow.RecordSamples):
+            return self.record_samples(call.samples, call.vectors)
+        raise TypeError(f"no answer to {type(call).__name__}")
+
+    # -- whole items
 
     def tag(
         self, items: Sequence[Item], with_candidates: bool = False, with_dropped: bool = False
     ) -> list[dict]:
         self._need(self.generator, "an LLM engine")
-        if not items:
-            return []
-        contents, vectors = self.encode(items)
-        candidates = self.recall(vectors)
-        ids = [i.id for i in items]
-        generations = self.generate(ids, contents, vectors, [[c.tag for c in cands] for cands in candidates])
-        judged = self.calibrate(contents, [g.tags for g in generations], generations)
-        rows = [
-            result_row(item_id, cands, generation, verdicts, with_candidates, with_dropped)
-            for item_id, cands, generation, verdicts in zip(ids, candidates, generations, judged, strict=True)
-        ]
-        if self.config.write_back:
-            started = time.perf_counter()
-            self.write_back(items, vectors, rows)
-            self.times.add("write_back", started)
+        self._need(self.recaller, "a graph store")
+        tagged = flow.run(
+            flow.tag_flow(
+                items,
+                item_fields=self.recaller.texts.item_fields,
+                tag_names=self.tag_names,
+                recall=self.recaller.store.config.recall,
+                calibrate=self.calibrator is not None,
+                write_back=self.config.write_back,
+                with_candidates=with_candidates,
+                with_dropped=with_dropped,
+            ),
+            self.answer,
+        )
         self.times.items += len(items)
-        return rows
-
-    @staticmethod
-    def _need(part, what: str) -> None:
-        if part is None:
-            raise LLM4TagError(f"the pipeline was opened without {what}")
+        return tagged.rows
 
     def tag_rows(self, items: Iterable[Item], **kwargs) -> Iterator[dict]:
         batch: list[Item] = []
@@ -258,12 +297,13 @@ class TaggingPipeline:
         """Corrected annotations: each item's ``tags`` are right, ``incorrect`` (per item) were wrong.
 
         The item becomes a retrievable sample at once (durably when the pipeline was opened writable)
-        and its correct tags deterministic graph edges. Returns the number of items recorded.
+        and its correct tags deterministic graph edges. Returns the number of items recorded; if one
+        of the two writes fails, :class:`llm4tag.flow.FeedbackIncomplete` says which, and the same
+        feedback sent again converges.
         """
-        from llm4tag.knowledge import Sample
-
         if self.samples is None:
             raise LLM4TagError("this store has no sample knowledge base to record feedback in")
+        self._need(self.recaller, "a graph store")
         incorrect = list(incorrect) if incorrect is not None else [()] * len(items)
         if len(incorrect) != len(items):
             raise LLM4TagError("feedback needs one list of incorrect tags per item")
@@ -275,87 +315,12 @@ class TaggingPipeline:
                 )
             if not item.tags and not wrong:
                 raise LLM4TagError(f"feedback for item '{item.id}' has neither correct nor incorrect tags")
-        if not items:
-            return 0
-        vectors = self.recaller.encode(items)
-        self.samples.add(
-            [
-                Sample(
-                    id=item.id,
-                    text=item_text(item, self.recaller.texts.item_fields),
-                    correct=tuple(item.tags or ()),
-                    incorrect=tuple(wrong),
-                    source="feedback",
-                )
-                for item, wrong in zip(items, incorrect, strict=True)
-            ],
-            vectors,
+        recorded = flow.run(
+            flow.feedback_flow(items, incorrect, item_fields=self.recaller.texts.item_fields), self.answer
         )
-        rows = [{"tags": [{"tag": t} for t in item.tags or ()]} for item in items]
-        self.write_back(items, vectors, rows)
-        return len(items)
+        return recorded.items
 
-    def write_back(self, items: Sequence[Item], vectors, rows: Sequence[dict]) -> None:
-        """Final tags become deterministic edges (the graph grows as it serves); new items are inserted.
-
-        Durable when the store was loaded from a folder: the writes go through its journal first.
-        """
-        self.recaller.store.record(
-            [item.id for item in items],
-            vectors,
-            [[t["tag"] for t in row["tags"]] for row in rows],
-            [item.text for item in items],
-        )
-
-
-def judgment_context(generation: Generation) -> tuple | None:
-    """What a judgment continues (the generation prompt and its answer), if the generation has it."""
-    if generation.messages and generation.answer:
-        return (generation.messages, generation.answer)
-    return None
-
-
-def _annotated_mean(samples) -> float:
-    if samples is None or not len(samples):
-        return 0.0
-    counts = [len(sample.correct) for sample in samples]
-    return sum(counts) / len(counts) if counts else 0.0
-
-
-def result_row(
-    item_id: str,
-    candidates: Sequence[Candidate],
-    generation: Generation,
-    verdicts: Sequence[Judged],
-    with_candidates: bool = False,
-    with_dropped: bool = False,
-) -> dict:
-    """One output row: kept tags with confidence and provenance (the recall meta-path that found them)."""
-    by_tag = {c.tag: c for c in candidates}
-    row = {
-        "id": item_id,
-        "tags": [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if v.kept],
-        "knowledge": {"samples": generation.sample_ids, "snippets": generation.snippet_ids},
-        # The LLM's own order, before calibration re-ranks and filters.
-        "generated": list(generation.tags),
-    }
-    if with_dropped:
-        row["dropped"] = [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if not v.kept]
-    if with_candidates:
-        row["candidates"] = [c.to_dict() for c in candidates]
-    if generation.raw is not None:
-        row["raw"] = generation.raw
-    return row
-
-
-def _tag_row(verdict: Judged, candidate) -> dict:
-    row = {
-        "tag": verdict.tag,
-        "confidence": None if verdict.confidence != verdict.confidence else round(verdict.confidence, 6),
-        "source": "+".join(candidate.paths) if candidate is not None else "llm",
-    }
-    if candidate is not None:
-        row["recall_score"] = round(float(candidate.score), 6)
-        if candidate.via:
-            row["via"] = list(candidate.via)
-    return row
+    @staticmethod
+    def _need(part, what: str) -> None:
+        if part is None:
+            raise LLM4TagError(f"the pipeline was opened without {what}")

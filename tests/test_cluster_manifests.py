@@ -83,7 +83,7 @@ def test_cluster_serve_config_is_valid_for_ray_and_for_the_app():
     assert app["import_path"] == "deployments.app:build_app"
     assert set(app["args"]) <= KNOWN_ARGS
     settings_from_dict(app["args"]["settings"])  # raises on an unknown or bad setting
-    ServiceConfig.from_dict(app["args"]["service"])
+    ServiceConfig.load(app["args"]["service"])
     assert set(deployments()) == STAGES
     # Paths on shared storage, never relative (a relative path would resolve on each node's disk).
     assert app["args"]["store"].startswith("/mnt/llm4tag/")

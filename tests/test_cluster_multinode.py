@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(600)
-def test_node_loss_under_load_loses_no_acknowledged_feedback(tmp_path):
-    from llm4tag.errors import ModelError
-    from llm4tag.models import resolve_llm
-
-    try:
-        resolve_llm("tiny")
-    except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc})")
+def test_node_loss_under_load_loses_no_acknowledged_feedback(tmp_path, tiny_llm, ray_multinode):
     out = tmp_path / "report.json"
     run = subprocess.run(
-        [sys.executable, "-m", "cluster.drill", "--out", str(out), "--work", str(tmp_path / "work")],
+        [*ray_multinode, "--out", str(out), "--work", str(tmp_path / "work")],
         cwd=REPO,
         capture_output=True,
         text=True,

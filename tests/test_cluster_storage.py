@@ -13,6 +13,7 @@ from conftest import build_hand_store, vec
 
 from cluster.storage import MARKER, SyncError, main, sync
 from graph_store import GraphStore, StoreError
+from graph_store.journal import Journal
 
 
 def _two_node_copies(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -55,7 +56,7 @@ def test_a_node_copy_of_another_version_refuses_the_shared_journal(tmp_path):
     with pytest.raises(StoreError, match="sync the store copy"):
         GraphStore.load(node_b, journal_dir=journal)
     stale = GraphStore.load(node_b)  # loaded without the journal, then pointed at it: writes refused
-    stale.journal.root, stale.journal.path, stale.journal.shared = node_b, journal / "journal.jsonl", True
+    stale.journal = Journal(node_b, stale.journal.version, journal_dir=journal)
     with pytest.raises(StoreError, match="sync the store copy"):
         stale.record(["new-2"], vec(0, 0, 0, 0, 0.8, 0, 0.6, 0)[None, :], [["eps"]], ["from node b"])
     assert (journal / "journal.jsonl").read_bytes() == before

@@ -23,7 +23,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(default_llm):
     engine = make_engine(LLMConfig(model="default", engine="transformers", batch_size=4))
     yield engine
     engine.close()

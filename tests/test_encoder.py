@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 
 from llm4tag.encoder import Encoder, EncoderConfig, resolve_model_path
-from llm4tag.errors import ModelError
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder()
+from llm4tag.errors import ConfigError, ModelError
 
 
 def test_bundled_encoder_gives_unit_vectors(encoder):
@@ -44,5 +39,5 @@ def test_bad_model_settings_are_clear(tmp_path):
         Encoder(EncoderConfig(model=str(tmp_path / "nowhere")))
     with pytest.raises(ModelError, match="no sentence-transformers model"):
         Encoder(EncoderConfig(model=str(tmp_path)))
-    with pytest.raises(ModelError, match="dtype"):
-        Encoder(EncoderConfig(dtype="int3"))
+    with pytest.raises(ConfigError, match=r"encoder\.dtype"):  # refused as configuration, before a load
+        EncoderConfig.load({"dtype": "int3"})

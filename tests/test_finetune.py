@@ -14,7 +14,7 @@ from llm4tag.cli import main
 from llm4tag.config import settings_from_dict
 from llm4tag.data import Item
 from llm4tag.errors import ConfigError, LLM4TagError
-from llm4tag.finetune.data import _balanced, inject, merge_feedback, select_items
+from llm4tag.finetune.training_data import _balanced, inject, merge_feedback, select_items
 from llm4tag.knowledge import Sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_a_missing_gold_tag_is_injected_at_a_random_position_keeping_the_length(
 
 
 def test_calibrator_examples_are_balanced_and_keep_reviewed_negatives():
-    from llm4tag.finetune.data import Example
+    from llm4tag.finetune.examples import Example
 
     examples = [Example("calibrator", str(i), [], "Yes") for i in range(3)]
     examples += [Example("calibrator", str(i), [], "No", {"why": "recalled"}) for i in range(6)]
@@ -104,7 +104,7 @@ def split_items(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def train_data(split_items, tmp_path_factory) -> Path:
+def train_data(split_items, encoder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "data"
     argv = [
         "train-data",
@@ -185,18 +185,7 @@ TINY_TRAIN = {
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from llm4tag.errors import ModelError
-    from llm4tag.models import resolve_llm
-
-    try:
-        return resolve_llm("tiny")
-    except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc})")
-
-
-@pytest.fixture(scope="module")
-def calibrator_adapter(tiny, train_data, tmp_path_factory):
+def calibrator_adapter(tiny_llm, train_data, tmp_path_factory):
     from llm4tag.finetune.train import train
 
     out = tmp_path_factory.mktemp("adapters") / "calibrator"
@@ -244,7 +233,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(
 def test_the_transformers_engine_loads_swaps_and_drops_the_adapter(calibrator_adapter, train_data):
     from llm4tag.engines import LLMConfig, make_engine
     from llm4tag.errors import ModelError
-    from llm4tag.finetune.data import read_training_data
+    from llm4tag.finetune.examples import read_training_data
 
     out, _ = calibrator_adapter
     examples, _ = read_training_data(train_data, "calibrator")
@@ -275,7 +264,7 @@ def test_the_transformers_engine_loads_swaps_and_drops_the_adapter(calibrator_ad
 def test_the_vllm_engine_serves_the_adapter_through_lora_requests(calibrator_adapter, train_data):
     pytest.importorskip("vllm")
     from llm4tag.engines import LLMConfig, make_engine
-    from llm4tag.finetune.data import read_training_data
+    from llm4tag.finetune.examples import read_training_data
 
     out, _ = calibrator_adapter
     prompts = [e.messages for e in read_training_data(train_data, "calibrator")[0][:4]]

@@ -39,10 +39,9 @@ def items(tmp_path_factory) -> Path:
     return path
 
 
-def test_retrain_promotes_then_finds_nothing_new_then_refuses_a_worse_adapter(items, tmp_path, capsys):
-    from llm4tag.models import resolve_llm
-
-    resolve_llm("tiny")
+def test_retrain_promotes_then_finds_nothing_new_then_refuses_a_worse_adapter(
+    items, tmp_path, capsys, tiny_llm, encoder
+):
     registry = tmp_path / "registry"
     base = [
         "retrain",

@@ -49,8 +49,8 @@ def call(url: str, body=None, timeout: float = 300):
 @pytest.fixture(scope="module")
 def adapters(sample_store, tmp_path_factory):
     """One generator and one calibrator adapter, trained for one step on 8 sample items."""
-    from llm4tag.finetune.cli import build_data, read_pool
     from llm4tag.finetune.train import train
+    from llm4tag.finetune.training_data import build_data, read_pool
 
     folder = tmp_path_factory.mktemp("adapters")
     settings = settings_from_dict(

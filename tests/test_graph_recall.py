@@ -16,14 +16,12 @@ With delta_ct=.5, delta_cc=.75:
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from conftest import DIM, HAND_RECALL, Q, vec
 
 from graph_store import Candidate, RecallConfig, StoreError
-from graph_store.recall import Hits, linked, merge_hits, select
+from graph_store.metapaths import Hits, linked, merge_hits, select
 
 C2T, C2C2T, BOTH = ("c2t",), ("c2c2t",), ("c2t", "c2c2t")
 
@@ -47,7 +45,9 @@ def approx_rows(expected: list[tuple]) -> list[tuple]:
 
 
 def recall_one(store, query, **overrides) -> list[tuple]:
-    return rows(store.recall(np.asarray(query, np.float32)[None, :], replace(HAND_RECALL, **overrides))[0])
+    return rows(
+        store.recall(np.asarray(query, np.float32)[None, :], HAND_RECALL.with_overrides(dict(**overrides)))[0]
+    )
 
 
 BETA = ("beta", 0.7 + 1 / 2.8, BOTH, 0.7, 1 / 2.8, ("a",))  # 1.057143
@@ -202,7 +202,11 @@ def test_via_lists_at_most_five_neighbours_most_similar_first(hand_store):
         vectors.append(v)
     ids = [f"n{i}" for i in range(len(scales))]
     hand_store.insert(ids[::-1], np.stack(vectors[::-1]), tags=[["eps"]] * len(ids))
-    (eps,) = [c for c in hand_store.recall(vec(*Q), replace(HAND_RECALL, fill=True))[0] if c.tag == "eps"]
+    (eps,) = [
+        c
+        for c in hand_store.recall(vec(*Q), HAND_RECALL.with_overrides(dict(fill=True)))[0]
+        if c.tag == "eps"
+    ]
     assert eps.via == ("n0", "n1", "n2", "n3", "n4")
     # gamma: a (1.0) and b (.98) outrank n1 (.98, tie with b, 'b' < 'n1')...
     (gamma,) = [c for c in hand_store.recall(vec(*Q))[0] if c.tag == "gamma"]

@@ -13,14 +13,13 @@ import json
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import HAND_ITEMS, HAND_RECALL, TAG_ORDER, Q, build_hand_store, vec
 
-import graph_store.store as store_module
+import graph_store.persistence as store_module
 from graph_store import EncoderMismatchError, GraphStore, RecallConfig, StoreError
 from graph_store.graph import EDGE_KIND_NAMES
 
@@ -223,16 +222,16 @@ def test_insert_errors_leave_the_store_unchanged(hand_store):
 def test_write_back(hand_store):
     d_vec = HAND_ITEMS["d"][0]
     # Query = d: d is the only neighbour >= .75, so C2C2T gives d's tags.
-    assert [(c.tag, c.via) for c in hand_store.recall(d_vec, replace(HAND_RECALL, max_c2t=0))[0]] == [
-        ("delta", ("d",))
-    ]
+    assert [
+        (c.tag, c.via) for c in hand_store.recall(d_vec, HAND_RECALL.with_overrides(dict(max_c2t=0)))[0]
+    ] == [("delta", ("d",))]
     edges = hand_store.graph.edges.count
     assert hand_store.write_back("d", ["beta", "delta"]) == 1  # delta was there
     assert hand_store.write_back("d", ["beta", "delta"]) == 0  # idempotent
     assert hand_store.write_back("d", ["eps", "eps", "beta"]) == 1
     assert hand_store.graph.edges.count == edges + 2
     assert det_tags(hand_store)["d"] == {"beta", "delta", "eps"}
-    got = hand_store.recall(d_vec, replace(HAND_RECALL, max_c2t=0, max_c2c2t=5))[0]
+    got = hand_store.recall(d_vec, HAND_RECALL.with_overrides(dict(max_c2t=0, max_c2c2t=5)))[0]
     assert [(c.tag, c.c2c2t_score, c.via) for c in got] == [
         ("beta", 1.0, ("d",)),
         ("delta", 1.0, ("d",)),
@@ -292,11 +291,11 @@ def grown_store() -> GraphStore:
 def assert_same_store(a: GraphStore, b: GraphStore) -> None:
     assert a.stats() == b.stats()
     assert a.encoder_id == b.encoder_id and a.dim == b.dim and a.shard == b.shard
-    assert a.config.to_dict() == b.config.to_dict()
+    assert a.config.model_dump() == b.config.model_dump()
     assert recall_rows(a, some_queries()) == recall_rows(b, some_queries())
-    assert recall_rows(a, some_queries(), replace(HAND_RECALL, fill=True, min_c2c=3)) == recall_rows(
-        b, some_queries(), replace(HAND_RECALL, fill=True, min_c2c=3)
-    )
+    assert recall_rows(
+        a, some_queries(), HAND_RECALL.with_overrides(dict(fill=True, min_c2c=3))
+    ) == recall_rows(b, some_queries(), HAND_RECALL.with_overrides(dict(fill=True, min_c2c=3)))
     assert a.graph.flush().ecount() == b.graph.flush().ecount()
     assert a.graph.flush().vcount() == b.graph.flush().vcount()
     assert edge_table(a) == edge_table(b)
@@ -326,7 +325,9 @@ def test_save_load_round_trip(tmp_path):
     assert_same_store(loaded, again)
     assert det_tags(again)["h"] == {"eps", "gamma"}
     again.save(tmp_path / "s")
-    assert sorted(p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(
+        p.name for p in (tmp_path / "s").iterdir() if not p.name.startswith(("journal.", ".save."))
+    ) == [
         "CURRENT",
         "v000002",
         "v000003",
@@ -427,14 +428,14 @@ def test_exception_during_save_keeps_previous_version(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         store.save(root)
     assert calls == ["vertices.parquet", "edges.parquet"]
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save."))) == [
         "CURRENT",
         "v000001",
     ]  # temp folder removed
     assert_same_store(GraphStore.load(root), old)
     monkeypatch.setattr(store_module, "_write_parquet", real)
     assert store.save(root).name == "v000002"
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save."))) == [
         "CURRENT",
         "v000001",
         "v000002",
@@ -446,7 +447,7 @@ CRASHING_SAVE = textwrap.dedent(
     """
     import os, sys
     import numpy as np
-    import graph_store.store as gs
+    import graph_store.persistence as gs
     from graph_store import GraphStore
 
     root, where = sys.argv[1], sys.argv[2]
@@ -466,12 +467,12 @@ CRASHING_SAVE = textwrap.dedent(
     else:
         real_replace = os.replace
         def dying(src, dst):
-            if os.path.basename(dst) == gs.CURRENT:
+            if os.path.basename(dst) == "CURRENT":
                 # The version folder is complete and renamed, the new CURRENT written to its
                 # temporary file but not yet switched.
                 os._exit(137)
             real_replace(src, dst)
-        gs.os.replace = dying
+        os.replace = dying
     store.save(root)
     sys.exit(3)
     """
@@ -492,7 +493,7 @@ def test_crash_during_save_keeps_previous_version(tmp_path, where):
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert proc.returncode == 137, proc.stderr
-    names = sorted(p.name for p in root.iterdir() if not p.name.startswith("journal."))
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save.")))
     if where == "parquet":
         assert names[1:] == ["CURRENT", "v000001", "v000002"]
         assert names[0].startswith(".tmp-v000003-")  # the torn version
@@ -510,7 +511,7 @@ def test_crash_during_save_keeps_previous_version(tmp_path, where):
     # parquet: the torn v000003 never became a version, so the number is reused.
     expected = {"parquet": ["v000002", "v000003"], "current": ["v000003", "v000004"]}[where]
     assert saved.name == expected[-1]
-    assert sorted(p.name for p in root.iterdir() if not p.name.startswith("journal.")) == [
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(("journal.", ".save."))) == [
         "CURRENT",
         *expected,
     ]

@@ -92,12 +92,33 @@ def test_a_save_folds_the_journal_into_a_new_version(folder):
     assert {"n1", "n2"} <= set(loaded.graph.content_pos)
 
 
-def test_a_journal_left_from_an_older_version_is_ignored(folder, caplog):
+def test_a_save_cut_short_before_the_new_journal_keeps_what_was_appended_meanwhile(folder):
+    # The process died after the new version became live and before its journal was started: the
+    # old journal is still there, and a write another replica appended to it (after the point the
+    # new version covers) must not be lost. The next load replays it, the next append moves it over.
+    store = GraphStore.load(folder)
+    store.record(["n1"], NEW[None], [["gamma"]], ["x"])
+    old_journal = (folder / JOURNAL).read_bytes()
+    store.save(folder)
+    late = vec(0, 0, 0, 0, 0, 0, 0.6, 0.8)
+    from graph_store.journal import record_line
+
+    (folder / JOURNAL).write_bytes(old_journal + record_line("late", ["zeta"], "y", late))
+    loaded = GraphStore.load(folder)
+    assert {"n1", "late"} <= set(loaded.graph.content_pos)
+    loaded.record(["n2"], late[None], [["zeta"]], ["z"])
+    assert [r.get("id") for r in journal_lines(folder)[1:]] == ["late", "n2"]
+    assert journal_lines(folder)[0]["version"] == (folder / "CURRENT").read_text().strip()
+    assert {"n1", "late", "n2"} <= set(GraphStore.load(folder).graph.content_pos)
+
+
+def test_a_journal_of_an_older_version_is_ignored(folder, caplog):
     store = GraphStore.load(folder)
     store.record(["n1"], NEW[None], [["gamma"]], ["x"])
     stale = (folder / JOURNAL).read_bytes()
     store.save(folder)
-    (folder / JOURNAL).write_bytes(stale)  # as if the process died between the save and the reset
+    store.save(folder)  # two versions on: the stale journal's records are all in the live one
+    (folder / JOURNAL).write_bytes(stale)
     with caplog.at_level(logging.WARNING):
         loaded = GraphStore.load(folder)
     assert "already in the live version" in caplog.text
@@ -106,11 +127,25 @@ def test_a_journal_left_from_an_older_version_is_ignored(folder, caplog):
     assert [r.get("id") for r in journal_lines(folder)[1:]] == ["n2"]
 
 
-def test_a_writer_that_missed_a_save_elsewhere_must_reload(folder):
+def test_a_writer_that_missed_a_save_elsewhere_reloads_and_writes_to_the_live_version(folder):
+    # Defect (issue 16): a replica whose folder was saved by another process (`llm4tag feedback`,
+    # `tag --write-back` against a served store) failed every write with a 500 until restarted.
     old = GraphStore.load(folder)
-    GraphStore.load(folder).save(folder)  # another process saves a new version
-    with pytest.raises(StoreError, match="reload"):
-        old.record(["n1"], NEW[None], [["gamma"]], ["x"])
+    live = GraphStore.load(folder).save(folder).name  # another process saves a new version
+    old.record(["n1"], NEW[None], [["gamma"]], ["x"])
+    assert journal_lines(folder)[0]["version"] == live
+    assert [r.get("id") for r in journal_lines(folder)[1:]] == ["n1"]
+    assert old.journal.version == live and "n1" in GraphStore.load(folder).graph.content_pos
+
+
+def test_a_reader_that_missed_a_save_elsewhere_reloads(folder):
+    reader = GraphStore.load(folder)
+    writer = GraphStore.load(folder)
+    writer.record(["n1"], NEW[None], [["gamma"]], ["x"])
+    writer.save(folder)
+    writer.record(["n2"], vec(0, 0, 0, 0, 0, 0, 0.6, 0.8)[None], [["zeta"]], ["y"])
+    assert reader.sync() == 1  # reloaded the new version (n1 in it) and replayed its journal (n2)
+    assert {"n1", "n2"} <= set(reader.graph.content_pos)
 
 
 def test_an_older_version_is_a_read_only_view(folder):
@@ -118,7 +153,8 @@ def test_an_older_version_is_a_read_only_view(folder):
     GraphStore.load(folder).save(folder)
     view = GraphStore.load(folder, version=first)
     assert view.journal is None
-    view.record(["n1"], NEW[None], [["gamma"]], ["x"])  # in memory only
+    with pytest.raises(StoreError, match="not the live one"):  # never acknowledged and kept in memory only
+        view.record(["n1"], NEW[None], [["gamma"]], ["x"])
     assert "n1" not in GraphStore.load(folder).graph.content_pos
 
 

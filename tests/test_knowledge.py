@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 
 import llm4tag.knowledge as knowledge
+import llm4tag.knowledge.persistence as knowledge_files
+from graph_store import StoreError, durable
 from llm4tag.data import Item, Tag, read_tags
-from llm4tag.encoder import Encoder, EncoderConfig
-from llm4tag.errors import DataError, LLM4TagError
+from llm4tag.errors import DataError
 from llm4tag.knowledge import (
     DomainKnowledgeBase,
     EncoderMismatchError,
@@ -51,11 +53,6 @@ TAGS = [
     Tag("card_swallowed", "An ATM kept the card."),
     Tag("request_refund", None),
 ]
-
-
-@pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder(EncoderConfig())
 
 
 @pytest.fixture
@@ -350,7 +347,7 @@ def _same_base(a, b) -> None:
 def test_save_load_round_trip(samples, domain, encoder, tmp_path):
     samples.save(tmp_path / "samples")
     domain.save(tmp_path / "domain")
-    layout = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    layout = sorted(p.name for p in (tmp_path / "samples").iterdir() if not p.name.endswith(".lock"))
     assert layout[0] == "CURRENT" and layout[1] == "appended.jsonl" and layout[2].startswith("snapshot-")
     loaded = SampleKnowledgeBase.load(tmp_path / "samples", expected_encoder_id=encoder.id)
     loaded_domain = DomainKnowledgeBase.load(tmp_path / "domain")
@@ -375,7 +372,7 @@ def test_encoder_mismatch_is_refused(samples, encoder, tmp_path):
     with pytest.raises(EncoderMismatchError) as info:
         SampleKnowledgeBase.load(tmp_path / "kb", expected_encoder_id="other-encoder@123/d384")
     assert encoder.id in str(info.value) and "other-encoder@123/d384" in str(info.value)
-    assert isinstance(info.value, LLM4TagError)
+    assert isinstance(info.value, StoreError)  # the one EncoderMismatchError, graph store's and ours
 
 
 def test_missing_and_damaged_bases_raise_data_errors(samples, tmp_path):
@@ -442,11 +439,11 @@ def test_torn_last_log_line_is_ignored(samples, encoder, tmp_path, caplog):
     log = tmp_path / "kb" / "appended.jsonl"
     with open(log, "ab") as fh:  # a crash in the middle of the next append
         fh.write(b'{"id": "f2", "text": "half a li')
-    with caplog.at_level(logging.WARNING, logger="llm4tag.knowledge"):
+    with caplog.at_level(logging.WARNING, logger="graph_store.durable"):
         reloaded = SampleKnowledgeBase.load(tmp_path / "kb", writable=True)
     assert "torn last line" in caplog.text
     assert "f1" in reloaded and "f2" not in reloaded
-    # Reopening cut the torn tail off, so the next append starts on a line of its own.
+    # The next append cut the torn tail off (under the log's lock), so it starts on a line of its own.
     reloaded.add_encoded([Sample("f3", "Where is my PIN?", ("change_pin",), (), "feedback")], encoder)
     again = SampleKnowledgeBase.load(tmp_path / "kb")
     assert {"f1", "f3"} <= {s.id for s in again} and "f2" not in again
@@ -466,7 +463,7 @@ def test_crash_during_save_leaves_the_previous_snapshot(samples, encoder, tmp_pa
             fh.write(b"\x93NUMPY" + b"\0" * 100)
         raise OSError("disk gone")
 
-    monkeypatch.setattr(knowledge, "_write_npy", crash)
+    monkeypatch.setattr(knowledge_files, "_write_npy", crash)
     with pytest.raises(OSError, match="disk gone"):
         samples.save(tmp_path / "kb")
     assert (tmp_path / "kb" / "CURRENT").read_text().strip() == first.name
@@ -481,7 +478,9 @@ def test_crash_during_save_leaves_the_previous_snapshot(samples, encoder, tmp_pa
     assert not list((tmp_path / "kb").glob(".tmp-*"))
 
 
-def test_crash_between_switch_and_log_reset_ignores_the_stale_log(samples, encoder, tmp_path, monkeypatch):
+def test_crash_between_switch_and_new_log_keeps_the_log_appended_meanwhile(
+    samples, encoder, tmp_path, monkeypatch
+):
     samples.save(tmp_path / "kb")
     live = SampleKnowledgeBase.load(tmp_path / "kb", writable=True)
     live.add_encoded([Sample("f1", "Cancel that transfer", ("cancel_transfer",), (), "feedback")], encoder)
@@ -489,22 +488,25 @@ def test_crash_between_switch_and_log_reset_ignores_the_stale_log(samples, encod
     change = Sample("f1", "Cancel that transfer", ("transfer_timing",), ("cancel_transfer",), "feedback")
     live.add([change], live.vector("f1"), durable=False)
 
-    def crash(*args, **kwargs):
-        raise OSError("crash before the log reset")
+    def crash(self, data):
+        raise OSError("crash before the new log")
 
-    monkeypatch.setattr(knowledge, "_reset_log", crash)
+    monkeypatch.setattr(durable.AppendLog, "replace", crash)
     with pytest.raises(OSError):
-        live.save(tmp_path / "kb")
+        live.save(tmp_path / "kb")  # the new snapshot is live, its log not started
     monkeypatch.undo()
-    with pytest.raises(KnowledgeError, match="no open log"):  # never silently not durable
-        live.add_encoded([Sample("f2", "x", ("y",))], encoder)
-    # The new snapshot is live; replaying the old log over it would undo the later, in-memory change.
-    loaded = SampleKnowledgeBase.load(tmp_path / "kb")
-    assert loaded.get("f1").correct == ("transfer_timing",)
-    reopened = SampleKnowledgeBase.load(tmp_path / "kb", writable=True)
-    assert len((tmp_path / "kb" / "appended.jsonl").read_text().splitlines()) == 1
-    reopened.add_encoded([Sample("f2", "x", ("y",))], encoder)
-    assert "f2" in SampleKnowledgeBase.load(tmp_path / "kb")
+    # The old log's lines before the point the new snapshot covers are not replayed (that would undo
+    # the later, in-memory change); lines appended after it (here by the process that was saving,
+    # which still holds the old snapshot) are.
+    live.add_encoded([Sample("f2", "x", ("y",), (), "feedback")], encoder)
+    loaded = SampleKnowledgeBase.load(tmp_path / "kb", writable=True)
+    assert loaded.get("f1").correct == ("transfer_timing",) and "f2" in loaded
+    # The next append through the new snapshot finishes the switch: its own log, f2 carried over.
+    loaded.add_encoded([Sample("f3", "z", ("y",), (), "feedback")], encoder)
+    lines = [json.loads(x) for x in (tmp_path / "kb" / "appended.jsonl").read_text().splitlines()]
+    assert lines[0]["snapshot"] == (tmp_path / "kb" / "CURRENT").read_text().strip()
+    assert [x["id"] for x in lines[1:]] == ["f2", "f3"]
+    assert {"f2", "f3"} <= {x.id for x in SampleKnowledgeBase.load(tmp_path / "kb")}
 
 
 def test_open_log_requires_the_matching_snapshot(samples, encoder, tmp_path):
@@ -525,7 +527,7 @@ def test_failed_log_write_changes_nothing(samples, encoder, tmp_path, monkeypatc
     live = SampleKnowledgeBase.load(tmp_path / "kb", writable=True)
     log = tmp_path / "kb" / "appended.jsonl"
     before = log.read_bytes()
-    real_fsync, calls = knowledge.os.fsync, []
+    real_fsync, calls = os.fsync, []
 
     def fsync_fails_once(fd):
         calls.append(fd)
@@ -533,7 +535,7 @@ def test_failed_log_write_changes_nothing(samples, encoder, tmp_path, monkeypatc
             raise OSError("I/O error")
         real_fsync(fd)
 
-    monkeypatch.setattr(knowledge.os, "fsync", fsync_fails_once)
+    monkeypatch.setattr(os, "fsync", fsync_fails_once)
     with pytest.raises(OSError, match="I/O error"):
         live.add_encoded([Sample("f1", "Top up failed again", ("top_up_failed",), (), "feedback")], encoder)
     monkeypatch.undo()

@@ -11,16 +11,16 @@ from llm4tag.engines import ChoiceRequest, LLMConfig, make_engine
 from llm4tag.errors import ModelError
 from llm4tag.models import resolve_llm
 
-pytestmark = [pytest.mark.slow, pytest.mark.model]
+pytestmark = pytest.mark.slow  # model: from the tiny_llm fixture (tests/conftest.py)
 pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(tiny_llm):
     try:
         resolve_llm("tiny", fmt="gguf")
     except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc}); run `llm4tag models install tiny`")
+        pytest.skip(f"tiny model's GGUF not installed ({exc}); run `llm4tag models install tiny`")
     engine = make_engine(LLMConfig(model="tiny", engine="llamacpp", threads=1, max_model_len=2048))
     yield engine
     engine.close()

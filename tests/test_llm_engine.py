@@ -9,17 +9,12 @@ import torch
 
 from llm4tag.engines import ChoiceRequest, LLMConfig, YesNo, make_engine, yes_no_confidence
 from llm4tag.errors import ModelError
-from llm4tag.models import resolve_llm
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def engine():
-    try:
-        resolve_llm("tiny")
-    except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc}); run `llm4tag models install tiny`")
+def engine(tiny_llm):
     engine = make_engine(LLMConfig(model="tiny", engine="transformers", batch_size=4))
     yield engine
     engine.close()

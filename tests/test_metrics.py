@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm4tag.metrics import format_table, recall_metrics
+from llm4tag.evaluation.recall_metrics import recall_metrics
+from llm4tag.evaluation.tables import format_table
 
 GOLD = {
     "i1": ["a", "b", "c"],

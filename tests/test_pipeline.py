@@ -11,8 +11,6 @@ import pytest
 from llm4tag.cli import main
 from llm4tag.config import Settings, settings_from_dict
 from llm4tag.data import read_items
-from llm4tag.errors import ModelError
-from llm4tag.models import resolve_llm
 from llm4tag.pipeline import TaggingPipeline
 
 pytestmark = pytest.mark.slow
@@ -22,11 +20,7 @@ RULES = SAMPLE.parent / "knowledge" / "banking77_rules.md"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    try:
-        resolve_llm("tiny")
-    except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc})")
+def store(tmp_path_factory, tiny_llm, encoder) -> Path:
     folder = tmp_path_factory.mktemp("pipeline") / "store"
     argv = ["build", "--items", str(SAMPLE / "train.jsonl"), "--tags", str(SAMPLE / "tags.jsonl")]
     assert main([*argv, "--store", str(folder), "--knowledge", str(RULES)]) == 0
@@ -141,7 +135,7 @@ def test_cli_tag_eval_and_write_back(store, tmp_path, capsys):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3
     # Written back: the tagged items are now contents of the saved store.
-    from llm4tag.recall import Recaller
+    from llm4tag.recaller import Recaller
 
     recaller = Recaller.open(copy)
     assert all(r["id"] in recaller.store.graph.content_pos for r in rows)

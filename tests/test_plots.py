@@ -1,4 +1,4 @@
-"""Tests of llm4tag.plots: PNG files are written atomically into created folders."""
+"""Tests of llm4tag.evaluation.plots: PNG files are written atomically into created folders."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from llm4tag.plots import accuracy_coverage_plot, reliability_diagram
-from llm4tag.tag_metrics import expected_calibration_error, threshold_curve
+from llm4tag.evaluation.plots import accuracy_coverage_plot, reliability_diagram
+from llm4tag.evaluation.tagging import expected_calibration_error, threshold_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,6 +83,9 @@ def test_accuracy_coverage_plot_bad_arguments(tmp_path):
 
 
 def test_import_is_lazy():
-    code = "import sys, llm4tag.plots, llm4tag.tag_metrics; print('matplotlib' in sys.modules)"
+    code = (
+        "import sys, llm4tag.evaluation.plots, llm4tag.evaluation.tagging; "
+        "print('matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

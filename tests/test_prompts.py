@@ -113,5 +113,5 @@ def test_layout_auto_judges_in_context_only_where_the_engine_keeps_prefixes():
     assert not judges_in_context(LLMConfig(engine="transformers"), auto)
     assert not judges_in_context(LLMConfig(engine="llamacpp"), paper)
     assert judges_in_context(LLMConfig(engine="transformers"), PromptConfig(layout="continuation"))
-    with pytest.raises(ConfigError, match=r"prompts\.layout must be one of"):
-        PromptConfig(layout="sideways")
+    with pytest.raises(ConfigError, match=r"prompts\.layout"):
+        PromptConfig.load({"layout": "sideways"})

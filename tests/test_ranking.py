@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graph_store import GraphConfig
+from graph_store import EncoderMismatchError, GraphConfig
 from llm4tag.data import read_items, read_tags
 from llm4tag.ranking import (
     FEATURES,
     Annotated,
-    EncoderMismatch,
     LeakError,
     LearnedConfig,
     LearnedRecall,
@@ -24,6 +23,7 @@ from llm4tag.ranking import (
     precision_cut,
     route,
 )
+from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
 from llm4tag.ranking.crossfit import build_store, fold_parts, held_out_candidates
 from llm4tag.ranking.ranker import top_rows
 from llm4tag.texts import item_text, tag_text
@@ -214,9 +214,9 @@ def test_models_persist_and_are_refused_under_another_encoder(fitted, banking, q
         [(s.tag, round(s.probability, 9)) for s in item] for item in after
     ]
     assert loaded.cut == models.cut and loaded.multi == models.multi
-    with pytest.raises(EncoderMismatch):
+    with pytest.raises(EncoderMismatchError):
         RankingModels.load(tmp_path / "ranking", expected_encoder_id="another-encoder@0/d384")
-    with pytest.raises(EncoderMismatch):
+    with pytest.raises(EncoderMismatchError):
         LearnedRecall.load(tmp_path / "ranking" / "learned", expected_encoder_id="another-encoder@0/d384")
     # A second save replaces the first whole.
     models.save(tmp_path / "ranking")
@@ -294,6 +294,7 @@ def test_multi_tag_sample_emits_several_tags(encoder):
     assert models.multi and models.ranker.emit == 5
     store = build_store(data, GraphConfig())
     scored = models.score(store, data.texts[:2], data.vectors[:2])
-    rows = models.rows(["x", "y"], scored)
-    assert all(len(r["tags"]) == 5 for r in rows)
-    assert all(0.0 <= t["confidence"] <= 1.0 for r in rows for t in r["tags"])
+    plan = RoutePlan(tau=0.0, multi=True, emit=models.emit, num_candidates=20, ranker_cut=0.0, llm_cut=0.0)
+    finals = [final_tags(r, plan) for r in route_items(scored, plan)]
+    assert all(len(f) == 5 and all(t.kept and t.by == "ranker" for t in f) for f in finals)
+    assert all(0.0 <= t.confidence <= 1.0 for f in finals for t in f)

@@ -24,14 +24,12 @@ def test_config_files_validate(name):
     (app,) = config["applications"]
     assert app["import_path"] == "deployments.app:build_app"
     assert set(app["args"]) <= KNOWN_ARGS
-    settings = app["args"].get("settings") or {}
-    if app["args"].get("config"):
-        base = load_settings(resolve_path(app["args"]["config"], str(REPO))).to_dict()
-        base.update({k: {**base.get(k, {}), **v} for k, v in settings.items()})
-        settings = base
-    ServiceConfig.from_dict(app["args"].get("service"))
+    base = (
+        load_settings(resolve_path(app["args"]["config"], str(REPO))) if app["args"].get("config") else None
+    )
+    parsed = (base or settings_from_dict({})).with_overrides(app["args"].get("settings") or {})
+    ServiceConfig.load(app["args"].get("service"))
     deployments = {d["name"]: d for d in app["deployments"]}
-    parsed = settings_from_dict(settings)
     # Judgments that continue the generation conversation run on the Generator (deployments/app.py).
     colocated = judges_in_context(parsed.llm, parsed.prompts)
     assert set(deployments) == (STAGES - {"Calibrator"} if colocated else STAGES)

@@ -1,18 +1,12 @@
-"""Request parsing and vocabulary search of the HTTP service (pure logic, no Ray)."""
+"""Request validation (llm4tag/http_schema.py) and vocabulary search of the HTTP service (no Ray)."""
 
 from __future__ import annotations
 
 import pytest
 
 from llm4tag.errors import ConfigError
-from llm4tag.service import (
-    Limits,
-    RequestError,
-    ServiceConfig,
-    parse_feedback_request,
-    parse_tag_request,
-    search_tags,
-)
+from llm4tag.http_schema import Limits, RequestError, parse_feedback_request, parse_tag_request
+from llm4tag.service import ServiceConfig, search_tags
 
 LIMITS = Limits(max_items=3, max_text_chars=50, max_tags_per_item=2)
 VOCAB = {"card_arrival", "exchange_rate", "top_up_failed"}
@@ -99,11 +93,11 @@ def test_feedback_needs_an_id_and_known_tags():
 
 
 def test_service_config_rejects_unknown_settings():
-    config = ServiceConfig.from_dict({"limits": {"max_items": 5}, "generator": {"max_batch_size": 4}})
+    config = ServiceConfig.load({"limits": {"max_items": 5}, "generator": {"max_batch_size": 4}})
     assert config.limits.max_items == 5 and config.generator.max_batch_size == 4
     for bad in ({"limit": {}}, {"limits": {"max_item": 1}}, {"limits": {"max_items": 0}}, {"encoder": 3}):
         with pytest.raises(ConfigError):
-            ServiceConfig.from_dict(bad)
+            ServiceConfig.load(bad)
 
 
 def test_search_ranks_whole_names_then_name_words_then_descriptions():

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
+import graph_store.persistence as store_module
 from graph_store import (
     EncoderMismatchError,
     GraphConfig,
@@ -26,7 +26,9 @@ DIM, N_TAGS, N_ITEMS = 32, 50, 2000
 TIE_GROUP = 40  # items sharing one vector: more than c2c_search_k, so ties straddle the cut
 RECALL = RecallConfig(delta_ct=0.75, delta_cc=0.8, c2c_search_k=30)  # other settings: defaults
 # No fill, tight caps, no fallback: exercises other branches of the selection.
-RECALL_TIGHT = replace(RECALL, fill=False, max_c2t=3, max_c2c2t=4, min_c2t=0, min_c2c=0, delta_cc=0.7)
+RECALL_TIGHT = RECALL.with_overrides(
+    dict(fill=False, max_c2t=3, max_c2c2t=4, min_c2t=0, min_c2c=0, delta_cc=0.7)
+)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -248,18 +250,18 @@ def test_crash_between_shards_keeps_the_previous_set_live(store, data, expected,
     new_ids = [f"crash-{i}" for i in range(30)]
     changed.insert(new_ids, data[-1][:30], [[store.graph.tag_names[0]]] * 30)
     saved = []
-    original = GraphStore.save
+    original = store_module.write_version
 
-    def save_then_die_on_third(self, directory, **kwargs):
+    def write_then_die_on_third(folder, *args, **kwargs):
         if len(saved) == 2:
             raise KeyboardInterrupt("killed while saving shard 3")
-        saved.append(directory)
-        return original(self, directory, **kwargs)
+        saved.append(folder)
+        return original(folder, *args, **kwargs)
 
-    monkeypatch.setattr(GraphStore, "save", save_then_die_on_third)
+    monkeypatch.setattr(store_module, "write_version", write_then_die_on_third)
     with pytest.raises(KeyboardInterrupt):
         changed.save(root)
-    monkeypatch.setattr(GraphStore, "save", original)
+    monkeypatch.setattr(store_module, "write_version", original)
     after = open_store(root)
     assert after.stats() == ShardedStore.load(root).stats()
     assert after.stats()["contents"] == store.graph.num_contents  # none of the 30 inserts is live

@@ -1,4 +1,4 @@
-"""Tests of llm4tag.tag_metrics against numbers computed by hand."""
+"""Tests of llm4tag.evaluation.tagging against numbers computed by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llm4tag.tag_metrics import (
+from llm4tag.evaluation.tagging import (
     DEFAULT_THRESHOLDS,
     acc_at_k,
     calibration_pairs,
@@ -294,7 +294,7 @@ def test_bad_thresholds_task_and_shapes():
 
 # ------------------------------------------------------------------------------- bootstrap intervals
 def test_metric_intervals_bracket_the_point_value_and_shrink_with_n():
-    from llm4tag.tag_metrics import metric_intervals
+    from llm4tag.evaluation.tagging import metric_intervals
 
     rng = np.random.default_rng(0)
     widths = []
@@ -311,7 +311,7 @@ def test_metric_intervals_bracket_the_point_value_and_shrink_with_n():
 
 
 def test_metric_intervals_multi_tag_values_equal_acc_at_k_and_skip_unpredicted_items():
-    from llm4tag.tag_metrics import metric_intervals
+    from llm4tag.evaluation.tagging import metric_intervals
 
     gold = {i: {"a", "b"} if i % 2 else {"c"} for i in range(60)}
     pred = {i: (["a", "c", "b"] if i % 3 else []) for i in range(60)}
@@ -322,7 +322,7 @@ def test_metric_intervals_multi_tag_values_equal_acc_at_k_and_skip_unpredicted_i
 
 
 def test_paired_difference_interval_excludes_zero_only_for_a_real_gap():
-    from llm4tag.tag_metrics import metric_intervals
+    from llm4tag.evaluation.tagging import metric_intervals
 
     rng = np.random.default_rng(1)
     gold = {i: {"a" if rng.random() < 0.5 else "b"} for i in range(400)}

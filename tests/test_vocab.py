@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm4tag.baselines import parse_tags
 from llm4tag.config import VocabConfig
-from llm4tag.peers import parse_tags
 from llm4tag.vocab import (
     aggregate,
     frequency_filter,
@@ -156,14 +156,13 @@ def test_coverage_of_a_reference_vocabulary():
 
 
 @pytest.mark.slow
-def test_build_merges_real_near_duplicates_with_the_encoder():
+def test_build_merges_real_near_duplicates_with_the_encoder(encoder):
     from llm4tag.config import settings_from_dict
     from llm4tag.data import Item
-    from llm4tag.encoder import Encoder
     from llm4tag.vocab import VocabularyBuilder
 
     settings = settings_from_dict({"vocab": {"min_count": 2, "max_share": 0.9}})
-    builder = VocabularyBuilder(None, Encoder(settings.encoder), settings)
+    builder = VocabularyBuilder(None, encoder, settings)
     items = [Item(f"i{i}", "text") for i in range(6)]
     answers = {
         "i0": "Card arrival, exchange rate",
@@ -186,19 +185,13 @@ def test_build_merges_real_near_duplicates_with_the_encoder():
 
 
 @pytest.mark.slow
-def test_vocab_build_cli_writes_a_vocabulary_the_product_reads_and_resumes(tmp_path):
+def test_vocab_build_cli_writes_a_vocabulary_the_product_reads_and_resumes(tmp_path, tiny_llm, encoder):
+    from llm4tag.baselines import BaselinePrompts
     from llm4tag.cli import main
     from llm4tag.config import load_settings
     from llm4tag.data import read_tags
-    from llm4tag.errors import ModelError
-    from llm4tag.models import resolve_llm
-    from llm4tag.peers import PeerPrompts
     from llm4tag.vocab import _cache_key
 
-    try:
-        resolve_llm("tiny")
-    except ModelError as exc:
-        pytest.skip(f"tiny model not installed ({exc})")
     lines = [json.loads(x) for x in (SAMPLE / "train.jsonl").read_text().splitlines()[:4]]
     items = tmp_path / "raw.jsonl"  # tags removed
     items.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in lines))
@@ -208,7 +201,7 @@ def test_vocab_build_cli_writes_a_vocabulary_the_product_reads_and_resumes(tmp_p
     # The tiny model's answers are noise: two items' answers are seeded in the cache (under the key
     # the build computes), so the vocabulary is known; the other two are asked.
     settings = load_settings(config)
-    prompts = PeerPrompts(settings)
+    prompts = BaselinePrompts(settings)
     cache_path = tmp_path / "vocab.answers.jsonl"
     seeded = ""
     for row in lines[:2]:

@@ -1,54 +1,60 @@
-"""Which LLM runs, on which engine, with which resources: data, loaded from the `llm` config section."""
+"""Which LLM runs, on which engine, with which resources: the `llm` config section."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from llm4tag.section import Section
 
 ENGINES = ("llamacpp", "transformers", "vllm")
 
 
-@dataclass
-class LLMConfig:
-    # A bundled model name (`llm4tag models list`), an alias ("default", "tiny") or a local HF folder.
-    model: str = "default"
+class LLMConfig(Section):
+    """The LLM and its engine (the `llm:` section)."""
+
+    section: ClassVar[str] = "llm"
+
+    model: str = Field(
+        "default",
+        description="a bundled name (`llm4tag models list`), an alias (default, tiny) or a local HF folder",
+    )
     # llamacpp: the bundled GGUF as shipped, on CPU (the default; benchmarks/engines.py); transformers:
     # any HF folder, CPU or one GPU, and the engine that trains adapters; vllm: GPU serving.
-    engine: str = "llamacpp"
+    engine: Literal["llamacpp", "transformers", "vllm"] = Field(
+        "llamacpp", description="llamacpp (CPU, the GGUF as shipped) | transformers | vllm (GPU)"
+    )
     # transformers on CPU: float32. bf16 matmuls ran at 0.8 GFLOP/s on the AVX2-only machines
     # (fp32: 128 GFLOP/s); on GPUs and CPUs with AMX, bfloat16 is the better choice.
-    dtype: str = "float32"
-    device: str = "cpu"
-    threads: int | None = 2
-    # Prompts per forward pass (transformers) / sequences in flight (vLLM's max_num_seqs).
-    batch_size: int = 8
-    max_model_len: int = 4096
-    # llama.cpp only: tokens per decode call, and the saved prefix states (KV of earlier prompts that
-    # later prompts start from; ~28 KB per token for the 1.5B default).
-    n_batch: int = 512
-    state_cache_mb: int = 512
-    # vLLM only.
-    gpu_memory_utilization: float = 0.85
-    enforce_eager: bool = True
-    cpu_kvcache_gb: int = 4
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    # LoRA adapters (`llm4tag train`): the generator's serves choose/generate, the calibrator's the Yes/No
-    # scores; None runs the base model for that role. vLLM needs enable_lora at start-up to take any
+    dtype: str = Field("float32", description="transformers/vLLM weights' dtype (float32 on AVX2 CPUs)")
+    device: str = Field("cpu", description="transformers: torch device")
+    threads: int | None = Field(2, ge=1, description="CPU threads (null: the engine's default)")
+    batch_size: int = Field(
+        8, ge=1, description="prompts per forward pass (transformers) / sequences in flight (vLLM)"
+    )
+    max_model_len: int = Field(4096, ge=1, description="longest prompt + answer, in tokens")
+    # ~28 KB per token for the 1.5B default.
+    n_batch: int = Field(512, ge=1, description="llama.cpp: tokens per decode call")
+    state_cache_mb: int = Field(
+        512, ge=0, description="llama.cpp: saved prefix states (KV of earlier prompts later ones start from)"
+    )
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM: share of GPU memory")
+    enforce_eager: bool = Field(True, description="vLLM: no CUDA graphs (faster start)")
+    cpu_kvcache_gb: int = Field(4, ge=1, description="vLLM on CPU: KV cache size")
+    enable_prefix_caching: bool = Field(True, description="vLLM: reuse computed prompt prefixes")
+    seed: int = Field(0, description="sampling seed")
+    # A role without an adapter runs the base model. vLLM needs enable_lora at start-up to take any
     # adapter, also one swapped in later, and adapters of rank <= max_lora_rank.
-    generator_adapter: str | None = None
-    calibrator_adapter: str | None = None
-    enable_lora: bool = False
-    max_lora_rank: int = 16
-    # Serving: an active.json (llm4tag/finetune/registry.py) whose adapters replicas follow between
-    # batches; `llm4tag retrain` promotions and POST /v1/admin/adapter rewrite it.
-    adapters_file: str | None = None
-
-    def __post_init__(self) -> None:
-        from llm4tag.errors import ConfigError
-
-        if self.engine not in ENGINES:
-            raise ConfigError(f"llm.engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"llm.batch_size must be >= 1, got {self.batch_size}")
-        if self.n_batch < 1 or self.state_cache_mb < 0:
-            raise ConfigError("llm.n_batch must be >= 1 and llm.state_cache_mb >= 0")
+    generator_adapter: str | None = Field(
+        None, description="LoRA adapter (`llm4tag train generator`) for choosing tags"
+    )
+    calibrator_adapter: str | None = Field(
+        None, description="LoRA adapter (`llm4tag train calibrator`) for the Yes/No judgments"
+    )
+    enable_lora: bool = Field(False, description="vLLM: accept LoRA adapters")
+    max_lora_rank: int = Field(16, ge=1, description="vLLM: largest adapter rank")
+    # llm4tag/finetune/registry.py; `llm4tag retrain` promotions and POST /v1/admin/adapter rewrite it.
+    adapters_file: str | None = Field(
+        None, description="serving: an active.json whose adapters the replicas follow between batches"
+    )

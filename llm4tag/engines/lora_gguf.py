@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graph_store.durable import fsync_dir, fsync_file
 from llm4tag.errors import ModelError
 
 # Architectures whose conversion is checked against transformers+PEFT in tests; others are refused
@@ -184,7 +185,9 @@ def _write(target: Path, tensors: dict[str, np.ndarray], alpha: float, arch: str
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        fsync_file(tmp)
         os.replace(tmp, target)
+        fsync_dir(Path(target).parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

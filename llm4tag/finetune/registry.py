@@ -3,19 +3,18 @@
 ``active.json``: ``{"generator": PATH | null, "calibrator": PATH | null, "updated": ISO time, "by": ...}``.
 `llm4tag retrain` writes it when it promotes, `POST /v1/admin/adapter` when an operator swaps; the
 Generator and Calibrator replicas check its modification before every batch (one stat call) and load a
-changed adapter between batches. It is replaced atomically (temp file + rename), so a reader sees the
-old or the new file, never a mix.
+changed adapter between batches. It is replaced atomically (graph_store.durable: temp file, rename,
+folder fsync), so a reader sees the old or the new file, never a mix.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from graph_store.durable import write_atomically
 from llm4tag.errors import LLM4TagError
 
 ROLES = ("generator", "calibrator")
@@ -45,16 +44,7 @@ def write_active(path: str | Path, updates: dict[str, str | None], by: str) -> d
     data.update({role: (str(Path(p).resolve()) if p else None) for role, p in updates.items()})
     data["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     data["by"] = by
-    fd, temp = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, indent=1) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, file)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomically(file, (json.dumps(data, indent=1) + "\n").encode())
     return data
 
 

@@ -19,15 +19,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from graph_store.durable import append_lines
+from llm4tag.encoder import Encoder
+from llm4tag.engines import make_engine
 from llm4tag.errors import LLM4TagError
+from llm4tag.evaluation.tagging import evaluate_tagging
 from llm4tag.finetune.registry import read_active, write_active
+from llm4tag.finetune.train import train
+from llm4tag.finetune.training_data import (
+    annotated_mode,
+    build_data,
+    item_digest,
+    load_feedback,
+    merge_feedback,
+    read_pool,
+)
+from llm4tag.pipeline import TaggingPipeline
+from llm4tag.recaller import Recaller
+from llm4tag.store_builder import build_parts
 
 EXIT_NOT_PROMOTED = 3
 
@@ -60,8 +75,6 @@ def primary_metric(report: dict[str, Any]) -> tuple[str, float]:
 
 def evaluate_adapters(pipeline, engine, items, adapters: dict[str, str | None]) -> dict[str, Any]:
     """Tag ``items`` with the given adapter per role (None: base model); the project's metrics."""
-    from llm4tag.tag_metrics import evaluate_tagging
-
     for role in ("generator", "calibrator"):
         engine.adapters.load(role, adapters.get(role))
     started = time.perf_counter()
@@ -85,21 +98,18 @@ def evaluate_adapters(pipeline, engine, items, adapters: dict[str, str | None]) 
 
 def eval_pipeline(settings, train_items, tags, knowledge=()):
     """A pipeline over a store built from ``train_items`` only (in memory), with its engine."""
-    from llm4tag.cli import build_knowledge_bases
-    from llm4tag.encoder import Encoder
-    from llm4tag.engines import make_engine
-    from llm4tag.finetune.data import resolve_mode
-    from llm4tag.pipeline import TaggingPipeline
-    from llm4tag.recall import Recaller, build_store
-
     encoder = Encoder(settings.encoder)
-    store, report = build_store(train_items, tags, settings, encoder)
-    samples, domain = build_knowledge_bases(report, tags, encoder, list(knowledge), settings)
+    parts = build_parts(train_items, tags, settings, encoder, knowledge_files=list(knowledge))
     engine = make_engine(settings.llm)
-    mode = resolve_mode(settings.pipeline.mode, train_items)
+    mode = annotated_mode(settings.pipeline.mode, train_items)
     max_tags = 1 if mode == "single" else settings.pipeline.max_tags
     pipeline = TaggingPipeline(
-        Recaller(store, encoder, settings.texts), engine, settings, samples, domain, max_tags=max_tags
+        Recaller(parts.store, encoder, settings.texts),
+        engine,
+        settings,
+        parts.samples,
+        parts.domain,
+        max_tags=max_tags,
     )
     return pipeline, engine
 
@@ -117,10 +127,6 @@ def retrain(
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from llm4tag.finetune.cli import build_data, read_pool
-    from llm4tag.finetune.data import item_digest, load_feedback, merge_feedback
-    from llm4tag.finetune.train import train
-
     config = settings.finetune.retrain
     root = Path(adapters_dir)
     active_path = root / "active.json"
@@ -190,7 +196,4 @@ def retrain(
 
 def _append(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_lines(path, [json.dumps(record, default=str).encode()])

@@ -18,17 +18,16 @@ import os
 import random
 import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from graph_store.durable import atomic_folder
+from llm4tag.config.finetune import FinetuneConfig, TrainerConfig
 from llm4tag.errors import LLM4TagError
-from llm4tag.finetune.config import FinetuneConfig, TrainerConfig
-from llm4tag.finetune.data import ROLES, Example, read_training_data
+from llm4tag.finetune.examples import ROLES, Example, read_training_data
 
 log = logging.getLogger("llm4tag.finetune")
 
@@ -65,7 +64,8 @@ def tokenize_example(tokenizer, example: Example) -> tuple[list[int], list[int]]
 
 def _fingerprint(role: str, data_hash: str, base: str, device: str, trainer: TrainerConfig, config) -> str:
     raw = json.dumps(
-        [role, data_hash, base, device, asdict(trainer), asdict(config.lora), config.seed], sort_keys=True
+        [role, data_hash, base, device, trainer.model_dump(), config.lora.model_dump(), config.seed],
+        sort_keys=True
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
@@ -306,8 +306,8 @@ def train(
         "peak_memory_mb": _peak_memory_mb(device),
         "device": device,
         "seed": seed,
-        "settings": asdict(trainer),
-        "lora": asdict(config.lora),
+        "settings": trainer.model_dump(),
+        "lora": config.lora.model_dump(),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -335,42 +335,33 @@ def _last_checkpoint(work: Path, fingerprint: str) -> Path | None:
 
 def _save_checkpoint(work, step, model, torch, optimizer, scheduler, losses, loss_before, fingerprint, keep):
     work.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=work))
-    model.save_pretrained(temp)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "losses": losses,
-            "loss_before": loss_before,
-            "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(),
-            # Dropout on a GPU draws from the CUDA generator: saved too, so a resumed run matches.
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        temp / "trainer.pt",
-    )
-    # state.json last: its presence marks the checkpoint complete.
-    (temp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}))
-    target = work / f"step-{step:07d}"
-    if target.exists():
-        shutil.rmtree(target)
-    temp.rename(target)
+    with atomic_folder(work / f"step-{step:07d}") as temp:
+        model.save_pretrained(temp)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "losses": losses,
+                "loss_before": loss_before,
+                "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(),
+                # Dropout on a GPU draws from the CUDA generator: saved too, so a resumed run matches.
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            temp / "trainer.pt",
+        )
+        # state.json last: its presence marks the checkpoint complete.
+        (temp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}))
     for old in sorted(work.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_adapter(out: Path, model, manifest: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as temp:
         model.save_pretrained(temp)
         (temp / TRAINING_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        temp.rename(out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
 
 
 def read_adapter_manifest(path: str | Path) -> dict[str, Any]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, model_validator
 
 from llm4tag.engines.base import Messages
-from llm4tag.errors import ConfigError
+from llm4tag.section import Section
 
 # Placeholders each template may use; anything else is a typo caught at load time.
 _ALLOWED = {
@@ -44,55 +45,117 @@ for _names in _ALLOWED.values():
         _names |= {"item_kinds", "item_kind_title"}
 
 
-def _defaults() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("llm4tag.prompts").joinpath("default.yaml").read_text())
+def _defaults(name: str = "default.yaml") -> dict[str, Any]:
+    return yaml.safe_load(resources.files("llm4tag.prompts").joinpath(name).read_text())
 
 
-@dataclass
-class PromptConfig:
-    domain: str = ""
-    item_kind: str = ""
-    # Plural of item_kind for "similar {item_kinds}"; derived when empty.
-    item_kind_plural: str = ""
-    system: str = ""
-    generation_basic: str = ""
-    generation_retrieval: str = ""
-    instruction_single: str = ""
-    instruction_multi: str = ""
-    sample: str = ""
-    sample_incorrect: str = ""
-    snippet: str = ""
-    none_retrieved: str = ""
-    judgment_system: str = ""
-    judgment: str = ""
-    judgment_followup: str = ""
-    # paper | continuation | auto (see default.yaml).
-    layout: str = ""
-    # Lengths in characters: the prompt's cost on CPU is its token count.
-    max_content_chars: int = 600
-    max_sample_chars: int = 200
-    max_snippet_chars: int = 240
-    max_tag_description_chars: int = 160
+_TEXT_FIELDS = (*_ALLOWED, "domain", "item_kind", "item_kind_plural", "layout")
 
-    def __post_init__(self) -> None:
-        defaults = _defaults()
-        for f in fields(self):
-            if isinstance(getattr(self, f.name), str) and not getattr(self, f.name) and f.name in defaults:
-                setattr(self, f.name, defaults[f.name])
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"prompts.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        for name, allowed in _ALLOWED.items():
-            template = getattr(self, name)
+
+class Templates(Section):
+    """A section of prompt templates: empty fields take the defaults of ``DEFAULTS`` (a YAML file of
+    this package), and a template may use only its ``ALLOWED`` placeholders (typos are errors)."""
+
+    DEFAULTS: ClassVar[str]
+    ALLOWED: ClassVar[dict[str, set[str]]]
+    FILLED: ClassVar[tuple[str, ...]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = _defaults(cls.DEFAULTS)
+        return {**data, **{k: defaults[k] for k in cls.FILLED if k in defaults and not data.get(k)}}
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> Templates:
+        for name, allowed in self.ALLOWED.items():
             try:
-                used = {p for _, p, _, _ in string.Formatter().parse(template) if p is not None}
+                used = {p for _, p, _, _ in string.Formatter().parse(getattr(self, name)) if p is not None}
             except ValueError as exc:
-                raise ConfigError(f"prompts.{name} is not a valid template: {exc}") from exc
+                raise ValueError(f"{name} is not a valid template: {exc}") from exc
             unknown = sorted(used - allowed)
             if unknown:
-                raise ConfigError(
-                    f"prompts.{name} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
+                raise ValueError(
+                    f"{name} uses unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"
                     f" (allowed: {', '.join(sorted(allowed)) or 'none'})"
                 )
+        return self
+
+
+class PromptConfig(Templates):
+    """The prompt templates of figures 3-5 (the `prompts:` section); empty: the defaults of
+    prompts/default.yaml."""
+
+    section: ClassVar[str] = "prompts"
+    DEFAULTS: ClassVar[str] = "default.yaml"
+    ALLOWED: ClassVar[dict[str, set[str]]] = _ALLOWED
+    FILLED: ClassVar[tuple[str, ...]] = _TEXT_FIELDS
+
+    domain: str = Field("", description="the domain words, e.g. banking customer support")
+    item_kind: str = Field("", description="what an item is, e.g. customer query")
+    item_kind_plural: str = Field(
+        "", description='plural of item_kind for "similar {item_kinds}" (derived if empty)'
+    )
+    system: str = Field("", description="generation: system message")
+    generation_basic: str = Field("", description="generation without retrieved knowledge (figure 3)")
+    generation_retrieval: str = Field(
+        "", description="generation with retrieved samples and snippets (figure 4)"
+    )
+    instruction_single: str = Field("", description="generation: the single-tag instruction")
+    instruction_multi: str = Field("", description="generation: the multi-tag instruction")
+    sample: str = Field("", description="one retrieved sample in the generation prompt")
+    sample_incorrect: str = Field("", description="a retrieved sample's incorrect tags")
+    snippet: str = Field("", description="one retrieved knowledge snippet")
+    none_retrieved: str = Field("", description="when nothing was retrieved")
+    judgment_system: str = Field("", description="calibration: system message")
+    judgment: str = Field("", description="calibration: the Yes/No question (figure 5)")
+    judgment_followup: str = Field("", description="calibration: the question that continues the generation")
+    layout: Literal["", "auto", "paper", "continuation"] = Field(
+        "",
+        description="paper | continuation | auto (judgments continue the generation conversation where "
+        "the engine keeps it)",
+    )
+    # The prompt's cost on CPU is its token count.
+    max_content_chars: int = Field(600, ge=1, description="item text shown, in characters")
+    max_sample_chars: int = Field(200, ge=1, description="per retrieved sample")
+    max_snippet_chars: int = Field(240, ge=1, description="per knowledge snippet")
+    max_tag_description_chars: int = Field(160, ge=1, description="per tag description in a judgment")
+
+    @model_validator(mode="after")
+    def _layout(self) -> PromptConfig:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        return self
+
+
+_BASELINE_ALLOWED = {
+    "system": set(),
+    "generative": {"content", "example"},
+    "example": {"text", "tags"},
+    "selective": {"content", "candidates", "instruction"},
+    "selective_single": set(),
+    "selective_multi": {"max_tags"},
+}
+for _names in _BASELINE_ALLOWED.values():
+    _names |= {"domain", "item_kind", "item_kinds", "item_kind_title"}
+
+
+class PeerPromptConfig(Templates):
+    """Templates of the baseline taggers and of vocabulary construction (defaults: prompts/peers.yaml)."""
+
+    section: ClassVar[str] = "peers.prompts"
+    DEFAULTS: ClassVar[str] = "peers.yaml"
+    ALLOWED: ClassVar[dict[str, set[str]]] = _BASELINE_ALLOWED
+    FILLED: ClassVar[tuple[str, ...]] = tuple(_BASELINE_ALLOWED)
+
+    system: str = Field("", description="system message")
+    generative: str = Field("", description="TagGPT's generative tagger (and vocab build)")
+    example: str = Field("", description="the worked example in the generative prompt")
+    selective: str = Field("", description="TagGPT's selective tagger")
+    selective_single: str = Field("", description="selective: single-tag instruction")
+    selective_multi: str = Field("", description="selective: multi-tag instruction")
 
 
 def _plural(word: str) -> str:
@@ -200,12 +263,3 @@ class Prompts:
             {"role": "system", "content": c.judgment_system.format(**self._common)},
             {"role": "user", "content": user},
         ]
-
-
-def prompt_config_from_dict(data: dict[str, Any] | None) -> PromptConfig:
-    data = data or {}
-    known = {f.name for f in fields(PromptConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"config section 'prompts' has unknown setting(s): {', '.join(unknown)}")
-    return PromptConfig(**data)

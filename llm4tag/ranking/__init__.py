@@ -8,7 +8,7 @@ from llm4tag.ranking.crossfit import Annotated, HeldOut, assign_folds, held_out_
 from llm4tag.ranking.features import FEATURES, LEARNED, CandidateFeatures, CandidateSet
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.models import RankingModels, ScoredTag, fit_ranking, is_multi
-from llm4tag.ranking.provenance import EncoderMismatch, LeakError
+from llm4tag.ranking.provenance import LeakError
 from llm4tag.ranking.ranker import Ranker, RankerConfig
 from llm4tag.ranking.routing import Decision, TauChoice, choose_tau, precision_cut, route
 
@@ -19,7 +19,6 @@ __all__ = [
     "CandidateFeatures",
     "CandidateSet",
     "Decision",
-    "EncoderMismatch",
     "HeldOut",
     "LeakError",
     "LearnedConfig",

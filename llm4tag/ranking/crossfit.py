@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from graph_store import GraphConfig, GraphStore
-from llm4tag.ranking.features import FEATURES, CandidateFeatures, CandidateSet
+from llm4tag.ranking.features import FEATURES, CandidateFeatures, CandidateSet, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import LeakError
 
@@ -76,7 +76,7 @@ class HeldOut:
 def build_store(data: Annotated, graph: GraphConfig) -> GraphStore:
     # Recall of new items does not read the similarity edges among stored items; skipping them
     # makes a fold's store a few seconds to build.
-    config = dataclasses.replace(graph, materialize_similarity=False)
+    config = graph.with_overrides({"materialize_similarity": False})
     return GraphStore.build(
         item_ids=data.ids,
         item_vectors=data.vectors,
@@ -130,8 +130,9 @@ def held_out_candidates(
             )
         held_ids = [data.ids[i] for i in held]
         store, model = parts(data.subset(rest), held_ids, graph, learned)
-        computed = CandidateFeatures(store, model, learned_k=learned_k).compute(
-            [data.texts[i] for i in held], data.vectors[held]
+        vectors = data.vectors[held]
+        computed = CandidateFeatures(TagStats.from_store(store), model, graph.recall, learned_k).compute(
+            [data.texts[i] for i in held], vectors, search_hits(store, vectors, graph.recall)
         )
         for i, candidate_set in zip(held.tolist(), computed, strict=True):
             sets[i] = candidate_set

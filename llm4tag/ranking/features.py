@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from graph_store import GraphStore, RecallConfig, ShardedStore
-from graph_store.recall import Hits, merge_hits, select
+from graph_store.durable import durable_file
+from graph_store.metapaths import Hits, merge_hits, select
 from llm4tag.ranking.learned import LearnedRecall
 
 LEARNED = "learned"  # provenance of a tag the learned recall proposed
@@ -53,51 +55,89 @@ def contents_of(store: GraphStore | ShardedStore) -> int:
     return sum(shard.graph.num_contents for shard in shards)
 
 
-class CandidateFeatures:
-    """Candidates and features of new items against one store and one learned model."""
+@dataclass
+class TagStats:
+    """What the features read about the vocabulary: the tags, their vectors, and how many of the
+    annotated items the models were fitted on carry each one. Saved with the fitted models, so the
+    features of an item are the same in every process that ranks it (the in-process pipeline, the
+    Serve Ranker, a bulk actor) whatever the store has grown by since; a refit renews them."""
 
-    def __init__(
-        self,
-        store: GraphStore | ShardedStore,
-        learned: LearnedRecall | None,
-        recall: RecallConfig | None = None,
-        learned_k: int = 10,
-    ):
-        self.store = store
-        self.learned = learned
-        self.recall = recall or store.config.recall
-        self.learned_k = learned_k
+    tag_names: list[str]
+    tag_vectors: np.ndarray  # (tags, dim) unit vectors
+    popularity: np.ndarray  # (tags,) annotation counts
+    contents: int  # annotated items
+
+    @classmethod
+    def from_store(cls, store: GraphStore | ShardedStore) -> TagStats:
         shards = store.shards if isinstance(store, ShardedStore) else [store]
-        self.tag_names: list[str] = list(shards[0].graph.tag_names)
-        self.tag_pos = {t: i for i, t in enumerate(self.tag_names)}
-        self.tag_vectors = shards[0].tag_index.reconstruct_all()
-        counts = np.zeros(len(self.tag_names), np.float64)
-        contents = 0
+        names = list(shards[0].graph.tag_names)
+        counts = np.zeros(len(names), np.float64)
         for shard in shards:
             graph = shard.graph
-            contents += graph.num_contents
             if graph.num_contents:
                 det = graph.det_tags_many(np.arange(graph.num_contents))
                 flat = np.concatenate(det) if det else np.zeros(0, np.int64)
-                counts += np.bincount(flat.astype(np.int64), minlength=len(self.tag_names))
-        self.popularity = counts
-        self.contents = max(contents, 1)
+                counts += np.bincount(flat.astype(np.int64), minlength=len(names))
+        return cls(names, shards[0].tag_index.reconstruct_all(), counts, contents_of(store))
+
+    def save(self, path: Path) -> None:
+        with durable_file(path) as fh:
+            np.savez(
+                fh,
+                tag_names=np.asarray(self.tag_names, dtype=object).astype(str),
+                tag_vectors=self.tag_vectors,
+                popularity=self.popularity,
+                contents=np.asarray(self.contents),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> TagStats:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                [str(t) for t in data["tag_names"]],
+                data["tag_vectors"].astype(np.float32),
+                data["popularity"].astype(np.float64),
+                int(data["contents"]),
+            )
+
+
+def search_hits(store: GraphStore | ShardedStore, vectors: np.ndarray, recall: RecallConfig) -> list[Hits]:
+    """Every shard's hits, merged (what the stage flow's Search + merge gives the ranking)."""
+    if isinstance(store, ShardedStore):
+        parts = [shard.search(vectors, recall) for shard in store.shards]
+        return [merge_hits(p, recall.c2c_search_k) for p in zip(*parts, strict=True)]
+    return store.search(vectors, recall)
+
+
+class CandidateFeatures:
+    """Candidates and features of new items from their search hits, one vocabulary's statistics and
+    one learned model."""
+
+    def __init__(
+        self,
+        stats: TagStats,
+        learned: LearnedRecall | None,
+        recall: RecallConfig,
+        learned_k: int = 10,
+    ):
+        self.learned = learned
+        self.recall = recall
+        self.learned_k = learned_k
+        self.tag_names = stats.tag_names
+        self.tag_pos = {t: i for i, t in enumerate(self.tag_names)}
+        self.tag_vectors = stats.tag_vectors
+        self.popularity = stats.popularity
+        self.contents = max(stats.contents, 1)
         if learned is not None and learned.tags != self.tag_names:
             raise ValueError("the learned recall and the store have different tag vocabularies")
 
-    def _hits(self, vectors: np.ndarray) -> list[Hits]:
-        if isinstance(self.store, ShardedStore):
-            parts = [shard.search(vectors, self.recall) for shard in self.store.shards]
-            return [merge_hits(p, self.recall.c2c_search_k) for p in zip(*parts, strict=True)]
-        return self.store.search(vectors, self.recall)
-
-    def compute(self, texts: Sequence[str], vectors: np.ndarray) -> list[CandidateSet]:
+    def compute(self, texts: Sequence[str], vectors: np.ndarray, hits: Sequence[Hits]) -> list[CandidateSet]:
+        """``hits``: each item's merged search hits (graph recall selects its candidates from them)."""
         vectors = np.asarray(vectors, np.float32)
-        if len(texts) != len(vectors):
-            raise ValueError("texts and vectors must have the same length")
+        if not (len(texts) == len(vectors) == len(hits)):
+            raise ValueError("texts, vectors and hits must have the same length")
         if not len(texts):
             return []
-        hits = self._hits(vectors)
         learned = (
             self.learned.predict(texts, vectors, self.learned_k)
             if self.learned is not None

@@ -1,35 +1,45 @@
 """The ranking package's entry points: fit the learned recall and the ranker from annotated items,
-persist them beside a store, load them, and score new items' candidates.
+persist them beside a store, load them, and rank new items' candidates.
 
-    models = fit_ranking(data, graph_config)             # at build time (cross-fits, then refits)
-    models.save(STORE / "ranking")                        # whole or not at all
+    models, held = fit_ranking(data, graph_config)        # at build time (cross-fits, then refits)
+    models.save(STORE / "ranking")                         # whole or not at all
     models = RankingModels.load(STORE / "ranking", expected_encoder_id=encoder.id)
-    scored = models.score(store, texts, vectors, ids)     # per item: ScoredTag best first
-    decision = route([s.tag for s in scored[0]], [s.probability for s in scored[0]], tau, multi)
+    scored = models.rank(texts, vectors, hits, recall)     # per item: ScoredTag best first
+    scored = models.score(store, texts, vectors, ids)      # the same, searching the store first
+
+The folder also keeps every annotated item's out-of-fold candidates (``heldout.jsonl.gz``): the
+precision cut for any target and the LLM's held-out outcomes (ranking/cascade.py: fit_cascade) are computed
+from them, never from items the models were trained on.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from graph_store import GraphConfig, GraphStore, ShardedStore
+from graph_store import GraphConfig, GraphStore, RecallConfig, ShardedStore
+from graph_store.durable import durable_file
+from graph_store.metapaths import Hits
 from llm4tag.errors import LLM4TagError
+from llm4tag.evaluation.tagging import expected_calibration_error
+from llm4tag.modes import resolve_mode
 from llm4tag.ranking.crossfit import Annotated, HeldOut, held_out_candidates
-from llm4tag.ranking.features import CandidateFeatures, contents_of
+from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
-from llm4tag.ranking.provenance import EncoderMismatch, check_manifest, data_hash, new_folder, write_manifest
+from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
 from llm4tag.ranking.routing import precision_cut
-from llm4tag.tag_metrics import expected_calibration_error
 
-MULTI_TAG_MEAN = 1.2  # the pipeline's ``mode: auto`` rule: multi-tag above this many tags per item
+HELD_OUT = "heldout.jsonl.gz"
+TAG_STATS = "tag_stats.npz"
+HELD_OUT_CANDIDATES = 30  # out-of-fold candidates kept per annotated item (the LLM reads 20)
 
 
 @dataclass
@@ -47,44 +57,95 @@ class ScoredTag:
             "source": "+".join(self.provenance),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ScoredTag:
+        source = data.get("source") or ""
+        return cls(
+            data["tag"],
+            float(data["confidence"]),
+            float(data["score"]),
+            tuple(p for p in source.split("+") if p),
+        )
+
+
+@dataclass
+class HeldOutItem:
+    """An annotated item's out-of-fold candidates: ranked and scored by models that never saw it."""
+
+    id: str
+    fold: int
+    scored: list[ScoredTag]
+    gold: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "id": self.id,
+                "fold": self.fold,
+                "gold": self.gold,
+                "scored": [s.to_dict() for s in self.scored],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, line: str) -> HeldOutItem:
+        row = json.loads(line)
+        return cls(row["id"], int(row["fold"]), [ScoredTag.from_dict(s) for s in row["scored"]], row["gold"])
+
+
+def shown_outcomes(items: Sequence[HeldOutItem], emit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probability, right) of the tags users are shown: the top ``emit`` of each item."""
+    p = [s.probability for item in items for s in item.scored[:emit]]
+    right = [s.tag in item.gold for item in items for s in item.scored[:emit]]
+    return np.asarray(p, np.float64), np.asarray(right, bool)
+
 
 @dataclass
 class RankingModels:
     learned: LearnedRecall
     ranker: Ranker
+    stats: TagStats
     multi: bool
     learned_k: int = 10
-    target_precision: float = 0.95
-    cut: float | None = None  # threshold reaching target_precision on held-out data
     metrics: dict = field(default_factory=dict)
-    _features: tuple = field(default=(None, None), repr=False, compare=False)
+    folder: Path | None = None  # where it was loaded from (held-out candidates are read on demand)
+    _held_out: list[HeldOutItem] | None = field(default=None, repr=False, compare=False)
+    _features: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def features_for(self, store: GraphStore | ShardedStore) -> CandidateFeatures:
-        """The feature computer of a store, reused across batches: it reads the store's tag vectors
-        and annotation counts once, again only when the store has grown by new items."""
-        key = (id(store), contents_of(store))
-        cached_key, cached = self._features
-        if cached_key != key:
-            cached = CandidateFeatures(store, self.learned, learned_k=self.learned_k)
-            self._features = (key, cached)
-        return cached
+    @property
+    def emit(self) -> int:
+        return self.ranker.emit
+
+    @property
+    def cut(self) -> float | None:
+        """The held-out cut for the target precision the models were fitted with (None: unreachable);
+        :meth:`precision_cut` gives it for any other target."""
+        return self.metrics.get("cut")
 
     def assert_unseen(self, ids: Sequence[str]) -> None:
         self.learned.assert_unseen(ids)
         self.ranker.assert_unseen(ids)
 
-    def score(
+    def features(self, recall: RecallConfig) -> CandidateFeatures:
+        key = recall.model_dump_json()
+        if key not in self._features:
+            self._features[key] = CandidateFeatures(self.stats, self.learned, recall, self.learned_k)
+        return self._features[key]
+
+    def rank(
         self,
-        store: GraphStore | ShardedStore,
         texts: Sequence[str],
         vectors: np.ndarray,
+        hits: Sequence[Hits],
+        recall: RecallConfig,
         ids: Sequence[str] | None = None,
     ) -> list[list[ScoredTag]]:
-        """Every candidate of each item with its calibrated probability, best first. With ``ids`` the
-        items are first checked not to be training items of the fitted models."""
+        """Every candidate of each item (graph recall's from ``hits``, and the learned recall's) with
+        its calibrated probability, best first. With ``ids`` the items are first checked not to be
+        training items of the fitted models."""
         if ids is not None:
             self.assert_unseen(ids)
-        sets = self.features_for(store).compute(texts, vectors)
+        sets = self.features(recall).compute(texts, vectors, hits)
         if not sets:
             return []
         raw = self.ranker.raw(np.concatenate([s.features for s in sets]))
@@ -102,31 +163,55 @@ class RankingModels:
             start = end
         return out
 
-    def rows(
-        self, ids: Sequence[str], scored: Sequence[Sequence[ScoredTag]], emit: int | None = None
-    ) -> list[dict]:
-        """Tag-output rows (``{"id", "tags"}``) with the top ``emit`` tags (default: the ranker's)."""
-        emit = emit or self.ranker.emit
-        return [{"id": i, "tags": [t.to_dict() for t in s[:emit]]} for i, s in zip(ids, scored, strict=True)]
+    def score(
+        self,
+        store: GraphStore | ShardedStore,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        ids: Sequence[str] | None = None,
+    ) -> list[list[ScoredTag]]:
+        """``rank`` after searching ``store`` (every shard, merged)."""
+        recall = store.config.recall
+        return self.rank(
+            texts, vectors, search_hits(store, np.asarray(vectors, np.float32), recall), recall, ids
+        )
 
-    # -- persistence ------------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike) -> Path:
+    # -- held-out data ------------------------------------------------------------------------------
+    @property
+    def held_out(self) -> list[HeldOutItem]:
+        if self._held_out is None:
+            if self.folder is None or not (self.folder / HELD_OUT).exists():
+                raise LLM4TagError("these ranking models carry no held-out candidates")
+            with gzip.open(self.folder / HELD_OUT, "rt", encoding="utf-8") as fh:
+                self._held_out = [HeldOutItem.from_json(line) for line in fh if line.strip()]
+        return self._held_out
+
+    def precision_cut(self, target: float) -> float | None:
+        """The lowest probability at which the tags shown (top 1, or top ``emit`` multi-tag) reach
+        ``target`` precision on the held-out candidates; None when no threshold reaches it."""
+        p, right = shown_outcomes(self.held_out, self.emit)
+        return precision_cut(p, right, target)
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike, held_out: Sequence[HeldOutItem] | None = None) -> Path:
+        held_out = self._held_out if held_out is None else list(held_out)
         with new_folder(folder) as tmp:
             self.learned.save(tmp / "learned")
             self.ranker.save(tmp / "ranker")
+            self.stats.save(tmp / TAG_STATS)
+            if held_out is not None:
+                with durable_file(tmp / HELD_OUT) as raw, gzip.open(raw, "wt", encoding="utf-8") as fh:
+                    for item in held_out:
+                        fh.write(item.to_json() + "\n")
             write_manifest(
                 tmp,
                 kind="ranking",
                 encoder_id=self.ranker.encoder_id,
                 data_hash=self.ranker.data_hash,
-                settings={
-                    "multi": self.multi,
-                    "learned_k": self.learned_k,
-                    "target_precision": self.target_precision,
-                    "cut": self.cut,
-                },
+                settings={"multi": self.multi, "learned_k": self.learned_k},
                 extra={"metrics": self.metrics},
             )
+        self.folder, self._held_out = Path(folder), held_out
         return Path(folder)
 
     @classmethod
@@ -137,16 +222,40 @@ class RankingModels:
         return cls(
             learned=LearnedRecall.load(folder / "learned", expected_encoder_id=expected_encoder_id),
             ranker=Ranker.load(folder / "ranker", expected_encoder_id=expected_encoder_id),
+            stats=TagStats.load(folder / TAG_STATS),
             multi=bool(settings["multi"]),
             learned_k=int(settings["learned_k"]),
-            target_precision=float(settings["target_precision"]),
-            cut=settings.get("cut"),
             metrics=dict(manifest.get("metrics") or {}),
+            folder=folder,
         )
 
 
 def is_multi(item_tags: Sequence[Sequence[str]]) -> bool:
-    return float(np.mean([len(t) for t in item_tags])) > MULTI_TAG_MEAN if item_tags else False
+    return resolve_mode("auto", [len(t) for t in item_tags]) == "multi"
+
+
+def held_out_items(
+    held: HeldOut, raw: np.ndarray, probability: np.ndarray, gold: Sequence[Sequence[str]]
+) -> list:
+    """Each annotated item's out-of-fold candidates, best first by the out-of-fold raw score."""
+    out, start = [], 0
+    for item_id, fold, candidate_set, item_gold in zip(
+        held.item_ids, held.folds, held.sets, gold, strict=True
+    ):
+        end = start + len(candidate_set.tags)
+        order = np.argsort(-raw[start:end], kind="stable")[:HELD_OUT_CANDIDATES]
+        scored = [
+            ScoredTag(
+                candidate_set.tags[i],
+                float(probability[start + i]),
+                float(raw[start + i]),
+                candidate_set.provenance[i],
+            )
+            for i in order.tolist()
+        ]
+        out.append(HeldOutItem(item_id, int(fold), scored, sorted(item_gold)))
+        start = end
+    return out
 
 
 def fit_ranking(
@@ -160,9 +269,12 @@ def fit_ranking(
     learned_k: int = 10,
     target_precision: float = 0.95,
     progress: Callable[[str], None] | None = None,
+    stats: TagStats | None = None,
 ) -> tuple[RankingModels, HeldOut]:
-    """Cross-fit held-out candidates, fit and calibrate the ranker on them, fit the precision cut on
-    its out-of-fold probabilities, and fit the learned recall that serves on all the items."""
+    """Cross-fit held-out candidates, fit and calibrate the ranker on them, measure the precision cut
+    on its out-of-fold probabilities, and fit the learned recall that serves on all the items.
+    ``stats``: the vocabulary statistics of the store the models serve beside (default: those of
+    the annotated items)."""
     graph = graph or GraphConfig()
     learned = learned or LearnedConfig()
     ranker = ranker or RankerConfig()
@@ -174,12 +286,15 @@ def fit_ranking(
     )
     crossfit_s = time.perf_counter() - started
     digest = data_hash(data.ids, data.texts, data.item_tags)
-    fitted, oof = Ranker.fit(
+    fitted, raw_oof = Ranker.fit(
         held.x, held.y, held.groups, emit=emit, encoder_id=data.encoder_id, data_hash=digest, config=ranker
     )
-    shown = top_rows(oof, held.groups, emit)
-    top1 = top_rows(oof, held.groups, 1)
-    cut = precision_cut(oof[top1], held.y[top1], target_precision)
+    oof = fitted.probability(raw_oof)
+    shown = top_rows(raw_oof, held.groups, emit)
+    top1 = top_rows(raw_oof, held.groups, 1)
+    cut = precision_cut(
+        oof[top1 if not multi else shown], held.y[top1 if not multi else shown], target_precision
+    )
     covered = float(np.mean(oof[top1] >= cut)) if cut is not None else 0.0
     fitted.metrics = {
         "held_out_items": len(held.item_ids),
@@ -190,6 +305,7 @@ def fit_ranking(
         "ece_shown_calibration_fit": expected_calibration_error(
             zip(oof[shown].tolist(), held.y[shown].tolist(), strict=True)
         )["ece"],
+        "target_precision": target_precision,
         "cut": cut,
         "cut_coverage": covered,
     }
@@ -204,23 +320,39 @@ def fit_ranking(
         encoder_id=data.encoder_id,
         config=learned,
     )
+    if stats is None:
+        counts = np.zeros(len(data.tags), np.float64)
+        pos = {t: i for i, t in enumerate(data.tags)}
+        for item in data.item_tags:
+            for tag in set(item):
+                if tag in pos:
+                    counts[pos[tag]] += 1
+        stats = TagStats(list(data.tags), np.asarray(data.tag_vectors, np.float32), counts, len(data.ids))
     models = RankingModels(
         learned=final,
         ranker=fitted,
+        stats=stats,
         multi=multi,
         learned_k=learned_k,
-        target_precision=target_precision,
-        cut=cut,
         metrics={
             **fitted.metrics,
             "crossfit_seconds": crossfit_s,
             "ranker_fit_seconds": fitted.fit_seconds,
             "learned_fit_seconds": final.fit_seconds,
-            "ranker": asdict(ranker),
-            "learned": asdict(learned),
+            "ranker": ranker.model_dump(),
+            "learned": learned.model_dump(),
         },
     )
+    models._held_out = held_out_items(held, raw_oof, oof, data.item_tags)
     return models, held
 
 
-__all__ = ["EncoderMismatch", "LLM4TagError", "RankingModels", "ScoredTag", "fit_ranking", "is_multi"]
+__all__ = [
+    "HeldOutItem",
+    "LLM4TagError",
+    "RankingModels",
+    "ScoredTag",
+    "fit_ranking",
+    "is_multi",
+    "shown_outcomes",
+]

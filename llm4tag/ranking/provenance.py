@@ -12,13 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from graph_store import EncoderMismatchError
+from graph_store.durable import atomic_folder, recover_folder, write_file
 from llm4tag.errors import LLM4TagError
 
 FORMAT_VERSION = 1
@@ -27,10 +26,6 @@ MANIFEST = "manifest.json"
 
 class LeakError(LLM4TagError):
     """An item a model is asked to score (or to be evaluated on) was among its training items."""
-
-
-class EncoderMismatch(LLM4TagError):
-    """A fitted model was made with another encoder than the one in use."""
 
 
 def data_hash(ids: Sequence[str], texts: Sequence[str], item_tags: Sequence[Sequence[str]]) -> str:
@@ -58,26 +53,26 @@ def write_manifest(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
-    path = folder / MANIFEST
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=2, default=_json_default)
-        fh.flush()
-        os.fsync(fh.fileno())
+    write_file(folder / MANIFEST, json.dumps(manifest, indent=2, default=_json_default).encode("utf-8"))
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LLM4TagError(f"{folder} holds no readable fitted model ({MANIFEST}: {exc})") from exc
 
 
 def check_manifest(folder: Path, *, kind: str, expected_encoder_id: str) -> dict:
-    path = Path(folder) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LLM4TagError(f"{folder} holds no readable fitted model ({MANIFEST}: {exc})") from exc
+    manifest = read_manifest(folder)
     if manifest.get("format_version") != FORMAT_VERSION or manifest.get("kind") != kind:
         raise LLM4TagError(
             f"{folder} holds a {manifest.get('kind')!r} model of format {manifest.get('format_version')}, "
             f"not a {kind!r} model of format {FORMAT_VERSION}"
         )
     if manifest.get("encoder_id") != expected_encoder_id:
-        raise EncoderMismatch(
+        raise EncoderMismatchError(
             f"the {kind} model in {folder} was fitted on vectors of encoder '{manifest.get('encoder_id')}', "
             f"but the encoder in use is '{expected_encoder_id}'; refit it with this encoder"
         )
@@ -92,28 +87,12 @@ def _json_default(value):
     raise TypeError(f"cannot write {type(value).__name__} to a manifest")
 
 
-def replace_folder(tmp: Path, target: Path) -> None:
-    """Move a complete folder over ``target``: the old one is renamed away first, then removed, so a
-    crash leaves either the old or the new model, never a mix."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def new_folder(target: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder beside ``target`` to write a model into; on success it replaces ``target``
-    whole, on failure it is removed and ``target`` stays as it was."""
+    """A temporary folder to write a model into; on success it replaces ``target`` whole (fsynced), on
+    failure ``target`` stays as it was (graph_store.durable.atomic_folder)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    recover_folder(target)
+    with atomic_folder(target) as tmp:
         yield tmp
-        replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

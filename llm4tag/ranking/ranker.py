@@ -15,36 +15,42 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from llm4tag.errors import LLM4TagError
 from llm4tag.ranking.features import FEATURES
 from llm4tag.ranking.provenance import LeakError, check_manifest, new_folder, write_manifest
+from llm4tag.section import Section
 
-CALIBRATIONS = ("isotonic", "sigmoid")
 
+class RankerConfig(Section):
+    """The ranker: a gradient-boosted P(candidate right), cross-fitted and calibrated."""
 
-@dataclass
-class RankerConfig:
-    folds: int = 5  # cross-fitting folds of the annotated items (crossfit.py)
-    calibration_folds: int = 3
-    calibration: str = "isotonic"
-    emit: int | None = None  # tags per item shown to users; None: 1 single-tag, max_tags multi-tag
-    max_iter: int = 300
-    learning_rate: float = 0.08
-    max_leaf_nodes: int = 31
-    min_samples_leaf: int = 40
-    l2_regularization: float = 1.0
-    seed: int = 0
+    section: ClassVar[str] = "ranking.ranker"
 
-    def __post_init__(self) -> None:
-        if self.calibration not in CALIBRATIONS:
-            raise LLM4TagError(f"ranker.calibration must be one of {', '.join(CALIBRATIONS)}")
-        if self.folds < 2 or self.calibration_folds < 2:
-            raise LLM4TagError("ranker.folds and ranker.calibration_folds must be >= 2")
+    folds: int = Field(5, ge=2, description="cross-fitting folds of the annotated items")
+    calibration_folds: int = Field(
+        3, ge=2, description="folds of the held-out rows the calibration is fitted on"
+    )
+    calibration: Literal["isotonic", "sigmoid"] = Field(
+        "isotonic", description="isotonic regression or Platt scaling (sigmoid) of the raw score"
+    )
+    emit: int | None = Field(
+        None,
+        ge=1,
+        description="tags per item shown to users; null: 1 single-tag, pipeline.max_tags multi-tag",
+    )
+    max_iter: int = Field(300, ge=1, description="boosting iterations")
+    learning_rate: float = Field(0.08, gt=0, description="boosting learning rate")
+    max_leaf_nodes: int = Field(31, ge=2, description="leaves per tree")
+    min_samples_leaf: int = Field(40, ge=1, description="rows per leaf, at least")
+    l2_regularization: float = Field(1.0, ge=0, description="L2 regularisation of the leaves")
+    seed: int = Field(0, description="random seed")
 
 
 @dataclass
@@ -73,7 +79,9 @@ class Ranker:
         config: RankerConfig | None = None,
     ) -> tuple[Ranker, np.ndarray]:
         """Fit on held-out candidate rows (``groups``: the item of each row). Returns the ranker and the
-        out-of-fold calibrated probability of every row (for held-out metrics and routing fits)."""
+        out-of-fold raw score of every row (its order; ``probability`` of it for held-out metrics and
+        routing fits: the calibration map was fitted on these rows, the scores themselves are
+        out-of-fold)."""
         config = config or RankerConfig()
         x = np.asarray(x, np.float32)
         y = np.asarray(y, bool)
@@ -103,7 +111,7 @@ class Ranker:
             trained_ids=frozenset(groups.tolist()),
             fit_seconds=time.perf_counter() - started,
         )
-        return ranker, _apply(calibrator, raw_oof)
+        return ranker, raw_oof
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -132,7 +140,7 @@ class Ranker:
                 kind="ranker",
                 encoder_id=self.encoder_id,
                 data_hash=self.data_hash,
-                settings=asdict(self.config),
+                settings=self.config.model_dump(),
                 extra={
                     "features": list(self.features),
                     "emit": self.emit,
@@ -154,7 +162,7 @@ class Ranker:
             )
         parts = joblib.load(folder / "ranker.joblib")
         return cls(
-            config=RankerConfig(**manifest["settings"]),
+            config=RankerConfig.load(manifest["settings"]),
             emit=int(manifest["emit"]),
             model=parts["model"],
             calibrator=parts["calibrator"],

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm4tag.baselines import late_match, parse_tags
 from llm4tag.config import settings_from_dict
 from llm4tag.engines.beams import DiverseBeamSearch
 from llm4tag.errors import ConfigError
-from llm4tag.peers import METHODS, late_match, parse_tags
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77"
 VOCAB = ["card arrival", "top up", "exchange rate", "refund"]
@@ -117,17 +117,11 @@ def test_peer_config_is_data_and_typos_are_errors():
             settings_from_dict(bad)
 
 
-def test_cli_methods_are_the_peer_methods():
-    from llm4tag.cli import TAG_METHODS
-
-    assert TAG_METHODS == METHODS
-
-
 # --- small real runs
 
 
 @pytest.fixture(scope="module")
-def tiny_engine():
+def tiny_engine(tiny_llm):
     from llm4tag.engines import LLMConfig, make_engine
     from llm4tag.errors import ModelError
 
@@ -170,11 +164,11 @@ def test_diverse_beams_on_the_tiny_model(tiny_engine):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["match", "taggpt-selective", "taggpt-generative", "betag"])
 def test_each_peer_tags_the_sample(method, sample_store, tiny_engine):
-    from llm4tag.peers import open_peer, tag_rows
-    from llm4tag.tag_metrics import evaluate_tagging
+    from llm4tag.baselines import open_baseline, tag_rows
+    from llm4tag.evaluation.tagging import evaluate_tagging
 
     settings = _settings()
-    tagger = open_peer(method, settings, store_dir=sample_store, engine=tiny_engine)
+    tagger = open_baseline(method, settings, store_dir=sample_store, engine=tiny_engine)
     assert tagger.name == method and tagger.max_tags == 3
     items = _queries(2)
     rows = list(tag_rows(tagger, items, batch_size=2))

@@ -66,6 +66,17 @@ def round_sims(sims: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(sims, dtype=np.float64), 6)
 
 
+def select_merged(
+    per_shard: Sequence[Sequence[Hits]], tag_names: Sequence[str], recall: RecallConfig
+) -> list[list[Candidate]]:
+    """Candidates per query from every shard's hits (one list of Hits per shard, queries in order):
+    merged, then selected once, so they equal the candidates of the unsharded store."""
+    return [
+        select(merge_hits(list(parts), recall.c2c_search_k), tag_names, recall)
+        for parts in zip(*per_shard, strict=True)
+    ]
+
+
 def merge_hits(parts: Sequence[Hits], neighbours_k: int) -> Hits:
     """Combine the hits of one query from several content shards (tags are in every shard)."""
     if len(parts) == 1:

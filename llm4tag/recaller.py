@@ -2,74 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from graph_store import Candidate, GraphStore, ShardedStore, StoreError, open_store
+from graph_store import Candidate, EncoderMismatchError, GraphStore, ShardedStore, open_store
 from llm4tag.config import Settings, TextConfig
-from llm4tag.data import Item, Tag
+from llm4tag.data import Item
 from llm4tag.encoder import Encoder, EncoderConfig
 from llm4tag.errors import LLM4TagError
-from llm4tag.texts import item_text, tag_text
+from llm4tag.texts import item_text
 
-log = logging.getLogger("llm4tag.recall")
 METHODS = ("graph", "match")
-
-
-@dataclass
-class BuildReport:
-    contents: int
-    tags: int
-    skipped_unannotated: int
-    encode_seconds: float
-    build_seconds: float
-    stats: dict
-    # The annotated items and their vectors, so the knowledge base need not encode them again.
-    annotated: list = field(default_factory=list, repr=False)
-    item_vectors: np.ndarray | None = field(default=None, repr=False)
-
-
-def build_store(
-    items: Sequence[Item], tags: Sequence[Tag], settings: Settings, encoder: Encoder, shards: int = 1
-) -> tuple[GraphStore | ShardedStore, BuildReport]:
-    """A store over the annotated items: only they carry deterministic edges worth following."""
-    annotated = [item for item in items if item.tags]
-    if not annotated:
-        raise LLM4TagError("no annotated items to build a store from: every item lacks 'tags'")
-    started = time.perf_counter()
-    tag_vectors = encoder.encode([tag_text(t, settings.texts.tag_description_chars) for t in tags])
-    item_vectors = encoder.encode([item_text(i, settings.texts.item_fields) for i in annotated])
-    encoded = time.perf_counter()
-    store: GraphStore | ShardedStore = GraphStore.build(
-        item_ids=[i.id for i in annotated],
-        item_vectors=item_vectors,
-        item_tags=[list(i.tags or ()) for i in annotated],
-        tags=[t.tag for t in tags],
-        tag_vectors=tag_vectors,
-        tag_descriptions=[t.description for t in tags],
-        item_texts=[i.text for i in annotated],
-        encoder_id=encoder.id,
-        config=settings.graph,
-        meta={"encoder": asdict(settings.encoder), "texts": asdict(settings.texts)},
-    )
-    if shards > 1:
-        store = ShardedStore(store.split(shards))
-    report = BuildReport(
-        contents=len(annotated),
-        tags=len(tags),
-        skipped_unannotated=len(items) - len(annotated),
-        encode_seconds=encoded - started,
-        build_seconds=time.perf_counter() - encoded,
-        stats=store.stats(),
-        annotated=annotated,
-        item_vectors=item_vectors,
-    )
-    return store, report
 
 
 class Recaller:
@@ -86,15 +31,15 @@ class Recaller:
         store = open_store(directory)
         meta = store.meta
         if settings is None:
-            encoder_config = EncoderConfig(**meta["encoder"]) if "encoder" in meta else EncoderConfig()
-            texts = TextConfig(**meta["texts"]) if "texts" in meta else TextConfig()
+            encoder_config = EncoderConfig.load(meta.get("encoder"))
+            texts = TextConfig.load(meta.get("texts"))
         else:
             encoder_config, texts = settings.encoder, settings.texts
             store_config = store.config
-            store_config.recall = settings.graph.recall
+            store_config.recall = settings.graph.recall  # the store's own copy of its settings
         encoder = Encoder(encoder_config)
         if encoder.id != store.encoder_id:
-            raise StoreError(
+            raise EncoderMismatchError(
                 f"store {directory} was built with encoder '{store.encoder_id}', but the configured "
                 f"encoder is '{encoder.id}'; rebuild the store or configure the encoder it was built with"
             )
@@ -113,7 +58,7 @@ class Recaller:
             return self.store.match(vectors, k or self.store.config.recall.num_candidates)
         recall = self.store.config.recall
         if k is not None and k != recall.num_candidates:
-            recall = type(recall)(**{**asdict(recall), "num_candidates": k})
+            recall = recall.with_overrides({"num_candidates": k})
         return self.store.recall(vectors, recall)
 
     def recall_rows(

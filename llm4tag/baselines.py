@@ -1,8 +1,8 @@
 """The taggers we compare against, behind one small interface with our own pipeline.
 
 Every tagger turns items into the rows ``llm4tag tag`` writes (``{"id", "tags": [{"tag", "confidence",
-"source"}], ...}``), so ``llm4tag eval`` and :func:`llm4tag.tag_metrics.evaluate_tagging` score them all
-alike. Methods (LLM4Tag table 1 and the papers in /reference):
+"source"}], ...}``), so ``llm4tag eval`` and :func:`llm4tag.evaluation.tagging.evaluate_tagging` score
+them all alike. Methods (LLM4Tag table 1 and the papers in /reference):
 
 ``match``              top tags by item-tag cosine (the paper's BGE/GTE rows).
 ``taggpt-selective``   TagGPT's selective tagger: early matching by cosine, the LLM selects among the
@@ -15,7 +15,7 @@ alike. Methods (LLM4Tag table 1 and the papers in /reference):
                        "w/o fine-tuning" variant (BETag table 3).
 ``llm4tag``            our pipeline (recall, knowledge-enhanced generation, calibration).
 
-A tag's ``confidence`` is the method's own score: our calibrated Yes/No probability; for the peers,
+A tag's ``confidence`` is the method's own score: our calibrated Yes/No probability; for the baselines,
 which have none, the cosine that matched the tag (clipped to [0, 1]), so that their accuracy-coverage
 curves can be drawn over the same thresholds.
 """
@@ -32,18 +32,20 @@ from typing import Protocol
 
 import numpy as np
 
-from llm4tag.config import PeerPromptConfig, PeersConfig, Settings, TextConfig
-from llm4tag.data import Item, Tag
+from llm4tag.config import PeerPromptConfig, PeersConfig, Settings, TextConfig, resolve_mode
+from llm4tag.data import Item, Tag, read_tags
+from llm4tag.encoder import Encoder
+from llm4tag.engines import make_engine
 from llm4tag.engines.base import ChoiceRequest, Engine, Messages
 from llm4tag.engines.choices import match_choices
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import TagLabels
-from llm4tag.pipeline import MULTI_TAG_MEAN
+from llm4tag.recaller import Recaller
 from llm4tag.texts import item_text, readable_tag, tag_text
 
 log = logging.getLogger(__name__)
 METHODS = ("llm4tag", "match", "taggpt-selective", "taggpt-generative", "betag")
-PEER_METHODS = METHODS[1:]
+BASELINE_METHODS = METHODS[1:]
 
 
 class Tagger(Protocol):
@@ -194,8 +196,9 @@ def _clip(text: str, chars: int) -> str:
     return text if len(text) <= chars else text[: chars - 1].rstrip() + "…"
 
 
-class PeerPrompts:
-    """The peers' templates (prompts/peers.yaml) with the domain words of the `prompts:` section."""
+class BaselinePrompts:
+    """The baselines' templates (prompts/peers.yaml, the `peers:` config section) with the domain
+    words of the `prompts:` section."""
 
     def __init__(self, settings: Settings):
         self.config: PeerPromptConfig = settings.peers.prompts
@@ -269,8 +272,8 @@ class MatchTagger:
         ]
 
 
-class _LLMPeer:
-    name = "peer"
+class _LLMBaseline:
+    name = "baseline"
 
     def __init__(self, index: TagIndex, engine: Engine, settings: Settings, max_tags: int):
         if engine is None:
@@ -279,7 +282,7 @@ class _LLMPeer:
         self.engine = engine
         self.config: PeersConfig = settings.peers
         self.vocab_parse = (settings.vocab.max_words, settings.vocab.max_chars)
-        self.prompts = PeerPrompts(settings)
+        self.prompts = BaselinePrompts(settings)
         self.max_tags = max_tags
 
     def contents(self, items: Sequence[Item]) -> list[str]:
@@ -334,7 +337,7 @@ class _LLMPeer:
         return entry
 
 
-class SelectiveTagger(_LLMPeer):
+class SelectiveTagger(_LLMBaseline):
     name = "taggpt-selective"
 
     def tag(self, items: Sequence[Item]) -> list[dict]:
@@ -371,7 +374,7 @@ class SelectiveTagger(_LLMPeer):
         return rows
 
 
-class GenerativeTagger(_LLMPeer):
+class GenerativeTagger(_LLMBaseline):
     name = "taggpt-generative"
 
     def tag(self, items: Sequence[Item]) -> list[dict]:
@@ -382,7 +385,7 @@ class GenerativeTagger(_LLMPeer):
         return self._late_rows(items, [[t] for t in texts])
 
 
-class BETagTagger(_LLMPeer):
+class BETagTagger(_LLMBaseline):
     name = "betag"
 
     def tag(self, items: Sequence[Item]) -> list[dict]:
@@ -410,7 +413,7 @@ class PipelineTagger:
         return self.pipeline.tag(items, with_candidates=self.with_candidates, with_dropped=self.with_dropped)
 
 
-_PEERS = {
+_BASELINES = {
     "match": MatchTagger,
     "taggpt-selective": SelectiveTagger,
     "taggpt-generative": GenerativeTagger,
@@ -418,14 +421,14 @@ _PEERS = {
 }
 
 
-def make_peer(
+def make_baseline(
     method: str, index: TagIndex, settings: Settings, engine: Engine | None, max_tags: int
 ) -> Tagger:
-    if method not in _PEERS:
-        raise LLM4TagError(f"unknown peer method '{method}' (one of {', '.join(PEER_METHODS)})")
+    if method not in _BASELINES:
+        raise LLM4TagError(f"unknown baseline method '{method}' (one of {', '.join(BASELINE_METHODS)})")
     if method == "match":
         return MatchTagger(index, max_tags)
-    return _PEERS[method](index, engine, settings, max_tags)
+    return _BASELINES[method](index, engine, settings, max_tags)
 
 
 def max_tags_for(settings: Settings, store=None) -> int:
@@ -440,42 +443,33 @@ def max_tags_for(settings: Settings, store=None) -> int:
             stats = [s.stats() for s in shards]
             contents = sum(s["contents"] for s in stats)
             edges = sum(s["deterministic_edges"] for s in stats)
-            mode = "multi" if contents and edges / contents > MULTI_TAG_MEAN else "single"
+            mode = resolve_mode(mode, [edges / contents] if contents else [])
     return 1 if mode == "single" else settings.pipeline.max_tags
 
 
-def open_peer(
+def open_baseline(
     method: str,
     settings: Settings,
     store_dir: str | Path | None = None,
     tags_path: str | Path | None = None,
     engine: Engine | None = None,
 ) -> Tagger:
-    """A peer tagger over a store's vocabulary (and its encoder) or over a vocabulary file."""
-    from llm4tag.data import read_tags
-    from llm4tag.encoder import Encoder
-
+    """A baseline tagger over a store's vocabulary (and its encoder) or over a vocabulary file."""
     store = None
     if store_dir is not None:
-        from llm4tag.recall import Recaller
-
         recaller = Recaller.open(store_dir, settings)
         store = recaller.store
         index = TagIndex.from_store(store, recaller.encoder, settings.texts)
     elif tags_path is not None:
         index = TagIndex.from_tags(read_tags(tags_path), Encoder(settings.encoder), settings.texts)
     else:
-        raise LLM4TagError("a peer tagger needs a store or a tag vocabulary file")
+        raise LLM4TagError("a baseline tagger needs a store or a tag vocabulary file")
     if engine is None and method != "match":
-        from dataclasses import replace
-
-        from llm4tag.engines import make_engine
-
         llm = settings.llm
         if method == "betag" and llm.engine == "llamacpp":
             # Diverse beam search needs beams that share and reorder a KV cache; the llama.cpp engine
             # has none, the transformers engine does.
             log.warning("BETag's diverse beam search runs on the transformers engine, not llama.cpp")
-            llm = replace(llm, engine="transformers")
+            llm = llm.with_overrides({"engine": "transformers"})
         engine = make_engine(llm)
-    return make_peer(method, index, settings, engine, max_tags_for(settings, store))
+    return make_baseline(method, index, settings, engine, max_tags_for(settings, store))

@@ -18,63 +18,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import random
-import shutil
-import tempfile
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llm4tag.data import Item, Tag
-from llm4tag.engines.base import CHOICE_SEPARATOR, Messages
+from graph_store import GraphStore
+from llm4tag.config import resolve_mode
+from llm4tag.data import Item, Tag, read_items, read_tags
+from llm4tag.encoder import Encoder
+from llm4tag.engines.base import CHOICE_SEPARATOR
 from llm4tag.errors import LLM4TagError
-
-log = logging.getLogger("llm4tag.finetune")
-
-DATA_FORMAT = "llm4tag-train-data"
-DATA_VERSION = 1
-FILES = {"generator": "generator.jsonl", "calibrator": "calibrator.jsonl"}
-MANIFEST = "manifest.json"
-ROLES = ("generator", "calibrator")
-
-
-@dataclass
-class Example:
-    role: str  # generator | calibrator
-    id: str  # the item's id
-    messages: Messages
-    answer: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "id": self.id,
-            "messages": self.messages,
-            "answer": self.answer,
-            "meta": self.meta,
-        }
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Example:
-        return cls(record["role"], record["id"], record["messages"], record["answer"], record.get("meta", {}))
-
-
-# --- feedback (human-reviewed labels)
+from llm4tag.finetune.examples import Example, write_training_data
+from llm4tag.generator import Generator, TagLabels
+from llm4tag.knowledge import Sample, SampleKnowledgeBase, domain_knowledge
+from llm4tag.prompts import Prompts
+from llm4tag.store_builder import KNOWLEDGE_DIR
+from llm4tag.texts import item_text, tag_text
 
 
 def load_feedback(store_dir: str | Path) -> list:
     """The store's feedback samples (`POST /v1/feedback`, `llm4tag feedback`): durable in the sample
     knowledge base's snapshot and append log, marked ``source="feedback"``."""
-    from llm4tag.knowledge import SampleKnowledgeBase
-    from llm4tag.pipeline import KNOWLEDGE_DIR
-
     folder = Path(store_dir) / KNOWLEDGE_DIR / "samples"
     if not folder.exists():
         raise LLM4TagError(f"store {store_dir} has no sample knowledge base ({folder}) to read feedback from")
@@ -190,13 +161,9 @@ class BuildStats:
     seconds: float = 0.0
 
 
-def resolve_mode(mode: str, items: Sequence[Item]) -> str:
-    from llm4tag.pipeline import MULTI_TAG_MEAN
-
-    if mode != "auto":
-        return mode
-    counts = [len(i.tags or ()) for i in items if i.tags]
-    return "multi" if counts and sum(counts) / len(counts) > MULTI_TAG_MEAN else "single"
+def annotated_mode(mode: str, items: Sequence[Item]) -> str:
+    """The configured pipeline mode for these annotated items (``auto`` decides from them)."""
+    return resolve_mode(mode, [len(i.tags) for i in items if i.tags])
 
 
 def build_examples(
@@ -210,12 +177,6 @@ def build_examples(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Example], list[Example], BuildStats]:
     """Generator and calibrator examples for the annotated ``items`` (see the module docstring)."""
-    from graph_store import GraphStore
-    from llm4tag.generator import Generator, TagLabels
-    from llm4tag.knowledge import DomainKnowledgeBase, Sample, SampleKnowledgeBase
-    from llm4tag.prompts import Prompts
-    from llm4tag.texts import item_text, tag_text
-
     started = time.perf_counter()
     config = settings.finetune.data
     incorrect = incorrect or {}
@@ -227,7 +188,7 @@ def build_examples(
             f"{len(pool)} annotated items with known tags: need at least finetune.data.folds={config.folds}"
         )
     stats = BuildStats(pool=len(pool), feedback_items=sum(i.extra.get("source") == "feedback" for i in pool))
-    mode = resolve_mode(settings.pipeline.mode, pool)
+    mode = annotated_mode(settings.pipeline.mode, pool)
     stats.mode = mode
     max_tags = 1 if mode == "single" else settings.pipeline.max_tags
     fields_ = settings.texts.item_fields
@@ -242,10 +203,7 @@ def build_examples(
     # Folds over the whole pool (every item is in exactly one), assigned at random but reproducibly.
     fold_of = np.array([i % config.folds for i in range(len(pool))])
     np.random.default_rng(config.seed).shuffle(fold_of)
-    domain = DomainKnowledgeBase.from_vocabulary(tags, encoder)
-    extra = [s for p in knowledge_files for s in DomainKnowledgeBase.load_knowledge_file(p, known)]
-    if extra:
-        domain.add(extra, encoder.encode([s.text for s in extra]), durable=False)
+    domain = domain_knowledge(tags, encoder, knowledge_files)
     prompts = Prompts(settings.prompts)
     labels = TagLabels(vocabulary)
     descriptions = {t.tag: t.description for t in tags}
@@ -400,84 +358,67 @@ def _balanced(examples: list[Example], rng: random.Random) -> list[Example]:
 # --- on disk
 
 
-def _canonical(example: Example) -> bytes:
-    return (json.dumps(example.to_record(), ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-
-
 def item_digest(item: Item) -> str:
     """What an item contributes, for "what is new since the last adapter" (text and tags)."""
     raw = json.dumps([item.text, sorted(item.tags or ())], ensure_ascii=False).encode()
     return hashlib.sha1(raw).hexdigest()[:12]
 
 
-def write_training_data(
-    out_dir: str | Path, examples: dict[str, list[Example]], manifest: dict[str, Any]
-) -> dict[str, Any]:
-    """The examples as JSONL per role plus manifest.json, written into a temporary folder beside
-    ``out_dir`` and renamed into place: a reader sees all of it or none. Returns the manifest."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        digest = hashlib.sha256()
-        hashes = {}
-        for role in ROLES:
-            part = hashlib.sha256()
-            with open(temp / FILES[role], "wb") as fh:
-                for example in examples.get(role, []):
-                    line = _canonical(example)
-                    fh.write(line)
-                    part.update(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            hashes[role] = part.hexdigest()
-            digest.update(part.digest())
-        manifest = {
-            "format": DATA_FORMAT,
-            "version": DATA_VERSION,
-            **manifest,
-            "hash": digest.hexdigest(),
-            "hashes": hashes,
-            "counts": {r: len(examples.get(r, [])) for r in ROLES},
-        }
-        (temp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str) + "\n")
-        if out.exists():
-            # Replace an older data set: move it aside first so the rename below cannot fail half-way.
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            temp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            temp.rename(out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    return manifest
-
-
-def read_training_data(data_dir: str | Path, role: str) -> tuple[list[Example], dict[str, Any]]:
-    folder = Path(data_dir)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise LLM4TagError(
-            f"{data_dir} is not a training data folder (no {MANIFEST}; run `llm4tag train-data`)"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != DATA_FORMAT:
-        raise LLM4TagError(f"{manifest_path} is not an llm4tag training data manifest")
-    examples = []
-    with open(folder / FILES[role], encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            try:
-                examples.append(Example.from_record(json.loads(line)))
-            except (ValueError, KeyError) as exc:
-                raise LLM4TagError(
-                    f"{folder / FILES[role]}, line {line_no}: not a training example ({exc})"
-                ) from exc
-    if not examples:
-        raise LLM4TagError(f"{folder / FILES[role]} holds no {role} examples")
-    return examples, manifest
-
-
 def stats_dict(stats: BuildStats) -> dict[str, Any]:
     return asdict(stats)
+
+
+# --- the pool and the data set (`llm4tag train-data`, `llm4tag retrain`)
+
+SELECTIONS = ("diverse", "balanced", "random", "all")
+
+
+def read_pool(items_path: str, tags_path: str, split: str | None) -> tuple[list[Item], list[Tag]]:
+    """The annotated items of ``split`` (when the file has splits) and the vocabulary."""
+    tags = read_tags(tags_path)
+    items = read_items(items_path, vocabulary={t.tag for t in tags}).items
+    if split and any("split" in i.extra for i in items):
+        items = [i for i in items if i.extra.get("split") == split]
+    items = [i for i in items if i.tags]
+    if not items:
+        raise LLM4TagError(
+            f"{items_path} holds no annotated items" + (f" of split '{split}'" if split else "")
+        )
+    return items, tags
+
+
+def build_data(settings, items, tags, out, *, store=None, knowledge=(), exclude=(), verbose=True) -> dict:
+    """Examples for ``items`` (feedback of ``store`` mixed in, ``exclude``'s ids left out), written to
+    ``out``; returns the manifest."""
+    excluded = set(exclude)
+    incorrect, reviewed = {}, set()
+    if store and settings.finetune.data.use_feedback:
+        items, incorrect, reviewed = merge_feedback(items, load_feedback(store))
+    items = [i for i in items if i.id not in excluded and i.tags]
+    say = (lambda msg: print(f"train-data: {msg}", file=sys.stderr)) if verbose else None
+    gen, cal, stats = build_examples(
+        items,
+        tags,
+        settings,
+        Encoder(settings.encoder),
+        knowledge_files=list(knowledge),
+        incorrect=incorrect,
+        progress=say,
+    )
+    return write_training_data(
+        out,
+        {"generator": gen, "calibrator": cal},
+        {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "mode": stats.mode,
+            "stats": stats_dict(stats),
+            "settings": {
+                "data": settings.finetune.data.model_dump(),
+                "recall": settings.graph.recall.model_dump(),
+            },
+            "feedback_ids": sorted(reviewed),
+            "excluded": len(excluded),
+            # Per item id, a digest of its text and tags: retrain compares these to find what is new.
+            "items": {i.id: item_digest(i) for i in items},
+        },
+    )

@@ -9,13 +9,13 @@ created.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from graph_store.durable import atomic_file
 
 __all__ = ["accuracy_coverage_plot", "popularity_histogram", "reliability_diagram"]
 
@@ -36,17 +36,8 @@ def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``figure`` as a PNG to ``path`` atomically and return ``path`` as a Path."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL with mode 0o666 gives a fresh file with the process umask applied, like a plain open().
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(target) as handle:
+        figure.savefig(handle, format="png")
     return target
 
 
@@ -61,7 +52,7 @@ def _finite(value: Any) -> bool:
 def reliability_diagram(
     ece_result: Mapping[str, Any] | Any, path: str | os.PathLike[str], title: str | None = None
 ) -> Path:
-    """Save a reliability diagram of an :func:`llm4tag.tag_metrics.expected_calibration_error` result.
+    """Save a reliability diagram of an :func:`llm4tag.evaluation.tagging.expected_calibration_error` result.
 
     Top panel: accuracy per confidence bin (bars) against the diagonal (perfect calibration), with the
     mean confidence of each bin marked and the bin's count written over its bar. Bottom panel: the number
@@ -168,7 +159,7 @@ def accuracy_coverage_plot(
     task: str,
     title: str | None = None,
 ) -> Path:
-    """Save the accuracy-vs-coverage plot of :func:`llm4tag.tag_metrics.threshold_curve` outputs.
+    """Save the accuracy-vs-coverage plot of :func:`llm4tag.evaluation.tagging.threshold_curve` outputs.
 
     ``curves`` maps a method name to its curve. For ``task="multi"`` Acc@k is plotted against Coverage@k
     for k = 1, 2, 3 (one colour per method, one line style per k); for ``"single"`` precision against

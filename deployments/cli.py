@@ -1,0 +1,80 @@
+"""`llm4tag serve`: start (or join) a Ray cluster and deploy the HTTP service.
+
+Registered with the `llm4tag` command through the entry-point group ``llm4tag.cli`` (pyproject.toml),
+so the core's CLI names no Ray layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ray import serve
+
+from deployments.launch import dashboard_url, deploy, post_json, wait_ready
+from llm4tag.data import read_items
+from llm4tag.errors import LLM4TagError
+
+
+def register(verbs) -> None:
+    parser = verbs.add_parser("serve", help="start (or join) a Ray cluster and deploy the HTTP service")
+    parser.add_argument(
+        "--config", default="serve_config.yaml", help="Serve config file (serve_config*.yaml)"
+    )
+    parser.add_argument(
+        "--address", help="Ray cluster to join (ray://..., host:port, auto; default: RAY_ADDRESS)"
+    )
+    parser.add_argument("--store", help="store folder (overrides the config's args.store)")
+    parser.add_argument("--model", help="LLM (overrides the config's llm.model: default, tiny or a folder)")
+    parser.add_argument("--port", type=int, help="HTTP port (overrides http_options.port)")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus port of a local cluster")
+    parser.add_argument(
+        "--demo", help="after start-up, tag the first --demo-items items of this file over HTTP"
+    )
+    parser.add_argument("--demo-items", type=int, default=4)
+    parser.add_argument("--detach", action="store_true", help="return once deployed (needs --address)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.detach and not (args.address or os.environ.get("RAY_ADDRESS")):
+        raise LLM4TagError(
+            "--detach needs a running cluster (--address or RAY_ADDRESS): a local one ends with us"
+        )
+    demo = read_items(args.demo).items[: args.demo_items] if args.demo else []
+    started = time.perf_counter()
+    url = deploy(
+        args.config,
+        address=args.address,
+        port=args.port,
+        store=args.store,
+        settings={"llm": {"model": args.model}} if args.model else None,
+        metrics_port=args.metrics_port,
+    )
+    ready = wait_ready(url)
+    summary = {
+        "url": url,
+        "docs": f"{url}/docs",
+        "dashboard": dashboard_url(),
+        "prometheus": None if args.address else f"http://127.0.0.1:{args.metrics_port}/metrics",
+        "startup_s": round(time.perf_counter() - started, 1),
+        "stages": ready.get("stages"),
+    }
+    print(json.dumps(summary, indent=2), flush=True)
+    if demo:
+        body = {"items": [{"id": item.id, "text": item.text} for item in demo]}
+        answer = post_json(f"{url}/v1/tag", body)
+        for item, row in zip(demo, answer["items"], strict=True):
+            tags = ", ".join(f"{t['tag']} ({t['confidence']:.2f})" for t in row["tags"]) or "(none kept)"
+            print(f"{item.id}: {item.text[:70]!r} -> {tags}", flush=True)
+        print(f"timings (ms) of that request: {answer['timings_ms']}", flush=True)
+    if args.detach:
+        return 0
+    print(f"serving at {url} (dashboard {summary['dashboard']}); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0

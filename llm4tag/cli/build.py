@@ -1,0 +1,42 @@
+"""`llm4tag build`: the graph store and its knowledge bases from annotated items and a vocabulary."""
+
+from __future__ import annotations
+
+from llm4tag.cli.common import add_config, print_json
+from llm4tag.config import load_settings
+from llm4tag.store_builder import build_store_from_files
+
+
+def register(verbs) -> None:
+    build = verbs.add_parser("build", help="build the graph store from annotated items and a tag vocabulary")
+    build.add_argument("--items", required=True, help="annotated items (JSONL[.gz], Parquet or CSV)")
+    build.add_argument("--tags", required=True, help="tag vocabulary (JSONL[.gz], Parquet or CSV)")
+    build.add_argument("--store", required=True, help="store folder (created, or given a new version)")
+    build.add_argument("--split", help="use only items whose 'split' field has this value (e.g. train)")
+    build.add_argument(
+        "--strict-tags", action="store_true", help="reject items with tags not in the vocabulary"
+    )
+    build.add_argument("--shards", type=int, default=1, help="content shards (default 1)")
+    build.add_argument(
+        "--knowledge",
+        action="append",
+        default=[],
+        help="domain knowledge file (JSONL or Markdown: definitions, tagging rules); repeatable",
+    )
+    add_config(build, "settings YAML (sections encoder, texts, graph)")
+    build.set_defaults(run=run)
+
+
+def run(args) -> int:
+    summary = build_store_from_files(
+        args.store,
+        args.items,
+        args.tags,
+        load_settings(args.config),
+        split=args.split,
+        strict_tags=args.strict_tags,
+        shards=args.shards,
+        knowledge_files=args.knowledge,
+    )
+    print_json(summary)
+    return 0

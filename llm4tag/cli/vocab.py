@@ -1,0 +1,77 @@
+"""`llm4tag vocab build`: a tag vocabulary from raw items with the LLM (TagGPT 2.1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from llm4tag.cli.common import add_config, llm_settings, print_json
+from llm4tag.data import read_items, read_tags, write_records
+from llm4tag.encoder import Encoder
+from llm4tag.engines import make_engine
+from llm4tag.errors import LLM4TagError
+from llm4tag.evaluation.plots import popularity_histogram
+from llm4tag.texts import readable_tag
+from llm4tag.vocab import VocabularyBuilder, vocabulary_coverage
+
+
+def register(verbs) -> None:
+    vocab = verbs.add_parser("vocab", help="build a tag vocabulary from raw items with the LLM (TagGPT)")
+    vocab_verbs = vocab.add_subparsers(dest="vocab_verb", required=True)
+    build = vocab_verbs.add_parser("build", help="candidate tags per item, filtered and merged")
+    build.add_argument("--items", required=True, help="raw items (their tags, if any, are ignored)")
+    build.add_argument("--out", required=True, help="vocabulary file to write (tag, description, ...)")
+    build.add_argument("--model", help="LLM: bundled name, alias (default, tiny) or HF folder")
+    build.add_argument("--limit", type=int, help="use only the first N items")
+    build.add_argument("--split", help="use only items of this split")
+    build.add_argument("--cache", help="per-item LLM answers, resumable (default: OUT with .answers.jsonl)")
+    build.add_argument("--reference", help="a vocabulary file to report the coverage of")
+    build.add_argument("--report", help="also write the measures as JSON here")
+    build.add_argument("--plots", help="write the tag-popularity histogram PNG here")
+    add_config(build)
+    build.set_defaults(run=run)
+
+
+def run(args) -> int:
+    settings = llm_settings(args, args.out)
+    items = read_items(args.items, split=args.split).items[: args.limit]
+    if not items:
+        raise LLM4TagError(f"{args.items} holds no items to build a vocabulary from")
+    reference = read_tags(args.reference) if args.reference else None
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else out.with_name(out.name.split(".")[0] + ".answers.jsonl")
+    encoder = Encoder(settings.encoder)
+    builder = VocabularyBuilder(make_engine(settings.llm), encoder, settings)
+
+    def progress(done: int, total: int) -> None:
+        logging.getLogger("llm4tag.vocab").info("answers: %d/%d items", done, total)
+
+    answers, stats = builder.answers(items, cache, progress)
+    result = builder.build(items, answers)
+    if not result.rows:
+        raise LLM4TagError(
+            f"no tag survived the frequency filter ({result.stats}); use more items or lower vocab.min_count"
+        )
+    write_records(out, result.rows)
+    summary = {"out": str(out), "cache": str(cache), **stats, **result.stats, "measures": result.measures}
+    summary["seconds"] = round(stats["seconds"], 1)
+    if reference is not None:
+        labels = [readable_tag(t.tag) for t in reference]
+        coverage = vocabulary_coverage(
+            labels,
+            encoder.encode(labels),
+            result.tags,
+            encoder.encode(result.tags),
+            settings.vocab.redundancy_threshold,
+        )
+        summary["coverage"] = {k: v for k, v in coverage.items() if k not in ("matches", "nearest")}
+    if args.plots:
+        path = popularity_histogram(
+            {"built": result.measures["popularity_hist"]}, Path(args.plots) / "popularity.png"
+        )
+        summary["plot"] = str(path)
+    if args.report:
+        Path(args.report).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print_json(summary, default=str)
+    return 0

@@ -1,0 +1,381 @@
+"""The HTTP service's request and answer shapes, once: pydantic models that validate requests (with
+errors that name the field) and document the API (OpenAPI at /docs). The Serve ingress is a thin layer
+over this; the rows are those ``llm4tag tag`` writes.
+
+Which item fields a request may carry besides ``id`` and ``text`` is configuration (texts.item_fields),
+and so are the size limits: :class:`RequestSchema` builds the models for one configuration, and the
+limits and the tag vocabulary reach the validators as validation context.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from llm4tag.data import Item
+from llm4tag.section import Section
+
+ID_PATTERN = re.compile(r"^[^\x00-\x1f]{1,256}$")
+TOO_LARGE = "too_large"  # the error type the handler answers with 413
+
+
+class RequestError(ValueError):
+    """A request the service refuses; ``field`` names the offending part (JSON-path-like)."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def body(self) -> dict:
+        return {"error": self.message, "field": self.field}
+
+
+class Limits(Section):
+    """Bounds on one request; larger requests get a 4xx rather than tying up the service."""
+
+    section: ClassVar[str] = "service.limits"
+
+    max_items: int = Field(64, ge=1, description="items per POST /v1/tag or /v1/feedback")
+    max_text_chars: int = Field(20_000, ge=1, description="per text field of an item")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1, description="request body")
+    max_tags_per_item: int = Field(64, ge=1, description="tags per item in feedback")
+    max_search_results: int = Field(100, ge=1, description="GET /v1/tags?limit=")
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits") or Limits()
+
+
+def _too_large(what: str, count: int, limit: int) -> PydanticCustomError:
+    return PydanticCustomError(
+        TOO_LARGE,
+        "has {count} {what}, more than the limit of {limit}",
+        {"count": count, "what": what, "limit": limit},
+    )
+
+
+# --- the models (the item model is built per configuration: its text fields are declared ones)
+
+
+class _ItemBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise PydanticCustomError(
+                "model_type", "must be a JSON object, got {type}", {"type": json_type(data)}
+            )
+        return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name not in ("id", "tags", "incorrect") and isinstance(value, str):
+            limit = _limits(info).max_text_chars
+            if len(value) > limit:
+                raise _too_large("characters", len(value), limit)
+        return value
+
+    @field_validator("text", mode="after", check_fields=False)
+    @classmethod
+    def _text_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("empty", "is empty")
+        return value
+
+
+class TagItemBase(_ItemBase):
+    id: Annotated[StrictStr | None, Field(pattern=ID_PATTERN.pattern)] = Field(
+        None, description="Your id for the item (default: item-<index>)."
+    )
+    text: StrictStr = Field(
+        ..., description="The item's text (non-empty).", examples=["my card has not arrived yet"]
+    )
+
+
+def _tag_list(value: list[str], info: ValidationInfo) -> list[str]:
+    """A feedback item's correct or wrong tags: within the limit, all in the vocabulary."""
+    limit = _limits(info).max_tags_per_item
+    if len(value) > limit:
+        raise _too_large("tags", len(value), limit)
+    vocabulary = (info.context or {}).get("vocabulary")
+    unknown = [t for t in value if vocabulary is not None and t not in vocabulary]
+    if unknown:
+        shown = ", ".join(repr(t) for t in unknown[:5])
+        raise PydanticCustomError(
+            "unknown_tag",
+            "unknown tag(s) {shown}: not in the vocabulary (see GET /v1/tags?q=)",
+            {"shown": shown},
+        )
+    return list(dict.fromkeys(value))
+
+
+class FeedbackItemBase(_ItemBase):
+    id: Annotated[StrictStr, Field(pattern=ID_PATTERN.pattern)] = Field(
+        ..., description="The corrected item's id (feedback must name the item it corrects)."
+    )
+    text: StrictStr = Field(..., description="The item's text.")
+    tags: list[StrictStr] = Field(default_factory=list, description="Correct tags (from the vocabulary).")
+    incorrect: list[StrictStr] = Field(
+        default_factory=list, description="Tags that were wrong for this item."
+    )
+
+    @field_validator("tags", "incorrect", mode="after")
+    @classmethod
+    def _known_tags(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return _tag_list(value, info)
+
+
+class _RequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_or_one(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise PydanticCustomError(
+                "model_type", "must be a JSON object, got {type}", {"type": json_type(data)}
+            )
+        if "items" in data:
+            return data
+        # One item at the top level, possibly with the options beside it.
+        return {"items": [{k: v for k, v in data.items() if k not in cls.OPTIONS}]} | {
+            k: data[k] for k in cls.OPTIONS if k in data
+        }
+
+    @field_validator("items", mode="before", check_fields=False)
+    @classmethod
+    def _items_within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise PydanticCustomError("empty", "is empty")
+            limit = _limits(info).max_items
+            if len(value) > limit:
+                raise _too_large("items", len(value), limit)
+        return value
+
+
+class _TagRequestBase(_RequestBase):
+    OPTIONS: ClassVar[tuple[str, ...]] = ("candidates", "dropped")
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(..., description="What is wrong.")
+    field: str = Field(..., description="Where: body, items[0].text, limit, service ...")
+
+
+class TagOut(BaseModel):
+    tag: str
+    confidence: float | None = Field(None, description="Calibrated P(Yes); null when calibration is off.")
+    source: str = Field(..., description="Recall meta-path(s) that found the tag: c2t, c2c2t, fill, llm.")
+    recall_score: float | None = None
+    via: list[str] | None = Field(None, description="Neighbour items behind a C2C2T candidate.")
+
+
+class RowOut(BaseModel):
+    id: str
+    tags: list[TagOut]
+    generated: list[str] = Field(..., description="The LLM's choice in its own order, before calibration.")
+    knowledge: dict = Field(..., description="Ids of the retrieved samples and knowledge snippets.")
+    dropped: list[TagOut] | None = None
+    candidates: list[dict] | None = None
+
+
+class TagResponseOut(BaseModel):
+    items: list[RowOut]
+    timings_ms: dict[str, float]
+
+
+class FeedbackResponseOut(BaseModel):
+    recorded: int
+    ids: list[str]
+    samples: int
+
+
+# --- what a parsed request is
+
+
+@dataclass
+class TagRequest:
+    items: list[Item]
+    candidates: bool = False
+    dropped: bool = False
+    single: bool = False  # the body was one item, so the answer is one row
+
+
+@dataclass
+class FeedbackRequest:
+    items: list[Item]
+    incorrect: list[list[str]]
+
+
+class RequestSchema:
+    """The request models of one configuration (its item text fields)."""
+
+    def __init__(self, text_fields: Sequence[str] = ()):
+        extra = {
+            name: (StrictStr | None, None)
+            for name in dict.fromkeys(text_fields)
+            if name not in ("id", "text")
+        }
+        self.text_fields = list(extra)
+        self.tag_item = create_model("TagItemIn", __base__=TagItemBase, **extra)
+        self.feedback_item = create_model("FeedbackItemIn", __base__=FeedbackItemBase, **extra)
+        self.tag_request = create_model(
+            "TagRequestIn",
+            __base__=_TagRequestBase,
+            items=(
+                list[self.tag_item],
+                Field(..., description="Items to tag (a single item may be sent bare)."),
+            ),
+            candidates=(StrictBool, Field(False, description="Also return the recalled candidates.")),
+            dropped=(
+                StrictBool,
+                Field(False, description="Also return generated tags that calibration dropped."),
+            ),
+        )
+        self.feedback_request = create_model(
+            "FeedbackRequestIn",
+            __base__=_RequestBase,
+            items=(list[self.feedback_item], Field(..., description="Corrected annotations (or one, bare).")),
+        )
+
+    def parse_tag(self, body: Any, limits: Limits) -> TagRequest:
+        """``{"id", "text", ...}`` or ``{"items": [...], "candidates": bool, "dropped": bool}``."""
+        single = isinstance(body, dict) and "items" not in body
+        parsed = _validate(self.tag_request, body, {"limits": limits}, single)
+        items = [
+            Item(
+                id=raw.id if raw.id is not None else f"item-{index}",
+                text=raw.text,
+                tags=None,
+                extra={f: getattr(raw, f) for f in self.text_fields if getattr(raw, f) is not None},
+            )
+            for index, raw in enumerate(parsed.items)
+        ]
+        _no_duplicate_ids(items)
+        return TagRequest(items, parsed.candidates, parsed.dropped, single)
+
+    def parse_feedback(self, body: Any, vocabulary: Collection[str], limits: Limits) -> FeedbackRequest:
+        """Corrected annotations: ``{"id", "text", "tags": [correct...], "incorrect": [wrong...]}`` or a
+        list under ``items``. Every tag must be in the vocabulary; ids are required (they key the graph)."""
+        single = isinstance(body, dict) and "items" not in body
+        parsed = _validate(self.feedback_request, body, {"limits": limits, "vocabulary": vocabulary}, single)
+        items, incorrect = [], []
+        for index, raw in enumerate(parsed.items):
+            where = "body" if single else f"items[{index}]"
+            if not raw.tags and not raw.incorrect:
+                raise RequestError(
+                    f"{where}.tags", "feedback needs correct tags ('tags') or wrong ones ('incorrect')"
+                )
+            both = sorted(set(raw.tags) & set(raw.incorrect))
+            if both:
+                raise RequestError(
+                    f"{where}.incorrect", f"names tag(s) also given as correct: {', '.join(both)}"
+                )
+            extra = {f: getattr(raw, f) for f in self.text_fields if getattr(raw, f) is not None}
+            items.append(Item(id=raw.id, text=raw.text, tags=tuple(raw.tags), extra=extra))
+            incorrect.append(list(raw.incorrect))
+        _no_duplicate_ids(items)
+        return FeedbackRequest(items, incorrect)
+
+    @staticmethod
+    def body(model: type[BaseModel]) -> dict:
+        """The OpenAPI request body of a route that reads its body itself (to bound its size)."""
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": model.model_json_schema()}},
+            }
+        }
+
+
+@functools.lru_cache(maxsize=16)
+def schema_for(text_fields: tuple[str, ...]) -> RequestSchema:
+    return RequestSchema(text_fields)
+
+
+def parse_tag_request(body: Any, text_fields: Sequence[str], limits: Limits) -> TagRequest:
+    return schema_for(tuple(text_fields)).parse_tag(body, limits)
+
+
+def parse_feedback_request(
+    body: Any, text_fields: Sequence[str], vocabulary: Collection[str], limits: Limits
+) -> FeedbackRequest:
+    return schema_for(tuple(text_fields)).parse_feedback(body, vocabulary, limits)
+
+
+def _validate(model: type[BaseModel], body: Any, context: dict, single: bool) -> Any:
+    try:
+        return model.model_validate(body, context=context)
+    except ValidationError as exc:
+        raise request_error(exc, single) from None
+
+
+def request_error(exc: ValidationError, single: bool = False) -> RequestError:
+    """The first problem of a validation error, as a RequestError naming its field."""
+    error = exc.errors(include_url=False)[0]
+    loc = list(error["loc"])
+    if single and loc[:2] == ["items", 0]:
+        loc = ["body", *loc[2:]]
+    field = loc_to_field(loc) if loc else "body"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "is missing"
+    elif error["type"] == "string_pattern_mismatch":
+        message = "must be a string of 1-256 printable characters"
+    status = 413 if error["type"] == TOO_LARGE else 422
+    return RequestError(field, message, status)
+
+
+def loc_to_field(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _no_duplicate_ids(items: Sequence[Item]) -> None:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.id in seen:
+            raise RequestError(f"items[{index}].id", f"'{item.id}' is also the id of items[{seen[item.id]}]")
+        seen[item.id] = index
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__

@@ -1,0 +1,206 @@
+"""Building a store: the content–tag graph over the annotated items, the SRKI knowledge bases beside
+it, and the folder they are saved in. `llm4tag build`, `llm4tag retrain` and the benchmarks build
+through here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graph_store import GraphStore, ShardedStore
+from llm4tag.config import Settings
+from llm4tag.data import Item, Tag, read_items, read_tags
+from llm4tag.encoder import Encoder
+from llm4tag.errors import LLM4TagError
+from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase, build_knowledge
+from llm4tag.texts import item_text, tag_text
+
+KNOWLEDGE_DIR = "knowledge"
+
+
+@dataclass
+class BuildReport:
+    contents: int
+    tags: int
+    skipped_unannotated: int
+    encode_seconds: float
+    build_seconds: float
+    stats: dict
+    # The annotated items and their vectors, so the knowledge base need not encode them again.
+    annotated: list = field(default_factory=list, repr=False)
+    item_vectors: np.ndarray | None = field(default=None, repr=False)
+
+
+def build_store(
+    items: Sequence[Item],
+    tags: Sequence[Tag],
+    settings: Settings,
+    encoder: Encoder,
+    shards: int = 1,
+    *,
+    item_vectors: np.ndarray | None = None,
+    tag_vectors: np.ndarray | None = None,
+) -> tuple[GraphStore | ShardedStore, BuildReport]:
+    """A store over the annotated items: only they carry deterministic edges worth following.
+
+    ``item_vectors`` (one row per item of ``items``) and ``tag_vectors`` skip encoding them again.
+    """
+    annotated = [item for item in items if item.tags]
+    if item_vectors is not None:
+        if len(item_vectors) != len(items):
+            raise LLM4TagError(f"{len(item_vectors)} item vectors for {len(items)} items")
+        item_vectors = np.asarray(item_vectors)[[i for i, item in enumerate(items) if item.tags]]
+    if not annotated:
+        raise LLM4TagError("no annotated items to build a store from: every item lacks 'tags'")
+    if shards < 1:
+        raise LLM4TagError(f"--shards must be at least 1, got {shards}")
+    started = time.perf_counter()
+    if tag_vectors is None:
+        tag_vectors = encoder.encode([tag_text(t, settings.texts.tag_description_chars) for t in tags])
+    if item_vectors is None:
+        item_vectors = encoder.encode([item_text(i, settings.texts.item_fields) for i in annotated])
+    encoded = time.perf_counter()
+    store: GraphStore | ShardedStore = GraphStore.build(
+        item_ids=[i.id for i in annotated],
+        item_vectors=item_vectors,
+        item_tags=[list(i.tags or ()) for i in annotated],
+        tags=[t.tag for t in tags],
+        tag_vectors=tag_vectors,
+        tag_descriptions=[t.description for t in tags],
+        item_texts=[i.text for i in annotated],
+        encoder_id=encoder.id,
+        config=settings.graph,
+        meta={"encoder": settings.encoder.model_dump(), "texts": settings.texts.model_dump()},
+    )
+    if shards > 1:
+        store = ShardedStore(store.split(shards))
+    report = BuildReport(
+        contents=len(annotated),
+        tags=len(tags),
+        skipped_unannotated=len(items) - len(annotated),
+        encode_seconds=encoded - started,
+        build_seconds=time.perf_counter() - encoded,
+        stats=store.stats(),
+        annotated=annotated,
+        item_vectors=item_vectors,
+    )
+    return store, report
+
+
+@dataclass
+class StoreParts:
+    """A store built in memory: the graph and its knowledge bases."""
+
+    store: GraphStore | ShardedStore
+    report: BuildReport
+    samples: SampleKnowledgeBase
+    domain: DomainKnowledgeBase
+    knowledge_seconds: float
+
+
+def build_parts(
+    items: Sequence[Item],
+    tags: Sequence[Tag],
+    settings: Settings,
+    encoder: Encoder,
+    *,
+    shards: int = 1,
+    knowledge_files: Sequence[str] = (),
+    item_vectors: np.ndarray | None = None,
+    tag_vectors: np.ndarray | None = None,
+) -> StoreParts:
+    """The graph over the annotated items and the SRKI knowledge bases beside it (samples reuse the
+    vectors the graph build made; snippets come from the tag descriptions, ``pipeline.knowledge_files``
+    and ``knowledge_files``)."""
+    files = [*settings.pipeline.knowledge_files, *knowledge_files]
+    for path in files:
+        if not Path(path).is_file():
+            raise LLM4TagError(f"knowledge file {path} does not exist")
+    store, report = build_store(
+        items, tags, settings, encoder, shards, item_vectors=item_vectors, tag_vectors=tag_vectors
+    )
+    started = time.perf_counter()
+    samples, domain = build_knowledge(
+        report.annotated,
+        tags,
+        encoder,
+        files,
+        settings.texts.item_fields,
+        item_vectors=report.item_vectors,
+    )
+    return StoreParts(store, report, samples, domain, time.perf_counter() - started)
+
+
+def save_parts(parts: StoreParts, store_dir: str | Path) -> None:
+    """The graph (a new version if the folder holds one) and the knowledge bases beside it."""
+    parts.store.save(store_dir)
+    parts.samples.save(Path(store_dir) / KNOWLEDGE_DIR / "samples")
+    parts.domain.save(Path(store_dir) / KNOWLEDGE_DIR / "domain")
+
+
+def build_store_folder(
+    store_dir: str | Path,
+    items: Sequence[Item],
+    tags: Sequence[Tag],
+    settings: Settings,
+    encoder: Encoder | None = None,
+    *,
+    shards: int = 1,
+    knowledge_files: Sequence[str] = (),
+    unknown_tag_annotations_dropped: int = 0,
+) -> dict:
+    """Build and save a store folder (graph + knowledge); returns the build summary `llm4tag build`
+    prints (``unknown_tag_annotations_dropped``: what reading the items dropped, for that summary)."""
+    encoder = encoder or Encoder(settings.encoder)
+    parts = build_parts(items, tags, settings, encoder, shards=shards, knowledge_files=knowledge_files)
+    started = time.perf_counter()
+    save_parts(parts, store_dir)
+    report = parts.report
+    return {
+        "store": str(store_dir),
+        "encoder": encoder.id,
+        **report.stats,
+        "skipped_unannotated": report.skipped_unannotated,
+        "unknown_tag_annotations_dropped": unknown_tag_annotations_dropped,
+        "encode_s": round(report.encode_seconds, 2),
+        "build_s": round(report.build_seconds, 2),
+        "knowledge_samples": len(parts.samples),
+        "knowledge_snippets": len(parts.domain),
+        "knowledge_s": round(parts.knowledge_seconds, 2),
+        "save_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def build_store_from_files(
+    store_dir: str | Path,
+    items_path: str | Path,
+    tags_path: str | Path,
+    settings: Settings | None = None,
+    *,
+    encoder: Encoder | None = None,
+    split: str | None = None,
+    strict_tags: bool = False,
+    shards: int = 1,
+    knowledge_files: Sequence[str] = (),
+) -> dict:
+    """`llm4tag build`: read the items and the vocabulary, build and save the store folder; returns the
+    build summary."""
+    if shards < 1:
+        raise LLM4TagError(f"--shards must be at least 1, got {shards}")
+    settings = settings or Settings()
+    tags = read_tags(tags_path)
+    items = read_items(items_path, vocabulary={t.tag for t in tags}, strict_tags=strict_tags, split=split)
+    return build_store_folder(
+        store_dir,
+        items.items,
+        tags,
+        settings,
+        encoder,
+        shards=shards,
+        knowledge_files=[str(p) for p in knowledge_files],
+        unknown_tag_annotations_dropped=items.unknown_tag_annotations,
+    )
