@@ -6,6 +6,7 @@ STAGES = ("encode", "recall", "generate", "calibrate", "total", "http")
 TARGET_RATIO = 0.90
 TARGET_TAIL = 2.0
 
+
 def checks(report: dict) -> None:
     served, inproc = report["saturation"]["qps"], report["inprocess"]["items_per_s"]
     ratio = served / inproc if inproc else float("nan")
@@ -131,4 +132,3 @@ def print_report(report: dict) -> None:
         f"{'PASS' if o['pass'] else 'FAIL'} (p99 {o['p99_ms']:.0f} ms, p50 {o['p50_ms']:.0f} ms, "
         f"ratio {o['ratio']:.2f}, non-200 {report['open']['non_200']})"
     )
-

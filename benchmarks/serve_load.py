@@ -538,5 +538,6 @@ def summarize(samples: list[Outcome], wall: float) -> dict:
         "stages_ms": stages,
     }
 
+
 if __name__ == "__main__":
     main()

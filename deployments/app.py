@@ -73,18 +73,12 @@ def build_app(args: dict[str, Any]) -> Application:
                 store, index, vocabulary.num_shards, settings, journal
             )
         )
-    generator = opt(GeneratorDeployment, "Generator").bind(
-        store, settings, service.generator, service.calibrator
-    )
+    generator = opt(GeneratorDeployment, "Generator").bind(store, settings, service.generator)
     calibrator = None
-    if settings.pipeline.calibrate:
-        # Judgments that continue the generation conversations run where those were computed: on
-        # the Generator deployment (one model in memory, and only the question is computed).
-        calibrator = (
-            generator
-            if judges_in_context(settings.llm, settings.prompts)
-            else opt(CalibratorDeployment, "Calibrator").bind(store, settings, service.calibrator)
-        )
+    # Judgments that continue the generation conversations run where those were computed, in the
+    # Generator's call (one model in memory, only the question computed): no Calibrator deployment.
+    if settings.pipeline.calibrate and not judges_in_context(settings.llm, settings.prompts):
+        calibrator = opt(CalibratorDeployment, "Calibrator").bind(store, settings, service.calibrator)
     return opt(IngressDeployment, "Ingress").bind(
         encoder,
         shards,

@@ -1,8 +1,9 @@
 """Calibrator deployment: Yes/No confidence per (item, generated tag); tags under the threshold drop.
 
 ``Judging`` is the calibration stage itself, so that the Generator deployment can run it too: when the
-judgments continue the generation conversations (``prompts.layout``), they run where that conversation
-was computed (deployments/app.py binds the calibrator to the Generator deployment).
+judgments continue the generation conversations (``prompts.layout``), each batch is judged right after
+it is generated, in the same call on the same replica, which holds those conversations
+(deployments/app.py then binds no Calibrator deployment).
 """
 
 from __future__ import annotations
@@ -23,18 +24,9 @@ JudgeRequest = tuple[str, list[str], tuple[Messages, str] | None]
 
 
 class Judging:
-    def _start_judging(
-        self, pipeline: TaggingPipeline, adapters_file: str | None, batching: Batching
-    ) -> None:
+    def _start_judging(self, pipeline: TaggingPipeline, adapters_file: str | None) -> None:
         self.judging = pipeline
         self.judge_adapter = AdapterFollower(pipeline.engine, "calibrator", adapters_file)
-        sizes = batch_size_histogram()
-        self.judge_batcher = QueueBatcher(
-            self._judge, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
-        )
-
-    async def judge(self, request: JudgeRequest) -> list[Judged]:
-        return await self.judge_batcher.submit(request)
 
     def _judge(self, requests: list[JudgeRequest]) -> list[list[Judged]]:
         self.judge_adapter.sync()  # between batches: this batch runs wholly on one adapter
@@ -49,7 +41,6 @@ class Judging:
             "model": getattr(self.judging.engine, "name", None),
             "threshold": self.judging.config.threshold,
             "in_context": self.judging.calibrator.in_context,
-            "recent_batch_sizes": self.judge_batcher.batch_sizes[-20:],
             **self.judge_adapter.describe(),
         }
 
@@ -62,10 +53,17 @@ class CalibratorDeployment(Judging):
             {"pipeline": {"calibrate": True, "num_samples": 0, "num_snippets": 0}}
         )
         pipeline = TaggingPipeline.open(store, config, load_graph=False)
-        self._start_judging(pipeline, config.llm.adapters_file, batching)
+        self._start_judging(pipeline, config.llm.adapters_file)
+        sizes = batch_size_histogram()
+        self.batcher = QueueBatcher(
+            self._judge, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
+        )
+
+    async def judge(self, request: JudgeRequest) -> list[Judged]:
+        return await self.batcher.submit(request)
 
     def describe(self) -> dict:
-        return self.describe_judging()
+        return {**self.describe_judging(), "recent_batch_sizes": self.batcher.batch_sizes[-20:]}
 
     async def sync_adapters(self, role: str = "calibrator") -> dict:
         await in_thread(self.judge_adapter.sync)

@@ -8,6 +8,8 @@ that holds them.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import ray
 from ray import serve
@@ -17,19 +19,20 @@ from deployments._batching import QueueBatcher
 from deployments._common import in_thread
 from deployments.calibrator import Judging
 from deployments.serve_metrics import batch_size_histogram
-from llm4tag.calibrator import judges_in_context
+from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.config import Settings
+from llm4tag.flow import judgment_context
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.service import Batching
 
+GenerateResult = tuple[Generation, list[Judged] | None, float]
+
 
 @serve.deployment(name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
 class GeneratorDeployment(Judging):
-    def __init__(
-        self, store: str, settings: Settings, batching: Batching, judge_batching: Batching | None = None
-    ):
+    def __init__(self, store: str, settings: Settings, batching: Batching):
         # Judging here only when the judgments continue this stage's conversations (app.py).
         judges = settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
         config = settings.with_overrides({"pipeline": {"calibrate": judges}})
@@ -41,22 +44,34 @@ class GeneratorDeployment(Judging):
         )
         self.judges = judges
         if judges:
-            self._start_judging(self.pipeline, config.llm.adapters_file, judge_batching or batching)
+            self._start_judging(self.pipeline, config.llm.adapters_file)
 
-    async def generate(self, request: dict) -> Generation:
+    async def generate(self, request: dict) -> GenerateResult:
+        """The item's generation and, when this replica judges, its verdicts (None otherwise) and the
+        seconds its batch spent judging."""
         return await self.batcher.submit(request)
 
-    def _generate(self, requests: list[dict]) -> list[Generation]:
+    def _generate(self, requests: list[dict]) -> list[GenerateResult]:
         self.adapter.sync()  # between batches: this batch runs wholly on one adapter
         for base in (self.pipeline.samples, self.pipeline.knowledge):
             if base is not None:
                 base.refresh()
-        return self.pipeline.generate(
+        contents = [r["content"] for r in requests]
+        generations = self.pipeline.generate(
             [r["id"] for r in requests],
-            [r["content"] for r in requests],
+            contents,
             np.stack([r["vector"] for r in requests]),
             [r["candidates"] for r in requests],
         )
+        if not self.judges:
+            return [(g, None, 0.0) for g in generations]
+        # Judged now, while this replica holds the conversations the judgments continue.
+        started = time.perf_counter()
+        verdicts = self._judge(
+            [(c, list(g.tags), judgment_context(g)) for c, g in zip(contents, generations, strict=True)]
+        )
+        seconds = time.perf_counter() - started
+        return [(g, v, seconds) for g, v in zip(generations, verdicts, strict=True)]
 
     async def record_samples(self, samples: list[Sample], vectors: np.ndarray) -> int:
         if self.pipeline.samples is None:

@@ -129,8 +129,11 @@ class IngressDeployment:
         self.descriptions: list[str | None] = vocabulary["descriptions"]
         self.vocabulary = frozenset(self.tags)
         self.schema = RequestSchema([f for f in self.settings.texts.item_fields if f != "text"])
-        # Judgments continue the generation conversations: they carry them to the stage that judges.
-        self.in_context = judges_in_context(self.settings.llm, self.settings.prompts)
+        # Judgments that continue the generation conversations are made by the Generator replica that
+        # computed them, in the same call (deployments/app.py binds no Calibrator then).
+        self.judges_with_generation = self.settings.pipeline.calibrate and judges_in_context(
+            self.settings.llm, self.settings.prompts
+        )
         self.metrics = ServiceMetrics()
 
     # -- plumbing
@@ -201,27 +204,14 @@ class IngressDeployment:
         if isinstance(call, flow.Search):
             return await asyncio.gather(*(self._call("recall", s.search, call.vectors) for s in self.shards))
         if isinstance(call, flow.Generate):
-            return await asyncio.gather(
-                *(
-                    self._call(
-                        "generate",
-                        self.generator.generate,
-                        {"id": i, "content": c, "vector": v, "candidates": cands},
-                    )
-                    for i, c, v, cands in zip(
-                        call.ids, call.contents, call.vectors, call.candidates, strict=True
-                    )
-                )
-            )
+            answered, _ = await self._generate(call)
+            return answered
         if isinstance(call, flow.Calibrate):
+            # A Calibrator deployment judges the item alone (figure 5): it holds no conversation.
             return await asyncio.gather(
                 *(
-                    self._call(
-                        "calibrate",
-                        self.calibrator.judge,
-                        (content, list(tags), context if self.in_context else None),
-                    )
-                    for content, tags, context in zip(call.contents, call.tags, call.contexts, strict=True)
+                    self._call("calibrate", self.calibrator.judge, (content, list(tags), None))
+                    for content, tags in zip(call.contents, call.tags, strict=True)
                 )
             )
         if isinstance(call, flow.Record):
@@ -231,6 +221,26 @@ class IngressDeployment:
         if isinstance(call, flow.Writes):
             return await asyncio.gather(*(self.answer(w) for w in call.writes), return_exceptions=True)
         raise TypeError(f"no answer to {type(call).__name__}")
+
+    async def _generate(self, call: flow.Generate) -> tuple[list, float]:
+        """The Generate call's answer, and the milliseconds of it that judging took (the longest
+        batch's: the items were judged in parallel batches)."""
+        results = await asyncio.gather(
+            *(
+                self._call(
+                    "generate",
+                    self.generator.generate,
+                    {"id": i, "content": c, "vector": v, "candidates": cands},
+                )
+                for i, c, v, cands in zip(call.ids, call.contents, call.vectors, call.candidates, strict=True)
+            )
+        )
+        if not call.judge:
+            return [generation for generation, _, _ in results], 0.0
+        if any(verdicts is None for _, verdicts, _ in results):
+            raise AssertionError("the Generator replicas do not judge: their settings differ")
+        judge_ms = 1000 * max(seconds for _, _, seconds in results)
+        return [(generation, verdicts) for generation, verdicts, _ in results], judge_ms
 
     async def _record(self, call: flow.Record) -> None:
         """Durable upserts in each item's owning shard (its journal is followed by every replica)."""
@@ -260,10 +270,17 @@ class IngressDeployment:
             except StopIteration as stop:
                 return stop.value
             started = time.perf_counter()
-            result = await self.answer(call)
+            judge_ms = 0.0
+            if isinstance(call, flow.Generate):
+                result, judge_ms = await self._generate(call)
+            else:
+                result = await self.answer(call)
             if timings is not None:
                 stage = STAGE_OF.get(type(call), type(call).__name__.lower())
-                timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - started) * 1000
+                ms = (time.perf_counter() - started) * 1000
+                timings[stage] = timings.get(stage, 0.0) + ms - judge_ms
+                if judge_ms:  # judged within the Generate call: the Generator's own measure splits it
+                    timings["calibrate"] = timings.get("calibrate", 0.0) + judge_ms
 
     # -- routes
 
@@ -287,8 +304,9 @@ class IngressDeployment:
                 item_fields=self.settings.texts.item_fields,
                 tag_names=self.tags,
                 recall=recall,
-                calibrate=self.calibrator is not None,
+                calibrate=self.calibrator is not None or self.judges_with_generation,
                 write_back=self.settings.pipeline.write_back,
+                judge_with_generation=self.judges_with_generation,
                 with_candidates=parsed.candidates,
                 with_dropped=parsed.dropped,
             ),
@@ -342,6 +360,8 @@ class IngressDeployment:
             raise Refused(422, "must be generator or calibrator", "role")
         role, path = body["role"], body.get("path")
         stage = self.generator if role == "generator" else self.calibrator
+        if stage is None and self.judges_with_generation:
+            stage = self.generator  # the Generator replicas judge (and follow the calibrator adapter)
         if stage is None:
             raise Refused(422, "this app runs no calibrator", "role")
         if not self.settings.llm.adapters_file:
@@ -377,8 +397,10 @@ class IngressDeployment:
         stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(self.shards)})
         stages["generator"] = (self.generator, ())
         if self.calibrator is not None:
-            # Colocated with the generator when it judges in context: that replica describes the role.
-            stages["calibrator"] = (self.calibrator, ("calibrator",) if self.in_context else ())
+            stages["calibrator"] = (self.calibrator, ())
+        elif self.judges_with_generation:
+            # Judged on the Generator replicas: one of them describes the role.
+            stages["calibrator"] = (self.generator, ("calibrator",))
         try:
             answers = await asyncio.wait_for(
                 asyncio.gather(*(handle.describe.remote(*args) for handle, args in stages.values())),

@@ -44,12 +44,17 @@ class Search:
 
 @dataclass
 class Generate:
-    """The LLM's tags among the candidates, with retrieved knowledge -> list[Generation]."""
+    """The LLM's tags among the candidates, with retrieved knowledge -> list[Generation].
+
+    With ``judge``, each batch is also judged in the same call, continuing its generation
+    conversations where they were computed (prompts.layout) -> list[tuple[Generation, list[Judged]]].
+    """
 
     ids: list[str]
     contents: list[str]
     vectors: np.ndarray
     candidates: list[list[str]]
+    judge: bool = False
 
 
 @dataclass
@@ -143,9 +148,12 @@ def tag_flow(
     recall: RecallConfig,
     calibrate: bool,
     write_back: bool,
+    judge_with_generation: bool = False,
     with_candidates: bool = False,
     with_dropped: bool = False,
 ) -> Generator[Call, Any, Tagged]:
+    """``judge_with_generation``: the judgments continue the generation conversations
+    (``judges_in_context``), so the stage that generated judges, in the same call."""
     if not items:
         return Tagged([])
     ids = [item.id for item in items]
@@ -153,10 +161,16 @@ def tag_flow(
     vectors = yield Encode(contents)
     per_shard = yield Search(vectors)
     candidates = select_merged(per_shard, tag_names, recall)
-    generations = yield Generate(ids, contents, vectors, [[c.tag for c in cands] for cands in candidates])
-    tags = [list(g.tags) for g in generations]
-    contexts = [judgment_context(g) for g in generations]
-    verdicts = (yield Calibrate(contents, tags, contexts)) if calibrate else unjudged(tags)
+    names = [[c.tag for c in cands] for cands in candidates]
+    if calibrate and judge_with_generation:
+        judged = yield Generate(ids, contents, vectors, names, judge=True)
+        generations = [generation for generation, _ in judged]
+        verdicts = [item_verdicts for _, item_verdicts in judged]
+    else:
+        generations = yield Generate(ids, contents, vectors, names)
+        tags = [list(g.tags) for g in generations]
+        contexts = [judgment_context(g) for g in generations]
+        verdicts = (yield Calibrate(contents, tags, contexts)) if calibrate else unjudged(tags)
     rows = [
         result_row(item_id, cands, generation, judged, with_candidates, with_dropped)
         for item_id, cands, generation, judged in zip(ids, candidates, generations, verdicts, strict=True)

@@ -251,7 +251,11 @@ class TaggingPipeline:
             self.times.add("recall", started)
             return hits
         if isinstance(call, flow.Generate):
-            return self.generate(call.ids, call.contents, call.vectors, call.candidates)
+            generations = self.generate(call.ids, call.contents, call.vectors, call.candidates)
+            if not call.judge:
+                return generations
+            verdicts = self.calibrate(call.contents, [list(g.tags) for g in generations], generations)
+            return list(zip(generations, verdicts, strict=True))
         if isinstance(call, flow.Calibrate):
             return self.calibrate(call.contents, call.tags, contexts=call.contexts)
         if isinstance(call, flow.Record):
@@ -275,6 +279,7 @@ class TaggingPipeline:
                 recall=self.recaller.store.config.recall,
                 calibrate=self.calibrator is not None,
                 write_back=self.config.write_back,
+                judge_with_generation=self.calibrator is not None and self.calibrator.in_context,
                 with_candidates=with_candidates,
                 with_dropped=with_dropped,
             ),

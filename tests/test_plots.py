@@ -84,8 +84,7 @@ def test_accuracy_coverage_plot_bad_arguments(tmp_path):
 
 def test_import_is_lazy():
     code = (
-        "import sys, llm4tag.evaluation.plots, llm4tag.evaluation.tagging; "
-        "print('matplotlib' in sys.modules)"
+        "import sys, llm4tag.evaluation.plots, llm4tag.evaluation.tagging; print('matplotlib' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

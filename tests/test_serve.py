@@ -101,7 +101,7 @@ def test_health_readiness_docs_and_vocabulary_search(served):
     assert call(f"{url}/healthz")[2] == {"status": "ok"}
     status, _, ready = call(f"{url}/readyz")
     assert status == 200 and ready["ready"]
-    assert ready["stages"]["generator"]["model"] == "transformers:smollm2-135m-instruct"
+    assert ready["stages"]["generator"]["model"] == "llamacpp:smollm2-135m-instruct"
     assert ready["stages"]["recall[0]"]["contents"] == 400 and ready["stages"]["generator"]["samples"] == 400
     status, _, docs = call(f"{url}/openapi.json")
     assert status == 200 and {"/v1/tag", "/v1/feedback", "/v1/tags", "/healthz", "/readyz"} <= set(

@@ -205,7 +205,7 @@ def test_vocab_build_cli_writes_a_vocabulary_the_product_reads_and_resumes(tmp_p
     cache_path = tmp_path / "vocab.answers.jsonl"
     seeded = ""
     for row in lines[:2]:
-        key = _cache_key("transformers:smollm2-135m-instruct", prompts.generative(row["text"]), 8)
+        key = _cache_key("llamacpp:smollm2-135m-instruct", prompts.generative(row["text"]), 8)
         seeded += (
             json.dumps({"id": row["id"], "key": key, "raw": "Card arrival, card arrivals, top up"}) + "\n"
         )

@@ -29,7 +29,10 @@ class LLMConfig(Section):
     # (fp32: 128 GFLOP/s); on GPUs and CPUs with AMX, bfloat16 is the better choice.
     dtype: str = Field("float32", description="transformers/vLLM weights' dtype (float32 on AVX2 CPUs)")
     device: str = Field("cpu", description="transformers: torch device")
-    threads: int | None = Field(2, ge=1, description="CPU threads (null: the engine's default)")
+    # 1: on our 2-core machines one thread per LLM process beat two whenever anything else ran
+    # (llama.cpp, default model, interleaved runs: prompt 51 vs 22 tokens/s, decode 16 vs 1.1;
+    # transformers likewise). Serve runs more replicas instead.
+    threads: int | None = Field(1, ge=1, description="CPU threads per LLM process (null: all cores)")
     batch_size: int = Field(
         8, ge=1, description="prompts per forward pass (transformers) / sequences in flight (vLLM)"
     )

@@ -158,7 +158,8 @@ class LlamaCppEngine:
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp cannot load '{model_path}': {exc}") from exc
-        self.name = f"llamacpp:{path.stem}"
+        # A bundled model by its name (<home>/<name>/gguf/<file>.gguf), any other file by its own.
+        self.name = f"llamacpp:{path.parent.parent.name if path.parent.name == 'gguf' else path.stem}"
         self.stats = EngineStats()
         self.n_vocab = self.llm.n_vocab()
         vocab = lib.llama_model_get_vocab(self.llm.model)

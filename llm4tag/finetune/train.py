@@ -65,7 +65,7 @@ def tokenize_example(tokenizer, example: Example) -> tuple[list[int], list[int]]
 def _fingerprint(role: str, data_hash: str, base: str, device: str, trainer: TrainerConfig, config) -> str:
     raw = json.dumps(
         [role, data_hash, base, device, trainer.model_dump(), config.lora.model_dump(), config.seed],
-        sort_keys=True
+        sort_keys=True,
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

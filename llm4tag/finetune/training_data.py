@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from graph_store import GraphStore
+from llm4tag.calibrator import judges_in_context
 from llm4tag.config import resolve_mode
 from llm4tag.data import Item, Tag, read_items, read_tags
 from llm4tag.encoder import Encoder
@@ -205,6 +206,9 @@ def build_examples(
     np.random.default_rng(config.seed).shuffle(fold_of)
     domain = domain_knowledge(tags, encoder, knowledge_files)
     prompts = Prompts(settings.prompts)
+    # Calibrator examples in the form the served judgments take: a follow-up of the generation
+    # conversation in which the judged tag was the answer, or figure 5 (prompts.layout).
+    in_context = judges_in_context(settings.llm, settings.prompts)
     labels = TagLabels(vocabulary)
     descriptions = {t.tag: t.description for t in tags}
     generator_examples: dict[int, Example] = {}
@@ -306,7 +310,12 @@ def build_examples(
                 Example(
                     "calibrator",
                     item.id,
-                    prompts.judgment(contents[index], labels.label.get(t, t), descriptions.get(t)),
+                    prompts.judgment(
+                        contents[index],
+                        labels.label.get(t, t),
+                        descriptions.get(t),
+                        (messages[pos], labels.label.get(t, t)) if in_context else None,
+                    ),
                     answer,
                     {"tag": t, "why": why, "fold": fold, "source": source},
                 )
