@@ -6,7 +6,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ def load_dataset(name: str, data_dir: Path, settings: Settings, encoder: Encoder
     train = read_items(folder / "items.jsonl.gz", vocabulary=vocabulary, split="train").items
     test = read_items(folder / "items.jsonl.gz", vocabulary=vocabulary, split="test").items
     key = hashlib.sha256(
-        json.dumps([encoder.id, asdict(settings.texts), len(train), len(test)]).encode()
+        json.dumps([encoder.id, settings.texts.model_dump(), len(train), len(test)]).encode()
     ).hexdigest()[:12]
     cache = cache_dir / f"{name}-{key}.npz"
     if cache.exists():

@@ -118,7 +118,7 @@ def main() -> int:
         return 2
     settings = Settings()
     encoder = Encoder(settings.encoder)
-    print(f"# encoder {encoder.id}; recall defaults {dataclasses.asdict(settings.graph.recall)}")
+    print(f"# encoder {encoder.id}; recall defaults {settings.graph.recall.model_dump()}")
     table, ann_rows, sweeps = [], [], {}
     for name in args.datasets.split(","):
         ds = load_dataset(name, args.data, settings, encoder, args.cache)

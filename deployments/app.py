@@ -87,4 +87,6 @@ def build_app(args: dict[str, Any]) -> Application:
         {"tags": vocabulary.tags, "descriptions": vocabulary.descriptions},
         settings,
         service,
+        store,
+        vocabulary.encoder_id,
     )

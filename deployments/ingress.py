@@ -45,6 +45,7 @@ from llm4tag.http_schema import (
     RequestSchema,
     TagResponseOut,
 )
+from llm4tag.ranking.stored import open_routing
 from llm4tag.service import ServiceConfig, search_tags
 
 log = logging.getLogger("ray.serve")
@@ -77,6 +78,7 @@ REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete)
 STAGE_OF = {
     flow.Encode: "encode",
     flow.Search: "recall",
+    flow.Rank: "rank",
     flow.Generate: "generate",
     flow.Calibrate: "calibrate",
     flow.Record: "write_back",
@@ -120,6 +122,8 @@ class IngressDeployment:
         vocabulary: dict,
         settings: Settings,
         service: ServiceConfig,
+        store: str | None = None,
+        encoder_id: str | None = None,
     ):
         self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
         self.settings = settings
@@ -135,6 +139,19 @@ class IngressDeployment:
             self.settings.llm, self.settings.prompts
         )
         self.metrics = ServiceMetrics()
+        # The store's ranking and routing plan, as the in-process pipeline opens them: ranked and
+        # routed here, so items the ranker settles never reach the Generator deployment.
+        self.ranking = self.plan = None
+        if store is not None:
+            pipeline = self.settings.pipeline
+            self.ranking, self.plan = open_routing(
+                store,
+                encoder_id,
+                route=pipeline.route,
+                threshold=pipeline.threshold,
+                target_precision=pipeline.target_precision,
+                num_candidates=self.settings.graph.recall.num_candidates,
+            )
 
     # -- plumbing
 
@@ -203,6 +220,10 @@ class IngressDeployment:
             return np.stack(vectors)
         if isinstance(call, flow.Search):
             return await asyncio.gather(*(self._call("recall", s.search, call.vectors) for s in self.shards))
+        if isinstance(call, flow.Rank):
+            recall = self.settings.graph.recall
+            rank = self.ranking.models.rank
+            return await asyncio.to_thread(rank, call.contents, call.vectors, call.hits, recall)
         if isinstance(call, flow.Generate):
             answered, _ = await self._generate(call)
             return answered
@@ -309,6 +330,7 @@ class IngressDeployment:
                 judge_with_generation=self.judges_with_generation,
                 with_candidates=parsed.candidates,
                 with_dropped=parsed.dropped,
+                plan=self.plan,
             ),
             timings,
         )
@@ -328,6 +350,11 @@ class IngressDeployment:
                     self.metrics.confidence.observe(verdict.confidence)
                 (self.metrics.tags_kept if verdict.kept else self.metrics.tags_dropped).inc()
         self.metrics.items_tagged.inc(len(tagged.rows))
+        if tagged.sent_to_llm is not None:
+            if tagged.sent_to_llm:
+                self.metrics.items_routed.inc(tagged.sent_to_llm, tags={"to": "llm"})
+            if len(tagged.rows) - tagged.sent_to_llm:
+                self.metrics.items_routed.inc(len(tagged.rows) - tagged.sent_to_llm, tags={"to": "ranker"})
 
     @app.post(
         "/v1/feedback",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm4tag.config import load_settings, settings_from_dict
+from llm4tag.config import load_settings
 from llm4tag.data import read_items
 from llm4tag.pipeline import TaggingPipeline
 
@@ -136,7 +136,7 @@ def test_served_rows_equal_the_in_process_pipeline(served):
         f"{served['url']}/v1/tag", {"items": [{"id": i.id, "text": i.text} for i in items]}
     )
     assert status == 200
-    settings = settings_from_dict({**load_settings(DOMAIN).to_dict(), "llm": LLM})
+    settings = load_settings(DOMAIN).with_overrides({"llm": LLM})
     local = TaggingPipeline.open(served["store"], settings).tag(items)
     for online, offline in zip(answer["items"], local, strict=True):
         assert online["generated"] == offline["generated"]

@@ -2,18 +2,22 @@
 LLM is asked, and the final confidence of what it judged; and the fit of all that on held-out LLM
 outcomes of annotated items (never test items).
 
-One :class:`RoutePlan` per store and settings (:func:`llm4tag.ranking_plan.route_plan`) answers, per
-item, :func:`route_items`; the stage flow (llm4tag/flow.py), the Serve ingress and the bulk job all
-call these functions, so an item is routed the same way wherever it is tagged.
+One :class:`RoutePlan` per store and settings (:func:`llm4tag.ranking.stored.route_plan`) answers, per
+item, :func:`route_items`; the stage flow (llm4tag/flow.py), which the in-process pipeline and the
+Serve ingress both drive, calls these functions, so an item is routed the same way wherever it is
+tagged.
 
 * ``tau is None`` (``pipeline.route: off``): every item goes to the LLM, which chooses among the
   ranker's best candidates (ranker order) and judges what it chose: the paper's stages.
 * single-tag: an item whose top probability reaches ``tau`` takes the ranker's tag; the others go to
   the LLM whole (generation among the candidates, then the Yes/No judgment of the chosen tag).
 * multi-tag, per tag: the item's shown tags (top ``emit``) at or above ``tau`` are accepted; if any is
-  below, the LLM generates among the candidates and judges, in the same conversation, the tags it
-  generated and the uncertain shown ones. The item's tags are then the accepted ones and the judged
-  ones, ranked by their final confidence (at most ``emit`` kept).
+  below, the LLM decides the rest: it generates among the candidates and judges, in the same
+  conversation, the tags it generated (an uncertain shown tag it did not generate is not kept). The
+  item's tags are then the accepted ones and the judged ones, ranked by their final confidence (at
+  most ``emit`` kept). The LLM judges only what it generated so that the Generator replica, which
+  judges its own batch in the same call (prompts.layout), and a separate Calibrator judge the same
+  tags.
 
 Final confidence: an accepted tag keeps the ranker's calibrated probability; a judged tag gets
 :class:`FinalCalibration` of (the LLM's Yes-probability, the ranker's probability of the tag, whether
@@ -102,6 +106,11 @@ class RoutePlan:
     calibration: FinalCalibration | None = None
     reason: str = ""
 
+    @property
+    def sends_nothing(self) -> bool:
+        """Every item takes the ranker's tags (no LLM is needed)."""
+        return self.tau is not None and self.tau <= 0.0
+
     def describe(self) -> dict:
         return {
             "route": "off" if self.tau is None else self.tau,
@@ -120,12 +129,29 @@ class ItemRoute:
 
     scored: list[ScoredTag]
     accepted: list[ScoredTag] = field(default_factory=list)
-    judge: list[str] = field(default_factory=list)  # uncertain shown tags the LLM judges (multi-tag)
+    judge: list[str] = field(default_factory=list)  # uncertain shown tags the LLM decides (multi-tag)
     candidates: list[str] = field(default_factory=list)  # what the LLM chooses among; [] if not sent
 
     @property
     def needs_llm(self) -> bool:
         return bool(self.candidates)
+
+    def to_dict(self) -> dict:
+        """Lossless (full float precision), for a route that crosses processes (the bulk stages)."""
+        return {
+            "scored": [[s.tag, s.probability, s.score, list(s.provenance)] for s in self.scored],
+            "accepted": [s.tag for s in self.accepted],
+            "judge": self.judge,
+            "candidates": self.candidates,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ItemRoute:
+        scored = [ScoredTag(t, float(p), float(r), tuple(v)) for t, p, r, v in data["scored"]]
+        by_tag = {s.tag: s for s in scored}
+        return cls(
+            scored, [by_tag[t] for t in data["accepted"]], list(data["judge"]), list(data["candidates"])
+        )
 
 
 def route_items(scored: Sequence[Sequence[ScoredTag]], plan: RoutePlan) -> list[ItemRoute]:
@@ -149,9 +175,9 @@ def _route(scored: list[ScoredTag], plan: RoutePlan) -> ItemRoute:
 
 
 def judged_tags(route: ItemRoute, generated: Sequence[str]) -> list[str]:
-    """What the LLM judges for a sent item: the tags it generated, then the uncertain shown ones."""
+    """What the LLM judges for a sent item: the tags it generated, but those the ranker accepted."""
     accepted = {s.tag for s in route.accepted}
-    return list(dict.fromkeys(t for t in [*generated, *route.judge] if t not in accepted))
+    return list(dict.fromkeys(t for t in generated if t not in accepted))
 
 
 @dataclass
@@ -262,7 +288,7 @@ class HeldOutOutcome:
     scored: list[ScoredTag]
     gold: list[str]
     generated: list[str]
-    yes: dict[str, float]  # Yes-probability of each judged tag (the generated ones and, multi-tag, the shown)
+    yes: dict[str, float]  # Yes-probability of each judged (generated) tag
     seconds: float = 0.0  # LLM seconds
 
     def to_dict(self) -> dict:
@@ -287,13 +313,12 @@ class HeldOutOutcome:
         )
 
 
-def llm_units(outcomes: Sequence[HeldOutOutcome], multi: bool, emit: int) -> dict[str, np.ndarray]:
-    """One row per judged (item, tag): the generated tags, and multi-tag the shown ones too."""
+def llm_units(outcomes: Sequence[HeldOutOutcome]) -> dict[str, np.ndarray]:
+    """One row per judged (item, tag): the tags the LLM generated."""
     cols: dict[str, list] = {"item": [], "tag": [], "yes": [], "ranker": [], "generated": [], "right": []}
     for o in outcomes:
         by_tag = {s.tag: s.probability for s in o.scored}
-        tags = list(o.generated) + ([s.tag for s in o.scored[:emit]] if multi else [])
-        for tag in dict.fromkeys(tags):
+        for tag in dict.fromkeys(o.generated):
             if tag not in o.yes:
                 continue
             cols["item"].append(o.id)
@@ -330,7 +355,7 @@ def fit_cascade(
     multi-tag, per shown tag: each side decides keep (confidence >= ``threshold``) or drop, and is
     right when that matches the gold annotation; the LLM's side uses its out-of-fold final confidence.
     """
-    units = llm_units(outcomes, multi, emit)
+    units = llm_units(outcomes)
     calibration, oof = FinalCalibration.fit(
         units["yes"], units["ranker"], units["generated"], units["right"], units["item"]
     )
@@ -342,12 +367,11 @@ def fit_cascade(
         for o in outcomes:
             for s in o.scored[:emit]:
                 k = key.get((o.id, s.tag))
-                if k is None:
-                    continue
                 truth = s.tag in o.gold
                 p.append(s.probability)
                 ranker_right.append((s.probability >= threshold) == truth)
-                llm_right.append((oof[k] >= threshold) == truth)
+                # A shown tag the LLM did not generate is not kept on its side.
+                llm_right.append((k is not None and oof[k] >= threshold) == truth)
         llm_conf, llm_ok = oof, units["right"].astype(bool)
     else:
         p = [o.scored[0].probability if o.scored else 0.0 for o in outcomes]

@@ -163,6 +163,30 @@ def route_plan(
     )
 
 
+def open_routing(
+    store_dir: str | os.PathLike,
+    encoder_id: str,
+    *,
+    route,
+    threshold: float,
+    target_precision: float | None,
+    num_candidates: int,
+) -> tuple[StoredRanking | None, RoutePlan | None]:
+    """The store's ranking (refused under another encoder) and the plan every way of tagging routes
+    its items by: the in-process pipeline and the Serve ingress both open it through here."""
+    ranking = load_ranking(store_dir, encoder_id)
+    plan = route_plan(
+        ranking,
+        route=route,
+        threshold=threshold,
+        target_precision=target_precision,
+        num_candidates=num_candidates,
+    )
+    if plan is not None:
+        log.info("routing for %s: %s", store_dir, plan.reason)
+    return ranking, plan
+
+
 def _cut(cut: float | None, target: float, who: str) -> float:
     if cut is None:
         log.warning(
@@ -191,6 +215,7 @@ __all__ = [
     "StoredRanking",
     "load_cascade",
     "load_ranking",
+    "open_routing",
     "parse_route",
     "ranking_dir",
     "route_plan",
