@@ -10,7 +10,6 @@ carved from train (never on test); --ann compares an IVF content index with exac
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
@@ -72,7 +71,7 @@ def sweep(ds, base: GraphConfig, grid: dict, seed: int = 0) -> list[dict]:
     order = rng.permutation(len(ds.train))
     n_val = max(1, len(order) // 10)
     val, fit = order[:n_val], order[n_val:]
-    fit_config = dataclasses.replace(base, materialize_similarity=False)
+    fit_config = base.with_overrides({"materialize_similarity": False})
     store = build([ds.train[i] for i in fit], ds.train_vectors[fit], ds, fit_config)
     val_items, val_vectors = [ds.train[i] for i in val], ds.train_vectors[val]
     rows = [{"setting": "match", **score(val_items, store.match(val_vectors, 20))}]
@@ -174,8 +173,8 @@ def main() -> int:
                 IndexConfig(kind="ivf", encoding="flat", nprobe=32),
                 IndexConfig(kind="ivf"),
             ):
-                ivf = dataclasses.replace(
-                    settings.graph, content_index=index_config, materialize_similarity=False
+                ivf = settings.graph.with_overrides(
+                    {"content_index": index_config.model_dump(), "materialize_similarity": False}
                 )
                 approx_store = build(ds.train, ds.train_vectors, ds, ivf)
                 approx = score(ds.test, approx_store.recall(ds.test_vectors), args.k)

@@ -4,7 +4,12 @@ binds llm4tag's Settings and the service's Batching to each deployment.)"""
 from __future__ import annotations
 
 import asyncio
+import functools
 
+from llm4tag import flow
+from llm4tag.annif_compat import Problem
+from llm4tag.http_schema import RequestError
+from llm4tag.review_queue import ReviewError
 from llm4tag.service import Batching
 
 
@@ -18,3 +23,59 @@ async def in_thread(function, *args):
     # Model calls run off the replica's event loop, which must stay free for health checks and for
     # queueing the next batch while this one computes.
     return await asyncio.to_thread(function, *args)
+
+
+class Overloaded(Exception):
+    """A stage refused more work (Serve's back pressure): the ingress answers 503 with Retry-After."""
+
+
+class Refused(Exception):
+    """An answer other than 200, with the body every refusal has."""
+
+    def __init__(self, status: int, error: str, field: str):
+        super().__init__(error)
+        self.status, self.body = status, {"error": error, "field": field}
+
+
+# What the ingress's one exception handler (IngressDeployment.refusal) answers.
+REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete, ReviewError, Problem)
+
+
+def answered(route: str, annif: bool = False):
+    """The exception handler of the routes kept outside the ingress class (module functions that take
+    the replica as their ``ingress`` argument): every refusal goes to the replica's one mapping
+    (``refusal``). ``annif``: the route answers in Annif's problem details, so a refusal of ours becomes
+    one first."""
+
+    def wrap(function):
+        @functools.wraps(function)
+        async def answer(*args, **kwargs):
+            try:
+                try:
+                    return await function(*args, **kwargs)
+                except (RequestError, Overloaded) as exc:
+                    if not annif:
+                        raise
+                    raise as_problem(exc) from exc
+            except REFUSALS as exc:
+                return kwargs["ingress"].refusal(route, exc)
+
+        return answer
+
+    return wrap
+
+
+def as_problem(exc: RequestError | Overloaded) -> Problem:
+    if isinstance(exc, Overloaded):
+        return Problem(503, f"the service is overloaded (stage {exc}); retry later")
+    status = exc.status if exc.status in (400, 413) else 400
+    return Problem(status, exc.message if exc.field == "body" else f"{exc.field}: {exc.message}")
+
+
+def current_replica():
+    """The deployment object of this replica, for routes kept outside the ingress class (a FastAPI
+    dependency): functions of a module are shipped to the replica by reference, where Serve's
+    class-based-view conversion of mixin methods does not happen."""
+    from ray import serve
+
+    return serve.get_replica_context().servable_object

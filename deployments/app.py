@@ -8,6 +8,7 @@ list (Serve applies them by name) or, for `llm4tag serve`, from `args["deploymen
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,18 @@ from deployments.generator import GeneratorDeployment
 from deployments.graph_recall import GraphRecallDeployment
 from deployments.ingress import IngressDeployment
 from graph_store import read_vocabulary
+from llm4tag.annif_compat import AnnifSettings
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings, load_settings
 from llm4tag.errors import ConfigError
+from llm4tag.review_queue import ReviewSettings
 from llm4tag.service import ServiceConfig
 
 # journal: folder of the graph journals when not the store folder (shared storage on a cluster whose
 # nodes hold node-local copies of the store; README: "Scaling out").
-KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options", "journal"}
+# review: the review queue (llm4tag/review_queue.py ReviewSettings); annif: the Annif-compatible API
+# (llm4tag/annif_compat.py AnnifSettings).
+KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options", "journal", "review", "annif"}
 
 
 def resolve_path(path: str, base: str | None = None) -> str:
@@ -53,6 +58,9 @@ def build_app(args: dict[str, Any]) -> Application:
     service = ServiceConfig.load(args.get("service"))
     journal = resolve_path(str(args["journal"])) if args.get("journal") else None
     vocabulary = read_vocabulary(store)
+    # Checked here, before any replica starts, like the settings.
+    review = ReviewSettings.load(args.get("review"))
+    annif = AnnifSettings.load(args.get("annif"))
     options = args.get("deployment_options") or {}
 
     def opt(deployment, name: str):
@@ -84,9 +92,26 @@ def build_app(args: dict[str, Any]) -> Application:
         shards,
         generator,
         calibrator,
-        {"tags": vocabulary.tags, "descriptions": vocabulary.descriptions},
+        {
+            "tags": vocabulary.tags,
+            "descriptions": vocabulary.descriptions,
+            "meta": vocabulary.meta,
+            "broader": vocabulary.broader,
+            "modified": _modified(store),
+        },
         settings,
         service,
         store,
+        review,
+        annif,
         vocabulary.encoder_id,
     )
+
+
+def _modified(store: str) -> str | None:
+    """When the store's live version was made (Annif's project modification_time)."""
+    for pointer in (Path(store) / "CURRENT", Path(store) / "shards.json"):
+        if pointer.exists():
+            stamp = datetime.fromtimestamp(pointer.stat().st_mtime, tz=UTC)
+            return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None

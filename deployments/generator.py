@@ -79,6 +79,22 @@ class GeneratorDeployment(Judging):
         await in_thread(self.pipeline.samples.add, samples, vectors)
         return len(samples)
 
+    def knowledge_entries(self, sample_ids: list[str], snippet_ids: list[str]) -> dict:
+        """Retrieved samples and snippets by id, as their records (what the UI shows of a prompt)."""
+        found: dict[str, dict] = {"samples": {}, "snippets": {}}
+        for key, base, ids in (
+            ("samples", self.pipeline.samples, sample_ids),
+            ("snippets", self.pipeline.knowledge, snippet_ids),
+        ):
+            if base is None:
+                continue
+            base.refresh()
+            for entry_id in ids:
+                entry = base.get(entry_id)
+                if entry is not None:
+                    found[key][entry_id] = entry.to_record()
+        return found
+
     def describe(self, role: str = "generator") -> dict:
         if role == "calibrator" and self.judges:
             return {"colocated_with": "Generator", **self.describe_judging()}

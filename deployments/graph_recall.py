@@ -66,6 +66,11 @@ class GraphRecallDeployment:
         self.store.record(item_ids, vectors, tags, texts)
         return len(item_ids)
 
+    def tag_counts(self) -> list[int]:
+        """Stored items of this shard carrying each tag, in vocabulary order (the UI's vocabulary page)."""
+        self.store.sync()
+        return self.store.graph.det_tag_counts().tolist()
+
     def check_health(self) -> None:
         # Serve calls this every health_check_period_s: an idle replica keeps following the journal,
         # and one that can no longer read it (shared volume gone, damaged file) raises, so that Serve

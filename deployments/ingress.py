@@ -6,6 +6,10 @@ POST /v1/feedback   corrected annotations: durable graph edges + retrievable sam
 GET  /v1/tags?q=    vocabulary search
 GET  /healthz       the ingress answers;   GET /readyz   every stage answers (and what it holds)
 
+Beside them: the review UI and queue (deployments/review_api.py) and Annif's API
+(deployments/annif_api.py): their routers are included in this app, and this class inherits the state
+and hooks their routes use.
+
 The request shapes are llm4tag/http_schema.py's models (they validate and document), the stage order
 is llm4tag/flow.py's (the in-process pipeline runs the same flow), and one exception handler
 (``answers``) turns every refusal into ``{"error", "field"}`` with its status.
@@ -30,22 +34,31 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from deployments._common import REFUSALS, Overloaded, Refused
+from deployments.annif_api import AnnifRoutes
+from deployments.annif_api import router as annif_router
+from deployments.review_api import ReviewRoutes
+from deployments.review_api import router as review_router
 from deployments.serve_metrics import ServiceMetrics
 from graph_store import shard_of
 from llm4tag import flow
+from llm4tag.annif_compat import PROBLEM_MEDIA_TYPE, AnnifSettings, Problem
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings
+from llm4tag.data import Item
 from llm4tag.engines.adapters import check_adapter
 from llm4tag.errors import ModelError
 from llm4tag.finetune.registry import write_active
 from llm4tag.http_schema import (
     ErrorOut,
+    FeedbackRequest,
     FeedbackResponseOut,
     RequestError,
     RequestSchema,
     TagResponseOut,
 )
 from llm4tag.ranking.stored import open_routing
+from llm4tag.review_queue import ReviewError, ReviewSettings
 from llm4tag.service import ServiceConfig, search_tags
 
 log = logging.getLogger("ray.serve")
@@ -59,21 +72,9 @@ RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUna
 # The request models of the default configuration, for the OpenAPI page; each replica validates with
 # the models of its own configuration (texts.item_fields).
 DOCUMENTED = RequestSchema()
+app.include_router(review_router)
+app.include_router(annif_router)
 
-
-class Overloaded(Exception):
-    """A stage refused more work (Serve's back pressure): 503 with Retry-After."""
-
-
-class Refused(Exception):
-    """An answer other than 200, with the body every refusal has."""
-
-    def __init__(self, status: int, error: str, field: str):
-        super().__init__(error)
-        self.status, self.body = status, {"error": error, "field": field}
-
-
-REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete)
 # The stage a flow call's time is reported as (timings_ms, the stage_latency_ms metric).
 STAGE_OF = {
     flow.Encode: "encode",
@@ -112,7 +113,7 @@ def answers(route: str):
     max_queued_requests=256,
 )
 @serve.ingress(app)
-class IngressDeployment:
+class IngressDeployment(ReviewRoutes, AnnifRoutes):
     def __init__(
         self,
         encoder,
@@ -123,6 +124,8 @@ class IngressDeployment:
         settings: Settings,
         service: ServiceConfig,
         store: str | None = None,
+        review: ReviewSettings | None = None,
+        annif: AnnifSettings | None = None,
         encoder_id: str | None = None,
     ):
         self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
@@ -152,16 +155,26 @@ class IngressDeployment:
                 target_precision=pipeline.target_precision,
                 num_candidates=self.settings.graph.recall.num_candidates,
             )
+        self._init_review(store, review or ReviewSettings(), self.settings.pipeline.threshold)
+        self._init_annif(annif or AnnifSettings(), vocabulary, vocabulary.get("modified"))
 
     # -- plumbing
 
     def refusal(self, route: str, exc: Exception) -> JSONResponse:
-        """The one mapping of errors to answers: ``{"error", "field"}`` and the status."""
+        """The one mapping of errors to answers: ``{"error", "field"}`` and the status (Annif's routes:
+        Annif's problem details, which its clients read)."""
         headers = None
-        if isinstance(exc, RequestError):
+        media_type = None
+        if isinstance(exc, Problem):
+            status, body, media_type = exc.status, exc.body(), PROBLEM_MEDIA_TYPE
+            if exc.status == 503:
+                headers = {"Retry-After": str(self.service.retry_after_s)}
+        elif isinstance(exc, RequestError):
             status, body = exc.status, exc.body()
         elif isinstance(exc, Refused):
             status, body = exc.status, exc.body
+        elif isinstance(exc, ReviewError):
+            status, body = exc.status, {"error": str(exc), "field": exc.field}
         elif isinstance(exc, Overloaded):
             status, body = (
                 503,
@@ -174,9 +187,19 @@ class IngressDeployment:
         else:
             raise exc
         self.metrics.requests.inc(tags={"route": route, "status": str(status)})
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(body, status_code=status, headers=headers, media_type=media_type)
 
     async def _json(self, request: Request) -> Any:
+        raw = await self._body(request)
+        if not raw.strip():
+            raise RequestError("body", "is empty: send a JSON object", 400)
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError("body", f"malformed JSON: {exc}", 400) from exc
+
+    async def _body(self, request: Request) -> bytes:
+        """The request's body, refused (413) past ``limits.max_body_bytes``."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise RequestError(
@@ -189,12 +212,7 @@ class IngressDeployment:
                 raise RequestError(
                     "body", f"is more than the limit of {self.limits.max_body_bytes} bytes", 413
                 )
-        if not raw.strip():
-            raise RequestError("body", "is empty: send a JSON object", 400)
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError("body", f"malformed JSON: {exc}", 400) from exc
+        return bytes(raw)
 
     async def _call(self, stage: str, method, *args):
         """One downstream call; a replica that died mid-call is retried on another (Serve replaces it)."""
@@ -318,30 +336,46 @@ class IngressDeployment:
         started = time.perf_counter()
         parsed = self.schema.parse_tag(await self._json(request), self.limits)
         timings: dict[str, float] = {}
-        recall = self.settings.graph.recall
+        rows = await self._tag(parsed.items, parsed.candidates, parsed.dropped, "online", timings)
+        timings["total"] = (time.perf_counter() - started) * 1000
+        for stage, ms in timings.items():
+            self.metrics.stage_latency.observe(ms, tags={"stage": stage})
+        self.metrics.requests.inc(tags={"route": "/v1/tag", "status": "200"})
+        return {"items": rows, "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+
+    async def _tag(
+        self,
+        items: list[Item],
+        with_candidates: bool,
+        with_dropped: bool,
+        origin: str,
+        timings: dict[str, float] | None = None,
+    ) -> list[dict]:
+        """The tag flow over the deployments (/v1/tag, Annif's suggest); the uncertain tags enter the
+        review queue, so rows carry the dropped tags until it has seen them."""
         tagged = await self.run(
             flow.tag_flow(
-                parsed.items,
+                items,
                 item_fields=self.settings.texts.item_fields,
                 tag_names=self.tags,
-                recall=recall,
+                recall=self.settings.graph.recall,
                 calibrate=self.calibrator is not None or self.judges_with_generation,
                 write_back=self.settings.pipeline.write_back,
                 judge_with_generation=self.judges_with_generation,
-                with_candidates=parsed.candidates,
-                with_dropped=parsed.dropped,
+                with_candidates=with_candidates,
+                with_dropped=True,
                 plan=self.plan,
             ),
             timings,
         )
-        timings["total"] = (time.perf_counter() - started) * 1000
-        self._observe(tagged, timings)
-        self.metrics.requests.inc(tags={"route": "/v1/tag", "status": "200"})
-        return {"items": tagged.rows, "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+        self._observe(tagged)
+        await self._review_enqueue(items, tagged.rows, origin)
+        if not with_dropped:
+            for row in tagged.rows:
+                row.pop("dropped", None)
+        return tagged.rows
 
-    def _observe(self, tagged: flow.Tagged, timings: dict[str, float]) -> None:
-        for stage, ms in timings.items():
-            self.metrics.stage_latency.observe(ms, tags={"stage": stage})
+    def _observe(self, tagged: flow.Tagged) -> None:
         for cands in tagged.candidates:
             self.metrics.candidates.observe(len(cands))
         for verdicts in tagged.verdicts:
@@ -365,15 +399,23 @@ class IngressDeployment:
     )
     @answers("/v1/feedback")
     async def feedback(self, request: Request):
-        parsed = self.schema.parse_feedback(await self._json(request), self.vocabulary, self.limits)
-        # Both writes are fsynced before the 200: the sample log and the owning shard's journal.
-        # They run concurrently; if one fails the answer is a 503 naming it, and the same request
-        # sent again converges (both are upserts).
+        parsed = self._parse_feedback(await self._json(request))
+        # With an X-Review-Entry header the feedback also decides that review queue entry.
+        answer = await self._review_decided(request, parsed, self._write_feedback)
+        self.metrics.requests.inc(tags={"route": "/v1/feedback", "status": "200"})
+        return answer
+
+    def _parse_feedback(self, body: Any) -> FeedbackRequest:
+        return self.schema.parse_feedback(body, self.vocabulary, self.limits)
+
+    async def _write_feedback(self, parsed: FeedbackRequest) -> dict:
+        """Both writes are fsynced before this returns: the sample log and the owning shard's journal.
+        They run concurrently; if one fails the answer is a 503 naming it, and the same request sent
+        again converges (both are upserts)."""
         recorded = await self.run(
             flow.feedback_flow(parsed.items, parsed.incorrect, item_fields=self.settings.texts.item_fields)
         )
         self.metrics.feedback.inc(recorded.items)
-        self.metrics.requests.inc(tags={"route": "/v1/feedback", "status": "200"})
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
 
     @app.post("/v1/admin/adapter", responses=ERRORS, summary="Swap a LoRA adapter in without a restart")

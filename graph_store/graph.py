@@ -16,8 +16,13 @@ import numpy as np
 
 from graph_store.errors import StoreError
 
-DETERMINISTIC, SIMILAR_CT, SIMILAR_CC = 0, 1, 2
-EDGE_KIND_NAMES = {DETERMINISTIC: "deterministic", SIMILAR_CT: "similarity_ct", SIMILAR_CC: "similarity_cc"}
+DETERMINISTIC, SIMILAR_CT, SIMILAR_CC, BROADER = 0, 1, 2, 3
+EDGE_KIND_NAMES = {
+    DETERMINISTIC: "deterministic",
+    SIMILAR_CT: "similarity_ct",
+    SIMILAR_CC: "similarity_cc",
+    BROADER: "broader",  # tag -> tag: the vocabulary's hierarchy (SKOS broader), narrower tag first
+}
 TAG, CONTENT = 0, 1
 VERTEX_KIND_NAMES = {TAG: "tag", CONTENT: "content"}
 
@@ -181,6 +186,22 @@ class ContentTagGraph:
         self.edges.append(content_vid[content_pos], other_vid[other_pos], kind, sims)
         self._maybe_flush()
 
+    def add_broader(self, narrower_pos: Sequence[int], broader_pos: Sequence[int]) -> None:
+        """The vocabulary's hierarchy as tag–tag edges (narrower -> broader)."""
+        tag_vid = np.asarray(self.tag_vid, np.int64)
+        narrower, broader = np.asarray(narrower_pos, np.int64), np.asarray(broader_pos, np.int64)
+        self.edges.append(tag_vid[narrower], tag_vid[broader], BROADER, np.ones(len(narrower)))
+        self._maybe_flush()
+
+    def broader_pairs(self) -> list[tuple[str, str]]:
+        """(narrower tag, broader tag) of every hierarchy edge."""
+        src, dst, kind, _ = self.edges.arrays()
+        chosen = kind == BROADER
+        return [
+            (self.vertex_key(a), self.vertex_key(b))
+            for a, b in zip(src[chosen].tolist(), dst[chosen].tolist(), strict=True)
+        ]
+
     def det_tags(self, content_pos: int) -> np.ndarray:
         overlay = self._det_overlay.get(content_pos)
         if overlay is not None:
@@ -188,6 +209,16 @@ class ContentTagGraph:
         if content_pos + 1 < len(self._det_indptr):
             return self._det_indices[self._det_indptr[content_pos] : self._det_indptr[content_pos + 1]]
         return np.zeros(0, np.int32)
+
+    def det_tag_counts(self) -> np.ndarray:
+        """How many contents carry each tag (by deterministic edges), in tag position order."""
+        n, indptr = self.num_tags, self._det_indptr
+        counts = np.bincount(self._det_indices, minlength=n).astype(np.int64)
+        for pos, tags in self._det_overlay.items():
+            if pos + 1 < len(indptr):
+                counts -= np.bincount(self._det_indices[indptr[pos] : indptr[pos + 1]], minlength=n)
+            counts += np.bincount(tags, minlength=n)
+        return counts
 
     def det_tags_many(self, content_pos: np.ndarray) -> list[np.ndarray]:
         """det_tags of each position, with one gather for all of them (the recall hot path)."""
@@ -244,7 +275,10 @@ class ContentTagGraph:
             raise StoreError(f"item '{item_id}' is not in the graph")
         graph = self.flush()
         vid = self.content_vid[pos]
-        out: dict[str, list[tuple[str, float]]] = {name: [] for name in EDGE_KIND_NAMES.values()}
+        # A content has no hierarchy edges (those join tags).
+        out: dict[str, list[tuple[str, float]]] = {
+            name: [] for kind, name in EDGE_KIND_NAMES.items() if kind != BROADER
+        }
         for eid in graph.incident(vid):
             edge = graph.es[eid]
             other = edge.target if edge.source == vid else edge.source

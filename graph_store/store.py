@@ -22,7 +22,13 @@ from graph_store.ann import VectorIndex, set_threads
 from graph_store.config import GraphConfig, RecallConfig
 from graph_store.durable import Carry, VersionMoved, append_to_live
 from graph_store.errors import EncoderMismatchError, StoreError
-from graph_store.graph import DETERMINISTIC, SIMILAR_CC, SIMILAR_CT, ContentTagGraph
+from graph_store.graph import (
+    BROADER,
+    DETERMINISTIC,
+    SIMILAR_CC,
+    SIMILAR_CT,
+    ContentTagGraph,
+)
 from graph_store.journal import Journal, record_line
 from graph_store.metapaths import Candidate, Hits, round_sims, select, select_match
 from graph_store.persistence import StoreSave, current_version, read_manifest, read_version, store_folder
@@ -112,7 +118,10 @@ class GraphStore:
         tag_descriptions: Sequence[str | None] | None = None,
         shard: tuple[int, int] = (0, 1),
         meta: dict | None = None,
+        tag_broader: Sequence[tuple[str, str]] = (),
     ) -> GraphStore:
+        """``tag_broader``: the vocabulary's hierarchy as (narrower, broader) tag pairs, kept as tag–tag
+        edges (recall does not follow them; see README "SKOS vocabularies")."""
         config = config or GraphConfig()
         set_threads(config.recall.threads)
         if len(item_ids) != len(item_vectors) or len(item_ids) != len(item_tags):
@@ -134,6 +143,11 @@ class GraphStore:
             pairs_c.extend([pos] * len(tag_pos))
             pairs_t.extend(tag_pos)
         graph.add_deterministic_bulk(np.asarray(pairs_c, np.int64), np.asarray(pairs_t, np.int64))
+        if tag_broader:
+            graph.add_broader(
+                graph.tag_positions([a for a, _ in tag_broader], where=" (narrower tag)"),
+                graph.tag_positions([b for _, b in tag_broader], where=" (broader tag)"),
+            )
         store = cls(
             graph,
             VectorIndex.build(item_vectors, config.content_index),
@@ -436,6 +450,7 @@ class GraphStore:
                     tag_descriptions=graph.tag_descriptions,
                     shard=(index, num_shards),
                     meta=self.meta,
+                    tag_broader=self.graph.broader_pairs(),
                 )
             )
         return shards
@@ -443,7 +458,8 @@ class GraphStore:
     # -- inspection -------------------------------------------------------------------------------
     def stats(self) -> dict:
         _, _, kind, _ = self.graph.edges.arrays()
-        counts = np.bincount(kind.astype(np.int64), minlength=3) if len(kind) else np.zeros(3, np.int64)
+        counts = np.bincount(kind.astype(np.int64), minlength=4) if len(kind) else np.zeros(4, np.int64)
+        hierarchy = {"broader_edges": int(counts[BROADER])} if counts[BROADER] else {}
         return {
             "contents": self.graph.num_contents,
             "tags": self.graph.num_tags,
@@ -453,6 +469,7 @@ class GraphStore:
             "content_index": self.content_index.kind,
             "tag_index": self.tag_index.kind,
             "shard": list(self.shard),
+            **hierarchy,
         }
 
     # -- persistence ------------------------------------------------------------------------------

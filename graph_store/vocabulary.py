@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from graph_store.errors import StoreError
-from graph_store.graph import TAG
+from graph_store.graph import BROADER, TAG
 from graph_store.persistence import current_version, read_manifest
 from graph_store.shards import SHARDS_FILE
 
@@ -26,6 +26,10 @@ class StoreVocabulary:
     descriptions: list[str | None]
     encoder_id: str
     num_shards: int
+    # What the core keeps about the vocabulary (SKOS URIs, labels, ...: manifest "meta") and the
+    # hierarchy's (narrower, broader) tag pairs.
+    meta: dict = field(default_factory=dict)
+    broader: list[tuple[str, str]] = field(default_factory=list)
 
 
 def read_vocabulary(directory: str | os.PathLike) -> StoreVocabulary:
@@ -47,9 +51,22 @@ def read_vocabulary(directory: str | os.PathLike) -> StoreVocabulary:
         raise StoreError(f"store {root} is damaged: {exc}") from exc
     # Tags were added in position order, so their vertex ids sort them into the graph's tag order.
     tags = vertices.filter(pc.equal(vertices.column("kind"), TAG)).sort_by("vid")
+    try:
+        edges = pq.read_table(
+            folder / "edges.parquet", columns=["src", "dst"], filters=[("kind", "=", BROADER)]
+        )
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StoreError(f"store {root} is damaged: {exc}") from exc
+    key_of = dict(zip(tags.column("vid").to_pylist(), tags.column("key").to_pylist(), strict=True))
+    broader = [
+        (key_of[a], key_of[b])
+        for a, b in zip(edges.column("src").to_pylist(), edges.column("dst").to_pylist(), strict=True)
+    ]
     return StoreVocabulary(
         tags=tags.column("key").to_pylist(),
         descriptions=tags.column("text").to_pylist(),
         encoder_id=manifest["encoder_id"],
         num_shards=num_shards,
+        meta=dict(manifest.get("meta") or {}),
+        broader=broader,
     )

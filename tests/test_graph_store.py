@@ -40,7 +40,8 @@ def edge_table(store: GraphStore) -> dict[str, set]:
         out[EDGE_KIND_NAMES[edge["kind"]]].append((keys, r6(edge["weight"])))
     for name, edges in out.items():
         assert len(set(edges)) == len(edges), f"parallel {name} edges: {edges}"
-    return {name: set(edges) for name, edges in out.items()}
+    # The vocabulary's hierarchy (tag–tag "broader" edges) shows only in stores built with one.
+    return {name: set(edges) for name, edges in out.items() if edges or name != "broader"}
 
 
 def pairs(*edges) -> set:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,29 @@ def test_a_saved_state_restores_to_the_same_scores(engine):
     for got, want in zip(restored, fresh_scores(engine, judged), strict=True):
         assert got.yes == pytest.approx(want.yes, abs=2e-3)
         assert got.no == pytest.approx(want.no, abs=2e-3)
+
+
+def test_an_items_confidence_does_not_depend_on_the_batch_it_shared(sample_store):
+    # Judgments continue the generation conversation: judged right after the item's own generation
+    # (live context) or after other items' (a restored state), they start from the same computed
+    # state. Served items are batched by arrival, so served and in-process rows agree only so.
+    from llm4tag.config import load_settings
+    from llm4tag.data import read_items
+    from llm4tag.pipeline import TaggingPipeline
+
+    repo = Path(__file__).resolve().parents[1]
+    settings = load_settings(repo / "benchmarks" / "configs" / "banking77.yaml").with_overrides(
+        {"llm": {"model": "tiny", "engine": "llamacpp", "threads": 1, "batch_size": 4}}
+    )
+    items = read_items(repo / "data" / "sample" / "banking77" / "queries.jsonl").items[3:6]
+    pipeline = TaggingPipeline.open(sample_store, settings)
+    batched = pipeline.tag(items)
+    alone = [row for item in items for row in pipeline.tag([item])]
+    for a, b in zip(batched, alone, strict=True):
+        assert [(t["tag"], t["confidence"]) for t in a["tags"]] == [
+            (t["tag"], t["confidence"]) for t in b["tags"]
+        ]
+        assert a["generated"] == b["generated"]
 
 
 def test_state_cache_stays_within_its_budget():

@@ -136,7 +136,10 @@ def test_served_rows_equal_the_in_process_pipeline(served):
         f"{served['url']}/v1/tag", {"items": [{"id": i.id, "text": i.text} for i in items]}
     )
     assert status == 200
-    settings = load_settings(DOMAIN).with_overrides({"llm": LLM})
+    # The app's settings: the Serve config's, then LLM, laid over the domain config (deploy does so).
+    app_args = yaml.safe_load(served["config"].read_text())["applications"][0]["args"]
+    settings = load_settings(DOMAIN).with_overrides(app_args.get("settings") or {})
+    settings = settings.with_overrides({"llm": LLM})
     local = TaggingPipeline.open(served["store"], settings).tag(items)
     for online, offline in zip(answer["items"], local, strict=True):
         assert online["generated"] == offline["generated"]

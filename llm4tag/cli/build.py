@@ -10,7 +10,12 @@ from llm4tag.store_builder import build_store_from_files
 def register(verbs) -> None:
     build = verbs.add_parser("build", help="build the graph store from annotated items and a tag vocabulary")
     build.add_argument("--items", required=True, help="annotated items (JSONL[.gz], Parquet or CSV)")
-    build.add_argument("--tags", required=True, help="tag vocabulary (JSONL[.gz], Parquet or CSV)")
+    build.add_argument(
+        "--tags",
+        required=True,
+        help="tag vocabulary (JSONL[.gz], Parquet or CSV; or SKOS: .ttl, .rdf, .nt, .jsonld)",
+    )
+    build.add_argument("--language", help="SKOS: the language of the labels and notes to use (e.g. en)")
     build.add_argument("--store", required=True, help="store folder (created, or given a new version)")
     build.add_argument("--split", help="use only items whose 'split' field has this value (e.g. train)")
     build.add_argument(
@@ -37,6 +42,7 @@ def run(args) -> int:
         strict_tags=args.strict_tags,
         shards=args.shards,
         knowledge_files=args.knowledge,
+        language=args.language,
     )
     print_json(summary)
     return 0

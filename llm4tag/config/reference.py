@@ -12,8 +12,10 @@ import json
 from pydantic import BaseModel
 
 from graph_store.config import ConfigModel
+from llm4tag.annif_compat import AnnifSettings
 from llm4tag.config.settings import Settings
 from llm4tag.prompts import PeerPromptConfig, PromptConfig
+from llm4tag.review_queue import ReviewSettings
 from llm4tag.service import ServiceConfig
 
 HEADER = """# Configuration reference
@@ -78,6 +80,10 @@ def render() -> str:
         parts.append("```yaml\n" + "\n".join([f"{name}:", *_lines(section, 2)]) + "\n```\n")
     parts.append("## `service`: the HTTP service (a Serve config's `args.service`)\n")
     parts.append("```yaml\n" + "\n".join(["service:", *_lines(ServiceConfig(), 2)]) + "\n```\n")
+    for name, section in (("review", ReviewSettings()), ("annif", AnnifSettings())):
+        doc = (type(section).__doc__ or "").strip().splitlines()[0]
+        parts.append(f"## `{name}`: {doc}\n")
+        parts.append("```yaml\n" + "\n".join([f"{name}:", *_lines(section, 2)]) + "\n```\n")
     return "\n".join(parts)
 
 

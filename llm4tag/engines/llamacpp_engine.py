@@ -272,7 +272,6 @@ class LlamaCppEngine:
             )
             longest = max(len(self._encode_answer(CHOICE_SEPARATOR + c)) for c in request.choices)
             logits = self._prefill(self.render(request.messages))
-            self._save()
             generated: list[int] = []
             pending: list[int] = []
             for _ in range(longest * request.max_choices + 1):
@@ -290,6 +289,10 @@ class LlamaCppEngine:
                 if token in self._end:
                     break
                 pending.append(token)
+            # Saved with its answer, so that a judgment continuing this conversation starts from the
+            # same computed state whether the context is still live or other items came in between:
+            # an item's confidence does not depend on the batch it shared.
+            self._save()
             self.stats.generated_tokens += len(generated)
             answers.append(automaton.parse(generated))
             self.stats.count("choose")

@@ -1,0 +1,231 @@
+"""The review UI and its API, mixed into the ingress: the UI's files under /ui/, the review queue, the
+knowledge behind a tagging (samples and snippets by id) and the vocabulary with its use counts.
+
+GET  /ui/                       the web UI (Tag, Review queue, Vocabulary; plain HTML/JS/CSS)
+GET  /v1/review/queue           entries by state (pending: most uncertain first), counts, band
+GET  /v1/review/entries/{n}     one entry
+POST /v1/feedback + header X-Review-Entry: n   decides entry n (ingress.py; llm4tag/review_queue.py)
+GET  /v1/knowledge?samples=&snippets=          retrieved samples and snippets by id
+GET  /v1/vocabulary?q=&limit=&offset=          tags with description, URI, hierarchy, stored-item count
+
+The queue logic is llm4tag/review_queue.py; here are only the routes and the two ingress hooks
+(queue uncertain tags of a tagging; wrap a feedback write that decides an entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+
+from deployments._common import Refused, answered, current_replica
+from llm4tag.review_queue import (
+    REVIEW_HEADER,
+    REVIEWER_HEADER,
+    ReviewError,
+    ReviewQueue,
+    ReviewSettings,
+    decision_of,
+    uncertain_tags,
+)
+from llm4tag.service import search_tags
+
+log = logging.getLogger("ray.serve")
+router = APIRouter()
+# The ingress replica serving the request (its handles, settings, queue).
+Replica = Annotated[Any, Depends(current_replica)]
+UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+REVIEWER = re.compile(r"^[^\x00-\x1f]{1,100}\Z")
+
+
+def ui_folder() -> Path:
+    return Path(str(resources.files("deployments") / "ui"))
+
+
+class ReviewRoutes:
+    """The review queue's state and hooks; the ingress class inherits them, the routes below reach them
+    through the replica."""
+
+    review: ReviewQueue | None
+    review_settings: ReviewSettings
+    review_band: tuple[float, float]
+
+    def _init_review(self, store: str | None, settings: ReviewSettings, cut: float) -> None:
+        self.review_settings = settings
+        self.review_band = self.review_settings.band_around(cut)
+        self.review_cut = cut
+        self.review = (
+            ReviewQueue(self.review_settings.queue_path(store))
+            if store is not None or self.review_settings.queue
+            else None
+        )
+
+    # -- hooks the ingress calls
+
+    async def _review_enqueue(self, items: list, rows: list[dict], origin: str) -> None:
+        """Queue the uncertain tags of a tagging (rows carry ``dropped``)."""
+        if self.review is None or not self.review_settings.online:
+            return
+        found = [
+            c
+            for item, row in zip(items, rows, strict=True)
+            for c in uncertain_tags(row, item.text, self.review_band, origin, dict(item.extra))
+        ]
+        if found:
+            await asyncio.to_thread(self.review.add, found)
+
+    async def _review_decided(self, request: Request, parsed, write) -> Any:
+        """Run ``write(parsed)`` (the durable feedback writes); with an ``X-Review-Entry`` header the
+        feedback decides that entry: recorded before the writes, finished after them, released if
+        they fail. Another reviewer's decision on the same entry gets a 409 naming it."""
+        header = request.headers.get(REVIEW_HEADER)
+        if header is None:
+            return await write(parsed)
+        if self.review is None:
+            raise ReviewError("this service keeps no review queue", 409, REVIEW_HEADER)
+        if not header.strip().isdigit():
+            raise ReviewError(f"must be an entry number, got {header!r}", 422, REVIEW_HEADER)
+        if len(parsed.items) != 1:
+            raise ReviewError("feedback that decides a review entry carries exactly one item", 422, "items")
+        reviewer = request.headers.get(REVIEWER_HEADER)
+        if reviewer is not None and not REVIEWER.match(reviewer):
+            raise ReviewError("must be 1-100 printable characters", 422, REVIEWER_HEADER)
+        number = int(header)
+        entry = await asyncio.to_thread(self.review.get, number)
+        item = parsed.items[0]
+        decision, replacement = decision_of(entry, item.id, item.text, item.tags or (), parsed.incorrect[0])
+        body = {
+            "id": item.id,
+            "text": item.text,
+            **dict(item.extra),
+            "tags": list(item.tags or ()),
+            "incorrect": list(parsed.incorrect[0]),
+        }
+        await asyncio.to_thread(self.review.begin, number, decision, replacement, reviewer, body)
+        try:
+            result = await write(parsed)
+        except BaseException:
+            await asyncio.to_thread(self.review.abort, number)
+            raise
+        decided = await asyncio.to_thread(self.review.finish, number)
+        return {**result, "review": decided}
+
+    async def _review_recover(self) -> int:
+        """Finish entries whose writer died between recording a decision and finishing it: their
+        feedback is written again (it merges, so twice is once) and the entry finished."""
+        if self.review is None:
+            return 0
+        stale = await asyncio.to_thread(self.review.stale, self.review_settings.stale_s)
+        for entry in stale:
+            try:
+                parsed = self._parse_feedback(json.loads(entry["feedback"]))
+                await self._write_feedback(parsed)
+            except Exception as exc:  # the next look at the queue tries again
+                log.warning("review entry %s: could not write its feedback again: %s", entry["entry"], exc)
+                continue
+            await asyncio.to_thread(self.review.finish, entry["entry"])
+        return len(stale)
+
+
+# -- routes (module functions: the ingress replica comes in as a dependency)
+
+
+@router.get("/ui", include_in_schema=False)
+async def ui_root():
+    return RedirectResponse("/ui/")
+
+
+@router.get("/ui/", include_in_schema=False)
+async def ui_index():
+    return FileResponse(ui_folder() / "index.html", media_type="text/html")
+
+
+@router.get("/ui/{name}", include_in_schema=False)
+async def ui_file(name: str):
+    if name not in UI_FILES:  # a fixed list: no path from the request reaches the file system
+        return JSONResponse({"error": f"no file {name!r}", "field": "path"}, status_code=404)
+    return FileResponse(ui_folder() / name, media_type=UI_FILES[name])
+
+
+@router.get("/v1/review/queue", summary="Review queue: entries by state, counts, band")
+@answered("/v1/review/queue")
+async def review_queue(ingress: Replica, state: str = "pending", limit: int = 50, offset: int = 0):
+    if ingress.review is None:
+        raise ReviewError("this service keeps no review queue", 409, "review")
+    if not 1 <= limit <= 500 or offset < 0:
+        raise ReviewError("limit must be within 1..500 and offset >= 0", 422, "limit")
+    recovered = await ingress._review_recover()
+    entries = await asyncio.to_thread(ingress.review.entries, state, limit, offset, ingress.review_cut)
+    counts = await asyncio.to_thread(ingress.review.counts)
+    return {
+        "entries": entries,
+        "counts": counts,
+        "band": list(ingress.review_band),
+        "cut": ingress.review_cut,
+        "recovered": recovered,
+    }
+
+
+@router.get("/v1/review/entries/{entry}", summary="One review entry")
+@answered("/v1/review/entries")
+async def review_entry(ingress: Replica, entry: int):
+    if ingress.review is None:
+        raise ReviewError("this service keeps no review queue", 409, "review")
+    return await asyncio.to_thread(ingress.review.get, entry)
+
+
+@router.get("/v1/knowledge", summary="Retrieved samples and knowledge snippets by id")
+@answered("/v1/knowledge")
+async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
+    sample_ids = [s for s in samples.split(",") if s][:100]
+    snippet_ids = [s for s in snippets.split(",") if s][:100]
+    return await ingress._call("knowledge", ingress.generator.knowledge_entries, sample_ids, snippet_ids)
+
+
+@router.get("/v1/vocabulary", summary="The vocabulary: descriptions, URIs, hierarchy, stored-item counts")
+@answered("/v1/vocabulary")
+async def vocabulary(
+    ingress: Replica,
+    q: str = "",
+    limit: int = 50,
+    offset: int = 0,
+    tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults per request)
+):
+    """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
+    if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
+        raise Refused(422, f"must be within 1..{ingress.limits.max_search_results}", "limit")
+    per_shard = await asyncio.gather(*(ingress._call("recall", s.tag_counts) for s in ingress.shards))
+    counts = [sum(c) for c in zip(*per_shard, strict=True)]
+    position = {t: i for i, t in enumerate(ingress.tags)}
+    if tag:
+        found = [
+            {"tag": t, "description": ingress.descriptions[position[t]]}
+            for t in dict.fromkeys(tag)
+            if t in position
+        ][:limit]
+    else:
+        found = search_tags(q, ingress.tags, ingress.descriptions, offset + limit)[offset:]
+    rows = []
+    for hit in found:
+        tag = hit["tag"]
+        subject = ingress.subjects.subject(tag, 0.0)
+        rows.append(
+            {
+                "tag": tag,
+                "description": hit["description"],
+                "uri": subject["uri"],
+                "label": subject["label"],
+                "notation": subject["notation"],
+                "broader": ingress.hierarchy_up.get(tag, []),
+                "narrower": ingress.hierarchy_down.get(tag, []),
+                "count": counts[position[tag]],
+            }
+        )
+    return {"query": q, "tags": rows, "vocabulary_size": len(ingress.tags)}

@@ -1,0 +1,139 @@
+"""Annif's API mapped onto llm4tag (pure logic): subjects, suggestions, request parsing, problems."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llm4tag.annif_compat import (
+    AnnifSettings,
+    Problem,
+    Subjects,
+    item_id,
+    parse_batch,
+    parse_form,
+    parse_learn,
+    parse_params,
+    parse_suggest,
+    project,
+    suggestions,
+)
+
+META = {"Cards": {"uri": "http://e/cards", "label": "Cards", "notation": "C1"}}
+SUBJECTS = Subjects.of(["Cards", "card_arrival", "top up"], META, "en")
+
+
+def test_subjects_keep_vocabulary_uris_and_derive_the_others():
+    assert SUBJECTS.uris == ("http://e/cards", "urn:llm4tag:tag:card_arrival", "urn:llm4tag:tag:top%20up")
+    assert SUBJECTS.subject("Cards", 0.5) == {
+        "uri": "http://e/cards",
+        "label": "Cards",
+        "notation": "C1",
+        "score": 0.5,
+    }
+    assert SUBJECTS.subject("top up", 0.1)["notation"] is None
+    assert SUBJECTS.tag_of("urn:llm4tag:tag:top%20up") == "top up" and SUBJECTS.tag_of("http://nope") is None
+    with pytest.raises(ValueError, match="same URI"):
+        Subjects.of(["a", "b"], {"a": {"uri": "u"}, "b": {"uri": "u"}}, "en")
+
+
+def test_suggestions_rank_all_judged_tags_then_limit_then_threshold():
+    row = {
+        "id": "x",
+        "tags": [{"tag": "Cards", "confidence": 0.9}],
+        "dropped": [{"tag": "top up", "confidence": 0.3}, {"tag": "card_arrival", "confidence": 0.0}],
+    }
+    assert [s["label"] for s in suggestions(row, SUBJECTS, 10, 0.0)] == ["Cards", "top up"]  # zero left out
+    assert [s["score"] for s in suggestions(row, SUBJECTS, 1, 0.0)] == [0.9]
+    assert [s["label"] for s in suggestions(row, SUBJECTS, 10, 0.5)] == ["Cards"]
+    assert suggestions(row, SUBJECTS, 0, 0.0) == []
+    no_calibration = {"id": "x", "tags": [{"tag": "Cards", "confidence": None, "recall_score": 1.7}]}
+    assert suggestions(no_calibration, SUBJECTS, 10, 0.0)[0]["score"] == 1.0
+
+
+def test_suggest_form_and_parameters_follow_annifs_schema():
+    form = parse_form(b"text=my+card%21&limit=3&threshold=0.25&metadata_title=x")
+    text, params = parse_suggest(form, SUBJECTS, 100)
+    assert text == "my card!" and (params.limit, params.threshold) == (3, 0.25)
+    assert parse_params({}, SUBJECTS).limit == 10  # Annif's default
+    for values, detail in [
+        ({"limit": "-1"}, "minimum of 0"),
+        ({"limit": "many"}, "not of type 'integer'"),
+        ({"threshold": "1.5"}, "within [0, 1]"),
+        ({"threshold": "nan"}, "within [0, 1]"),
+        ({"language": "fi"}, 'language "fi" not supported'),
+    ]:
+        with pytest.raises(Problem, match=re.escape(detail)) as problem:
+            parse_params(values, SUBJECTS)
+        assert problem.value.status == 400
+    with pytest.raises(Problem, match="'text' is a required property"):
+        parse_suggest({}, SUBJECTS, 100)
+    with pytest.raises(Problem) as too_long:
+        parse_suggest({"text": "x" * 101}, SUBJECTS, 100)
+    assert too_long.value.status == 413
+    assert too_long.value.body() == {
+        "type": "about:blank",
+        "title": "Payload Too Large",
+        "status": 413,
+        "detail": too_long.value.detail,
+    }
+
+
+def test_batches_hold_at_most_32_documents():
+    assert parse_batch({"documents": [{"text": "a", "document_id": "d1"}, {"text": "b"}]}, 100) == [
+        ("a", "d1"),
+        ("b", None),
+    ]
+    with pytest.raises(Problem, match="too many items"):
+        parse_batch({"documents": [{"text": "a"}] * 33}, 100)
+    for body, detail in [
+        ({}, "'documents' is a required property"),
+        ({"documents": "a"}, "not of type 'array'"),
+        ({"documents": [{"id": "x"}]}, "'text' is a required property - 'documents.0'"),
+        ({"documents": [{"text": "a", "document_id": 5}]}, "documents.0.document_id"),
+    ]:
+        with pytest.raises(Problem, match=detail):
+            parse_batch(body, 100)
+
+
+def test_learn_documents_become_feedback_items_by_uri():
+    body = [
+        {"text": "my card", "subjects": [{"uri": "http://e/cards", "label": "whatever"}]},
+        {"text": "my card", "subjects": [{"uri": "urn:llm4tag:tag:top%20up"}]},  # same text: merged
+        {"text": "no subjects"},
+        {"subjects": [{"uri": "http://e/cards"}]},
+        {"text": "  ", "subjects": [{"uri": "http://e/cards"}]},
+    ]
+    assert parse_learn(body, SUBJECTS, 100, 10) == (
+        [{"id": item_id("my card"), "text": "my card", "tags": ["Cards", "top up"]}],
+        [],
+    )
+    # As Annif: a URI outside the vocabulary is left out (and reported), not refused.
+    mixed = [{"text": "a", "subjects": [{"uri": "http://e/other"}, {"uri": "http://e/cards"}]}]
+    assert parse_learn(mixed, SUBJECTS, 100, 10) == (
+        [{"id": item_id("a"), "text": "a", "tags": ["Cards"]}],
+        ["http://e/other"],
+    )
+    assert parse_learn([{"text": "b", "subjects": [{"uri": "http://e/x"}]}], SUBJECTS, 100, 10) == (
+        [],
+        ["http://e/x"],
+    )
+    with pytest.raises(Problem, match="'uri' is a required property"):
+        parse_learn([{"text": "a", "subjects": [{"label": "x"}]}], SUBJECTS, 100, 10)
+    with pytest.raises(Problem) as too_many:
+        parse_learn([{"text": "a", "subjects": []}] * 11, SUBJECTS, 100, 10)
+    assert too_many.value.status == 413
+
+
+def test_item_ids_come_from_the_text_so_suggest_and_learn_meet():
+    assert item_id("my card") == item_id("my card") != item_id("my card ")
+    assert item_id("x").startswith("annif-")
+
+
+def test_the_project_describes_the_vocabulary():
+    described = project(AnnifSettings(project_id="b77"), SUBJECTS, "2026-01-01T00:00:00Z")
+    assert described["project_id"] == "b77" and described["vocab"]["size"] == 3
+    assert described["language"] == described["vocab_language"] == "en"
+    with pytest.raises(ValueError):
+        AnnifSettings(project_id="has space")
