@@ -349,7 +349,6 @@ def fit_ranking(
 
 __all__ = [
     "HeldOutItem",
-    "LLM4TagError",
     "RankingModels",
     "ScoredTag",
     "fit_ranking",

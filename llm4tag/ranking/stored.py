@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from graph_store.durable import durable_file
-from llm4tag.errors import ConfigError, LLM4TagError
+from llm4tag.errors import ConfigError
 from llm4tag.ranking.cascade import CascadeFit, FinalCalibration, RoutePlan
 from llm4tag.ranking.models import RankingModels
 from llm4tag.ranking.provenance import check_manifest, new_folder, write_manifest
@@ -211,7 +211,6 @@ __all__ = [
     "CASCADE_DIR",
     "LLM_OUTCOMES",
     "RANKING_DIR",
-    "LLM4TagError",
     "StoredRanking",
     "load_cascade",
     "load_ranking",
