@@ -204,6 +204,18 @@ class FinalTag:
         return row
 
 
+def ranker_tag(scored: ScoredTag, plan: RoutePlan) -> FinalTag:
+    """A tag the ranker decides: its calibrated probability is the confidence."""
+    return FinalTag(
+        scored.tag,
+        scored.probability,
+        scored.probability >= plan.ranker_cut,
+        "ranker",
+        scored.probability,
+        scored.provenance,
+    )
+
+
 def final_tags(
     route: ItemRoute,
     plan: RoutePlan,
@@ -216,16 +228,7 @@ def final_tags(
     out: list[FinalTag] = []
     if route.needs_llm:
         for s in route.accepted:
-            out.append(
-                FinalTag(
-                    s.tag,
-                    s.probability,
-                    s.probability >= plan.ranker_cut,
-                    "ranker",
-                    s.probability,
-                    s.provenance,
-                )
-            )
+            out.append(ranker_tag(s, plan))
         judged = judged_tags(route, generated)
         generated_set = set(generated)
         raw = [float((yes or {}).get(t, float("nan"))) for t in judged]
@@ -246,16 +249,7 @@ def final_tags(
             out.append(FinalTag(tag, conf, kept, "llm", rp if tag in by_tag else None, provenance, y))
     else:
         for s in route.accepted if not plan.multi else route.scored[: plan.emit]:
-            out.append(
-                FinalTag(
-                    s.tag,
-                    s.probability,
-                    s.probability >= plan.ranker_cut,
-                    "ranker",
-                    s.probability,
-                    s.provenance,
-                )
-            )
+            out.append(ranker_tag(s, plan))
     order = sorted(
         range(len(out)),
         key=lambda i: (

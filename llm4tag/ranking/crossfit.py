@@ -73,6 +73,20 @@ class HeldOut:
     gold_missed: int  # gold tags of held-out items that no candidate covered
 
 
+def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
+    """The learned recall fitted on ``data`` (none of ``exclude_ids`` among it: LeakError)."""
+    return LearnedRecall.fit(
+        ids=data.ids,
+        texts=data.texts,
+        vectors=data.vectors,
+        item_tags=data.item_tags,
+        tags=data.tags,
+        encoder_id=data.encoder_id,
+        config=config,
+        exclude_ids=exclude_ids,
+    )
+
+
 def build_store(data: Annotated, graph: GraphConfig) -> GraphStore:
     # Recall of new items does not read the similarity edges among stored items; skipping them
     # makes a fold's store a few seconds to build.
@@ -96,16 +110,7 @@ def fold_parts(
     leaked = [i for i in held_ids if i in store.graph.content_pos]
     if leaked:
         raise LeakError(f"{len(leaked)} held-out item(s) are in the fold's store, e.g. {leaked[0]!r}")
-    model = LearnedRecall.fit(
-        ids=data.ids,
-        texts=data.texts,
-        vectors=data.vectors,
-        item_tags=data.item_tags,
-        tags=data.tags,
-        encoder_id=data.encoder_id,
-        config=learned,
-        exclude_ids=held_ids,
-    )
+    model = fit_learned(data, learned, exclude_ids=held_ids)
     return store, model
 
 

@@ -30,7 +30,7 @@ from graph_store.metapaths import Hits
 from llm4tag.errors import LLM4TagError
 from llm4tag.evaluation.tagging import expected_calibration_error
 from llm4tag.modes import resolve_mode
-from llm4tag.ranking.crossfit import Annotated, HeldOut, held_out_candidates
+from llm4tag.ranking.crossfit import Annotated, HeldOut, fit_learned, held_out_candidates
 from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
@@ -311,15 +311,7 @@ def fit_ranking(
     }
     if progress:
         progress(f"ranker fitted on {len(held.y)} held-out rows: {json.dumps(fitted.metrics)}")
-    final = LearnedRecall.fit(
-        ids=data.ids,
-        texts=data.texts,
-        vectors=data.vectors,
-        item_tags=data.item_tags,
-        tags=data.tags,
-        encoder_id=data.encoder_id,
-        config=learned,
-    )
+    final = fit_learned(data, learned)
     if stats is None:
         counts = np.zeros(len(data.tags), np.float64)
         pos = {t: i for i, t in enumerate(data.tags)}
