@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,3 +57,10 @@ def load_dataset(name: str, data_dir: Path, settings: Settings, encoder: Encoder
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.savez(cache, tags=tv, train=trv, test=tev)
     return Dataset(name, tags, train, test, tv, trv, tev)
+
+
+def test_sample(ds: Dataset, n: int | None = None, seed: int = 0) -> list[Item]:
+    """The first ``n`` test items of a fixed random order (seed 0): growing ``n`` keeps the items
+    already drawn, so per-item caches of LLM rows stay valid."""
+    order = random.Random(seed).sample(ds.test, len(ds.test))
+    return order if n is None else order[:n]

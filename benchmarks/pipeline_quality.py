@@ -44,7 +44,7 @@ CONFIGS = {"full": {}, "no_srki": {"num_samples": 0, "num_snippets": 0}}
 def settings_for(name: str, extra: dict, model: str, engine: str):
     data = yaml.safe_load((REPO / "benchmarks" / "configs" / f"{name}.yaml").read_text()) or {}
     data.setdefault("pipeline", {}).update(extra)
-    data["llm"] = {**data.get("llm", {}), "model": model, "engine": engine}
+    data["llm"] = {**data.get("llm", {}), "model": model, **({"engine": engine} if engine else {})}
     return settings_from_dict(data)
 
 
@@ -68,7 +68,9 @@ def cached_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
-def run_llm(pipeline, items, path: Path, chunk: int, log_every: int = 1) -> tuple[dict, dict]:
+def run_llm(
+    pipeline, items, path: Path, chunk: int, log_every: int = 1, with_candidates: bool = False
+) -> tuple[dict, dict]:
     rows = cached_rows(path)
     todo = [i for i in items if i.id not in rows]
     stats = {"items": 0, "seconds": 0.0}
@@ -77,7 +79,7 @@ def run_llm(pipeline, items, path: Path, chunk: int, log_every: int = 1) -> tupl
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
             t0 = time.perf_counter()
-            for row in pipeline.tag(batch, with_dropped=True, with_candidates=False):
+            for row in pipeline.tag(batch, with_dropped=True, with_candidates=with_candidates):
                 rows[row["id"]] = row
                 sink.write(json.dumps(row) + "\n")
             sink.flush()

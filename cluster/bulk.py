@@ -2,6 +2,11 @@
 
     read (Parquet or JSONL) -> EncodeRecallStage -> GenerateStage -> CalibrateStage -> driver writes files
 
+With a ranker in the store (``pipeline.route``), the recall stage also ranks and routes each item by
+the tag flow's own rule (``llm4tag.flow.route_flow``); the generate stage calls the LLM only for the
+items routed to it (the others pass through its actors as data, untouched), and the last stage writes
+every row with ``llm4tag.flow.routed_rows``, as the in-process pipeline and Serve do.
+
 Each stage is an actor pool over one of the pipeline's stage methods (``TaggingPipeline.encode``/``recall``,
 ``generate``, ``calibrate`` + ``result_row``), so its rows equal those of ``TaggingPipeline.tag`` under the
 same settings. Between stages the data are Arrow-friendly columns: the vector as a tensor column of
@@ -38,12 +43,14 @@ from cluster.bulk_files import (
     to_item,
 )
 from graph_store import Candidate
+from llm4tag import flow
 from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.config import BulkStage, Settings
 from llm4tag.errors import DataError, LLM4TagError
 from llm4tag.flow import result_row
 from llm4tag.generator import Generation
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.ranking.cascade import ItemRoute, judged_tags
 
 STAGES = ("all", "recall")
 
@@ -67,9 +74,25 @@ class EncodeRecallStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table | dict[str, np.ndarray]:
         items = [to_item(r, self.source) for r in batch.to_pylist()]
+        routed = self.pipeline.plan is not None and not self.final
         if not items:
-            return _empty(self.final, self.pipeline.recaller.encoder.dim)
+            return _empty(self.final, self.pipeline.recaller.encoder.dim, routed)
         contents, vectors = self.pipeline.encode(items)
+        if routed:
+            recall = self.pipeline.recaller.store.config.recall
+            steps = flow.route_flow(
+                contents, vectors, self.pipeline.search(vectors), recall, self.pipeline.plan
+            )
+            routes = flow.run(steps, self.pipeline.answer)
+            return {
+                "id": np.array([i.id for i in items], dtype=object),
+                "content": np.array(contents, dtype=object),
+                "vector": vectors,
+                "candidates": np.array(
+                    [json.dumps([{"tag": t} for t in r.candidates]) for r in routes], dtype=object
+                ),
+                "route": np.array([json.dumps(r.to_dict()) for r in routes], dtype=object),
+            }
         candidates = self.pipeline.recall(vectors)
         if self.final:
             rows = [
@@ -87,7 +110,7 @@ class EncodeRecallStage:
         }
 
 
-def _empty(final: bool, dim: int) -> pa.Table | dict[str, np.ndarray]:
+def _empty(final: bool, dim: int, routed: bool = False) -> pa.Table | dict[str, np.ndarray]:
     # Same columns and vector width as a full batch, so the blocks' schemas still unify.
     if final:
         return output_schema("recall", False, False, False).empty_table()
@@ -96,7 +119,7 @@ def _empty(final: bool, dim: int) -> pa.Table | dict[str, np.ndarray]:
         "content": np.array([], dtype=object),
         "vector": np.zeros((0, dim), np.float32),
         "candidates": np.array([], dtype=object),
-    }
+    } | ({"route": np.array([], dtype=object)} if routed else {})
 
 
 class GenerateStage:
@@ -110,23 +133,40 @@ class GenerateStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = [str(i) for i in batch["id"]]
+        passed = [k for k in ("id", "content", "candidates", "route") if k in batch]
         if not ids:
             empty = np.array([], dtype=object)
             judged = {"verdicts": empty} if self.pipeline.calibrator is not None else {}
-            return {k: batch[k] for k in ("id", "content", "candidates")} | {"generation": empty} | judged
+            return {k: batch[k] for k in passed} | {"generation": empty} | judged
         contents = [str(c) for c in batch["content"]]
         vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
         names = [[c["tag"] for c in json.loads(cs)] for cs in batch["candidates"]]
-        generations = self.pipeline.generate(ids, contents, vectors, names)
-        out = {
-            "id": batch["id"],
-            "content": batch["content"],
-            "candidates": batch["candidates"],
-            "generation": np.array([json.dumps(asdict(g)) for g in generations], dtype=object),
-        }
+        # Routed: only the items the ranker did not settle reach the LLM ("" for the others).
+        routes = [ItemRoute.from_dict(json.loads(r)) for r in batch["route"]] if "route" in batch else None
+        sent = (
+            [i for i, r in enumerate(routes) if r.needs_llm] if routes is not None else list(range(len(ids)))
+        )
+        generations = (
+            self.pipeline.generate(
+                [ids[i] for i in sent], [contents[i] for i in sent], vectors[sent], [names[i] for i in sent]
+            )
+            if sent
+            else []
+        )
+        column = [""] * len(ids)
+        for i, g in zip(sent, generations, strict=True):
+            column[i] = json.dumps(asdict(g))
+        out = {k: batch[k] for k in passed} | {"generation": np.array(column, dtype=object)}
         if self.pipeline.calibrator is not None:
-            verdicts = self.pipeline.calibrate(contents, [g.tags for g in generations], generations)
-            out["verdicts"] = np.array([json.dumps([asdict(v) for v in vs]) for vs in verdicts], dtype=object)
+            tags = [
+                judged_tags(routes[i], g.tags) if routes is not None else g.tags
+                for i, g in zip(sent, generations, strict=True)
+            ]
+            verdicts = self.pipeline.calibrate([contents[i] for i in sent], tags, generations) if sent else []
+            judged = ["[]"] * len(ids)
+            for i, vs in zip(sent, verdicts, strict=True):
+                judged[i] = json.dumps([asdict(v) for v in vs])
+            out["verdicts"] = np.array(judged, dtype=object)
         return out
 
 
@@ -146,10 +186,16 @@ class CalibrateStage:
         self.with_candidates = with_candidates
         self.with_dropped = with_dropped
         self.schema = output_schema(
-            "all", with_candidates, with_dropped, with_raw=not settings.pipeline.constrained
+            "all",
+            with_candidates,
+            with_dropped,
+            with_raw=not settings.pipeline.constrained,
+            routed=self.pipeline.plan is not None,
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        if "route" in batch:
+            return self._routed(batch)
         generations = [Generation(**json.loads(g)) for g in batch["generation"]]
         contents = [str(c) for c in batch["content"]]
         if "verdicts" in batch:
@@ -173,6 +219,30 @@ class CalibrateStage:
                 batch["id"], batch["candidates"], generations, verdicts, strict=True
             )
         ]
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def _routed(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        routes = [ItemRoute.from_dict(json.loads(r)) for r in batch["route"]]
+        generations = [Generation(**json.loads(g)) if g else None for g in batch["generation"]]
+        if "verdicts" in batch:
+            verdicts = [[Judged(**v) for v in json.loads(vs)] for vs in batch["verdicts"]]
+        else:
+            sent = [i for i, g in enumerate(generations) if g is not None]
+            contents = [str(batch["content"][i]) for i in sent]
+            tags = [judged_tags(routes[i], generations[i].tags) for i in sent]
+            judged = self.pipeline.calibrate(contents, tags, [generations[i] for i in sent]) if sent else []
+            verdicts = [[] for _ in routes]
+            for i, vs in zip(sent, judged, strict=True):
+                verdicts[i] = vs
+        rows = flow.routed_rows(
+            [str(i) for i in batch["id"]],
+            routes,
+            generations,
+            verdicts,
+            self.pipeline.plan,
+            self.with_candidates,
+            self.with_dropped,
+        )
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 

@@ -33,6 +33,22 @@ TAG = pa.struct(
         ("via", pa.list_(pa.string())),
     ]
 )
+# A tag of a routed row (a ranker in the store, pipeline.route): who kept it, its ranker probability,
+# the LLM's raw Yes-probability (judged tags).
+ROUTED_TAG = pa.struct(
+    [
+        ("tag", pa.string()),
+        ("confidence", pa.float64()),
+        ("source", pa.string()),
+        ("by", pa.string()),
+        ("ranker", pa.float64()),
+        ("yes", pa.float64()),
+    ]
+)
+# A candidate ranked by the store's ranker (ScoredTag.to_dict).
+RANKED = pa.struct(
+    [("tag", pa.string()), ("confidence", pa.float64()), ("score", pa.float64()), ("source", pa.string())]
+)
 CANDIDATE = pa.struct(
     [
         ("tag", pa.string()),
@@ -45,22 +61,29 @@ CANDIDATE = pa.struct(
 )
 KNOWLEDGE = pa.struct([("samples", pa.list_(pa.string())), ("snippets", pa.list_(pa.string()))])
 # Keys that result_row / Candidate.to_dict leave out when empty are nulls in Parquet.
-_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw"}
+_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw", "by", "ranker", "yes", "route"}
 
 
-def output_schema(stages: str, with_candidates: bool, with_dropped: bool, with_raw: bool) -> pa.Schema:
+def output_schema(
+    stages: str, with_candidates: bool, with_dropped: bool, with_raw: bool, routed: bool = False
+) -> pa.Schema:
+    """``routed``: the store has a ranker the items are routed by (a ``route`` column; candidates are
+    the ranker's)."""
     if stages == "recall":
         return pa.schema([("id", pa.string()), ("candidates", pa.list_(CANDIDATE))])
+    tag = ROUTED_TAG if routed else TAG
     fields = [
         ("id", pa.string()),
-        ("tags", pa.list_(TAG)),
+        ("tags", pa.list_(tag)),
         ("knowledge", KNOWLEDGE),
         ("generated", pa.list_(pa.string())),
     ]
+    if routed:
+        fields.append(("route", pa.string()))
     if with_dropped:
-        fields.append(("dropped", pa.list_(TAG)))
+        fields.append(("dropped", pa.list_(tag)))
     if with_candidates:
-        fields.append(("candidates", pa.list_(CANDIDATE)))
+        fields.append(("candidates", pa.list_(RANKED if routed else CANDIDATE)))
     if with_raw:
         fields.append(("raw", pa.string()))
     return pa.schema(fields)

@@ -113,6 +113,7 @@ def build_app(args: dict[str, Any]) -> Application:
         store,
         review,
         annif,
+        vocabulary.encoder_id,
     )
 
 

@@ -60,6 +60,7 @@ from llm4tag.http_schema import (
     require_json,
     without_paths,
 )
+from llm4tag.ranking.stored import open_routing
 from llm4tag.review_queue import ReviewError, ReviewSettings
 from llm4tag.service import ServiceConfig, TagSearch
 
@@ -81,6 +82,7 @@ app.include_router(annif_router)
 STAGE_OF = {
     flow.Encode: "encode",
     flow.Search: "recall",
+    flow.Rank: "rank",
     flow.Generate: "generate",
     flow.Calibrate: "calibrate",
     flow.Record: "write_back",
@@ -127,6 +129,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         store: str | None = None,
         review: ReviewSettings | None = None,
         annif: AnnifSettings | None = None,
+        encoder_id: str | None = None,
     ):
         self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
         self.settings = settings
@@ -146,6 +149,19 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         # Read here, in the replica, from its node's environment or secret file: never an argument of
         # the application (Serve keeps those in its config, which its dashboard shows).
         self.keys = ApiKeys.load(self.service.auth) if self.service.auth.enabled else None
+        # The store's ranking and routing plan, as the in-process pipeline opens them: ranked and
+        # routed here, so items the ranker settles never reach the Generator deployment.
+        self.ranking = self.plan = None
+        if store is not None:
+            pipeline = self.settings.pipeline
+            self.ranking, self.plan = open_routing(
+                store,
+                encoder_id,
+                route=pipeline.route,
+                threshold=pipeline.threshold,
+                target_precision=pipeline.target_precision,
+                num_candidates=self.settings.graph.recall.num_candidates,
+            )
         self._init_review(store, review or ReviewSettings(), self.settings.pipeline.threshold)
         self._init_annif(annif or AnnifSettings(), vocabulary, vocabulary.get("modified"))
 
@@ -246,6 +262,10 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
             return np.stack(vectors)
         if isinstance(call, flow.Search):
             return await asyncio.gather(*(self._call("recall", s.search, call.vectors) for s in self.shards))
+        if isinstance(call, flow.Rank):
+            recall = self.settings.graph.recall
+            rank = self.ranking.models.rank
+            return await asyncio.to_thread(rank, call.contents, call.vectors, call.hits, recall)
         if isinstance(call, flow.Generate):
             answered, _ = await self._generate(call)
             return answered
@@ -378,6 +398,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 with_candidates=with_candidates,
                 with_dropped=True,
                 unnamed=unnamed,
+                plan=self.plan,
             ),
             timings,
         )
@@ -397,6 +418,11 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                     self.metrics.confidence.observe(verdict.confidence)
                 (self.metrics.tags_kept if verdict.kept else self.metrics.tags_dropped).inc()
         self.metrics.items_tagged.inc(len(tagged.rows))
+        if tagged.sent_to_llm is not None:
+            if tagged.sent_to_llm:
+                self.metrics.items_routed.inc(tagged.sent_to_llm, tags={"to": "llm"})
+            if len(tagged.rows) - tagged.sent_to_llm:
+                self.metrics.items_routed.inc(len(tagged.rows) - tagged.sent_to_llm, tags={"to": "ranker"})
 
     @app.post(
         "/v1/feedback",

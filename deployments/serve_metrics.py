@@ -36,6 +36,12 @@ class ServiceMetrics:
         self.tags_dropped = Counter(
             "llm4tag_tags_dropped", description="Generated tags dropped by calibration."
         )
+        # The share the ranker settles: to=ranker / (to=ranker + to=llm) (pipeline.route).
+        self.items_routed = Counter(
+            "llm4tag_items_routed",
+            description="Items tagged by the ranker alone (to=ranker) or sent to the LLM (to=llm).",
+            tag_keys=("to",),
+        )
         self.feedback = Counter("llm4tag_feedback_items", description="Corrected annotations recorded.")
         self.retries = Counter(
             "llm4tag_stage_retries", description="Calls retried after a replica died.", tag_keys=("stage",)

@@ -1,6 +1,11 @@
 """The order of the stages, written once: encode -> recall (every shard, merged) -> generate ->
 calibrate -> rows (-> write back), and feedback's two writes.
 
+With a fitted ranking in the store (``plan``: llm4tag.ranking.stored.route_plan) the tag flow ranks
+the merged candidates (the learned recall's join them), routes each item (llm4tag.ranking.cascade):
+confident items take the ranker's tags, only the others are sent to Generate (and Calibrate), so in
+every way of tagging the routed items never reach the LLM.
+
 A flow is a generator that yields the stage calls it needs and receives their answers (no I/O of its
 own). :class:`llm4tag.pipeline.TaggingPipeline` answers them in process (:func:`run`); the Serve
 ingress answers them by calling the stage deployments, fanning out per item and per shard, and
@@ -17,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from graph_store import Candidate, RecallConfig
-from graph_store.metapaths import select_merged
+from graph_store.metapaths import Hits, merge_hits, select_merged
 from llm4tag.calibrator import Judged
 from llm4tag.data import Item
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
+from llm4tag.ranking.cascade import FinalTag, ItemRoute, RoutePlan, final_tags, judged_tags, route_items
 from llm4tag.texts import item_text
 
 # --- the calls a flow yields (each answered by the pipeline in process, or by a deployment)
@@ -40,6 +46,16 @@ class Search:
     """Search hits of the vectors in every content shard -> list (one per shard) of list[Hits]."""
 
     vectors: np.ndarray
+
+
+@dataclass
+class Rank:
+    """Every candidate of each item (graph recall's from its merged hits, and the learned recall's)
+    with the ranker's calibrated probability, best first -> list[list[ScoredTag]]."""
+
+    contents: list[str]
+    vectors: np.ndarray
+    hits: list[Hits]
 
 
 @dataclass
@@ -94,7 +110,7 @@ class Writes:
     writes: list[Any]
 
 
-Call = Encode | Search | Generate | Calibrate | Record | RecordSamples | Writes
+Call = Encode | Search | Rank | Generate | Calibrate | Record | RecordSamples | Writes
 
 
 @dataclass
@@ -102,6 +118,7 @@ class Tagged:
     rows: list[dict]
     candidates: list[list[Candidate]] = field(default_factory=list)
     verdicts: list[list[Judged]] = field(default_factory=list)
+    sent_to_llm: int | None = None  # with a route plan: items that went to the LLM (the rest: the ranker)
 
 
 @dataclass
@@ -152,16 +169,34 @@ def tag_flow(
     with_candidates: bool = False,
     with_dropped: bool = False,
     unnamed: Collection[str] = frozenset(),
+    plan: RoutePlan | None = None,
 ) -> Generator[Call, Any, Tagged]:
     """``judge_with_generation``: the judgments continue the generation conversations
     (``judges_in_context``), so the stage that generated judges, in the same call. ``unnamed``: ids
-    the caller did not give (the service numbered the items), never written back."""
+    the caller did not give (the service numbered the items), never written back. ``plan``: route
+    with the store's ranking (None: recall's candidates go to the LLM, the paper's pipeline)."""
     if not items:
-        return Tagged([])
+        return Tagged([], sent_to_llm=0 if plan is not None else None)
     ids = [item.id for item in items]
     contents = [item_text(item, item_fields) for item in items]
     vectors = yield Encode(contents)
     per_shard = yield Search(vectors)
+    if plan is not None:
+        tagged = yield from _routed(
+            ids,
+            contents,
+            vectors,
+            per_shard,
+            recall,
+            plan,
+            calibrate,
+            judge_with_generation,
+            with_candidates,
+            with_dropped,
+        )
+        if write_back:
+            yield from _record_named(ids, vectors, tagged.rows, [item.text for item in items], unnamed)
+        return tagged
     candidates = select_merged(per_shard, tag_names, recall)
     names = [[c.tag for c in cands] for cands in candidates]
     if calibrate and judge_with_generation:
@@ -178,16 +213,82 @@ def tag_flow(
         for item_id, cands, generation, judged in zip(ids, candidates, generations, verdicts, strict=True)
     ]
     if write_back:
-        # Final tags become deterministic edges (the graph grows as it serves); new items are inserted.
-        named = [row for row, item_id in enumerate(ids) if item_id not in unnamed]
-        if named:
-            yield Record(
-                [ids[r] for r in named],
-                vectors[named],
-                [[t["tag"] for t in rows[r]["tags"]] for r in named],
-                [items[r].text for r in named],
-            )
+        yield from _record_named(ids, vectors, rows, [item.text for item in items], unnamed)
     return Tagged(rows, candidates, verdicts)
+
+
+def _record_named(
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    rows: Sequence[dict],
+    texts: Sequence[str],
+    unnamed: Collection[str],
+) -> Generator[Call, Any, None]:
+    """Write back: final tags become deterministic edges (the graph grows as it serves; new items are
+    inserted), for the items the caller named."""
+    named = [row for row, item_id in enumerate(ids) if item_id not in unnamed]
+    if named:
+        yield Record(
+            [ids[r] for r in named],
+            vectors[named],
+            [[t["tag"] for t in rows[r]["tags"]] for r in named],
+            [texts[r] for r in named],
+        )
+
+
+def route_flow(
+    contents: list[str],
+    vectors: np.ndarray,
+    per_shard: Sequence[Sequence[Hits]],
+    recall: RecallConfig,
+    plan: RoutePlan,
+) -> Generator[Call, Any, list[ItemRoute]]:
+    """Rank each item's merged candidates and route it (the bulk job's recall stage runs this too)."""
+    hits = [merge_hits(list(parts), recall.c2c_search_k) for parts in zip(*per_shard, strict=True)]
+    return route_items((yield Rank(contents, vectors, hits)), plan)
+
+
+def _routed(
+    ids: list[str],
+    contents: list[str],
+    vectors: np.ndarray,
+    per_shard: Sequence[Sequence[Hits]],
+    recall: RecallConfig,
+    plan: RoutePlan,
+    calibrate: bool,
+    judge_with_generation: bool,
+    with_candidates: bool,
+    with_dropped: bool,
+) -> Generator[Call, Any, Tagged]:
+    routes = yield from route_flow(contents, vectors, per_shard, recall, plan)
+    sent = [i for i, r in enumerate(routes) if r.needs_llm]
+    generations: list[Generation | None] = [None] * len(routes)
+    verdicts: list[list[Judged]] = [[] for _ in routes]
+    if sent:
+        call = Generate(
+            [ids[i] for i in sent],
+            [contents[i] for i in sent],
+            vectors[sent],
+            [routes[i].candidates for i in sent],
+        )
+        if calibrate and judge_with_generation:
+            call.judge = True
+            for i, (generation, judged) in zip(sent, (yield call), strict=True):
+                generations[i], verdicts[i] = generation, judged
+        else:
+            for i, generation in zip(sent, (yield call), strict=True):
+                generations[i] = generation
+            tags = [judged_tags(routes[i], generations[i].tags) for i in sent]
+            contexts = [judgment_context(generations[i]) for i in sent]
+            judged = (
+                (yield Calibrate([contents[i] for i in sent], tags, contexts))
+                if calibrate
+                else unjudged(tags)
+            )
+            for i, item_verdicts in zip(sent, judged, strict=True):
+                verdicts[i] = item_verdicts
+    rows = routed_rows(ids, routes, generations, verdicts, plan, with_candidates, with_dropped)
+    return Tagged(rows, [], verdicts, sent_to_llm=len(sent))
 
 
 def feedback_flow(
@@ -286,4 +387,53 @@ def _tag_row(verdict: Judged, candidate) -> dict:
         row["recall_score"] = round(float(candidate.score), 6)
         if candidate.via:
             row["via"] = list(candidate.via)
+    return row
+
+
+def routed_rows(
+    ids: Sequence[str],
+    routes: Sequence[ItemRoute],
+    generations: Sequence[Generation | None],
+    verdicts: Sequence[Sequence[Judged]],
+    plan: RoutePlan,
+    with_candidates: bool = False,
+    with_dropped: bool = False,
+) -> list[dict]:
+    """The output rows of routed items (``generations``/``verdicts``: None/[] for those the ranker
+    settled)."""
+    rows = []
+    for item_id, item_route, generation, judged in zip(ids, routes, generations, verdicts, strict=True):
+        yes = {v.tag: v.confidence for v in judged}
+        final = final_tags(item_route, plan, list(generation.tags) if generation else [], yes)
+        rows.append(routed_row(item_id, item_route, final, generation, plan, with_candidates, with_dropped))
+    return rows
+
+
+def routed_row(
+    item_id: str,
+    item_route: ItemRoute,
+    final: Sequence[FinalTag],
+    generation: Generation | None,
+    plan: RoutePlan,
+    with_candidates: bool = False,
+    with_dropped: bool = False,
+) -> dict:
+    """One output row of a routed item: ``route`` says who settled it (ranker or llm); each tag says
+    ``by`` whom, its final confidence, the ranker's probability and (judged) the LLM's Yes."""
+    row = {
+        "id": item_id,
+        "tags": [t.to_dict() for t in final if t.kept],
+        "route": "llm" if item_route.needs_llm else "ranker",
+        "knowledge": {
+            "samples": generation.sample_ids if generation else [],
+            "snippets": generation.snippet_ids if generation else [],
+        },
+        "generated": list(generation.tags) if generation else [],
+    }
+    if with_dropped:
+        row["dropped"] = [t.to_dict() for t in final if not t.kept]
+    if with_candidates:
+        row["candidates"] = [s.to_dict() for s in item_route.scored[: plan.num_candidates]]
+    if generation is not None and generation.raw is not None:
+        row["raw"] = generation.raw
     return row

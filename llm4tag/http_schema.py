@@ -220,14 +220,22 @@ class ErrorOut(BaseModel):
 class TagOut(BaseModel):
     tag: str
     confidence: float | None = Field(None, description="Calibrated P(Yes); null when calibration is off.")
-    source: str = Field(..., description="Recall meta-path(s) that found the tag: c2t, c2c2t, fill, llm.")
+    source: str = Field(
+        ..., description="Recall path(s) that found the tag: c2t, c2c2t, learned, fill, llm."
+    )
     recall_score: float | None = None
     via: list[str] | None = Field(None, description="Neighbour items behind a C2C2T candidate.")
+    by: str | None = Field(None, description="With a ranker (pipeline.route): who kept it, ranker or llm.")
+    ranker: float | None = Field(None, description="The ranker's calibrated probability of the tag.")
+    yes: float | None = Field(None, description="The LLM's raw Yes-probability (judged tags).")
 
 
 class RowOut(BaseModel):
     id: str
     tags: list[TagOut]
+    route: str | None = Field(
+        None, description="With a ranker (pipeline.route): ranker (settled without the LLM) or llm."
+    )
     generated: list[str] = Field(..., description="The LLM's choice in its own order, before calibration.")
     knowledge: dict = Field(..., description="Ids of the retrieved samples and knowledge snippets.")
     dropped: list[TagOut] | None = None

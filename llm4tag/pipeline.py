@@ -27,6 +27,9 @@ from llm4tag.errors import LLM4TagError
 from llm4tag.generator import Generation, Generator, TagLabels
 from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
 from llm4tag.prompts import Prompts
+from llm4tag.ranking.cascade import RoutePlan
+from llm4tag.ranking.models import ScoredTag
+from llm4tag.ranking.stored import StoredRanking, open_routing
 from llm4tag.recaller import Recaller
 from llm4tag.store_builder import KNOWLEDGE_DIR
 from llm4tag.texts import item_text
@@ -48,6 +51,7 @@ class StageTimes:
     seconds: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, dict[str, int]] = field(default_factory=dict)
     items: int = 0
+    sent_to_llm: int = 0  # items that reached the LLM (with a route plan, the others took the ranker's tags)
 
     def add(
         self, stage: str, started: float, engine=None, before: tuple[int, int, int] | None = None
@@ -78,8 +82,13 @@ class TaggingPipeline:
         knowledge=None,
         max_tags: int | None = None,
         vocabulary: Vocabulary | None = None,
+        ranking: StoredRanking | None = None,
+        plan: RoutePlan | None = None,
     ):
         self.recaller = recaller
+        # The store's fitted ranking and how items are routed by it (None: the paper's pipeline).
+        self.ranking = ranking
+        self.plan = plan
         self.engine = engine
         self.settings = settings
         self.config: PipelineConfig = settings.pipeline
@@ -142,6 +151,15 @@ class TaggingPipeline:
         else:
             described = read_vocabulary(store_dir)
             vocabulary, encoder_id = (described.tags, described.descriptions), described.encoder_id
+        # Every stage process opens the plan (the bulk job's last stage writes routed rows by it).
+        ranking, plan = open_routing(
+            store_dir,
+            encoder_id,
+            route=settings.pipeline.route,
+            threshold=settings.pipeline.threshold,
+            target_precision=settings.pipeline.target_precision,
+            num_candidates=settings.graph.recall.num_candidates,
+        )
         folder = Path(store_dir) / KNOWLEDGE_DIR
         samples = knowledge = None
         if (folder / "samples").exists():
@@ -159,9 +177,19 @@ class TaggingPipeline:
         counts = [len(sample.correct) for sample in samples] if samples is not None else []
         mode = resolve_mode(settings.pipeline.mode, counts)
         max_tags = 1 if mode == "single" else settings.pipeline.max_tags
-        if engine is None and load_engine:
+        if engine is None and load_engine and not (plan is not None and plan.sends_nothing):
             engine = make_engine(settings.llm)
-        return cls(recaller, engine, settings, samples, knowledge, max_tags=max_tags, vocabulary=vocabulary)
+        return cls(
+            recaller,
+            engine,
+            settings,
+            samples,
+            knowledge,
+            max_tags=max_tags,
+            vocabulary=vocabulary,
+            ranking=ranking,
+            plan=plan,
+        )
 
     @property
     def mode(self) -> str:
@@ -195,6 +223,16 @@ class TaggingPipeline:
         candidates = select_merged(self.search(vectors), self.tag_names, self.recaller.store.config.recall)
         self.times.add("recall", started)
         return candidates
+
+    def rank(self, contents: Sequence[str], vectors: np.ndarray, hits: Sequence) -> list[list[ScoredTag]]:
+        """The ranker's scored candidates of each item from its merged search hits."""
+        if self.ranking is None:
+            raise LLM4TagError("this store has no fitted ranking (llm4tag build fits one; see ranking:)")
+        self._need(self.recaller, "a graph store")
+        started = time.perf_counter()
+        scored = self.ranking.models.rank(contents, vectors, hits, self.recaller.store.config.recall)
+        self.times.add("rank", started)
+        return scored
 
     def generate(
         self,
@@ -250,6 +288,8 @@ class TaggingPipeline:
             hits = self.search(call.vectors)
             self.times.add("recall", started)
             return hits
+        if isinstance(call, flow.Rank):
+            return self.rank(call.contents, call.vectors, call.hits)
         if isinstance(call, flow.Generate):
             generations = self.generate(call.ids, call.contents, call.vectors, call.candidates)
             if not call.judge:
@@ -269,7 +309,8 @@ class TaggingPipeline:
     def tag(
         self, items: Sequence[Item], with_candidates: bool = False, with_dropped: bool = False
     ) -> list[dict]:
-        self._need(self.generator, "an LLM engine")
+        if self.plan is None:
+            self._need(self.generator, "an LLM engine")
         self._need(self.recaller, "a graph store")
         tagged = flow.run(
             flow.tag_flow(
@@ -282,10 +323,12 @@ class TaggingPipeline:
                 judge_with_generation=self.calibrator is not None and self.calibrator.in_context,
                 with_candidates=with_candidates,
                 with_dropped=with_dropped,
+                plan=self.plan,
             ),
             self.answer,
         )
         self.times.items += len(items)
+        self.times.sent_to_llm += len(items) if tagged.sent_to_llm is None else tagged.sent_to_llm
         return tagged.rows
 
     def tag_rows(self, items: Iterable[Item], **kwargs) -> Iterator[dict]:

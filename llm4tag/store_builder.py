@@ -1,9 +1,10 @@
 """Building a store: the content–tag graph over the annotated items, the SRKI knowledge bases beside
-it, and the folder they are saved in. `llm4tag build`, `llm4tag retrain` and the benchmarks build
-through here."""
+it, the learned recall and ranker fitted on the same annotations (when there are enough), and the
+folder they are saved in. `llm4tag build`, `llm4tag retrain` and the benchmarks build through here."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from llm4tag.data import Item, Tag, read_items, read_tags
 from llm4tag.encoder import Encoder
 from llm4tag.errors import LLM4TagError
 from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase, build_knowledge
+from llm4tag.ranking.crossfit import Annotated
+from llm4tag.ranking.features import TagStats
+from llm4tag.ranking.models import fit_ranking
+from llm4tag.ranking.stored import ranking_dir
 from llm4tag.skos import aliases, hierarchy, vocabulary_meta
 from llm4tag.texts import item_text, tag_text
 
@@ -149,6 +154,63 @@ def save_parts(parts: StoreParts, store_dir: str | Path) -> None:
     parts.domain.save(Path(store_dir) / KNOWLEDGE_DIR / "domain")
 
 
+def fit_store_ranking(
+    store_dir: str | Path,
+    store: GraphStore | ShardedStore,
+    items: Sequence[Item],
+    item_vectors: np.ndarray,
+    settings: Settings,
+    encoder_id: str,
+) -> dict:
+    """Fit the learned recall and the ranker on the store's annotated items (cross-fitted folds of
+    them: llm4tag/ranking/crossfit.py) and save them in ``STORE/ranking`` with their manifest, when
+    ``ranking.enabled`` and the number of annotated items allow; otherwise a ranking of an earlier
+    build (fitted on other annotations) is removed. Returns the summary the build prints."""
+    config = settings.ranking
+    folder = ranking_dir(store_dir)
+    annotated = [i for i in items if i.tags]
+    if config.enabled == "off" or (config.enabled == "auto" and len(annotated) < config.min_items):
+        if folder.exists():
+            shutil.rmtree(folder)
+        why = (
+            "ranking.enabled: off"
+            if config.enabled == "off"
+            else (f"{len(annotated)} annotated items, fewer than ranking.min_items ({config.min_items})")
+        )
+        return {"ranking": f"not fitted ({why}): the LLM tags every item"}
+    if len(item_vectors) != len(annotated):
+        raise LLM4TagError(f"{len(item_vectors)} vectors for {len(annotated)} annotated items")
+    stats = TagStats.from_store(store)
+    data = Annotated(
+        ids=[i.id for i in annotated],
+        texts=[item_text(i, settings.texts.item_fields) for i in annotated],
+        vectors=np.asarray(item_vectors, np.float32),
+        item_tags=[list(i.tags or ()) for i in annotated],
+        tags=stats.tag_names,
+        tag_vectors=stats.tag_vectors,
+        encoder_id=encoder_id,
+    )
+    mode = settings.pipeline.mode
+    started = time.perf_counter()
+    models, _ = fit_ranking(
+        data,
+        settings.graph,
+        config.learned,
+        config.ranker,
+        multi=None if mode == "auto" else mode == "multi",
+        max_tags=settings.pipeline.max_tags,
+        learned_k=config.learned_k,
+        target_precision=config.target_precision,
+        stats=stats,
+    )
+    models.save(folder)
+    keys = ("held_out_items", "top1_precision", "target_precision", "cut", "cut_coverage")
+    return {
+        "ranking": {k: models.metrics.get(k) for k in keys}
+        | {"multi": models.multi, "fit_s": round(time.perf_counter() - started, 2)}
+    }
+
+
 def build_store_folder(
     store_dir: str | Path,
     items: Sequence[Item],
@@ -166,7 +228,11 @@ def build_store_folder(
     parts = build_parts(items, tags, settings, encoder, shards=shards, knowledge_files=knowledge_files)
     started = time.perf_counter()
     save_parts(parts, store_dir)
+    saved = time.perf_counter() - started
     report = parts.report
+    ranking = fit_store_ranking(
+        store_dir, parts.store, report.annotated, report.item_vectors, settings, encoder.id
+    )
     return {
         "store": str(store_dir),
         "encoder": encoder.id,
@@ -178,7 +244,8 @@ def build_store_folder(
         "knowledge_samples": len(parts.samples),
         "knowledge_snippets": len(parts.domain),
         "knowledge_s": round(parts.knowledge_seconds, 2),
-        "save_s": round(time.perf_counter() - started, 2),
+        "save_s": round(saved, 2),
+        **ranking,
     }
 
 
@@ -218,3 +285,42 @@ def build_store_from_files(
         knowledge_files=[str(p) for p in knowledge_files],
         unknown_tag_annotations_dropped=items.unknown_tag_annotations,
     )
+
+
+def store_annotations(store: GraphStore | ShardedStore) -> tuple[list[Item], np.ndarray]:
+    """The annotated items a store holds now (its build, feedback and write-back) with their vectors:
+    what `llm4tag refit` fits on. Items are rebuilt from the stored text (texts.item_fields beyond
+    ``text`` are not stored, so the learned recall reads the text alone for them)."""
+    items: list[Item] = []
+    vectors = []
+    for shard in store.shards if isinstance(store, ShardedStore) else [store]:
+        graph = shard.graph
+        if not graph.num_contents:
+            continue
+        det = graph.det_tags_many(np.arange(graph.num_contents))
+        rows = shard.content_index.reconstruct_all()
+        for pos, (item_id, text, tag_pos) in enumerate(
+            zip(graph.content_ids, graph.content_texts, det, strict=True)
+        ):
+            if len(tag_pos) and text:
+                items.append(Item(item_id, text, tuple(graph.tag_names[int(t)] for t in tag_pos)))
+                vectors.append(rows[pos])
+    return items, np.asarray(vectors, np.float32)
+
+
+def refit_store_ranking(store_dir: str | Path, settings: Settings) -> dict:
+    """`llm4tag refit`: the learned recall and the ranker fitted again on the store's annotations as
+    they are now; the store itself is not changed. Tagging processes load the new models when they
+    (re)open the store."""
+    from llm4tag.recaller import Recaller
+
+    recaller = Recaller.open(store_dir, settings)
+    items, vectors = store_annotations(recaller.store)
+    if settings.texts.item_fields != ["text"]:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "refit reads the stored item text only, not texts.item_fields %s", settings.texts.item_fields
+        )
+    summary = fit_store_ranking(store_dir, recaller.store, items, vectors, settings, recaller.encoder.id)
+    return {"store": str(store_dir), "annotated_items": len(items), **summary}

@@ -14,14 +14,27 @@ import sys
 from importlib.metadata import entry_points
 
 from graph_store import StoreError
-from llm4tag.cli import build, feedback, models, recall, retrain, review, tag, train, train_data, vocab
+from llm4tag.cli import build, feedback, models, recall, refit, retrain, review, tag, train, train_data, vocab
 from llm4tag.cli import eval as evaluate
 from llm4tag.errors import LLM4TagError
 from llm4tag.flow import FeedbackIncomplete
 
 EXIT_FAILED = 1  # a write that did not complete (say which; the same command again is safe)
 EXIT_USAGE = 2  # bad input or configuration
-CORE_VERBS = (build, recall, tag, feedback, evaluate, vocab, models, train_data, train, retrain, review)
+CORE_VERBS = (
+    build,
+    recall,
+    tag,
+    feedback,
+    evaluate,
+    vocab,
+    models,
+    train_data,
+    train,
+    retrain,
+    review,
+    refit,
+)
 
 
 def plugins() -> list:

@@ -6,8 +6,6 @@ finetune.py   the `finetune:` section
 
 from llm4tag.config.finetune import FinetuneConfig
 from llm4tag.config.settings import (
-    MODES,
-    MULTI_TAG_MEAN,
     BulkConfig,
     BulkStage,
     PeerPromptConfig,
@@ -17,9 +15,9 @@ from llm4tag.config.settings import (
     TextConfig,
     VocabConfig,
     load_settings,
-    resolve_mode,
     settings_from_dict,
 )
+from llm4tag.modes import MODES, MULTI_TAG_MEAN, resolve_mode
 
 __all__ = [
     "MODES",

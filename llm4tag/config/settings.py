@@ -7,7 +7,6 @@ field descriptions (llm4tag/config/reference.py, checked by tests/test_config.py
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -19,20 +18,10 @@ from llm4tag.config.finetune import FinetuneConfig
 from llm4tag.encoder import EncoderConfig
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ConfigError
+from llm4tag.modes import MULTI_TAG_MEAN
 from llm4tag.prompts import PeerPromptConfig, PromptConfig
+from llm4tag.ranking.config import RankingConfig
 from llm4tag.section import Section
-
-MODES = ("auto", "single", "multi")
-# pipeline.mode auto: multi-tag when the annotated items carry more tags than this on average.
-MULTI_TAG_MEAN = 1.2
-
-
-def resolve_mode(mode: str, tags_per_item: Sequence[float]) -> str:
-    """``single`` or ``multi`` for a configured mode; ``auto`` decides from the annotations' mean."""
-    if mode != "auto":
-        return mode
-    mean = sum(tags_per_item) / len(tags_per_item) if len(tags_per_item) else 0.0
-    return "multi" if mean > MULTI_TAG_MEAN else "single"
 
 
 class TextConfig(Section):
@@ -63,6 +52,19 @@ class PipelineConfig(Section):
     num_snippets: int = Field(3, ge=0, description="retrieved knowledge snippets in the prompt")
     calibrate: bool = Field(True, description="Yes/No calibration of every generated tag")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="confidence cut")
+    route: Literal["off", "auto"] | float = Field(
+        "auto",
+        description="with a ranker in the store: off: every item to the LLM (ranked candidates); a "
+        "number tau: items (multi-tag: tags) whose ranker probability reaches tau take the ranker's "
+        "tags, the rest go to the LLM; auto: tau fitted on held-out LLM outcomes (none: nothing sent)",
+    )
+    target_precision: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="instead of threshold: cut the ranker's and the LLM's tags where each reaches this "
+        "precision on held-out data (e.g. 0.95)",
+    )
     constrained: bool = Field(
         True, description="constrained decoding; false: free generation matched to the candidates"
     )
@@ -71,6 +73,13 @@ class PipelineConfig(Section):
     knowledge_files: list[str] = Field(
         default_factory=list, description="domain knowledge (JSONL or Markdown) added at build time"
     )
+
+    @field_validator("route")
+    @classmethod
+    def _route(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be off, auto or a number within [0, 1], got {value}")
+        return value
 
 
 class BulkStage(Section):
@@ -190,6 +199,7 @@ class Settings(Section):
     bulk: BulkConfig = Field(default_factory=BulkConfig, description="bulk tagging on Ray Data")
     vocab: VocabConfig = Field(default_factory=VocabConfig, description="`llm4tag vocab build`")
     peers: PeersConfig = Field(default_factory=PeersConfig, description="the baseline taggers")
+    ranking: RankingConfig = Field(default_factory=RankingConfig, description="learned recall and ranker")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="LoRA fine-tuning")
 
 

@@ -1,0 +1,163 @@
+"""Cross-fitting: the held-out candidates the ranker learns from.
+
+The annotated items are split into folds; for each fold a graph store and a learned recall are
+built from the other folds only, and the fold's items get their candidates and features from them.
+Every training row of the ranker thus describes an item as new to the store as a real one will be
+(the same scheme as ``llm4tag train-data``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from graph_store import GraphConfig, GraphStore
+from llm4tag.ranking.features import FEATURES, CandidateFeatures, CandidateSet, TagStats, search_hits
+from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
+from llm4tag.ranking.provenance import LeakError
+
+
+def assign_folds(ids: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
+    """A fold per item from a stable hash of its id: the same item lands in the same fold on every
+    machine and run, and growing the data does not move the items already there."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    return np.fromiter(
+        (zlib.crc32(f"{seed}:{item_id}".encode()) % folds for item_id in ids), np.int64, len(ids)
+    )
+
+
+@dataclass
+class Annotated:
+    """Annotated items with their vectors, and the vocabulary (the inputs every fit reads)."""
+
+    ids: list[str]
+    texts: list[str]
+    vectors: np.ndarray
+    item_tags: list[list[str]]
+    tags: list[str]
+    tag_vectors: np.ndarray
+    encoder_id: str
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.texts) == len(self.vectors) == len(self.item_tags)):
+            raise ValueError("ids, texts, vectors and item_tags must have the same length")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("item ids must be unique")
+
+    def subset(self, rows: np.ndarray) -> Annotated:
+        rows = np.asarray(rows, np.int64)
+        return dataclasses.replace(
+            self,
+            ids=[self.ids[i] for i in rows],
+            texts=[self.texts[i] for i in rows],
+            vectors=self.vectors[rows],
+            item_tags=[self.item_tags[i] for i in rows],
+        )
+
+
+@dataclass
+class HeldOut:
+    """Held-out candidates of every annotated item: one row per (item, candidate)."""
+
+    item_ids: list[str]  # per item
+    folds: np.ndarray  # per item
+    sets: list[CandidateSet]  # per item
+    x: np.ndarray  # rows
+    y: np.ndarray  # rows: candidate in the item's gold tags
+    groups: np.ndarray  # rows: item id
+    gold_missed: int  # gold tags of held-out items that no candidate covered
+
+
+def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
+    """The learned recall fitted on ``data`` (none of ``exclude_ids`` among it: LeakError)."""
+    return LearnedRecall.fit(
+        ids=data.ids,
+        texts=data.texts,
+        vectors=data.vectors,
+        item_tags=data.item_tags,
+        tags=data.tags,
+        encoder_id=data.encoder_id,
+        config=config,
+        exclude_ids=exclude_ids,
+    )
+
+
+def build_store(data: Annotated, graph: GraphConfig) -> GraphStore:
+    # Recall of new items does not read the similarity edges among stored items; skipping them
+    # makes a fold's store a few seconds to build.
+    config = graph.with_overrides({"materialize_similarity": False})
+    return GraphStore.build(
+        item_ids=data.ids,
+        item_vectors=data.vectors,
+        item_tags=data.item_tags,
+        tags=data.tags,
+        tag_vectors=data.tag_vectors,
+        encoder_id=data.encoder_id,
+        config=config,
+    )
+
+
+def fold_parts(
+    data: Annotated, held_ids: Sequence[str], graph: GraphConfig, learned: LearnedConfig
+) -> tuple[GraphStore, LearnedRecall]:
+    """The store and learned recall a held-out fold is scored against, checked free of its items."""
+    store = build_store(data, graph)
+    leaked = [i for i in held_ids if i in store.graph.content_pos]
+    if leaked:
+        raise LeakError(f"{len(leaked)} held-out item(s) are in the fold's store, e.g. {leaked[0]!r}")
+    model = fit_learned(data, learned, exclude_ids=held_ids)
+    return store, model
+
+
+def held_out_candidates(
+    data: Annotated,
+    graph: GraphConfig,
+    learned: LearnedConfig,
+    folds: int = 5,
+    seed: int = 0,
+    learned_k: int = 10,
+    progress: Callable[[str], None] | None = None,
+    parts: Callable[..., tuple[GraphStore, LearnedRecall]] = fold_parts,
+) -> HeldOut:
+    fold_of = assign_folds(data.ids, folds, seed)
+    sets: list[CandidateSet | None] = [None] * len(data.ids)
+    for fold in range(folds):
+        held = np.flatnonzero(fold_of == fold)
+        rest = np.flatnonzero(fold_of != fold)
+        if not len(held) or not len(rest):
+            raise ValueError(
+                f"fold {fold} of {folds} is empty or holds every item: too few items to cross-fit"
+            )
+        held_ids = [data.ids[i] for i in held]
+        store, model = parts(data.subset(rest), held_ids, graph, learned)
+        vectors = data.vectors[held]
+        computed = CandidateFeatures(TagStats.from_store(store), model, graph.recall, learned_k).compute(
+            [data.texts[i] for i in held], vectors, search_hits(store, vectors, graph.recall)
+        )
+        for i, candidate_set in zip(held.tolist(), computed, strict=True):
+            sets[i] = candidate_set
+        if progress:
+            progress(f"fold {fold + 1}/{folds}: {len(rest)} items fitted, {len(held)} held out")
+    xs, ys, groups = [], [], []
+    missed = 0
+    for item_id, gold, candidate_set in zip(data.ids, data.item_tags, sets, strict=True):
+        assert candidate_set is not None
+        xs.append(candidate_set.features)
+        right = np.asarray([t in gold for t in candidate_set.tags], bool)
+        ys.append(right)
+        groups.append(np.full(len(right), item_id, dtype=object))
+        missed += len(set(gold) - set(candidate_set.tags))
+    return HeldOut(
+        item_ids=list(data.ids),
+        folds=fold_of,
+        sets=sets,  # type: ignore[arg-type]
+        x=np.concatenate(xs) if xs else np.zeros((0, len(FEATURES)), np.float32),
+        y=np.concatenate(ys) if ys else np.zeros(0, bool),
+        groups=np.concatenate(groups) if groups else np.zeros(0, object),
+        gold_missed=missed,
+    )

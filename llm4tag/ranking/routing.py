@@ -1,0 +1,113 @@
+"""Routing as pure functions: which tags the ranker's calibrated probabilities settle, and which an
+item sends to the LLM (generation + calibration). Thresholds are fitted on held-out data, never test.
+
+* single-tag: an item whose top probability clears ``tau`` takes the ranker's tag; otherwise the
+  whole item goes to the LLM.
+* multi-tag: decided per tag: the item's shown tags (its top ``emit``) at or above ``tau`` are
+  accepted, the others are sent to the LLM to judge; an item is sent at all only if one of its shown
+  tags is uncertain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Decision:
+    accepted: list[str] = field(default_factory=list)  # tags the ranker settles
+    to_llm: list[str] = field(default_factory=list)  # tags (multi) or candidates (single) the LLM judges
+
+    @property
+    def needs_llm(self) -> bool:
+        return bool(self.to_llm)
+
+
+def route(
+    tags: Sequence[str], probabilities: Sequence[float], tau: float, multi: bool, emit: int = 5
+) -> Decision:
+    """One item's decision; ``tags`` ranked best first with their calibrated probabilities."""
+    if len(tags) != len(probabilities):
+        raise ValueError("tags and probabilities must have the same length")
+    if not tags:
+        return Decision()
+    if not multi:
+        if probabilities[0] >= tau:
+            return Decision(accepted=[tags[0]])
+        return Decision(to_llm=list(tags))
+    shown = list(zip(tags[:emit], probabilities[:emit], strict=True))
+    return Decision(
+        accepted=[t for t, p in shown if p >= tau],
+        to_llm=[t for t, p in shown if p < tau],
+    )
+
+
+@dataclass
+class TauChoice:
+    tau: float
+    llm_share: float  # share of items (or tags) sent to the LLM on the held-out data
+    accuracy: float  # expected accuracy on the held-out data with this tau
+    reason: str
+
+
+def choose_tau(
+    probabilities: Sequence[float],
+    ranker_right: Sequence[bool],
+    llm_right: Sequence[bool] | None,
+    max_llm_share: float = 1.0,
+) -> TauChoice:
+    """``route: auto``: the tau that maximises held-out accuracy when the units (items, or tags for
+    multi-tag) under tau take the LLM's answer and the rest the ranker's; ties go to the tau that
+    sends fewer. Without LLM outcomes on held-out data nothing says the LLM adds, so nothing is sent.
+    """
+    p = np.asarray(probabilities, np.float64)
+    ranker = np.asarray(ranker_right, np.float64)
+    if len(p) != len(ranker):
+        raise ValueError("probabilities and ranker_right must have the same length")
+    if not len(p):
+        return TauChoice(0.0, 0.0, float("nan"), "no held-out data: nothing is sent to the LLM")
+    base = float(ranker.mean())
+    if llm_right is None:
+        return TauChoice(0.0, 0.0, base, "no LLM outcomes on held-out data: nothing is sent to the LLM")
+    llm = np.asarray(llm_right, np.float64)
+    if len(llm) != len(p):
+        raise ValueError("llm_right must have one outcome per held-out unit")
+    order = np.argsort(p, kind="stable")
+    p_sorted, gain = p[order], (llm - ranker)[order]
+    # Sending the j lowest units changes accuracy by the sum of their gains; tau must cut between
+    # distinct probabilities, so only prefixes that end where p changes count.
+    cum = np.r_[0.0, np.cumsum(gain)]
+    ends = np.r_[0, np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True]) + 1]
+    ends = ends[ends <= max_llm_share * len(p) + 1e-9]
+    best = ends[np.argmax(cum[ends] + 1e-12 * -ends)]  # the fewest sent among equal gains
+    if best == 0:
+        return TauChoice(0.0, 0.0, base, "the LLM does not add accuracy on held-out data: nothing is sent")
+    tau = float(p_sorted[best]) if best < len(p) else float(np.nextafter(p_sorted[-1], np.inf))
+    return TauChoice(tau, best / len(p), base + cum[best] / len(p), f"sends the {best} least confident units")
+
+
+def precision_cut(
+    probabilities: Sequence[float], right: Sequence[bool], target: float = 0.95
+) -> float | None:
+    """The lowest threshold whose accepted set (probability >= threshold) reaches ``target`` precision
+    on held-out data, so it keeps the most; ``None`` when no threshold reaches it."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target precision must be in (0, 1], got {target}")
+    p = np.asarray(probabilities, np.float64)
+    r = np.asarray(right, np.float64)
+    if len(p) != len(r):
+        raise ValueError("probabilities and right must have the same length")
+    if not len(p):
+        return None
+    order = np.argsort(-p, kind="stable")
+    p_sorted = p[order]
+    precision = np.cumsum(r[order]) / np.arange(1, len(p) + 1)
+    # A threshold keeps every unit tied with it: only the last position of each distinct value counts.
+    last = np.r_[p_sorted[1:] != p_sorted[:-1], True]
+    ok = np.flatnonzero(last & (precision >= target))
+    if not len(ok):
+        return None
+    return float(p_sorted[ok[-1]])

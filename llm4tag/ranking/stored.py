@@ -1,0 +1,223 @@
+"""A store's fitted ranking: where it lives (``STORE/ranking``), the cascade fit beside it
+(``STORE/ranking/cascade``), and the one resolution of ``pipeline.route`` / ``threshold`` /
+``target_precision`` into a :class:`RoutePlan` that every way of tagging uses.
+
+    STORE/ranking/            RankingModels (learned/, ranker/, tag_stats.npz, heldout.jsonl.gz, manifest)
+    STORE/ranking/llm_heldout.jsonl   the LLM's outcomes on held-out items, appended as they come
+    STORE/ranking/cascade/    the fit on them: calibration.joblib, outcomes.npz, manifest.json
+
+A refit replaces ``STORE/ranking`` whole, outcomes and cascade included: they were measured on the
+previous models' candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from graph_store.durable import durable_file
+from llm4tag.errors import ConfigError
+from llm4tag.ranking.cascade import CascadeFit, FinalCalibration, RoutePlan
+from llm4tag.ranking.models import RankingModels
+from llm4tag.ranking.provenance import check_manifest, new_folder, write_manifest
+from llm4tag.ranking.routing import TauChoice
+
+log = logging.getLogger(__name__)
+
+RANKING_DIR = "ranking"
+CASCADE_DIR = "cascade"
+LLM_OUTCOMES = "llm_heldout.jsonl"
+
+
+def ranking_dir(store_dir: str | os.PathLike) -> Path:
+    return Path(store_dir) / RANKING_DIR
+
+
+@dataclass
+class StoredRanking:
+    models: RankingModels
+    cascade: CascadeFit | None = None
+
+
+def save_cascade(folder: str | os.PathLike, fit: CascadeFit, models: RankingModels) -> Path:
+    import joblib
+
+    target = Path(folder) / CASCADE_DIR
+    with new_folder(target) as tmp:
+        if fit.calibration is not None:
+            with durable_file(tmp / "calibration.joblib") as fh:
+                joblib.dump(fit.calibration.model, fh)
+        with durable_file(tmp / "outcomes.npz") as fh:
+            np.savez(fh, llm_confidence=fit.llm_confidence, llm_right=fit.llm_right)
+        write_manifest(
+            tmp,
+            kind="cascade",
+            encoder_id=models.ranker.encoder_id,
+            data_hash=models.ranker.data_hash,
+            settings={
+                "tau": fit.tau.tau,
+                "llm_share": fit.tau.llm_share,
+                "accuracy": fit.tau.accuracy,
+                "reason": fit.tau.reason,
+            },
+            extra={"metrics": fit.metrics},
+        )
+    return target
+
+
+def load_cascade(folder: str | os.PathLike, models: RankingModels) -> CascadeFit | None:
+    """The cascade fit of these models, if one was made (a fit of other models is ignored)."""
+    import joblib
+
+    target = Path(folder) / CASCADE_DIR
+    if not target.exists():
+        return None
+    manifest = check_manifest(target, kind="cascade", expected_encoder_id=models.ranker.encoder_id)
+    if manifest["data_hash"] != models.ranker.data_hash:
+        log.warning("%s was fitted for other ranking models: ignored (refit it)", target)
+        return None
+    s = manifest["settings"]
+    calibration = None
+    if (target / "calibration.joblib").exists():
+        calibration = FinalCalibration(joblib.load(target / "calibration.joblib"))
+    with np.load(target / "outcomes.npz") as data:
+        confidence, right = data["llm_confidence"], data["llm_right"]
+    tau = TauChoice(float(s["tau"]), float(s["llm_share"]), float(s["accuracy"]), str(s["reason"]))
+    return CascadeFit(calibration, tau, confidence, right, dict(manifest.get("metrics") or {}))
+
+
+def load_ranking(store_dir: str | os.PathLike, encoder_id: str) -> StoredRanking | None:
+    """The store's fitted ranking, or None when it has none."""
+    folder = ranking_dir(store_dir)
+    if not (folder / "manifest.json").exists():
+        return None
+    models = RankingModels.load(folder, expected_encoder_id=encoder_id)
+    return StoredRanking(models, load_cascade(folder, models))
+
+
+def parse_route(value) -> str | float:
+    """``pipeline.route``: "off", "auto", or a threshold in [0, 1]."""
+    if isinstance(value, str) and value in ("off", "auto"):
+        return value
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"pipeline.route must be off, auto or a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= tau <= 1.0:
+        raise ConfigError(f"pipeline.route must be within [0, 1], got {tau}")
+    return tau
+
+
+def route_plan(
+    ranking: StoredRanking | None,
+    *,
+    route,
+    threshold: float,
+    target_precision: float | None,
+    num_candidates: int,
+) -> RoutePlan | None:
+    """The plan for a store's items; None when the store has no ranking (recall's own candidates go
+    to the LLM, the paper's pipeline). ``route: auto`` without a cascade fit sends nothing to the LLM
+    (nothing says it adds accuracy), and says so."""
+    route = parse_route(route)
+    if ranking is None:
+        if isinstance(route, float):
+            raise ConfigError(
+                f"pipeline.route {route} needs a ranker, and this store has none: fit one with "
+                "`llm4tag refit` (or set route: off)"
+            )
+        return None
+    models, cascade = ranking.models, ranking.cascade
+    if route == "off":
+        tau, reason = None, "route: off (every item goes to the LLM)"
+    elif route == "auto":
+        if cascade is None:
+            tau, reason = 0.0, "route: auto without held-out LLM outcomes: nothing is sent to the LLM"
+        else:
+            tau, reason = cascade.tau.tau, f"route: auto, fitted on held-out items: {cascade.tau.reason}"
+    else:
+        tau, reason = route, f"route: {route}"
+    ranker_cut = llm_cut = threshold
+    if target_precision is not None:
+        ranker_cut = _cut(models.precision_cut(target_precision), target_precision, "ranker")
+        if cascade is not None:
+            llm_cut = _cut(cascade.precision_cut(target_precision), target_precision, "LLM")
+        else:
+            log.warning("no held-out LLM outcomes: the LLM's tags are cut at the threshold %s", threshold)
+        reason += f"; cuts for precision {target_precision}: ranker {ranker_cut:.4g}, LLM {llm_cut:.4g}"
+    return RoutePlan(
+        tau=tau,
+        multi=models.multi,
+        emit=models.emit,
+        num_candidates=num_candidates,
+        ranker_cut=ranker_cut,
+        llm_cut=llm_cut,
+        calibration=cascade.calibration if cascade is not None else None,
+        reason=reason,
+    )
+
+
+def open_routing(
+    store_dir: str | os.PathLike,
+    encoder_id: str,
+    *,
+    route,
+    threshold: float,
+    target_precision: float | None,
+    num_candidates: int,
+) -> tuple[StoredRanking | None, RoutePlan | None]:
+    """The store's ranking (refused under another encoder) and the plan every way of tagging routes
+    its items by: the in-process pipeline and the Serve ingress both open it through here."""
+    ranking = load_ranking(store_dir, encoder_id)
+    plan = route_plan(
+        ranking,
+        route=route,
+        threshold=threshold,
+        target_precision=target_precision,
+        num_candidates=num_candidates,
+    )
+    if plan is not None:
+        log.info("routing for %s: %s", store_dir, plan.reason)
+    return ranking, plan
+
+
+def _cut(cut: float | None, target: float, who: str) -> float:
+    if cut is None:
+        log.warning(
+            "no threshold reaches precision %s on the %s's held-out data: none of its tags is kept",
+            target,
+            who,
+        )
+        return math.inf
+    return cut
+
+
+def summary(ranking: StoredRanking | None) -> dict:
+    if ranking is None:
+        return {"ranking": None}
+    out = {"ranking": {k: v for k, v in ranking.models.metrics.items() if not isinstance(v, dict)}}
+    if ranking.cascade is not None:
+        out["cascade"] = ranking.cascade.metrics
+    return json.loads(json.dumps(out, default=str))
+
+
+__all__ = [
+    "CASCADE_DIR",
+    "LLM_OUTCOMES",
+    "RANKING_DIR",
+    "StoredRanking",
+    "load_cascade",
+    "load_ranking",
+    "open_routing",
+    "parse_route",
+    "ranking_dir",
+    "route_plan",
+    "save_cascade",
+    "summary",
+]

@@ -1,0 +1,300 @@
+"""The ranking package: routing rules (pure logic) and real fits on the bundled samples (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graph_store import EncoderMismatchError, GraphConfig
+from llm4tag.data import read_items, read_tags
+from llm4tag.ranking import (
+    FEATURES,
+    Annotated,
+    LeakError,
+    LearnedConfig,
+    LearnedRecall,
+    RankerConfig,
+    RankingModels,
+    assign_folds,
+    choose_tau,
+    fit_ranking,
+    precision_cut,
+    route,
+)
+from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
+from llm4tag.ranking.crossfit import build_store, fold_parts, held_out_candidates
+from llm4tag.ranking.ranker import top_rows
+from llm4tag.texts import item_text, tag_text
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+
+# ------------------------------------------------------------------------------------ pure logic
+def test_route_single_accepts_a_confident_item_and_sends_the_rest_whole():
+    assert route(["a", "b"], [0.9, 0.05], tau=0.8, multi=False).accepted == ["a"]
+    unsure = route(["a", "b"], [0.6, 0.3], tau=0.8, multi=False)
+    assert unsure.accepted == [] and unsure.to_llm == ["a", "b"] and unsure.needs_llm
+    assert not route([], [], tau=0.5, multi=False).needs_llm
+
+
+def test_route_multi_decides_per_shown_tag():
+    decision = route(["a", "b", "c", "d"], [0.97, 0.6, 0.95, 0.1], tau=0.9, multi=True, emit=3)
+    assert decision.accepted == ["a", "c"]
+    assert decision.to_llm == ["b"]  # "d" is not among the shown tags
+    assert not route(["a", "b"], [0.99, 0.95], tau=0.9, multi=True).needs_llm
+
+
+def test_choose_tau_sends_nothing_without_llm_outcomes_or_when_the_llm_does_not_add():
+    p = [0.2, 0.4, 0.6, 0.9]
+    assert choose_tau(p, [0, 1, 1, 1], None).llm_share == 0.0
+    worse = choose_tau(p, [1, 1, 1, 1], [0, 0, 1, 1])
+    assert worse.llm_share == 0.0 and worse.tau == 0.0 and "does not add" in worse.reason
+
+
+def test_choose_tau_sends_the_units_where_the_llm_is_better():
+    p = [0.1, 0.2, 0.3, 0.8, 0.9]
+    ranker = [0, 0, 1, 1, 1]
+    llm = [1, 1, 0, 1, 0]
+    choice = choose_tau(p, ranker, llm)
+    assert (
+        choice.tau == 0.3 and choice.llm_share == pytest.approx(0.4) and choice.accuracy == pytest.approx(1.0)
+    )
+    capped = choose_tau(p, ranker, llm, max_llm_share=0.2)
+    assert capped.tau == 0.2 and capped.llm_share == pytest.approx(0.2)
+
+
+def test_choose_tau_never_splits_tied_probabilities():
+    # Units 1 and 2 tie: a threshold sends both or neither.
+    choice = choose_tau([0.1, 0.5, 0.5, 0.9], [0, 1, 0, 1], [1, 0, 1, 1])
+    assert choice.tau in (0.0, 0.5, 0.9)
+
+
+def test_precision_cut_keeps_the_most_at_the_target():
+    p = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6]
+    right = [1, 1, 1, 1, 0, 0]
+    assert precision_cut(p, right, 1.0) == 0.8
+    assert precision_cut(p, right, 0.8) == 0.7
+    assert precision_cut([0.5, 0.4], [0, 0], 0.95) is None
+    with pytest.raises(ValueError):
+        precision_cut(p, right, 0.0)
+
+
+def test_precision_cut_fitted_on_one_half_holds_on_the_other():
+    rng = np.random.default_rng(0)
+    p = rng.beta(5, 1, 40_000)
+    right = rng.random(p.size) < p  # calibrated by construction
+    cut = precision_cut(p[:20_000], right[:20_000], 0.95)
+    kept = p[20_000:] >= cut
+    assert right[20_000:][kept].mean() >= 0.94 and kept.mean() > 0.3
+
+
+def test_top_rows_picks_the_best_rows_of_each_item():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.2, 0.3])
+    groups = np.array(["a", "a", "a", "b", "b", "b"])
+    assert top_rows(scores, groups, 1).tolist() == [1, 3]
+    assert top_rows(scores, groups, 2).tolist() == [1, 2, 3, 5]
+
+
+def test_folds_are_stable_and_balanced():
+    ids = [f"item-{i}" for i in range(5000)]
+    folds = assign_folds(ids, 5)
+    assert folds.tolist() == assign_folds(list(ids), 5).tolist()
+    assert assign_folds(ids[:10], 5).tolist() == folds[:10].tolist()  # growing data moves no item
+    assert np.bincount(folds).min() > 900
+
+
+# ------------------------------------------------------------------------------ real small fits
+@pytest.fixture(scope="module")
+def encoder():
+    from llm4tag.encoder import Encoder
+
+    return Encoder()
+
+
+def _annotated(encoder, folder: str, drop_tag: str | None = None) -> tuple[Annotated, list]:
+    tags = read_tags(SAMPLE / folder / "tags.jsonl")
+    items = read_items(SAMPLE / folder / "train.jsonl", vocabulary={t.tag for t in tags}).items
+    item_tags = [[t for t in i.tags or () if t != drop_tag] for i in items]
+    keep = [k for k, t in enumerate(item_tags) if t]
+    data = Annotated(
+        ids=[items[k].id for k in keep],
+        texts=[item_text(items[k]) for k in keep],
+        vectors=encoder.encode([item_text(items[k]) for k in keep]),
+        item_tags=[item_tags[k] for k in keep],
+        tags=[t.tag for t in tags],
+        tag_vectors=encoder.encode([tag_text(t) for t in tags]),
+        encoder_id=encoder.id,
+    )
+    return data, items
+
+
+@pytest.fixture(scope="module")
+def banking(encoder):
+    return _annotated(encoder, "banking77")[0]
+
+
+@pytest.fixture(scope="module")
+def queries():
+    return read_items(SAMPLE / "banking77" / "queries.jsonl").items
+
+
+@pytest.fixture(scope="module")
+def fitted(banking):
+    return fit_ranking(banking, GraphConfig(), LearnedConfig(), RankerConfig(folds=4))
+
+
+@pytest.mark.slow
+def test_ranker_is_fitted_on_held_out_candidates_only(banking, fitted):
+    models, held = fitted
+    assert held.x.shape == (len(held.y), len(FEATURES))
+    assert set(held.item_ids) == set(banking.ids)
+    # Every candidate set of an item came from parts built without the item's fold.
+    for fold in range(4):
+        rest = np.flatnonzero(held.folds != fold)
+        store = build_store(banking.subset(rest), GraphConfig())
+        in_fold = [i for i, f in zip(banking.ids, held.folds, strict=True) if f == fold]
+        assert not any(i in store.graph.content_pos for i in in_fold)
+    assert models.learned.trained_ids == frozenset(banking.ids)  # the learned recall that serves
+    assert models.ranker.trained_ids == frozenset(banking.ids)
+    assert 0.5 < models.metrics["top1_precision"] <= 1.0
+    assert models.ranker.emit == 1 and not models.multi
+
+
+@pytest.mark.slow
+def test_a_planted_leak_is_caught(banking, fitted, queries, encoder):
+    models, _ = fitted
+    folds = assign_folds(banking.ids, 4)
+    held = [i for i, f in zip(banking.ids, folds, strict=True) if f == 0]
+    # A fold whose store and learned recall were built with its own items.
+    with pytest.raises(LeakError):
+        fold_parts(banking, held, GraphConfig(), LearnedConfig())
+    with pytest.raises(LeakError):
+        LearnedRecall.fit(
+            ids=banking.ids,
+            texts=banking.texts,
+            vectors=banking.vectors,
+            item_tags=banking.item_tags,
+            tags=banking.tags,
+            encoder_id=banking.encoder_id,
+            exclude_ids=held[:1],
+        )
+
+    def leaky_parts(rest, held_ids, graph, learned):
+        return fold_parts(banking, [], graph, learned)  # fits on every item, the held-out ones too
+
+    leaky = held_out_candidates(banking, GraphConfig(), LearnedConfig(), folds=4, parts=leaky_parts)
+    honest = held_out_candidates(banking, GraphConfig(), LearnedConfig(), folds=4)
+    # A leak shows: candidates built with the items' own annotations are right far more often.
+    assert leaky.y.mean() > honest.y.mean()
+    # Scoring training items (e.g. a test split that was copied into training) is refused.
+    with pytest.raises(LeakError):
+        models.score(
+            build_store(banking, GraphConfig()), banking.texts[:3], banking.vectors[:3], banking.ids[:3]
+        )
+    vectors = encoder.encode([q.text for q in queries])
+    scored = models.score(
+        build_store(banking, GraphConfig()), [q.text for q in queries], vectors, [q.id for q in queries]
+    )
+    assert len(scored) == len(queries) and all(scored)
+
+
+@pytest.mark.slow
+def test_models_persist_and_are_refused_under_another_encoder(fitted, banking, queries, encoder, tmp_path):
+    models, _ = fitted
+    store = build_store(banking, GraphConfig())
+    texts = [q.text for q in queries]
+    vectors = encoder.encode(texts)
+    before = models.score(store, texts, vectors)
+    models.save(tmp_path / "ranking")
+    loaded = RankingModels.load(tmp_path / "ranking", expected_encoder_id=encoder.id)
+    after = loaded.score(store, texts, vectors)
+    assert [[(s.tag, round(s.probability, 9)) for s in item] for item in before] == [
+        [(s.tag, round(s.probability, 9)) for s in item] for item in after
+    ]
+    assert loaded.cut == models.cut and loaded.multi == models.multi
+    with pytest.raises(EncoderMismatchError):
+        RankingModels.load(tmp_path / "ranking", expected_encoder_id="another-encoder@0/d384")
+    with pytest.raises(EncoderMismatchError):
+        LearnedRecall.load(tmp_path / "ranking" / "learned", expected_encoder_id="another-encoder@0/d384")
+    # A second save replaces the first whole.
+    models.save(tmp_path / "ranking")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]
+
+
+@pytest.mark.slow
+def test_a_failed_save_leaves_the_previous_models(fitted, encoder, tmp_path, monkeypatch):
+    models, _ = fitted
+    models.save(tmp_path / "ranking")
+    before = (tmp_path / "ranking" / "manifest.json").read_text()
+
+    def disk_full(folder):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(models.ranker, "save", disk_full)
+    with pytest.raises(OSError):
+        models.save(tmp_path / "ranking")
+    assert (tmp_path / "ranking" / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranking"]  # no half-written folder left
+    assert RankingModels.load(tmp_path / "ranking", expected_encoder_id=encoder.id).cut == models.cut
+
+
+@pytest.mark.slow
+def test_single_tag_top_one_accuracy_on_held_out_queries(fitted, banking, queries, encoder):
+    models, _ = fitted
+    store = build_store(banking, GraphConfig())
+    scored = models.score(store, [q.text for q in queries], encoder.encode([q.text for q in queries]))
+    right = np.mean([s[0].tag in q.tags for s, q in zip(scored, queries, strict=True)])
+    graph = store.recall(encoder.encode([q.text for q in queries]))
+    graph_right = np.mean([c[0].tag in q.tags for c, q in zip(graph, queries, strict=True)])
+    # 400 annotated items for 77 intents: the ranker must at least not lose to graph recall's order.
+    assert right >= graph_right - 0.05 and right > 0.5
+
+
+@pytest.mark.slow
+def test_target_precision_is_honoured_on_held_out_items(encoder):
+    data, _ = _annotated(encoder, "banking77")
+    folds = assign_folds(data.ids, 5, seed=1)
+    fit_rows, held_rows = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
+    models, _ = fit_ranking(data.subset(fit_rows), ranker=RankerConfig(folds=4), target_precision=0.9)
+    store = build_store(data.subset(fit_rows), GraphConfig())
+    held = data.subset(held_rows)
+    scored = models.score(store, held.texts, held.vectors, held.ids)
+    assert models.cut is not None
+    kept = [
+        s[0].tag in gold
+        for s, gold in zip(scored, held.item_tags, strict=True)
+        if s[0].probability >= models.cut
+    ]
+    assert kept, "the cut keeps nothing on held-out items"
+    # 80 held-out items: allow the binomial noise of a few dozen accepted ones.
+    assert np.mean(kept) >= 0.9 - 2 * np.sqrt(0.9 * 0.1 / len(kept))
+
+
+@pytest.mark.slow
+def test_a_tag_without_annotations_is_still_recalled_and_scored(encoder, queries):
+    data, _ = _annotated(encoder, "banking77", drop_tag="card_arrival")
+    assert not any("card_arrival" in t for t in data.item_tags)
+    models, _ = fit_ranking(data, ranker=RankerConfig(folds=4))
+    store = build_store(data, GraphConfig())
+    asking = [q for q in queries if q.tags == ("card_arrival",)]
+    assert asking
+    scored = models.score(store, [q.text for q in asking], encoder.encode([q.text for q in asking]))
+    for item in scored:
+        found = [s for s in item if s.tag == "card_arrival"]
+        assert found, "a tag without annotations must still reach the candidates (C2T)"
+        assert "c2t" in found[0].provenance and found[0].probability > 0.0
+
+
+@pytest.mark.slow
+def test_multi_tag_sample_emits_several_tags(encoder):
+    data, _ = _annotated(encoder, "debtags")
+    models, _ = fit_ranking(data, ranker=RankerConfig(folds=3))
+    assert models.multi and models.ranker.emit == 5
+    store = build_store(data, GraphConfig())
+    scored = models.score(store, data.texts[:2], data.vectors[:2])
+    plan = RoutePlan(tau=0.0, multi=True, emit=models.emit, num_candidates=20, ranker_cut=0.0, llm_cut=0.0)
+    finals = [final_tags(r, plan) for r in route_items(scored, plan)]
+    assert all(len(f) == 5 and all(t.kept and t.by == "ranker" for t in f) for f in finals)
+    assert all(0.0 <= t.confidence <= 1.0 for f in finals for t in f)
