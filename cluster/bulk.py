@@ -33,13 +33,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from cluster.bulk_files import (
+    InputCheck,
     OutputFolder,
+    check_input,
     input_format,
     output_schema,
-    read_ids,
+    parquet_files,
+    parse_jsonl_lines,
+    select_rows,
     to_item,
 )
 from graph_store import Candidate
@@ -55,13 +58,6 @@ from llm4tag.ranking.cascade import ItemRoute, judged_tags
 STAGES = ("all", "recall")
 
 # --- the stages (Ray Data instantiates each class once per actor)
-
-
-def select_rows(block: pa.Table, keep: bool, ids: pa.Array) -> pa.Table:
-    """Rows whose id is (keep) or is not (skip) in ``ids``; runs in the read tasks, before batching,
-    so that a resumed job batches the remaining items as an uninterrupted one would."""
-    member = pc.is_in(pc.cast(block.column("id"), pa.string()), value_set=ids)
-    return block.filter(member if keep else pc.invert(member))
 
 
 class EncodeRecallStage:
@@ -275,6 +271,7 @@ def build_dataset(
     settings: Settings,
     stages: str,
     select: tuple[str, frozenset[str]] | None,
+    conflicts: dict[str, str],
     with_candidates: bool,
     with_dropped: bool,
 ):
@@ -282,17 +279,21 @@ def build_dataset(
 
     bulk = settings.bulk
     if fmt == "parquet":
-        ds = ray.data.read_parquet(str(input_path), num_cpus=bulk.read_num_cpus)
+        files = [str(f) for f in parquet_files(input_path)]
+        ds = ray.data.read_parquet(files, num_cpus=bulk.read_num_cpus)
     else:
-        ds = ray.data.read_json(str(input_path), lines=True, num_cpus=bulk.read_num_cpus)
-    if select is not None:
-        ds = ds.map_batches(
-            select_rows,
-            fn_kwargs={"keep": select[0] == "keep", "ids": pa.array(sorted(select[1]), pa.string())},
-            batch_size=None,
-            batch_format="pyarrow",
-            num_cpus=bulk.read_num_cpus,
+        ds = ray.data.read_text(str(input_path), num_cpus=bulk.read_num_cpus).map_batches(
+            parse_jsonl_lines, batch_size=None, batch_format="pyarrow", num_cpus=bulk.read_num_cpus
         )
+    keep = None if select is None else select[0] == "keep"
+    ids = None if select is None else pa.array(sorted(select[1]), pa.string())
+    ds = ds.map_batches(
+        select_rows,
+        fn_kwargs={"keep": keep, "ids": ids, "conflicts": conflicts},
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=bulk.read_num_cpus,
+    )
     # Blocks of one batch each: a map task turns its input blocks into one output block, so without
     # this a whole input file would cross every stage as one block and nothing would reach the
     # output (and survive a crash) until the last stage had finished all of it.
@@ -338,11 +339,15 @@ class BulkReport:
     seconds: float
     stages: str
     address: str | None
+    rejected: int = 0
+    rejects: str | None = None  # the file that lists them
 
     def to_dict(self) -> dict:
         return {
             "output": self.output,
             "input": self.input,
+            "rejected": self.rejected,
+            "rejects": self.rejects,
             "skipped_done": self.skipped_done,
             "tagged": self.tagged,
             "files": self.files,
@@ -395,24 +400,31 @@ def run_bulk(
     if not Path(store).is_dir():
         raise LLM4TagError(f"store {store} does not exist")
     fmt = input_format(source)
-    wanted = read_ids(source, fmt, split)
+    checked = check_input(source, fmt, split)
+    wanted = checked.ids
     folder = OutputFolder(output)
     started_ray = False
     try:
+        rejects = folder.write_rejects(checked.rejects)
+        if not wanted and checked.rejects and split is None:
+            raise DataError(
+                str(source), f"every row was rejected ({len(checked.rejects)}); the reasons are in {rejects}"
+            )
         done = folder.done_ids()
         pending = [i for i in wanted if i not in done]
-        report = BulkReport(str(output), len(wanted), len(wanted) - len(pending), 0, 0, 0.0, stages, None)
+        report = BulkReport(
+            str(output),
+            len(wanted),
+            len(wanted) - len(pending),
+            0,
+            0,
+            0.0,
+            stages,
+            None,
+            rejected=len(checked.rejects),
+            rejects=str(rejects),
+        )
         if pending:
-            # Only what the filter must say: either the ids to keep or the (fewer) ids to drop.
-            all_ids = set(wanted) if split is None else None
-            excluded = done & all_ids if all_ids is not None else None
-            select: tuple[str, frozenset[str]] | None
-            if excluded is not None and not excluded:
-                select = None
-            elif excluded is not None and len(excluded) < len(pending):
-                select = ("skip", frozenset(excluded))
-            else:
-                select = ("keep", frozenset(pending))
             report.address = connect(address, local_cpus=_local_cpus(settings, stages))
             started_ray = report.address != "current"
             ds = build_dataset(
@@ -421,15 +433,19 @@ def run_bulk(
                 str(Path(store).resolve()),
                 settings,
                 stages,
-                select,
+                _selection(checked, done, pending, split),
+                checked.conflicts,
                 with_candidates,
                 with_dropped,
             )
             stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+            written: set[str] = set()
             try:
                 for table in _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds):
-                    folder.write(table)
-                    report.tagged += table.num_rows
+                    table = _first_rows(table, written)
+                    if table.num_rows:
+                        folder.write(table)
+                        report.tagged += table.num_rows
             except Exception as exc:
                 cause = _user_error(exc)
                 if cause is not None:
@@ -442,6 +458,30 @@ def run_bulk(
         folder.close()
         if started_ray:
             shutdown()
+
+
+def _selection(
+    checked: InputCheck, done: set[str], pending: list[str], split: str | None
+) -> tuple[str, frozenset[str]] | None:
+    """Only what the read tasks' filter must be told: the ids to keep, or the (fewer) ids to drop."""
+    if split is not None:
+        return ("keep", frozenset(pending))
+    excluded = done & set(checked.ids)
+    if not excluded:
+        return None
+    if len(excluded) < len(pending):
+        return ("skip", frozenset(excluded))
+    return ("keep", frozenset(pending))
+
+
+def _first_rows(table: pa.Table, written: set[str]) -> pa.Table:
+    """Drop rows of ids this run already wrote: rows repeating an accepted row exactly (same id and
+    text) both pass the read filter, and are tagged alike; one is kept."""
+    keep = []
+    for item_id in table.column("id").to_pylist():
+        keep.append(item_id not in written)
+        written.add(item_id)
+    return table if all(keep) else table.filter(pa.array(keep, pa.bool_()))
 
 
 def _user_error(exc: BaseException) -> LLM4TagError | None:

@@ -5,9 +5,12 @@ items)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from llm4tag.data import Item, read_records
 from llm4tag.errors import DataError, LLM4TagError
 
 LOCK_NAME = ".llm4tag-bulk.lock"
+JSONL_LINE = "__llm4tag_jsonl_line"  # the column that carries a JSONL input line to to_item
+REJECTS_NAME = "rejects.jsonl"  # the input rows the last run set aside, one JSON object a line
 TMP_SUFFIX = ".tmp"
 
 # --- the output schema: fixed, so that every file of a folder (and of every rerun) has the same one
@@ -123,61 +128,196 @@ def input_format(path: Path) -> str:
     raise DataError(str(path), "bulk tagging reads Parquet (a file or a folder of files) or JSONL[.gz]")
 
 
-def read_ids(path: Path, fmt: str, split: str | None) -> list[str]:
-    """The ids to tag, in input order, checked (as ``read_items`` does) before any work starts: ids
-    present, strings (or integers), unique; texts present and not empty."""
-    columns = ["id"] + (["split"] if split is not None else [])
-    records: Iterable[tuple[int, dict]]
-    if fmt == "parquet":
-        try:
-            schema = pq.read_schema(path) if path.is_file() else pq.ParquetDataset(path).schema
-            missing = [c for c in (*columns, "text") if c not in schema.names]
-            if missing:
-                raise DataError(str(path), f"no column '{missing[0]}'", field=missing[0])
-            table = pq.read_table(path, columns=[*columns, "text"])
-        except (pa.ArrowException, OSError) as exc:
-            raise DataError(str(path), f"cannot read Parquet: {exc}") from exc
-        check_texts(path, table.column("text"))
-        records = enumerate(table.select(columns).to_pylist(), 1)
-    else:
-        records = read_records(path)
+@dataclass
+class Reject:
+    """An input row the job sets aside: where it is (``file``, and its JSONL ``line`` or Parquet
+    ``row``, 1-based), its id where it has a usable one, the field at fault and why."""
+
+    file: str
+    position: int
+    unit: str  # "line" or "row"
+    reason: str
+    field: str | None = None
+    id: str | None = None
+
+    def to_dict(self) -> dict:
+        row = {"file": self.file, self.unit: self.position, "id": self.id, "field": self.field}
+        return row | {"reason": self.reason}
+
+
+@dataclass
+class InputCheck:
+    """What a bulk job will tag: the accepted ids in input order (of the split asked for), the rows
+    it sets aside, and, for an id that more than one row carries, the digest of the accepted row's
+    text, so that the read tasks (which see rows, not positions) keep that row and drop the others."""
+
+    ids: list[str]
+    rejects: list[Reject]
+    conflicts: dict[str, str] = field(default_factory=dict)
+
+
+def text_digest(text: str) -> str:
+    # Stable across processes (Python's hash() is salted per process).
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def check_input(path: Path, fmt: str, split: str | None) -> InputCheck:
+    """Check every input row before any work starts. A row without a usable ``id`` or ``text``, of a
+    wrong type, repeating an earlier row's id, or without the ``split`` asked for is a reject (named
+    by file and line or row, with the reason); the first row of an id is the one tagged. A file that
+    cannot be read at all, or lacks a column, fails as a whole."""
+    bad_lines: list[DataError] = []
+    records = _parquet_records(path, split) if fmt == "parquet" else _jsonl_records(path, bad_lines)
+    unit = "row" if fmt == "parquet" else "line"
+    rejects: list[Reject] = []
     ids: list[str] = []
-    seen: set[str] = set()
-    for line, record in records:
-        if fmt == "jsonl":
+    accepted: dict[str, tuple[int, str]] = {}  # id -> (position, text digest) of the row tagged
+    repeated: set[str] = set()
+    count = 0
+    for file, position, record in records:
+        count += 1
+        item_id, problem = _usable_id(record.get("id"), int_ok=fmt == "parquet")
+        if problem is None:
             text = record.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(str(path), "missing or not a non-empty string", line=line, field="text")
-        value = record.get("id")
-        if isinstance(value, int) and not isinstance(value, bool) and fmt == "parquet":
-            value = str(value)
-        if not isinstance(value, str) or not value.strip():
-            raise DataError(str(path), "missing or not a non-empty string", line=line, field="id")
-        if value in seen:
-            raise DataError(str(path), f"duplicate id '{value}'", line=line, field="id")
-        seen.add(value)
-        if split is not None:
-            if record.get("split") is None:
-                raise DataError(str(path), f"missing, but split '{split}' was asked for", line=line)
-            if record["split"] != split:
-                continue
-        ids.append(value)
-    if not seen:
+            problem = ("text", _string_problem(text))
+            if problem[1] is None:
+                problem = None
+        if problem is None and item_id in accepted:
+            problem = ("id", f"duplicate id '{item_id}' (first on {unit} {accepted[item_id][0]})")
+        if problem is None and split is not None and record.get("split") is None:
+            problem = ("split", f"missing, but split '{split}' was asked for")
+        if problem is not None:
+            if item_id is not None:
+                repeated.add(item_id)
+            rejects.append(Reject(file, position, unit, problem[1], problem[0], item_id))
+            continue
+        assert item_id is not None
+        accepted[item_id] = (position, text_digest(text))
+        if split is None or record["split"] == split:
+            ids.append(item_id)
+    rejects += [Reject(str(path), e.line or 0, unit, e.problem, e.field) for e in bad_lines]
+    rejects.sort(key=lambda r: (r.file, r.position))
+    if not count and not bad_lines:
         raise DataError(str(path), "no items (the file holds no records)")
-    return ids
+    conflicts = {i: accepted[i][1] for i in repeated if i in accepted}
+    return InputCheck(ids, rejects, conflicts)
 
 
-def check_texts(path: Path, texts: pa.ChunkedArray) -> None:
+def _string_problem(value: Any) -> str | None:
+    if value is None:
+        return "missing (required)"
+    if not isinstance(value, str):
+        return f"must be a string, got {_json_type(value)}"
+    if not value.strip():
+        return "must not be empty"
+    return None
 
-    if not pa.types.is_string(texts.type) and not pa.types.is_large_string(texts.type):
-        raise DataError(str(path), f"must be strings, got {texts.type}", field="text")
-    bad = pc.or_kleene(pc.is_null(texts), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
-    if pc.any(bad).as_py():
-        row = pc.index(bad, True).as_py() + 1
-        raise DataError(str(path), "missing or empty", line=row, field="text")
+
+def _usable_id(value: Any, int_ok: bool) -> tuple[str | None, tuple[str, str] | None]:
+    """The id as a string, or the problem with it."""
+    if int_ok and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    problem = _string_problem(value)
+    return (value, None) if problem is None else (None, ("id", problem))
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _jsonl_records(path: Path, bad_lines: list[DataError]) -> Iterator[tuple[str, int, dict]]:
+    for line, record in read_records(path, bad_lines=bad_lines):
+        yield str(path), line, record
+
+
+def parquet_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+def _parquet_records(path: Path, split: str | None) -> Iterator[tuple[str, int, dict]]:
+    """Rows of the id, text (and split) columns, file by file in name order, in batches."""
+    columns = ["id", "text"] + (["split"] if split is not None else [])
+    for file in parquet_files(path):
+        try:
+            parquet = pq.ParquetFile(file)
+            schema = parquet.schema_arrow
+            missing = [c for c in columns if c not in schema.names]
+            if missing:
+                raise DataError(str(file), f"no column '{missing[0]}'", field=missing[0])
+            text_type = schema.field("text").type
+            if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+                raise DataError(str(file), f"must be strings, got {text_type}", field="text")
+            row = 0
+            for batch in parquet.iter_batches(batch_size=8192, columns=columns):
+                for record in batch.to_pylist():
+                    row += 1
+                    yield str(file), row, record
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(str(file), f"cannot read Parquet: {exc}") from exc
+
+
+# --- rows on the workers: the same rules as check_input, on Arrow blocks
+
+
+def parse_jsonl_lines(block: pa.Table) -> pa.Table:
+    """Lines of a JSONL file (Ray Data's read_text) -> ``id``, ``text`` (null where the line has no
+    string there) and the line itself (``JSONL_LINE``), which ``to_item`` reads. Parsed here rather than by
+    Ray Data's JSON reader, which fails a whole file on one line that is not JSON or whose value
+    changes type."""
+    ids, texts, lines = [], [], []
+    for line in block.column("text").to_pylist():
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(record, dict):
+            continue
+        item_id, text = record.get("id"), record.get("text")
+        ids.append(item_id if isinstance(item_id, str) else None)
+        texts.append(text if isinstance(text, str) else None)
+        lines.append(line)
+    return pa.table(
+        {"id": ids, "text": texts, JSONL_LINE: lines},
+        schema=pa.schema([("id", pa.string()), ("text", pa.string()), (JSONL_LINE, pa.string())]),
+    )
+
+
+def select_rows(
+    block: pa.Table, keep: bool | None, ids: pa.Array | None, conflicts: dict[str, str]
+) -> pa.Table:
+    """The rows ``check_input`` accepted: a usable id and text, the accepted row of a repeated id, and
+    with ``keep`` (True/False) ids in (or not in) ``ids``; runs in the read tasks, before batching,
+    so that a resumed job batches the remaining items as an uninterrupted one would."""
+    column = block.column("id")
+    if pa.types.is_integer(column.type):
+        column = pc.cast(column, pa.string())
+    elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return block.slice(0, 0)
+    texts = block.column("text")
+    usable = pc.and_(_nonempty(column), _nonempty(texts))
+    if keep is not None:
+        member = pc.fill_null(pc.is_in(column, value_set=ids), False)
+        usable = pc.and_(usable, member if keep else pc.invert(member))
+    if conflicts:
+        # Rows of a repeated id: only the one whose text is the accepted row's.
+        digests = [
+            conflicts.get(i) == text_digest(t) if i in conflicts else True
+            for i, t in zip(column.to_pylist(), texts.to_pylist(), strict=True)
+        ]
+        usable = pc.and_(usable, pa.array(digests, pa.bool_()))
+    return block.filter(usable)
+
+
+def _nonempty(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), False)
 
 
 def to_item(record: dict, source: str) -> Item:
+    if record.get(JSONL_LINE) is not None:
+        record = json.loads(record[JSONL_LINE])  # parse_jsonl_lines
     item_id = record.get("id")
     if isinstance(item_id, int) and not isinstance(item_id, bool):
         item_id = str(item_id)
@@ -224,6 +364,14 @@ class OutputFolder:
             except (pa.ArrowException, OSError, KeyError) as exc:
                 raise DataError(str(path), f"not a readable output file of this job: {exc}") from exc
         return done
+
+    def write_rejects(self, rejects: list[Reject]) -> Path:
+        """Replaced whole on every run: the rejects are a property of the input, not of a run."""
+        path = self.path / REJECTS_NAME
+        with atomic_file(path) as fh:
+            for reject in rejects:
+                fh.write(json.dumps(reject.to_dict(), ensure_ascii=False).encode() + b"\n")
+        return path
 
     def write(self, table: pa.Table) -> None:
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{self.run}-{self.files:05d}.parquet"

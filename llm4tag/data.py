@@ -122,7 +122,9 @@ def _check_readable(path: str) -> None:
 # --- reading
 
 
-def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_records(
+    path: str | os.PathLike[str], bad_lines: list[DataError] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_or_row, record)`` for every record of a file, streaming.
 
     Numbers are 1-based: JSONL counts physical lines (blank lines are skipped but counted), CSV counts
@@ -130,12 +132,16 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, 
     Parquet counts rows. CSV values are strings, ``None`` for an empty cell. The format is checked and the
     file opened lazily on first iteration, except that an unsupported extension, a missing file or a
     directory raise DataError at once.
+
+    With ``bad_lines`` (a list), a JSONL line that is not a JSON object is appended there as its
+    DataError and skipped, so that a bulk job can set it aside and read on; a file that cannot be read
+    or decoded still raises.
     """
     spath = str(path)
     fmt, gz = detect_format(spath)
     _check_readable(spath)
     if fmt == "jsonl":
-        return _read_jsonl(spath, gz)
+        return _read_jsonl(spath, gz, bad_lines)
     if fmt == "csv":
         return _read_csv(spath, gz)
     return _read_parquet(spath)
@@ -165,17 +171,28 @@ def _lines(path: str, gz: bool) -> Iterator[str]:
             raise DataError(path, f"cannot read: {exc.strerror or exc}", line=lineno + 1) from exc
 
 
-def _read_jsonl(path: str, gz: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_jsonl(
+    path: str, gz: bool, bad_lines: list[DataError] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     for lineno, line in enumerate(_lines(path, gz), 1):
         if not line.strip():
             continue
+        problem = None
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno) from exc
-        if not isinstance(record, dict):
-            raise DataError(path, f"expected a JSON object, got {_json_type(record)}", line=lineno)
-        yield lineno, record
+            problem = DataError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno)
+        except RecursionError:
+            problem = DataError(path, "invalid JSON: nested too deeply", line=lineno)
+        else:
+            if not isinstance(record, dict):
+                problem = DataError(path, f"expected a JSON object, got {_json_type(record)}", line=lineno)
+        if problem is None:
+            yield lineno, record
+        elif bad_lines is None:
+            raise problem
+        else:
+            bad_lines.append(problem)
 
 
 def _json_type(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 The tiny LLM's answers are noise, so these tests check plumbing: the bulk rows equal the in-process
 pipeline's rows for the same items and settings, a killed job resumes without losing or repeating an
-item, and bad input fails with one line before any work starts.
+item, and a bad input file fails with one line before any work starts.
 """
 
 from __future__ import annotations
@@ -210,14 +210,17 @@ def test_bad_bulk_input_fails_with_one_line(tmp_path, capsys):
     a_file.write_text("")
     assert "is a file" in _error(capsys, [*base, "--input", str(good), "--output", str(a_file)])
 
-    duplicate = tmp_path / "duplicate.parquet"
-    pq.write_table(pa.table({"id": ["a", "a"], "text": ["x", "y"]}), duplicate)
-    assert "duplicate id 'a'" in _error(
-        capsys, [*base, "--input", str(duplicate), "--output", f"{tmp_path}/o/"]
-    )
+    wrong_type = tmp_path / "wrong_type.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": [1, 2]}), wrong_type)
+    message = _error(capsys, [*base, "--input", str(wrong_type), "--output", str(tmp_path / "o2")])
+    assert "wrong_type.parquet" in message and "'text'" in message and "int64" in message
+    assert not (tmp_path / "o2").exists(), "a bad file must fail before the output folder is made"
 
+    # Bad rows are set aside (tests/test_bulk_rejects.py); with none left the job fails at once.
     no_text = tmp_path / "no_text.jsonl"
-    no_text.write_text('{"id": "a", "text": "x"}\n{"id": "b"}\n')
-    message = _error(capsys, [*base, "--input", str(no_text), "--output", str(tmp_path / "o2")])
-    assert "line 2" in message and "'text'" in message
-    assert not (tmp_path / "o2").exists(), "bad input must fail before the output folder is made"
+    no_text.write_text('{"id": "a"}\n{"id": "b", "text": ""}\n')
+    message = _error(capsys, [*base, "--input", str(no_text), "--output", str(tmp_path / "o3")])
+    assert "every row was rejected (2)" in message and "rejects.jsonl" in message
+    assert sorted(p.name for p in (tmp_path / "o3").iterdir() if not p.name.startswith(".")) == [
+        "rejects.jsonl"
+    ]

@@ -21,6 +21,7 @@ from llm4tag.flow import FeedbackIncomplete
 
 EXIT_FAILED = 1  # a write that did not complete (say which; the same command again is safe)
 EXIT_USAGE = 2  # bad input or configuration
+# 3: `tag --output DIR/ --strict` set input rows aside (llm4tag.cli.tag.EXIT_REJECTED)
 CORE_VERBS = (
     build,
     recall,

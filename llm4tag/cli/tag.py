@@ -3,6 +3,7 @@ baseline tagger we compare against (``--method``)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -13,6 +14,8 @@ from llm4tag.data import read_items, write_records
 from llm4tag.engines.config import ENGINES
 from llm4tag.errors import LLM4TagError
 from llm4tag.pipeline import TaggingPipeline
+
+EXIT_REJECTED = 3  # bulk --strict: the good rows were tagged, some input rows were rejected
 
 
 def register(verbs) -> None:
@@ -36,6 +39,12 @@ def register(verbs) -> None:
         "--bulk", action="store_true", help="run on Ray Data into the --output folder; a rerun resumes"
     )
     tag.add_argument("--address", help="bulk: Ray cluster to join (default: RAY_ADDRESS, else start one)")
+    tag.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"bulk: exit {EXIT_REJECTED} when input rows were rejected (the good rows are tagged either "
+        "way; in-process tagging refuses a file with any bad row)",
+    )
     tag.add_argument("--split", help="tag only input items of this split (e.g. test)")
     tag.add_argument("--limit", type=int, help="tag only the first N items")
     tag.add_argument("--model", help="LLM: bundled name, alias (default, tiny) or HF folder")
@@ -120,6 +129,13 @@ def run_bulk(args) -> int:
         with_dropped=args.dropped,
     )
     print_json(report.to_dict())
+    if report.rejected:
+        print(
+            f"llm4tag tag: {report.rejected} input row(s) rejected, listed with reasons in {report.rejects}",
+            file=sys.stderr,
+        )
+        if args.strict:
+            return EXIT_REJECTED
     return 0
 
 
