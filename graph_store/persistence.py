@@ -31,6 +31,7 @@ from graph_store.durable import (
     VersionedFolder,
     VersionMoved,
     durable_file,
+    file_digest,
     fsync_file,
     write_file,
 )
@@ -40,6 +41,7 @@ from graph_store.journal import Journal
 
 FORMAT_VERSION = 1
 KEEP_VERSIONS = 2
+VERSION_FILES = ("vertices.parquet", "edges.parquet", "contents.faiss", "tags.faiss")
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 
 
@@ -119,6 +121,7 @@ def write_version(
     manifest = {
         "format_version": FORMAT_VERSION,
         **manifest,
+        "files": {name: file_digest(folder / name) for name in VERSION_FILES},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_file(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -127,7 +130,9 @@ def write_version(
 def read_version(
     root: Path, folder: Path, manifest: dict, config: GraphConfig
 ) -> tuple[ContentTagGraph, VectorIndex, VectorIndex]:
-    """The graph and the two indexes of one version."""
+    """The graph and the two indexes of one version; a file missing, cut short or changed since the
+    save is refused, naming it, before anything is read."""
+    check_files(root, folder, manifest)
     try:
         vertices = pq.read_table(folder / "vertices.parquet").to_pydict()
         edges = pq.read_table(folder / "edges.parquet")
@@ -166,6 +171,25 @@ def read_version(
     content_index.configure(config.content_index)
     tag_index.configure(config.tag_index)
     return graph, content_index, tag_index
+
+
+def check_files(root: Path, folder: Path, manifest: dict) -> None:
+    # Versions saved before the manifest listed its files carry no digests: those are only
+    # checked for presence (and by the readers, which refuse what they cannot parse).
+    recorded = manifest.get("files") or {}
+    for name in VERSION_FILES:
+        path = folder / name
+        where = f"store {root} is damaged: {folder.name}/{name}"
+        if not path.is_file():
+            raise StoreError(f"{where}: file missing")
+        if name not in recorded:
+            continue
+        try:
+            actual = file_digest(path)
+        except OSError as exc:
+            raise StoreError(f"{where}: cannot read it: {exc.strerror or exc}") from exc
+        if actual != recorded[name]:
+            raise StoreError(f"{where}: its size or checksum differs from the manifest's")
 
 
 class StoreSave:

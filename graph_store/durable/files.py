@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -142,3 +143,15 @@ def fsync_tree(root: str | os.PathLike) -> None:
         for name in names:
             fsync_file(os.path.join(folder, name))
         fsync_dir(folder)
+
+
+def file_digest(path: str | os.PathLike) -> dict:
+    """Size and SHA-256 of a file, as manifests record them so that a damaged file is refused on
+    load rather than read in part."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}

@@ -14,7 +14,6 @@ cut off by the next append, under the lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -31,6 +30,7 @@ from graph_store.durable import (
     VersionedFolder,
     VersionLog,
     durable_file,
+    file_digest,
     write_file,
 )
 from llm4tag.errors import DataError
@@ -78,16 +78,6 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, array, allow_pickle=False)
 
 
-def _file_digest(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"bytes": size, "sha256": digest.hexdigest()}
-
-
 def check_kind(root: Path, kind: str) -> None:
     """Refuse to save over another kind of base (or something else) in the same folder."""
     if root.exists() and not root.is_dir():
@@ -119,7 +109,7 @@ def write_snapshot(
         "encoder_id": encoder_id,
         "dim": dim,
         "count": len(records),
-        "files": {n: _file_digest(folder / n) for n in (RECORDS_NAME, VECTORS_NAME)},
+        "files": {n: file_digest(folder / n) for n in (RECORDS_NAME, VECTORS_NAME)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if carry is not None:
@@ -178,7 +168,7 @@ def read_snapshot(snapshot: Path, manifest: dict[str, Any]) -> tuple[list[tuple[
         if not path.is_file():
             raise DataError(str(path), "damaged snapshot: file missing")
         try:
-            actual = _file_digest(path)
+            actual = file_digest(path)
         except OSError as exc:
             raise DataError(str(path), f"cannot read: {exc.strerror or exc}") from exc
         if actual != expected:
