@@ -398,9 +398,9 @@ def _damage(root: Path, how: str) -> None:
         ("manifest-not-object", "manifest.json"),
         ("manifest-missing-key", "encoder_id"),
         ("manifest-deleted", "no readable manifest.json"),
-        ("edges-deleted", "is damaged"),
-        ("vertices-truncated", "is damaged"),
-        ("index-deleted", "cannot read index .*contents.faiss"),
+        ("edges-deleted", r"is damaged: v\d+/edges.parquet: file missing"),
+        ("vertices-truncated", r"is damaged: v\d+/vertices.parquet: its size or checksum differs"),
+        ("index-deleted", r"is damaged: v\d+/contents.faiss: file missing"),
     ],
 )
 def test_damaged_store_gives_a_clear_error(tmp_path, how, message):
