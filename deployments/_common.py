@@ -6,9 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from fastapi import Security
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+
 from llm4tag import flow
-from llm4tag.annif_compat import Problem
-from llm4tag.http_schema import RequestError
+from llm4tag.annif_compat import PROBLEM_MEDIA_TYPE, TITLES, Problem
+from llm4tag.http_schema import ErrorOut, Limits, RequestError
 from llm4tag.review_queue import ReviewError
 from llm4tag.service import Batching
 
@@ -39,6 +43,62 @@ class Refused(Exception):
 
 # What the ingress's one exception handler (IngressDeployment.refusal) answers.
 REFUSALS = (RequestError, Refused, Overloaded, flow.FeedbackIncomplete, ReviewError, Problem)
+
+
+async def invalid_parameter(request, exc) -> JSONResponse:
+    """FastAPI's own refusal of a query or path parameter it cannot convert (``limit=abc``), answered
+    with the body every refusal has (its default, ``{"detail": [...]}``, is not the documented one). It
+    needs nothing of the replica, so it can be the app's exception handler."""
+    first = exc.errors()[0]
+    where = [str(part) for part in first.get("loc", ())]
+    field = ".".join(where[1:]) or (where[0] if where else "request")
+    return JSONResponse({"error": first.get("msg", "is not valid"), "field": field}, status_code=422)
+
+
+# The key routes take (service.auth), for the OpenAPI page: ``dependencies=[KEYED]`` documents a route as
+# needing one. It refuses nothing itself (auto_error off): the replica checks the key and its scope.
+KEYED = Security(
+    HTTPBearer(
+        scheme_name="apiKey",
+        description="An API key (service.auth): scope write for feedback and learn, admin for /v1/admin/*.",
+        auto_error=False,
+    )
+)
+
+
+def refusals(*statuses: int) -> dict:
+    """The OpenAPI ``responses`` of a route's refusals: each has the body every refusal has."""
+    return {status: {"model": ErrorOut} for status in statuses}
+
+
+# The documented bounds of the vocabulary searches' parameters (GET /v1/tags, /v1/vocabulary): the default
+# limits'; each replica checks those of its own configuration.
+QUERY_BOUNDS = {"maxLength": Limits().max_query_chars}
+LIMIT_BOUNDS = {"minimum": 1, "maximum": Limits().max_search_results}
+
+
+# Annif's problem details (RFC 7807), as Annif's own OpenAPI describes them (tests/annif/annif.yaml).
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+
+
+def problems(*statuses: int) -> dict:
+    """The OpenAPI ``responses`` of an Annif route's refusals (problem details)."""
+    return {
+        status: {
+            "description": TITLES.get(status, "Error"),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
 
 
 def answered(route: str, annif: bool = False):

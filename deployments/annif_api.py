@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from deployments._common import answered, current_replica
+from deployments._common import KEYED, answered, current_replica, problems, refusals
 from llm4tag.annif_compat import (
     AnnifSettings,
     Problem,
@@ -100,7 +100,9 @@ async def annif_projects(ingress: Replica):
     return {"projects": [project(ingress.annif, ingress.subjects, ingress.annif_modified)]}
 
 
-@router.get("/v1/projects/{project_id}", summary="Annif: one project", tags=["annif"])
+@router.get(
+    "/v1/projects/{project_id}", summary="Annif: one project", tags=["annif"], responses=problems(404)
+)
 @answered("/v1/projects/{id}", annif=True)
 async def annif_project(ingress: Replica, project_id: str):
     ingress._project_or_404(project_id)
@@ -108,7 +110,10 @@ async def annif_project(ingress: Replica, project_id: str):
 
 
 @router.post(
-    "/v1/projects/{project_id}/suggest", summary="Annif: suggest subjects for a text", tags=["annif"]
+    "/v1/projects/{project_id}/suggest",
+    summary="Annif: suggest subjects for a text",
+    tags=["annif"],
+    responses=problems(400, 404, 413, 503),
 )
 @answered("/v1/projects/{id}/suggest", annif=True)
 async def annif_suggest(ingress: Replica, project_id: str, request: Request):
@@ -124,6 +129,7 @@ async def annif_suggest(ingress: Replica, project_id: str, request: Request):
     "/v1/projects/{project_id}/suggest-batch",
     summary="Annif: suggest subjects for up to 32 documents",
     tags=["annif"],
+    responses=problems(400, 404, 413, 503),
 )
 @answered("/v1/projects/{id}/suggest-batch", annif=True)
 async def annif_suggest_batch(ingress: Replica, project_id: str, request: Request):
@@ -142,6 +148,9 @@ async def annif_suggest_batch(ingress: Replica, project_id: str, request: Reques
     summary="Annif: learn from indexed documents (recorded as feedback)",
     status_code=204,
     tags=["annif"],
+    dependencies=[KEYED],
+    # Our key check answers as every route of ours does; Annif's refusals are problem details.
+    responses={**problems(400, 404, 413, 503), **refusals(401), 403: refusals(403)[403] | problems(403)[403]},
 )
 @answered("/v1/projects/{id}/learn", annif=True)
 async def annif_learn(ingress: Replica, project_id: str, request: Request):

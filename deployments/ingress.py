@@ -24,16 +24,26 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from deployments._common import REFUSALS, Overloaded, Refused
+from deployments._common import (
+    KEYED,
+    LIMIT_BOUNDS,
+    QUERY_BOUNDS,
+    REFUSALS,
+    Overloaded,
+    Refused,
+    invalid_parameter,
+    refusals,
+)
 from deployments.annif_api import AnnifRoutes
 from deployments.annif_api import router as annif_router
 from deployments.review_api import ReviewRoutes
@@ -50,13 +60,14 @@ from llm4tag.engines.adapters import OutsideAdaptersRoot, check_adapter, under_a
 from llm4tag.errors import ModelError, PromptTooLong
 from llm4tag.finetune.registry import write_active
 from llm4tag.http_schema import (
-    ErrorOut,
+    AdapterRequest,
     FeedbackRequest,
     FeedbackResponseOut,
     RequestError,
     RequestSchema,
     TagResponseOut,
     decode_json,
+    parse_adapter_request,
     require_json,
     without_paths,
 )
@@ -70,13 +81,14 @@ app = FastAPI(
     description="Automatic tagging after LLM4Tag: graph recall, knowledge-enhanced generation, calibration.",
     version="0.1.0",
 )
-ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 409, 413, 415, 422, 503)}
+ERRORS = refusals(400, 401, 403, 409, 413, 415, 422, 503)
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 # The request models of the default configuration, for the OpenAPI page; each replica validates with
 # the models of its own configuration (texts.item_fields).
 DOCUMENTED = RequestSchema()
 app.include_router(review_router)
 app.include_router(annif_router)
+app.add_exception_handler(RequestValidationError, invalid_parameter)
 
 # The stage a flow call's time is reported as (timings_ms, the stage_latency_ms metric).
 STAGE_OF = {
@@ -428,6 +440,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         "/v1/feedback",
         response_model=FeedbackResponseOut,
         responses=ERRORS,
+        dependencies=[KEYED],
         openapi_extra=RequestSchema.body(DOCUMENTED.feedback_request),
         summary="Record corrected annotations (durable before the answer)",
     )
@@ -453,7 +466,13 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         self.metrics.feedback.inc(recorded.items)
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
 
-    @app.post("/v1/admin/adapter", responses=ERRORS, summary="Swap a LoRA adapter in without a restart")
+    @app.post(
+        "/v1/admin/adapter",
+        responses=ERRORS,
+        dependencies=[KEYED],
+        openapi_extra=RequestSchema.body(AdapterRequest),
+        summary="Swap a LoRA adapter in without a restart",
+    )
     @answers("/v1/admin/adapter")
     async def set_adapter(self, request: Request):
         """Body {"role": "generator"|"calibrator", "path": adapter folder or null (base model)}: the
@@ -461,10 +480,8 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         batches; requests in flight are answered by the old adapter or the new one, none fails.
         Only folders under service.adapters_root are accepted."""
         self._authorize(request, "admin")
-        body = await self._json(request)
-        if not isinstance(body, dict) or body.get("role") not in ("generator", "calibrator"):
-            raise Refused(422, "must be generator or calibrator", "role")
-        role, path = body["role"], body.get("path")
+        parsed = parse_adapter_request(await self._json(request))
+        role, path = parsed.role, parsed.path
         stage = self.generator if role == "generator" else self.calibrator
         if stage is None and self.judges_with_generation:
             stage = self.generator  # the Generator replicas judge (and follow the calibrator adapter)
@@ -473,8 +490,6 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         if not self.settings.llm.adapters_file:
             raise Refused(409, "set llm.adapters_file to swap adapters over HTTP", "role")
         if path is not None:
-            if not isinstance(path, str) or not path:
-                raise Refused(422, "must be a folder path or null", "path")
             if self.service.adapters_root is None:
                 raise Refused(409, "set service.adapters_root to swap adapters over HTTP", "path")
             try:
@@ -491,9 +506,14 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         self.metrics.requests.inc(tags={"route": "/v1/admin/adapter", "status": "200"})
         return {"role": role, "path": path, "replica": state}
 
-    @app.get("/v1/tags", summary="Search the tag vocabulary")
+    @app.get("/v1/tags", summary="Search the tag vocabulary", responses=refusals(401, 403, 422))
     @answers("/v1/tags")
-    async def search(self, request: Request, q: str = "", limit: int = 20):
+    async def search(
+        self,
+        request: Request,
+        q: Annotated[str, Query(json_schema_extra=QUERY_BOUNDS)] = "",
+        limit: Annotated[int, Query(json_schema_extra=LIMIT_BOUNDS)] = 20,
+    ):
         if self.service.auth.reads:
             self._authorize(request, None)
         if not 1 <= limit <= self.limits.max_search_results:
@@ -506,7 +526,11 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
     async def healthz(self):
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Every stage answers; what each holds")
+    @app.get(
+        "/readyz",
+        summary="Every stage answers; what each holds",
+        responses={503: {"description": "A stage does not answer: ready false, and the error"}},
+    )
     async def readyz(self):
         stages: dict[str, Any] = {"encoder": (self.encoder, ())}
         stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(self.shards)})

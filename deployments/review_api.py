@@ -25,10 +25,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from deployments._common import Refused, answered, current_replica
+from deployments._common import LIMIT_BOUNDS, QUERY_BOUNDS, Refused, answered, current_replica, refusals
 from llm4tag.review_queue import (
+    MAX_ROW_NUMBER,
     REVIEW_HEADER,
     REVIEWER_HEADER,
+    STATES,
     ReviewError,
     ReviewQueue,
     ReviewSettings,
@@ -153,9 +155,16 @@ async def ui_file(name: str):
     return FileResponse(ui_folder() / name, media_type=UI_FILES[name])
 
 
-@router.get("/v1/review/queue", summary="Review queue: entries by state, counts, band")
+@router.get(
+    "/v1/review/queue", summary="Review queue: entries by state, counts, band", responses=refusals(409, 422)
+)
 @answered("/v1/review/queue")
-async def review_queue(ingress: Replica, state: str = "pending", limit: int = 50, offset: int = 0):
+async def review_queue(
+    ingress: Replica,
+    state: Annotated[str, Query(json_schema_extra={"enum": list(STATES)})] = "pending",
+    limit: Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": 500})] = 50,
+    offset: Annotated[int, Query(json_schema_extra={"minimum": 0, "maximum": MAX_ROW_NUMBER})] = 0,
+):
     if ingress.review is None:
         raise ReviewError("this service keeps no review queue", 409, "review")
     if not 1 <= limit <= 500 or offset < 0:
@@ -172,7 +181,7 @@ async def review_queue(ingress: Replica, state: str = "pending", limit: int = 50
     }
 
 
-@router.get("/v1/review/entries/{entry}", summary="One review entry")
+@router.get("/v1/review/entries/{entry}", summary="One review entry", responses=refusals(404, 409))
 @answered("/v1/review/entries")
 async def review_entry(ingress: Replica, entry: int):
     if ingress.review is None:
@@ -180,7 +189,9 @@ async def review_entry(ingress: Replica, entry: int):
     return await asyncio.to_thread(ingress.review.get, entry)
 
 
-@router.get("/v1/knowledge", summary="Retrieved samples and knowledge snippets by id")
+@router.get(
+    "/v1/knowledge", summary="Retrieved samples and knowledge snippets by id", responses=refusals(503)
+)
 @answered("/v1/knowledge")
 async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
     sample_ids = [s for s in samples.split(",") if s][:100]
@@ -188,13 +199,17 @@ async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
     return await ingress._call("knowledge", ingress.generator.knowledge_entries, sample_ids, snippet_ids)
 
 
-@router.get("/v1/vocabulary", summary="The vocabulary: descriptions, URIs, hierarchy, stored-item counts")
+@router.get(
+    "/v1/vocabulary",
+    summary="The vocabulary: descriptions, URIs, hierarchy, stored-item counts",
+    responses=refusals(422, 503),
+)
 @answered("/v1/vocabulary")
 async def vocabulary(
     ingress: Replica,
-    q: str = "",
-    limit: int = 50,
-    offset: int = 0,
+    q: Annotated[str, Query(json_schema_extra=QUERY_BOUNDS)] = "",
+    limit: Annotated[int, Query(json_schema_extra=LIMIT_BOUNDS)] = 50,
+    offset: Annotated[int, Query(json_schema_extra={"minimum": 0})] = 0,
     tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ):
     """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""

@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -106,6 +106,11 @@ def _too_large(what: str, count: int, limit: int) -> PydanticCustomError:
 
 # --- the models (the item model is built per configuration: its text fields are declared ones)
 
+# What the validators below check, said in the OpenAPI schema too (so that a client, or a fuzzer, knows a
+# text must have a non-space character and a batch an item): documentation only, the validators answer.
+NOT_BLANK = {"minLength": 1, "pattern": r"\S"}
+NOT_EMPTY = {"minItems": 1}
+
 
 class _ItemBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -141,7 +146,10 @@ class TagItemBase(_ItemBase):
         None, description="Your id for the item (default: item-<index>)."
     )
     text: StrictStr = Field(
-        ..., description="The item's text (non-empty).", examples=["my card has not arrived yet"]
+        ...,
+        description="The item's text (non-empty).",
+        examples=["my card has not arrived yet"],
+        json_schema_extra=NOT_BLANK,
     )
 
 
@@ -166,7 +174,7 @@ class FeedbackItemBase(_ItemBase):
     id: Annotated[StrictStr, Field(pattern=ID_PATTERN.pattern)] = Field(
         ..., description="The corrected item's id (feedback must name the item it corrects)."
     )
-    text: StrictStr = Field(..., description="The item's text.")
+    text: StrictStr = Field(..., description="The item's text.", json_schema_extra=NOT_BLANK)
     tags: list[StrictStr] = Field(default_factory=list, description="Correct tags (from the vocabulary).")
     incorrect: list[StrictStr] = Field(
         default_factory=list, description="Tags that were wrong for this item."
@@ -220,9 +228,7 @@ class ErrorOut(BaseModel):
 class TagOut(BaseModel):
     tag: str
     confidence: float | None = Field(None, description="Calibrated P(Yes); null when calibration is off.")
-    source: str = Field(
-        ..., description="Recall path(s) that found the tag: c2t, c2c2t, learned, fill, llm."
-    )
+    source: str = Field(..., description="Recall path(s) that found the tag: c2t, c2c2t, learned, fill, llm.")
     recall_score: float | None = None
     via: list[str] | None = Field(None, description="Neighbour items behind a C2C2T candidate.")
     by: str | None = Field(None, description="With a ranker (pipeline.route): who kept it, ranker or llm.")
@@ -251,6 +257,21 @@ class FeedbackResponseOut(BaseModel):
     recorded: int
     ids: list[str]
     samples: int
+
+
+class AdapterRequest(BaseModel):
+    """POST /v1/admin/adapter: which role's LoRA adapter to swap in, and from which folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["generator", "calibrator"] = Field(..., description="The role whose adapter changes.")
+    path: Annotated[StrictStr, Field(min_length=1)] | None = Field(
+        None, description="An adapter folder under service.adapters_root; null: the base model."
+    )
+
+
+def parse_adapter_request(body: Any) -> AdapterRequest:
+    return _validate(AdapterRequest, body, {}, single=False)
 
 
 # --- what a parsed request is
@@ -290,7 +311,11 @@ class RequestSchema:
             __base__=_TagRequestBase,
             items=(
                 list[self.tag_item],
-                Field(..., description="Items to tag (a single item may be sent bare)."),
+                Field(
+                    ...,
+                    description="Items to tag (a single item may be sent bare).",
+                    json_schema_extra=NOT_EMPTY,
+                ),
             ),
             candidates=(StrictBool, Field(False, description="Also return the recalled candidates.")),
             dropped=(
@@ -301,7 +326,10 @@ class RequestSchema:
         self.feedback_request = create_model(
             "FeedbackRequestIn",
             __base__=_RequestBase,
-            items=(list[self.feedback_item], Field(..., description="Corrected annotations (or one, bare).")),
+            items=(
+                list[self.feedback_item],
+                Field(..., description="Corrected annotations (or one, bare).", json_schema_extra=NOT_EMPTY),
+            ),
         )
 
     def parse_tag(self, body: Any, limits: Limits) -> TagRequest:
@@ -346,12 +374,26 @@ class RequestSchema:
 
     @staticmethod
     def body(model: type[BaseModel]) -> dict:
-        """The OpenAPI request body of a route that reads its body itself (to bound its size)."""
+        """The OpenAPI request body of a route that reads its body itself (to bound its size). Pydantic
+        puts nested models under the schema's own ``$defs`` and refers to them as ``#/$defs/...``; inside
+        an OpenAPI document such a pointer resolves against the document's root, where they are not (a
+        client generator or a fuzzer cannot follow it), so they are inlined: these models nest, they
+        never recurse."""
+        schema = model.model_json_schema()
+        defs = schema.pop("$defs", {})
+
+        def inline(node):
+            if isinstance(node, dict):
+                ref = node.get("$ref")
+                if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                    return inline(defs[ref.removeprefix("#/$defs/")])
+                return {key: inline(value) for key, value in node.items()}
+            if isinstance(node, list):
+                return [inline(value) for value in node]
+            return node
+
         return {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": model.model_json_schema()}},
-            }
+            "requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}
         }
 
 

@@ -48,6 +48,9 @@ STATES = ("pending", "applying", "decided")
 REVIEW_HEADER = "X-Review-Entry"
 REVIEWER_HEADER = "X-Reviewer"
 QUEUE_FILE = Path("review") / "queue.sqlite3"
+# SQLite's integers are 64-bit: a larger number from a request (an entry, an offset) would raise
+# OverflowError in the driver, so it is answered before it reaches the database.
+MAX_ROW_NUMBER = 2**63 - 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -298,6 +301,8 @@ class ReviewQueue:
     # -- reading
 
     def get(self, entry: int) -> dict:
+        if not 0 <= entry <= MAX_ROW_NUMBER:
+            raise ReviewError(f"no review entry {entry}", 404, REVIEW_HEADER)
         with self._connect() as db:
             row = db.execute("SELECT * FROM entries WHERE entry = ?", (entry,)).fetchone()
         if row is None:
@@ -315,6 +320,8 @@ class ReviewQueue:
         """Entries in a state; pending ones most uncertain first (closest to the cut), others newest first."""
         if state not in STATES:
             raise ReviewError(f"state must be one of {', '.join(STATES)}, got {state!r}", field="state")
+        if not 0 <= offset <= MAX_ROW_NUMBER:
+            raise ReviewError(f"must be within 0..{MAX_ROW_NUMBER}", field="offset")
         order = (
             "ABS(confidence - ?), entry" if state == "pending" else "COALESCE(decided, started, created) DESC"
         )

@@ -77,6 +77,21 @@ def test_entries_enter_once_and_the_most_uncertain_come_first(tmp_path):
         queue.entries("done")
 
 
+def test_numbers_beyond_sqlite_integers_are_answered_not_raised(tmp_path):
+    """Schemathesis sent ?offset=71188809712220069888 and /v1/review/entries/<that>: the driver raised
+    OverflowError (a 500)."""
+    queue = ReviewQueue(tmp_path / "q.sqlite3")
+    queue.add(uncertain_tags(row("a", [("t1", 0.6)]), "text a", BAND, "online"))
+    for number in (2**63, 71188809712220069888, -1):
+        with pytest.raises(ReviewError) as got:
+            queue.get(number)
+        assert got.value.status == 404
+    with pytest.raises(ReviewError) as got:
+        queue.entries("pending", offset=71188809712220069888)
+    assert (got.value.status, got.value.field) == (422, "offset")
+    assert queue.entries("pending", offset=2**63 - 1) == []
+
+
 def test_a_decision_goes_pending_applying_decided_and_is_never_taken_twice(tmp_path):
     queue = ReviewQueue(tmp_path / "q.sqlite3")
     queue.add(uncertain_tags(row("a", [("t1", 0.6)]), "text a", BAND, "online"))

@@ -130,6 +130,11 @@ def test_health_readiness_docs_and_vocabulary_search(served):
     found = call(f"{url}/v1/tags?q=card%20arrival")[2]
     assert found["tags"][0]["tag"] == "card_arrival" and found["vocabulary_size"] == 77
     assert call(f"{url}/v1/tags?q=card&limit=0")[2]["field"] == "limit"
+    # A parameter FastAPI cannot convert is refused with the documented body too (it was {"detail": ...}).
+    status, _, answer = call(f"{url}/v1/tags?limit=abc")
+    assert (status, answer["field"]) == (422, "limit"), answer
+    assert docs["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert docs["paths"]["/v1/feedback"]["post"]["security"] == [{"apiKey": []}]
     status, _, answer = call(f"{url}/v1/tags?q={'card%20' * 100}")
     assert (status, answer["field"]) == (422, "q") and "200" in answer["error"]
 

@@ -8,7 +8,9 @@ from llm4tag.errors import ConfigError
 from llm4tag.http_schema import (
     Limits,
     RequestError,
+    RequestSchema,
     decode_json,
+    parse_adapter_request,
     parse_feedback_request,
     parse_tag_request,
     require_json,
@@ -84,6 +86,33 @@ def test_ids_are_one_line_of_printable_text():
                 parse_feedback_request, {"id": bad, "text": "t", "tags": ["card_arrival"]}, [], VOCAB, LIMITS
             ).field
             == "body.id"
+        )
+
+
+def test_documented_request_bodies_hold_no_pointer_outside_the_openapi_document():
+    """Pydantic refers to nested models as #/$defs/...: inside an OpenAPI document that resolves against
+    its root, where they are not (schemathesis skipped the items of /v1/tag and /v1/feedback)."""
+    schema = RequestSchema(["title"])
+    for model in (schema.tag_request, schema.feedback_request):
+        body = RequestSchema.body(model)["requestBody"]["content"]["application/json"]["schema"]
+        assert "$defs" not in str(body) and "$ref" not in str(body)
+        items = body["properties"]["items"]
+        assert items["minItems"] == 1 and items["items"]["properties"]["text"]["pattern"] == r"\S"
+        assert set(items["items"]["properties"]) >= {"id", "text", "title"}
+
+
+def test_adapter_requests_are_validated_naming_the_field():
+    assert parse_adapter_request({"role": "calibrator"}).path is None
+    for body, field in [
+        ({"role": "judge"}, "role"),
+        ({"role": "generator", "path": ""}, "path"),
+        ({"role": "generator", "path": 3}, "path"),
+        ({"role": "generator", "path": None, "colour": 1}, "colour"),
+        ([], "body"),
+    ]:
+        assert (refused(parse_adapter_request, body).status, refused(parse_adapter_request, body).field) == (
+            422,
+            field,
         )
 
 
