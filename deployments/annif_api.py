@@ -154,7 +154,7 @@ async def annif_suggest_batch(ingress: Replica, project_id: str, request: Reques
 )
 @answered("/v1/projects/{id}/learn", annif=True)
 async def annif_learn(ingress: Replica, project_id: str, request: Request):
-    ingress._authorize(request, "write")  # learning writes feedback
+    sender = ingress._authorize(request, "write")  # learning writes feedback
     ingress._project_or_404(project_id)
     if not ingress.annif.learn:
         raise Problem(
@@ -169,7 +169,7 @@ async def annif_learn(ingress: Replica, project_id: str, request: Request):
         ingress.limits.max_items,
     )
     if items:
-        await ingress._write_feedback(ingress._parse_feedback({"items": items}))
+        await ingress._write_feedback(ingress._parse_feedback({"items": items}), sender=sender)
     # Unknown subject URIs are left out as Annif leaves them out; the header says how many.
     headers = {"X-Unknown-Subjects": str(len(unknown))} if unknown else None
     if unknown:

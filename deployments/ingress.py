@@ -208,12 +208,13 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         self.metrics.requests.inc(tags={"route": route, "status": str(status)})
         return JSONResponse(body, status_code=status, headers=headers, media_type=media_type)
 
-    def _authorize(self, request: Request, scope: str | None) -> None:
-        """Refuse (401/403) unless the request carries a key with ``scope`` (None: any key)."""
+    def _authorize(self, request: Request, scope: str | None) -> str | None:
+        """Refuse (401/403) unless the request carries a key with ``scope`` (None: any key); the key's
+        name (None when no keys are checked)."""
         if self.keys is None:
-            return
+            return None
         try:
-            self.keys.check(request.headers.get("authorization"), scope)
+            return self.keys.check(request.headers.get("authorization"), scope)
         except AuthError as exc:
             headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
             raise Refused(exc.status, exc.message, "authorization", headers) from None
@@ -446,22 +447,30 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
     )
     @answers("/v1/feedback")
     async def feedback(self, request: Request):
-        self._authorize(request, "write")
+        sender = self._authorize(request, "write")
         parsed = self._parse_feedback(await self._json(request))
         # With an X-Review-Entry header the feedback also decides that review queue entry.
-        answer = await self._review_decided(request, parsed, self._write_feedback)
+        answer = await self._review_decided(request, parsed, sender)
         self.metrics.requests.inc(tags={"route": "/v1/feedback", "status": "200"})
         return answer
 
     def _parse_feedback(self, body: Any) -> FeedbackRequest:
         return self.schema.parse_feedback(body, self.vocabulary, self.limits)
 
-    async def _write_feedback(self, parsed: FeedbackRequest) -> dict:
+    async def _write_feedback(
+        self, parsed: FeedbackRequest, sender: str | None = None, reviewer: str | None = None
+    ) -> dict:
         """Both writes are fsynced before this returns: the sample log and the owning shard's journal.
         They run concurrently; if one fails the answer is a 503 naming it, and the same request sent
-        again converges (both are upserts)."""
+        again converges (both are upserts). The samples record who sent and who reviewed them."""
         recorded = await self.run(
-            flow.feedback_flow(parsed.items, parsed.incorrect, item_fields=self.settings.texts.item_fields)
+            flow.feedback_flow(
+                parsed.items,
+                parsed.incorrect,
+                item_fields=self.settings.texts.item_fields,
+                sender=sender,
+                reviewer=reviewer,
+            )
         )
         self.metrics.feedback.inc(recorded.items)
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}

@@ -39,6 +39,9 @@ from llm4tag.review_queue import (
 )
 
 log = logging.getLogger("ray.serve")
+# The reviewer of a decision made without an X-Reviewer header where no keys are checked: the decision
+# was still made in the review queue, by someone who looked at the entry.
+UNNAMED_REVIEWER = "review-queue"
 router = APIRouter()
 # The ingress replica serving the request (its handles, settings, queue).
 Replica = Annotated[Any, Depends(current_replica)]
@@ -82,13 +85,15 @@ class ReviewRoutes:
         if found:
             await asyncio.to_thread(self.review.add, found)
 
-    async def _review_decided(self, request: Request, parsed, write) -> Any:
-        """Run ``write(parsed)`` (the durable feedback writes); with an ``X-Review-Entry`` header the
-        feedback decides that entry: recorded before the writes, finished after them, released if
-        they fail. Another reviewer's decision on the same entry gets a 409 naming it."""
+    async def _review_decided(self, request: Request, parsed, sender: str | None) -> Any:
+        """Write the feedback (durably), sent by ``sender`` (the key's name); with an
+        ``X-Review-Entry`` header the feedback decides that entry: recorded before the writes,
+        finished after them, released if they fail. Another reviewer's decision on the same entry gets
+        a 409 naming it. Only such a decision is reviewed feedback: its reviewer is the X-Reviewer
+        header's, else the key's name."""
         header = request.headers.get(REVIEW_HEADER)
         if header is None:
-            return await write(parsed)
+            return await self._write_feedback(parsed, sender=sender)
         if self.review is None:
             raise ReviewError("this service keeps no review queue", 409, REVIEW_HEADER)
         if not header.strip().isdigit():
@@ -98,6 +103,7 @@ class ReviewRoutes:
         reviewer = request.headers.get(REVIEWER_HEADER)
         if reviewer is not None and not REVIEWER.match(reviewer):
             raise ReviewError("must be 1-100 printable characters", 422, REVIEWER_HEADER)
+        reviewer = reviewer or sender or UNNAMED_REVIEWER
         number = int(header)
         entry = await asyncio.to_thread(self.review.get, number)
         item = parsed.items[0]
@@ -111,7 +117,7 @@ class ReviewRoutes:
         }
         await asyncio.to_thread(self.review.begin, number, decision, replacement, reviewer, body)
         try:
-            result = await write(parsed)
+            result = await self._write_feedback(parsed, sender=sender, reviewer=reviewer)
         except BaseException:
             await asyncio.to_thread(self.review.abort, number)
             raise
@@ -127,7 +133,7 @@ class ReviewRoutes:
         for entry in stale:
             try:
                 parsed = self._parse_feedback(json.loads(entry["feedback"]))
-                await self._write_feedback(parsed)
+                await self._write_feedback(parsed, reviewer=entry["reviewer"] or UNNAMED_REVIEWER)
             except Exception as exc:  # the next look at the queue tries again
                 log.warning("review entry %s: could not write its feedback again: %s", entry["entry"], exc)
                 continue

@@ -3,11 +3,16 @@
 A key is a bearer token with scopes: ``write`` (POST /v1/feedback) and ``admin`` (/v1/admin/*). Keys
 come from an environment variable or a secret file readable by its owner only (mode 0600), never from
 the Serve config (which Ray shows on its dashboard and stores in its control store). Both hold entries
-separated by whitespace, each ``SCOPES:KEY`` with SCOPES a comma-separated list; a line starting with
-``#`` is a comment:
+separated by whitespace, each ``[NAME=]SCOPES:KEY`` with SCOPES a comma-separated list; a line starting
+with ``#`` is a comment:
 
     # llm4tag API keys (mode 0600)
     write,admin:l4t_3q...
+    labeller-ann=write:l4t_Zr...
+
+NAME (letters, digits, ``._-``) says who holds the key: feedback sent with it records that name. A key
+without one is named by a fingerprint of it, ``key-`` and 8 hex digits of its SHA-256 (telling nothing
+usable about the key).
 
 ``llm4tag serve`` on a machine without keys writes one with both scopes and prints where (as Ray does
 with its token). With ``auth: off`` nothing is checked: only for a service no one else can reach.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ from llm4tag.errors import ConfigError
 from llm4tag.section import Section
 
 SCOPES = ("write", "admin")
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 DEFAULT_KEYS_FILE = "~/.config/llm4tag/api-keys"
 
 
@@ -42,7 +49,8 @@ class Auth(Section):
         True, description="check API keys (`auth: off` turns it off: only where no one else can connect)"
     )
     keys_env: str = Field(
-        "LLM4TAG_API_KEYS", description="environment variable with the keys (SCOPES:KEY entries); first"
+        "LLM4TAG_API_KEYS",
+        description="environment variable with the keys ([NAME=]SCOPES:KEY entries); first",
     )
     keys_file: str = Field(
         DEFAULT_KEYS_FILE,
@@ -63,7 +71,7 @@ class AuthError(Exception):
 class ApiKeys:
     """The keys a service accepts, kept as SHA-256 digests (compared in constant time)."""
 
-    digests: tuple[tuple[bytes, frozenset[str]], ...]
+    digests: tuple[tuple[bytes, frozenset[str], str], ...]  # (digest, scopes, name)
     source: str
 
     @classmethod
@@ -71,17 +79,21 @@ class ApiKeys:
         entries = []
         for line in text.splitlines():
             for entry in line.split("#", 1)[0].split():
-                scopes, sep, key = entry.partition(":")
+                head, sep, key = entry.partition(":")
+                name, _, scopes = head.rpartition("=")
                 named = frozenset(s for s in scopes.split(",") if s)
                 unknown = sorted(named - set(SCOPES))
                 if not sep or not key or not named or unknown:
                     raise ConfigError(
-                        f"{source}: an entry is not SCOPES:KEY with scopes from {', '.join(SCOPES)}"
+                        f"{source}: an entry is not [NAME=]SCOPES:KEY with scopes from {', '.join(SCOPES)}"
                         + (f" (unknown: {', '.join(unknown)})" if unknown else "")
                     )
+                if "=" in head and not KEY_NAME.fullmatch(name):
+                    raise ConfigError(f"{source}: a key name is not 1-64 letters, digits, '.', '_' or '-'")
                 if len(key) < 16:
                     raise ConfigError(f"{source}: a key is shorter than 16 characters")
-                entries.append((_digest(key), named))
+                digest = _digest(key)
+                entries.append((digest, named, name or f"key-{digest[:4].hex()}"))
         return cls(tuple(entries), source)
 
     @classmethod
@@ -104,27 +116,33 @@ class ApiKeys:
 
     def scopes_of(self, authorization: str | None) -> frozenset[str] | None:
         """The scopes of the key in an ``Authorization: Bearer KEY`` header; None: no valid key."""
+        found = self._find(authorization)
+        return found[0] if found else None
+
+    def _find(self, authorization: str | None) -> tuple[frozenset[str], str] | None:
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return None
         presented = _digest(key.strip())
         found = None
-        for digest, scopes in self.digests:  # every key compared: the time does not tell which matched
+        for digest, scopes, name in self.digests:  # every key compared: the time does not tell which
             if hmac.compare_digest(presented, digest):
-                found = scopes
+                found = (scopes, name)
         return found
 
-    def check(self, authorization: str | None, scope: str | None) -> None:
-        """Raise AuthError unless the header holds a key with ``scope`` (None: any valid key)."""
+    def check(self, authorization: str | None, scope: str | None) -> str:
+        """The name of the header's key; AuthError unless it has ``scope`` (None: any valid key)."""
         if not self.digests:
             raise AuthError(
                 401, f"no API keys are configured ({self.source}): this route is closed until there are"
             )
-        scopes = self.scopes_of(authorization)
-        if scopes is None:
+        found = self._find(authorization)
+        if found is None:
             raise AuthError(401, "missing or unknown API key: send Authorization: Bearer <key>")
+        scopes, name = found
         if scope is not None and scope not in scopes:
             raise AuthError(403, f"this key lacks the '{scope}' scope")
+        return name
 
 
 def _digest(key: str) -> bytes:

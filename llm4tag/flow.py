@@ -292,9 +292,15 @@ def _routed(
 
 
 def feedback_flow(
-    items: Sequence[Item], incorrect: Sequence[Sequence[str]], *, item_fields: Sequence[str]
+    items: Sequence[Item],
+    incorrect: Sequence[Sequence[str]],
+    *,
+    item_fields: Sequence[str],
+    sender: str | None = None,
+    reviewer: str | None = None,
 ) -> Generator[Call, Any, Recorded]:
-    """Corrected annotations: each item's ``tags`` are right, ``incorrect`` (per item) were wrong.
+    """Corrected annotations: each item's ``tags`` are right, ``incorrect`` (per item) were wrong;
+    ``sender`` and ``reviewer`` are recorded on the samples (see :class:`Sample`).
 
     Two durable writes, independent of each other: the item as a retrievable sample (correct and
     incorrect tags), and its correct tags as deterministic graph edges (a new item is inserted).
@@ -310,6 +316,8 @@ def feedback_flow(
             correct=tuple(item.tags or ()),
             incorrect=tuple(wrong),
             source="feedback",
+            sender=sender,
+            reviewer=reviewer,
         )
         for item, content, wrong in zip(items, contents, incorrect, strict=True)
     ]

@@ -341,8 +341,17 @@ class TaggingPipeline:
         if batch:
             yield from self.tag(batch, **kwargs)
 
-    def feedback(self, items: Sequence[Item], incorrect: Sequence[Sequence[str]] | None = None) -> int:
-        """Corrected annotations: each item's ``tags`` are right, ``incorrect`` (per item) were wrong.
+    def feedback(
+        self,
+        items: Sequence[Item],
+        incorrect: Sequence[Sequence[str]] | None = None,
+        *,
+        sender: str | None = None,
+        reviewer: str | None = None,
+    ) -> int:
+        """Corrected annotations: each item's ``tags`` are right, ``incorrect`` (per item) were wrong;
+        ``sender`` and ``reviewer`` are recorded on the samples (only reviewed feedback may enter the
+        held-out items that decide an adapter's promotion).
 
         The item becomes a retrievable sample at once (durably when the pipeline was opened writable)
         and its correct tags deterministic graph edges. Returns the number of items recorded; if one
@@ -364,7 +373,14 @@ class TaggingPipeline:
             if not item.tags and not wrong:
                 raise LLM4TagError(f"feedback for item '{item.id}' has neither correct nor incorrect tags")
         recorded = flow.run(
-            flow.feedback_flow(items, incorrect, item_fields=self.recaller.texts.item_fields), self.answer
+            flow.feedback_flow(
+                items,
+                incorrect,
+                item_fields=self.recaller.texts.item_fields,
+                sender=sender,
+                reviewer=reviewer,
+            ),
+            self.answer,
         )
         return recorded.items
 

@@ -42,6 +42,17 @@ def test_missing_wrong_and_wrong_scope_keys_are_401_401_403():
     assert status(ApiKeys.parse("", "nowhere"), f"Bearer {ADMIN}", "write") == 401
 
 
+def test_a_key_names_its_holder_or_is_named_by_its_fingerprint():
+    keys = ApiKeys.parse(f"labeller.ann-1=write:{WRITER}\nwrite,admin:{ADMIN}", "test")
+    assert keys.check(f"Bearer {WRITER}", "write") == "labeller.ann-1"
+    fingerprint = keys.check(f"Bearer {ADMIN}", "admin")
+    assert fingerprint.startswith("key-") and len(fingerprint) == 12 and ADMIN not in fingerprint
+    assert fingerprint == ApiKeys.parse(f"admin:{ADMIN}", "again").check(f"Bearer {ADMIN}", None)  # stable
+    for bad in (f"=write:{WRITER}", f"a b=write:{WRITER}", f"{'n' * 65}=write:{WRITER}", f"é=write:{WRITER}"):
+        with pytest.raises(ConfigError):
+            ApiKeys.parse(bad, "test")
+
+
 def test_every_key_is_compared_in_constant_time(monkeypatch):
     compared = []
 

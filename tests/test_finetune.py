@@ -75,6 +75,46 @@ def test_feedback_overrides_an_annotation_and_adds_reviewed_items():
     assert incorrect == {"a": ("x",), "b": ("z",)} and reviewed == {"a", "b", "c"}
 
 
+def test_unreviewed_feedback_trains_but_never_decides_promotion():
+    """Issue 18: unreviewed HTTP feedback replaced the labels of held-out items and added held-out
+    items, so whoever held a write key could choose the promoted adapter."""
+    from llm4tag.finetune.retrain import in_holdout, promotion_split
+
+    ids = [f"item-{n}" for n in range(200)]
+    held_ids = [i for i in ids if in_holdout(i, 0.5)]
+    kept_ids = [i for i in ids if not in_holdout(i, 0.5)]
+    annotated = [Item(i, f"text {i}", ("x",)) for i in held_ids[:3] + kept_ids[:2]]
+    relabelled, reviewed_one, train_one = held_ids[0], held_ids[1], kept_ids[0]
+    new_held, new_reviewed = held_ids[10], held_ids[11]
+    feedback = [
+        Sample(relabelled, "t", ("poison",), ("x",), "feedback", sender="key-0123abcd"),
+        Sample(reviewed_one, "t", ("y",), ("x",), "feedback", sender="key-0123abcd", reviewer="ann"),
+        Sample(train_one, "t", ("poison",), (), "feedback", sender="key-0123abcd"),
+        Sample(new_held, "t", ("poison",), (), "feedback", sender="key-0123abcd"),
+        Sample(new_reviewed, "t", ("y",), (), "feedback", reviewer="ann"),
+    ]
+    train, held = promotion_split(annotated, feedback, 0.5, None)
+    held_tags = {i.id: i.tags for i in held}
+    assert held_tags == {relabelled: ("x",), reviewed_one: ("y",), held_ids[2]: ("x",), new_reviewed: ("y",)}
+    assert "poison" not in {t for tags in held_tags.values() for t in tags}
+    train_tags = {i.id: i.tags for i in train}
+    assert train_tags == {train_one: ("poison",), kept_ids[1]: ("x",)}  # feedback still trains
+    assert not set(train_tags) & set(held_tags)
+    assert len(promotion_split(annotated, feedback, 0.5, 2)[1]) == 2
+
+
+def test_feedback_samples_keep_who_sent_and_who_reviewed_them():
+    sent = Sample("a", "text a", ("x",), (), "feedback", sender="labeller-1")
+    assert not sent.reviewed and Sample.from_record(sent.to_record()) == sent
+    decided = Sample("a", "text a", ("y",), (), "feedback", sender="labeller-1", reviewer="ann")
+    assert decided.reviewed and Sample.from_record(decided.to_record()) == decided
+    assert sent.merged(decided).reviewer == "ann"
+    assert not decided.merged(sent).reviewed  # unreviewed tags came in after the review
+    assert "sender" not in Sample("b", "text b", ("x",)).to_record()  # annotations carry neither
+    with pytest.raises(ValueError, match="reviewer"):
+        Sample("a", "text a", ("x",), (), "feedback", reviewer=" ")
+
+
 def test_finetune_config_is_data_and_typos_are_errors():
     settings = settings_from_dict({"finetune": {"cpu": {"max_steps": 3}, "lora": {"r": 4}}})
     assert settings.finetune.cpu.max_steps == 3 and settings.finetune.cpu.batch_size == 2  # cpu defaults kept

@@ -308,6 +308,11 @@ def test_tag_review_and_see_the_correction_in_the_next_tagging(served, browser, 
     assert (entry["state"], entry["decision"], entry["replacement"]) == ("decided", "replace", replacement)
     records = journal_records(served["store"])
     assert ("ui-game", [replacement]) in [(r["id"], r["tags"]) for r in records]
+    # The decision's feedback is reviewed, by the reviewer the UI names (issue 18).
+    from llm4tag.finetune.training_data import load_feedback
+
+    (sample,) = [s for s in load_feedback(served["store"]) if s.id == "ui-game"]
+    assert (sample.reviewer, sample.correct) == ("ann", (replacement,))
 
     # The next tagging of that text retrieves the corrected item as a sample: replacement correct,
     # the rejected tag marked "not".

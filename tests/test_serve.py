@@ -73,7 +73,7 @@ def write_config(folder: Path, port: int) -> Path:
     app["args"]["service"]["limits"] = {"max_items": 8, "max_text_chars": 2000, "max_body_bytes": 65536}
     app["args"]["service"]["retry_after_s"] = 3
     keys = folder / "api-keys"
-    keys.write_text(f"write:{WRITER}\nwrite,admin:{ADMIN}\n")
+    keys.write_text(f"write:{WRITER}\noperator=write,admin:{ADMIN}\n")  # the writer's is unnamed
     keys.chmod(0o600)
     app["args"]["service"]["auth"] = {"keys_file": str(keys)}
     by_name = {d["name"]: d for d in app["deployments"]}
@@ -334,7 +334,13 @@ def test_feedback_is_durable_visible_and_survives_a_restart(served):
     # On disk before the answer: the shard's journal and the sample log.
     journal = [json.loads(line) for line in (store / "journal.jsonl").read_text().splitlines()[1:]]
     assert [(r["id"], r["tags"]) for r in journal] == [("fb-1", ["card_arrival"])]
-    assert "fb-1" in (store / "knowledge" / "samples" / "appended.jsonl").read_text()
+    samples = (store / "knowledge" / "samples" / "appended.jsonl").read_text()
+    assert "fb-1" in samples
+    # Who sent it (the key's name) is recorded; plain feedback is not reviewed (issue 18).
+    from llm4tag.finetune.training_data import load_feedback
+
+    (sample,) = [s for s in load_feedback(store) if s.id == "fb-1"]
+    assert (sample.sender, sample.reviewed) == ("operator", False)
     check_feedback_visible(url)
     # Every replica of the shard and of the generator holds it, not only the one that wrote it.
     for deployment, key in (("GraphRecall", "contents"), ("Generator", "samples")):

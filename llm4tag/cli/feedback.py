@@ -7,7 +7,7 @@ import json
 from llm4tag.cli.common import add_config, print_json
 from llm4tag.config import load_settings
 from llm4tag.data import read_items
-from llm4tag.errors import DataError
+from llm4tag.errors import DataError, LLM4TagError
 from llm4tag.pipeline import TaggingPipeline
 
 
@@ -18,6 +18,11 @@ def register(verbs) -> None:
     feedback.add_argument("--store", required=True)
     feedback.add_argument(
         "--input", required=True, help="items with their correct 'tags' and optional 'incorrect_tags'"
+    )
+    feedback.add_argument(
+        "--reviewer",
+        help="who reviewed these corrections (recorded; only reviewed feedback may enter the held-out "
+        "items that decide whether `llm4tag retrain` promotes an adapter)",
     )
     add_config(feedback)
     feedback.set_defaults(run=run)
@@ -40,7 +45,9 @@ def run(args) -> int:
     items = read_items(args.input).items
     incorrect = incorrect_tags(args.input, items)
     pipeline = TaggingPipeline.open(args.store, load_settings(args.config), load_engine=False, writable=True)
-    count = pipeline.feedback(items, incorrect)
+    if args.reviewer is not None and not args.reviewer.strip():
+        raise LLM4TagError("--reviewer is empty: name who reviewed the feedback")
+    count = pipeline.feedback(items, incorrect, sender="cli", reviewer=args.reviewer)
     # Both writes are durable already (fsynced logs); a save folds the journal into a new version.
     pipeline.recaller.store.save(args.store)
     print_json({"store": str(args.store), "feedback_items": count, "samples": len(pipeline.samples)})

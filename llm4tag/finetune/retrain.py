@@ -2,6 +2,7 @@
 
 1. The annotated items (and the store's feedback) are split into training items and a held-out set,
    chosen by a hash of the item id: stable across runs, so an item evaluated once is never trained on.
+   Held-out labels are the annotations and reviewed feedback only (:func:`promotion_split`).
 2. Nothing new since the active adapters' data (item digests in their data manifest): exit 0 unless
    --force.
 3. Training data from the training items (``train-data``), then one adapter per role (``train``).
@@ -21,11 +22,13 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from graph_store.durable import append_lines
+from llm4tag.data import Item
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
 from llm4tag.errors import LLM4TagError
@@ -40,6 +43,7 @@ from llm4tag.finetune.training_data import (
     merge_feedback,
     read_pool,
 )
+from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.recaller import Recaller
 from llm4tag.store_builder import build_parts
@@ -50,6 +54,21 @@ EXIT_NOT_PROMOTED = 3
 def in_holdout(item_id: str, fraction: float) -> bool:
     digest = int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16)
     return digest / 0xFFFFFFFF < fraction
+
+
+def promotion_split(
+    items: Sequence[Item], feedback: Sequence[Sample], fraction: float, held_max: int | None
+) -> tuple[list[Item], list[Item]]:
+    """The training items and the held-out items that decide promotion. All feedback joins the training
+    items (it may be noisy; the held-out score tells). The held-out items carry only labels someone
+    vouched for: the annotations, and feedback a reviewer decided (``Sample.reviewed``). Unreviewed
+    feedback, which any holder of a write key can send, neither relabels a held-out item (its
+    annotation stands) nor adds one, so it cannot choose which adapter is promoted."""
+    merged, _, _ = merge_feedback(items, feedback)
+    vouched, _, _ = merge_feedback(items, [s for s in feedback if s.reviewed])
+    train_items = [i for i in merged if i.tags and not in_holdout(i.id, fraction)]
+    held = [i for i in vouched if i.tags and in_holdout(i.id, fraction)]
+    return train_items, held[:held_max]
 
 
 def _previous_items(active: dict[str, Any]) -> dict[str, str]:
@@ -132,13 +151,11 @@ def retrain(
     active_path = root / "active.json"
     active = read_active(active_path)
     items, tags = read_pool(items_path, tags_path, split)
-    if store and settings.finetune.data.use_feedback:
-        items, _, _ = merge_feedback(items, load_feedback(store))
-        items = [i for i in items if i.tags]
-    held = [i for i in items if in_holdout(i.id, config.holdout_fraction)]
-    held = held[: eval_items or config.holdout_max]
+    feedback = load_feedback(store) if store and settings.finetune.data.use_feedback else []
+    train_items, held = promotion_split(
+        items, feedback, config.holdout_fraction, eval_items or config.holdout_max
+    )
     held_ids = {i.id for i in held}
-    train_items = [i for i in items if not in_holdout(i.id, config.holdout_fraction)]
     if not held or not train_items:
         raise LLM4TagError(f"cannot split {len(items)} items into training and held-out items")
     previous = _previous_items(active)
@@ -147,6 +164,10 @@ def retrain(
     report: dict[str, Any] = {
         "started": stamp,
         "items": len(items),
+        "feedback": {
+            "reviewed": sum(s.reviewed for s in feedback),
+            "unreviewed": sum(not s.reviewed for s in feedback),
+        },
         "train_items": len(train_items),
         "held_out": len(held),
         "new_since_active": len(new),

@@ -57,8 +57,9 @@ def load_feedback(store_dir: str | Path) -> list:
 def merge_feedback(
     items: Sequence[Item], feedback: Sequence
 ) -> tuple[list[Item], dict[str, tuple], set[str]]:
-    """Items with feedback applied: a reviewed item's correct tags replace its annotation (the reviewer
-    saw it last), new reviewed items join. Returns (items, incorrect tags per id, reviewed ids)."""
+    """Items with feedback applied: an item's feedback tags replace its annotation (the feedback saw it
+    last), new items join. Returns (items, incorrect tags per id, ids with feedback). Whether the
+    feedback was reviewed (``Sample.reviewed``) is the caller's to weigh (finetune/retrain.py)."""
     by_id = {item.id: item for item in items}
     incorrect: dict[str, tuple] = {}
     reviewed: set[str] = set()

@@ -41,7 +41,10 @@ class Sample:
     """An annotated content: its text (as encoded) with the tags it has and, from feedback, does not have.
 
     ``correct`` and ``incorrect`` are disjoint; lists are accepted and stored as tuples (duplicates dropped).
-    ``source`` is ``"annotation"`` (training data) or ``"feedback"`` (added at run time).
+    ``source`` is ``"annotation"`` (training data) or ``"feedback"`` (added at run time). Feedback says
+    who sent it (``sender``: the API key's name, ``cli``; None when the service checks no keys) and who
+    reviewed it (``reviewer``: a review queue decision's reviewer, ``llm4tag feedback --reviewer``);
+    only reviewed feedback may decide which adapter is promoted (llm4tag/finetune/retrain.py).
     """
 
     id: str
@@ -49,6 +52,8 @@ class Sample:
     correct: tuple[str, ...] = ()
     incorrect: tuple[str, ...] = ()
     source: str = "annotation"
+    sender: str | None = None
+    reviewer: str | None = None
 
     def __post_init__(self) -> None:
         _check_string("id", self.id)
@@ -63,6 +68,9 @@ class Sample:
             raise ValueError(
                 f"sample '{self.id}': source must be one of {SAMPLE_SOURCES}, got {self.source!r}"
             )
+        for name in ("sender", "reviewer"):
+            if getattr(self, name) is not None:
+                _check_string(name, getattr(self, name))
         object.__setattr__(self, "correct", correct)
         object.__setattr__(self, "incorrect", incorrect)
 
@@ -85,7 +93,21 @@ class Sample:
         correct.update(dict.fromkeys(update.correct))
         incorrect = dict.fromkeys(t for t in self.incorrect if t not in drop_incorrect)
         incorrect.update(dict.fromkeys(update.incorrect))
-        return Sample(self.id, update.text, tuple(correct), tuple(incorrect), update.source)
+        # Who sent and reviewed it: the update's (a reviewed sample updated by unreviewed feedback is
+        # unreviewed again: its tags are no longer all the reviewer's).
+        return Sample(
+            self.id,
+            update.text,
+            tuple(correct),
+            tuple(incorrect),
+            update.source,
+            update.sender,
+            update.reviewer,
+        )
+
+    @property
+    def reviewed(self) -> bool:
+        return self.reviewer is not None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -94,7 +116,7 @@ class Sample:
             "correct": list(self.correct),
             "incorrect": list(self.incorrect),
             "source": self.source,
-        }
+        } | {name: getattr(self, name) for name in ("sender", "reviewer") if getattr(self, name) is not None}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Sample:
@@ -104,6 +126,8 @@ class Sample:
             correct=record.get("correct") or (),
             incorrect=record.get("incorrect") or (),
             source=record.get("source", "annotation"),
+            sender=record.get("sender"),
+            reviewer=record.get("reviewer"),
         )
 
 
