@@ -209,3 +209,70 @@ def test_launcher_places_each_deployment_on_its_node_kind(launcher):
     )
     commands = " ".join(launcher["setup_commands"] + launcher["head_setup_commands"])
     assert "cluster.storage sync s3://" in commands and "/mnt/llm4tag/stores/production" in commands
+
+
+# --- what is open to the network (issue 18: the dashboard's Jobs API runs code; GCS, client)
+
+SERVE_PORT = 8000
+TOKEN_ENV = [
+    {"name": "RAY_AUTH_MODE", "value": "token"},
+    {
+        "name": "RAY_AUTH_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "llm4tag-ray-token", "key": "auth_token"}},
+    },
+]
+
+
+def network_policy() -> dict:
+    docs = list(yaml.safe_load_all((CLUSTER / "rayservice.yaml").read_text()))
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    return policy
+
+
+def ray_pod_specs(cluster: dict) -> list[dict]:
+    return [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+
+
+def test_every_ray_container_runs_with_token_authentication():
+    docs = list(yaml.safe_load_all((CLUSTER / "rayservice.yaml").read_text()))
+    assert not [d for d in docs if d["kind"] == "Secret"]  # the token is never in the repository
+    cluster = docs[0]["spec"]["rayClusterConfig"]
+    envs = [cluster["autoscalerOptions"]["env"]]
+    for spec in ray_pod_specs(cluster):
+        envs += [c.get("env", []) for c in spec["template"]["spec"]["containers"]]
+    assert len(envs) == 4
+    for env in envs:
+        assert [e for e in env if e["name"].startswith("RAY_AUTH")] == TOKEN_ENV, env
+
+
+def test_only_serve_is_open_to_the_network_on_kubernetes():
+    policy = network_policy()
+    cluster = rayservice()[0]["spec"]["rayClusterConfig"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    for spec in ray_pod_specs(cluster):  # the policy covers every Ray pod
+        assert selected.items() <= spec["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        peers = rule.get("from")
+        if not peers:  # from anywhere: Serve only, never all ports
+            assert ports == {SERVE_PORT}, rule
+        elif ports:  # from outside the cluster's pods: the operator, to the dashboard and its agent
+            assert ports <= {8265, 52365}, rule
+            assert [p["podSelector"]["matchLabels"] for p in peers] == [
+                {"app.kubernetes.io/name": "kuberay-operator"}
+            ], rule
+        else:  # every port: the cluster's own pods only
+            assert peers == [{"podSelector": {"matchLabels": selected}}], rule
+
+
+def test_the_launcher_opens_only_serve_and_keeps_the_dashboard_on_localhost(launcher):
+    start = " ".join(launcher["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+    # Ray's launcher adds SSH and the cluster's own traffic to these rules; nothing else is opened.
+    rules = launcher["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"], r["IpProtocol"]) for r in rules] == [(SERVE_PORT, SERVE_PORT, "tcp")]
+    options = " ".join(launcher["docker"]["run_options"])
+    assert "-e RAY_AUTH_MODE=token" in options
+    token_path = options.split("RAY_AUTH_TOKEN_PATH=")[1].split()[0]
+    assert launcher["file_mounts"][token_path] == "~/.ray/auth_token"
