@@ -221,6 +221,7 @@ async def vocabulary(
     """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
     if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
         raise Refused(422, f"must be within 1..{ingress.limits.max_search_results}", "limit")
+    ingress.tag_search.check_query(q)  # also when ``tag`` is given and q is not searched (as documented)
     per_shard = await asyncio.gather(*(ingress._call("recall", s.tag_counts) for s in ingress.shards))
     counts = [sum(c) for c in zip(*per_shard, strict=True)]
     position = {t: i for i, t in enumerate(ingress.tags)}

@@ -83,11 +83,15 @@ class TagSearch:
         self._name_words = [frozenset(name.split()) for name in self._names]
         self._texts = [(d or "").lower() for d in self.descriptions]
 
-    def search(self, query: str, limit: int = 20) -> list[dict]:
+    def check_query(self, query: str) -> None:
+        """Refuse (422 naming ``q``) a query over the limit, searched or not."""
         if len(query) > self.max_query_chars:
             raise RequestError(
                 "q", f"has {len(query)} characters, more than the limit of {self.max_query_chars}"
             )
+
+    def search(self, query: str, limit: int = 20) -> list[dict]:
+        self.check_query(query)
         words = list(dict.fromkeys(_WORD.findall(query.lower())))
         if not words:
             return [self._row(p) for p in range(min(limit, len(self.tags)))]
