@@ -53,7 +53,7 @@ def answered(route: str, annif: bool = False):
             try:
                 try:
                     return await function(*args, **kwargs)
-                except (RequestError, Overloaded) as exc:
+                except (RequestError, Overloaded, Refused) as exc:
                     if not annif:
                         raise
                     raise as_problem(exc) from exc
@@ -65,9 +65,11 @@ def answered(route: str, annif: bool = False):
     return wrap
 
 
-def as_problem(exc: RequestError | Overloaded) -> Problem:
+def as_problem(exc: RequestError | Overloaded | Refused) -> Problem:
     if isinstance(exc, Overloaded):
         return Problem(503, f"the service is overloaded (stage {exc}); retry later")
+    if isinstance(exc, Refused):
+        return Problem(exc.status, exc.body["error"])
     status = exc.status if exc.status in (400, 413) else 400
     return Problem(status, exc.message if exc.field == "body" else f"{exc.field}: {exc.message}")
 

@@ -45,7 +45,9 @@ class Judging:
         }
 
 
-@serve.deployment(name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.deployment(
+    name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, max_queued_requests=128
+)
 class CalibratorDeployment(Judging):
     def __init__(self, store: str, settings: Settings, batching: Batching):
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
@@ -61,6 +63,9 @@ class CalibratorDeployment(Judging):
 
     async def judge(self, request: JudgeRequest) -> list[Judged]:
         return await self.batcher.submit(request)
+
+    def check_health(self) -> None:
+        self.batcher.check()  # as the Generator's (deployments/generator.py)
 
     def describe(self) -> dict:
         return {**self.describe_judging(), "recent_batch_sizes": self.batcher.batch_sizes[-20:]}
