@@ -587,10 +587,14 @@ def replica_memory() -> dict[str, float]:
     """Resident MiB of each live Serve replica actor, by actor name (the app runs on this machine)."""
     try:
         import psutil
+        import ray
         from ray.util.state import list_actors
 
+        if not ray.is_initialized():
+            return {}
+        address = ray.get_runtime_context().gcs_address
         out = {}
-        for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000):
             name = actor.name or ""
             if "SERVE_REPLICA" in name or actor.class_name.startswith("ServeReplica"):
                 try:
@@ -603,12 +607,11 @@ def replica_memory() -> dict[str, float]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-async def send_with_deadline(client, item: dict, deadline_ms: int) -> Outcome:
+async def send_with_deadline(client, item: dict, deadline_ms: int | None) -> Outcome:
     sample = Outcome(time.perf_counter(), time.perf_counter())
+    headers = {"X-Deadline-Ms": str(deadline_ms)} if deadline_ms else {}
     try:
-        response = await client.post(
-            "/v1/tag", json={"items": [item]}, headers={"X-Deadline-Ms": str(deadline_ms)}
-        )
+        response = await client.post("/v1/tag", json={"items": [item]}, headers=headers)
         sample.done = time.perf_counter()
         sample.status = response.status_code
         try:
@@ -634,15 +637,16 @@ async def bursts(
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
         for item in warm:
-            await send_with_deadline(client, item, deadline_ms)
-        # The sustained rate: a closed loop at two clients per Generator replica, nothing else sent.
+            await send_with_deadline(client, item, None)
+        # The sustained rate: a closed loop at two clients per Generator replica, nothing else sent,
+        # under the service's own deadline (the burst's may be shorter).
         queue = [pool[k % len(pool)] for k in range(args.requests)]
         started = time.perf_counter()
         done: list[Outcome] = []
 
         async def worker() -> None:
             while queue:
-                done.append(await send_with_deadline(client, queue.pop(), deadline_ms))
+                done.append(await send_with_deadline(client, queue.pop(), None))
 
         await asyncio.gather(*(worker() for _ in range(2 * replicas_n)))
         wall = time.perf_counter() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 
 from llm4tag import flow
 from llm4tag.annif_compat import Problem
@@ -17,6 +18,14 @@ def configure_batching(method, batching: Batching) -> None:
     """Apply the batch size and wait from config to a @serve.batch method (its decorator holds defaults)."""
     method.set_max_batch_size(batching.max_batch_size)
     method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+
+def lower_priority(niceness: int) -> None:
+    """Raise this replica process's niceness before it starts its model's threads (they inherit
+    it): on a CPU machine the LLM's threads would otherwise take the cores the proxy and the ingress
+    need to answer, and to refuse, within milliseconds (service.llm_nice)."""
+    if niceness > 0:
+        os.nice(niceness)
 
 
 async def in_thread(function, *args):

@@ -16,7 +16,7 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread
+from deployments._common import in_thread, lower_priority
 from deployments.calibrator import Judging
 from deployments.serve_metrics import batch_size_histogram
 from llm4tag.calibrator import Judged, judges_in_context
@@ -38,7 +38,8 @@ GenerateResult = tuple[Generation, list[Judged] | None, float, dict]
     name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, max_queued_requests=128
 )
 class GeneratorDeployment(Judging):
-    def __init__(self, store: str, settings: Settings, batching: Batching):
+    def __init__(self, store: str, settings: Settings, batching: Batching, nice: int = 0):
+        lower_priority(nice)  # before the engine starts its threads
         # Judging here only when the judgments continue this stage's conversations (app.py).
         judges = settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
         config = settings.with_overrides({"pipeline": {"calibrate": judges}})

@@ -47,6 +47,16 @@ class ServiceConfig(Section):
         description="POST /v1/admin/adapter accepts only adapter folders under this folder (none: refused)",
     )
     retry_after_s: int = Field(2, ge=0, description="Retry-After of a 503 when the service sheds load")
+    llm_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description=(
+            "niceness of the LLM replicas' processes (Generator, Calibrator): where they share CPU cores "
+            "with the HTTP path (serve_config.cpu.yaml), a higher value lets the proxy and the ingress "
+            "answer (and refuse) at once while the LLM computes; 0 on GPU machines"
+        ),
+    )
     deadline_s: float = Field(
         60.0,
         gt=0,
