@@ -22,6 +22,18 @@ Serve's metrics on --metrics-port), and the replicas per deployment after each p
 Prints the tables and the issue's two targets (served QPS at saturation >= 0.90 x in-process items/s;
 open-loop p99 <= 2 x p50), and writes everything to out/serve_load/<model>.json. Serve and Ray are
 shut down at the end when this script started them.
+
+    python benchmarks/serve_load.py --model tiny|default --burst 10,40 [--deadline-ms MS]
+
+Burst mode (deadline-aware admission, llm4tag/admission.py) instead of steps 2, 5 and 6: after the
+warm-up, a closed loop of --requests 1-item requests at 2 clients per Generator replica measures the
+items/s the app sustains; the base is the number of such requests it can finish within the deadline
+(items/s x deadline). Then, per multiplier, that many times the base 1-item requests are sent at once,
+each with X-Deadline-Ms (default: the config's service.deadline_s): accepted (200) p50/p99, 503s and
+504s with their p99 latency, other non-200s, and each Serve replica's resident memory before and after
+(read from /proc through the actors' pids: this script and the app share the machine). Targets: accepted
+p99 <= deadline, refusals' p99 <= 100 ms, no 5xx other than 503/504. Written to
+out/serve_load/<model>-burst.json.
 """
 
 from __future__ import annotations
@@ -70,7 +82,16 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, default=8131)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / "out" / "serve_load"))
+    parser.add_argument("--burst", help="burst mode: multipliers of the deadline's capacity, e.g. 10,40")
+    parser.add_argument("--deadline-ms", type=int, help="burst mode: X-Deadline-Ms (default: deadline_s)")
     args = parser.parse_args()
+    if args.burst:
+        try:
+            args.burst = [int(m) for m in args.burst.split(",") if m.strip()]
+            if not args.burst or min(args.burst) < 1:
+                raise ValueError
+        except ValueError:
+            parser.error("--burst needs multipliers >= 1, e.g. 10,40")
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1 or args.requests < 1:
         parser.error("--concurrency needs client counts >= 1 and --requests >= 1")
@@ -125,13 +146,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         store = args.store or build_store(Path(tmp) / "store")
         report["store"] = str(Path(store).resolve())
-        report["inprocess"] = in_process(store, settings, warm, measured[:inprocess_n])
-        ip = report["inprocess"]
-        print(
-            f"# in-process: {ip['items']} items in {ip['seconds']:.1f} s = {ip['items_per_s']:.3f} items/s "
-            f"(pipeline batch {ip['batch_size']}, llm batch {settings.llm.batch_size}, "
-            f"engine load {ip['load_s']:.1f} s)"
-        )
+        if not args.burst:
+            report["inprocess"] = in_process(store, settings, warm, measured[:inprocess_n])
+            ip = report["inprocess"]
+            print(
+                f"# in-process: {ip['items']} items in {ip['seconds']:.1f} s = {ip['items_per_s']:.3f} "
+                f"items/s (pipeline batch {ip['batch_size']}, llm batch {settings.llm.batch_size}, "
+                f"engine load {ip['load_s']:.1f} s)"
+            )
         started_here = False
         try:
             if args.url:
@@ -158,6 +180,12 @@ def main() -> None:
                 f"# serving at {url}" + (f" (deployed in {report['deploy_s']:.1f} s)" if started_here else "")
             )
             report["replicas_start"] = replicas() if started_here else None
+            if args.burst:
+                deadline_ms = args.deadline_ms or int(1000 * float(service_deadline(app_args)))
+                report["burst"] = asyncio.run(
+                    bursts(url, args, warm, pool, deadline_ms, generators(application))
+                )
+                return finish_burst(report, args)
             phases = asyncio.run(
                 load(
                     url,
@@ -537,6 +565,204 @@ def summarize(samples: list[Outcome], wall: float) -> dict:
         "e2e_ms": {"p50": pct(e2e, 50), "p99": pct(e2e, 99), "max": max(e2e, default=float("nan"))},
         "stages_ms": stages,
     }
+
+
+# -- burst mode (deadline-aware admission)
+
+
+def service_deadline(app_args: dict) -> float:
+    from llm4tag.service import ServiceConfig
+
+    return ServiceConfig.load(app_args.get("service")).deadline_s
+
+
+def generators(application: dict) -> int:
+    for d in application.get("deployments") or []:
+        if d.get("name") == "Generator":
+            return int(d.get("num_replicas") or (d.get("autoscaling_config") or {}).get("min_replicas") or 1)
+    return 1
+
+
+def replica_memory() -> dict[str, float]:
+    """Resident MiB of each live Serve replica actor, by actor name (the app runs on this machine)."""
+    try:
+        import psutil
+        import ray
+        from ray.util.state import list_actors
+
+        if not ray.is_initialized():
+            return {}
+        address = ray.get_runtime_context().gcs_address
+        out = {}
+        for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000):
+            name = actor.name or ""
+            if "SERVE_REPLICA" in name or actor.class_name.startswith("ServeReplica"):
+                try:
+                    rss = psutil.Process(actor.pid).memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                out[name or actor.class_name] = round(rss, 1)
+        return out
+    except Exception as exc:  # informative only
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+async def send_with_deadline(client, item: dict, deadline_ms: int | None) -> Outcome:
+    sample = Outcome(time.perf_counter(), time.perf_counter())
+    headers = {"X-Deadline-Ms": str(deadline_ms)} if deadline_ms else {}
+    try:
+        response = await client.post("/v1/tag", json={"items": [item]}, headers=headers)
+        sample.done = time.perf_counter()
+        sample.status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code != 200:
+            sample.error = str(body.get("error") if isinstance(body, dict) else body)[:200]
+    except Exception as exc:  # counted as a failed request (status 0)
+        sample.done = time.perf_counter()
+        sample.error = f"{type(exc).__name__}: {exc}"[:200]
+    return sample
+
+
+async def bursts(
+    url: str, args, warm: list[dict], pool: list[dict], deadline_ms: int, replicas_n: int
+) -> dict:
+    import httpx
+
+    biggest = None
+    out: dict[str, Any] = {"deadline_ms": deadline_ms, "generator_replicas": replicas_n, "phases": []}
+    timeout = httpx.Timeout(connect=60, read=900, write=60, pool=900)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        for item in warm:
+            await send_with_deadline(client, item, None)
+        # The sustained rate: a closed loop at two clients per Generator replica, nothing else sent,
+        # under the service's own deadline (the burst's may be shorter).
+        queue = [pool[k % len(pool)] for k in range(args.requests)]
+        started = time.perf_counter()
+        done: list[Outcome] = []
+
+        async def worker() -> None:
+            while queue:
+                done.append(await send_with_deadline(client, queue.pop(), None))
+
+        await asyncio.gather(*(worker() for _ in range(2 * replicas_n)))
+        wall = time.perf_counter() - started
+        ok = sum(s.status == 200 for s in done)
+        rate = ok / wall
+        base = max(1, int(rate * deadline_ms / 1000))
+        out["sustained"] = {
+            "requests": len(done),
+            "ok": ok,
+            "wall_s": wall,
+            "items_per_s": rate,
+            "base": base,
+        }
+        print(
+            f"# sustained: {ok}/{len(done)} ok in {wall:.1f} s = {rate:.3f} items/s; "
+            f"{base} requests fit the {deadline_ms} ms deadline",
+            flush=True,
+        )
+        for multiplier in args.burst:
+            n = multiplier * base
+            biggest = n
+            await asyncio.sleep(3)  # the previous phase's dropped work leaves the queues
+            memory_before = replica_memory()
+            started = time.perf_counter()
+            samples = await asyncio.gather(
+                *(send_with_deadline(client, pool[k % len(pool)], deadline_ms) for k in range(n))
+            )
+            wall = time.perf_counter() - started
+            await asyncio.sleep(3)
+            phase = burst_summary(samples, multiplier, n, wall, deadline_ms)
+            phase["memory_mib_before"], phase["memory_mib_after"] = memory_before, replica_memory()
+            out["phases"].append(phase)
+            print(f"# burst x{multiplier} ({n} requests): {json.dumps(phase['statuses'])}", flush=True)
+    out["largest_burst"] = biggest
+    return out
+
+
+def burst_summary(samples: list[Outcome], multiplier: int, n: int, wall: float, deadline_ms: int) -> dict:
+    ms = lambda group: [(s.done - s.sent) * 1000 for s in group]  # noqa: E731
+    by = lambda code: [s for s in samples if s.status == code]  # noqa: E731
+    accepted, shed, late = by(200), by(503), by(504)
+    other = [s for s in samples if s.status not in (200, 503, 504)]
+    statuses: dict[str, int] = {}
+    for s in samples:
+        statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
+    refused = ms(shed) + ms(late)
+    return {
+        "multiplier": multiplier,
+        "requests": n,
+        "wall_s": wall,
+        "statuses": statuses,
+        "accepted_ms": {"n": len(accepted), "p50": pct(ms(accepted), 50), "p99": pct(ms(accepted), 99)},
+        "rejected_503_ms": {"n": len(shed), "p50": pct(ms(shed), 50), "p99": pct(ms(shed), 99)},
+        "late_504_ms": {"n": len(late), "p50": pct(ms(late), 50), "p99": pct(ms(late), 99)},
+        "other_errors": {f"{s.status} {s.error}"[:120]: 1 for s in other[:5]},
+        "other_5xx": sum(1 for s in other if s.status >= 500 or s.status == 0),
+        "checks": {
+            "accepted_p99_within_deadline": pct(ms(accepted), 99) <= deadline_ms if accepted else None,
+            "rejected_p99_within_100ms": pct(ms(shed), 99) <= 100 if shed else None,
+            "no_other_5xx": not any(s.status >= 500 or s.status == 0 for s in other),
+            "refusals_p99_ms": pct(refused, 99),
+        },
+    }
+
+
+def finish_burst(report: dict, args) -> None:
+    from _serve_report import table
+
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    burst = report["burst"]
+    f = lambda v: "" if v != v else f"{v:.0f}"  # noqa: E731
+    rows = []
+    for phase in burst["phases"]:
+        rows.append(
+            [
+                f"x{phase['multiplier']}",
+                str(phase["requests"]),
+                f"{phase['accepted_ms']['n']}",
+                f"{f(phase['accepted_ms']['p50'])} / {f(phase['accepted_ms']['p99'])}",
+                f"{phase['rejected_503_ms']['n']}",
+                f"{f(phase['rejected_503_ms']['p50'])} / {f(phase['rejected_503_ms']['p99'])}",
+                f"{phase['late_504_ms']['n']}",
+                f"{f(phase['late_504_ms']['p99'])}",
+                str(phase["other_5xx"]),
+                f"{sum(v for v in phase['memory_mib_before'].values() if isinstance(v, float)):.0f} -> "
+                f"{sum(v for v in phase['memory_mib_after'].values() if isinstance(v, float)):.0f}",
+            ]
+        )
+    print()
+    print(f"## serve_load --burst: model {report['model']}, deadline {burst['deadline_ms']} ms")
+    print(
+        f"machine: {report['machine']['cpus']} CPUs; load average start "
+        f"{report['machine']['loadavg_start']}, end {report['machine']['loadavg_end']}; "
+        f"sustained {burst['sustained']['items_per_s']:.3f} items/s at "
+        f"{2 * burst['generator_replicas']} clients, base {burst['sustained']['base']} requests"
+    )
+    header = [
+        "burst",
+        "requests",
+        "200",
+        "200 p50/p99 ms",
+        "503",
+        "503 p50/p99 ms",
+        "504",
+        "504 p99 ms",
+        "other 5xx",
+        "replica MiB before -> after",
+    ]
+    print(table(rows, header))
+    for phase in burst["phases"]:
+        print(f"x{phase['multiplier']} per replica MiB after: {json.dumps(phase['memory_mib_after'])}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(args.model).name}-burst.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"# wrote {path}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class QueueBatcher:
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
         self.batch_sizes: list[int] = []  # recent batch sizes, for describe()
+        # Compute seconds per request of the last batch (its time over its size): what admission
+        # control needs of this stage, without the time requests waited in the queue.
+        self.item_seconds = 0.0
 
     async def submit(self, request: Any) -> Any:
         if self.queue is None:
@@ -67,7 +70,9 @@ class QueueBatcher:
             self.batch_sizes = [*self.batch_sizes[-99:], len(live)]
             if self.on_batch is not None:
                 self.on_batch(len(live))
+            started = loop.time()
             outcomes = await self._outcomes([request for request, _ in live])
+            self.item_seconds = (loop.time() - started) / len(live)
             for (_, future), outcome in zip(live, outcomes, strict=True):
                 if future.done():
                     continue
@@ -75,6 +80,18 @@ class QueueBatcher:
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+    def check(self) -> None:
+        """Raise if the worker stopped on an error (it never should: every batch's error is its
+        callers'); a health check calls this."""
+        if self.worker is not None and self.worker.done() and not self.worker.cancelled():
+            error = self.worker.exception()
+            if error is not None:
+                raise RuntimeError(f"the batch worker stopped: {error!r}") from error
+
+    def queued(self) -> int:
+        """Requests waiting for a batch (not those of the batch running now)."""
+        return self.queue.qsize() if self.queue is not None else 0
 
     async def _outcomes(self, requests: list[Any]) -> list[Any]:
         """Each request's result, or the exception that is its answer. A request's own fault (a prompt

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 
 from fastapi import Security
 from fastapi.responses import JSONResponse
@@ -21,6 +22,14 @@ def configure_batching(method, batching: Batching) -> None:
     """Apply the batch size and wait from config to a @serve.batch method (its decorator holds defaults)."""
     method.set_max_batch_size(batching.max_batch_size)
     method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+
+def lower_priority(niceness: int) -> None:
+    """Raise this replica process's niceness before it starts its model's threads (they inherit
+    it): on a CPU machine the LLM's threads would otherwise take the cores the proxy and the ingress
+    need to answer, and to refuse, within milliseconds (service.llm_nice)."""
+    if niceness > 0:
+        os.nice(niceness)
 
 
 async def in_thread(function, *args):
@@ -113,7 +122,7 @@ def answered(route: str, annif: bool = False):
             try:
                 try:
                     return await function(*args, **kwargs)
-                except (RequestError, Overloaded) as exc:
+                except (RequestError, Overloaded, Refused) as exc:
                     if not annif:
                         raise
                     raise as_problem(exc) from exc
@@ -125,9 +134,11 @@ def answered(route: str, annif: bool = False):
     return wrap
 
 
-def as_problem(exc: RequestError | Overloaded) -> Problem:
+def as_problem(exc: RequestError | Overloaded | Refused) -> Problem:
     if isinstance(exc, Overloaded):
         return Problem(503, f"the service is overloaded (stage {exc}); retry later")
+    if isinstance(exc, Refused):
+        return Problem(exc.status, exc.body["error"])
     status = exc.status if exc.status in (400, 413) else 400
     return Problem(status, exc.message if exc.field == "body" else f"{exc.field}: {exc.message}")
 

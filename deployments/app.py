@@ -90,12 +90,16 @@ def build_app(args: dict[str, Any]) -> Application:
                 store, index, vocabulary.num_shards, settings, journal
             )
         )
-    generator = opt(GeneratorDeployment, "Generator").bind(store, settings, service.generator)
+    generator = opt(GeneratorDeployment, "Generator").bind(
+        store, settings, service.generator, service.llm_nice
+    )
     calibrator = None
     # Judgments that continue the generation conversations run where those were computed, in the
     # Generator's call (one model in memory, only the question computed): no Calibrator deployment.
     if settings.pipeline.calibrate and not judges_in_context(settings.llm, settings.prompts):
-        calibrator = opt(CalibratorDeployment, "Calibrator").bind(store, settings, service.calibrator)
+        calibrator = opt(CalibratorDeployment, "Calibrator").bind(
+            store, settings, service.calibrator, service.llm_nice
+        )
     return opt(IngressDeployment, "Ingress").bind(
         encoder,
         shards,

@@ -12,7 +12,7 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread
+from deployments._common import in_thread, lower_priority
 from deployments.serve_metrics import batch_size_histogram
 from llm4tag.calibrator import Judged
 from llm4tag.config import Settings
@@ -45,9 +45,12 @@ class Judging:
         }
 
 
-@serve.deployment(name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+@serve.deployment(
+    name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, max_queued_requests=128
+)
 class CalibratorDeployment(Judging):
-    def __init__(self, store: str, settings: Settings, batching: Batching):
+    def __init__(self, store: str, settings: Settings, batching: Batching, nice: int = 0):
+        lower_priority(nice)  # before the engine starts its threads
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
         config = settings.with_overrides(
             {"pipeline": {"calibrate": True, "num_samples": 0, "num_snippets": 0}}
@@ -61,6 +64,9 @@ class CalibratorDeployment(Judging):
 
     async def judge(self, request: JudgeRequest) -> list[Judged]:
         return await self.batcher.submit(request)
+
+    def check_health(self) -> None:
+        self.batcher.check()  # as the Generator's (deployments/generator.py)
 
     def describe(self) -> dict:
         return {**self.describe_judging(), "recent_batch_sizes": self.batcher.batch_sizes[-20:]}

@@ -12,7 +12,9 @@ from llm4tag.encoder import Encoder
 from llm4tag.service import Batching
 
 
-@serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+@serve.deployment(
+    name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256, max_queued_requests=1024
+)
 class EncoderDeployment:
     def __init__(self, settings: Settings, batching: Batching, expected_encoder_id: str):
         self.encoder = Encoder(settings.encoder)
@@ -26,6 +28,11 @@ class EncoderDeployment:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def encode(self, texts: list[str]) -> list[np.ndarray]:
         return list(await in_thread(self.encoder.encode, texts))
+
+    async def check_health(self) -> None:
+        # Serve calls this every health_check_period_s: a model that can no longer encode (memory,
+        # a broken thread pool) marks the replica unhealthy, and Serve replaces it.
+        await in_thread(self.encoder.encode, ["health check"])
 
     def describe(self) -> dict:
         return {"encoder": self.encoder.id}

@@ -16,7 +16,7 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread
+from deployments._common import in_thread, lower_priority
 from deployments.calibrator import Judging
 from deployments.serve_metrics import batch_size_histogram
 from llm4tag.calibrator import Judged, judges_in_context
@@ -27,12 +27,19 @@ from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.service import Batching
 
-GenerateResult = tuple[Generation, list[Judged] | None, float]
+# The generation, its verdicts when this replica judges (None otherwise), the seconds its batch spent
+# judging, and this replica's load (llm4tag/admission.py: the ingress's admission control reads it).
+GenerateResult = tuple[Generation, list[Judged] | None, float, dict]
 
 
-@serve.deployment(name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+# A queue limit on every stage, not only the ingress: past it a stage call fails fast
+# (BackPressureError), which the ingress answers 503 with Retry-After.
+@serve.deployment(
+    name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, max_queued_requests=128
+)
 class GeneratorDeployment(Judging):
-    def __init__(self, store: str, settings: Settings, batching: Batching):
+    def __init__(self, store: str, settings: Settings, batching: Batching, nice: int = 0):
+        lower_priority(nice)  # before the engine starts its threads
         # Judging here only when the judgments continue this stage's conversations (app.py).
         judges = settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
         config = settings.with_overrides({"pipeline": {"calibrate": judges}})
@@ -43,15 +50,23 @@ class GeneratorDeployment(Judging):
             self._generate, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
         )
         self.judges = judges
+        self.name = ray.get_runtime_context().get_actor_name() or "generator"
         if judges:
             self._start_judging(self.pipeline, config.llm.adapters_file)
 
     async def generate(self, request: dict) -> GenerateResult:
-        """The item's generation and, when this replica judges, its verdicts (None otherwise) and the
-        seconds its batch spent judging."""
-        return await self.batcher.submit(request)
+        # A caller that gives up (its deadline passed, its client went away) cancels this call: its
+        # request leaves the batcher's queue without being computed (deployments/_batching.py).
+        generation, verdicts, seconds = await self.batcher.submit(request)
+        load = {"replica": self.name, "item_s": self.batcher.item_seconds, "queued": self.batcher.queued()}
+        return generation, verdicts, seconds, load
 
-    def _generate(self, requests: list[dict]) -> list[GenerateResult]:
+    def check_health(self) -> None:
+        # Serve calls this every health_check_period_s: a batcher whose worker died would take requests
+        # and never answer them, so the replica is reported unhealthy and replaced.
+        self.batcher.check()
+
+    def _generate(self, requests: list[dict]) -> list[tuple[Generation, list[Judged] | None, float]]:
         self.adapter.sync()  # between batches: this batch runs wholly on one adapter
         for base in (self.pipeline.samples, self.pipeline.knowledge):
             if base is not None:

@@ -32,7 +32,9 @@ def shard_paths(store: str, shard: int, num_shards: int, journal: str | None) ->
     return Path(store) / name, (Path(journal) / name if journal else None)
 
 
-@serve.deployment(name="GraphRecall", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment(
+    name="GraphRecall", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256
+)
 class GraphRecallDeployment:
     def __init__(
         self, store: str, shard: int, num_shards: int, settings: Settings, journal: str | None = None

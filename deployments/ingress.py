@@ -1,7 +1,10 @@
 """The HTTP ingress: validates requests, runs the stage flow over the stage deployments, answers with
 tags + provenance.
 
-POST /v1/tag        one item or {"items": [...]}: tags with confidence and provenance
+POST /v1/tag        one item or {"items": [...]}: tags with confidence and provenance, within the
+                    request's deadline (service.deadline_s, or shorter by its X-Deadline-Ms header):
+                    refused at once (503 + Retry-After) when it cannot be answered in time
+                    (llm4tag/admission.py), answered 504 when it still runs past it
 POST /v1/feedback   corrected annotations: durable graph edges + retrievable samples
 GET  /v1/tags?q=    vocabulary search
 GET  /healthz       the ingress answers;   GET /readyz   every stage answers (and what it holds)
@@ -51,6 +54,7 @@ from deployments.review_api import router as review_router
 from deployments.serve_metrics import ServiceMetrics
 from graph_store import shard_of
 from llm4tag import flow
+from llm4tag.admission import DEADLINE_HEADER, Admission, request_deadline_s
 from llm4tag.annif_compat import PROBLEM_MEDIA_TYPE, AnnifSettings, Problem
 from llm4tag.auth import ApiKeys, AuthError
 from llm4tag.calibrator import judges_in_context
@@ -81,7 +85,7 @@ app = FastAPI(
     description="Automatic tagging after LLM4Tag: graph recall, knowledge-enhanced generation, calibration.",
     version="0.1.0",
 )
-ERRORS = refusals(400, 401, 403, 409, 413, 415, 422, 503)
+ERRORS = refusals(400, 401, 403, 409, 413, 415, 422, 503, 504)
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 # The request models of the default configuration, for the OpenAPI page; each replica validates with
 # the models of its own configuration (texts.item_fields).
@@ -89,6 +93,9 @@ DOCUMENTED = RequestSchema()
 app.include_router(review_router)
 app.include_router(annif_router)
 app.add_exception_handler(RequestValidationError, invalid_parameter)
+
+# Calls that write: once started they run to the end, whatever the request's deadline or its client.
+WRITES = (flow.Record, flow.RecordSamples, flow.Writes)
 
 # The stage a flow call's time is reported as (timings_ms, the stage_latency_ms metric).
 STAGE_OF = {
@@ -158,6 +165,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
             self.settings.llm, self.settings.prompts
         )
         self.metrics = ServiceMetrics()
+        self.admission = Admission(batch_size=self.service.generator.max_batch_size)
         # Read here, in the replica, from its node's environment or secret file: never an argument of
         # the application (Serve keeps those in its config, which its dashboard shows).
         self.keys = ApiKeys.load(self.service.auth) if self.service.auth.enabled else None
@@ -240,10 +248,15 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         return bytes(raw)
 
     async def _call(self, stage: str, method, *args):
-        """One downstream call; a replica that died mid-call is retried on another (Serve replaces it)."""
+        """One downstream call; a replica that died mid-call is retried on another (Serve replaces it).
+        A caller that gives up (deadline, client gone) cancels the call in the stage too."""
         for attempt in range(self.service.retries + 1):
+            response = method.remote(*args)
             try:
-                return await method.remote(*args)
+                return await response
+            except asyncio.CancelledError:
+                response.cancel()
+                raise
             except BackPressureError as exc:
                 raise Overloaded(stage) from exc
             except RETRYABLE:
@@ -314,12 +327,14 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 )
             )
         )
+        for *_, load in results:
+            self.admission.observe_replica(load["replica"], load["item_s"], load["queued"])
         if not call.judge:
-            return [generation for generation, _, _ in results], 0.0
-        if any(verdicts is None for _, verdicts, _ in results):
+            return [generation for generation, *_ in results], 0.0
+        if any(verdicts is None for _, verdicts, _, _ in results):
             raise AssertionError("the Generator replicas do not judge: their settings differ")
-        judge_ms = 1000 * max(seconds for _, _, seconds in results)
-        return [(generation, verdicts) for generation, verdicts, _ in results], judge_ms
+        judge_ms = 1000 * max(seconds for _, _, seconds, _ in results)
+        return [(generation, verdicts) for generation, verdicts, _, _ in results], judge_ms
 
     async def _record(self, call: flow.Record) -> None:
         """Durable upserts in each item's owning shard (its journal is followed by every replica)."""
@@ -340,9 +355,12 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
             )
         )
 
-    async def run(self, steps, timings: dict[str, float] | None = None):
-        """Drive a flow over the deployments, timing each stage (ms)."""
+    async def run(self, steps, timings: dict[str, float] | None = None, deadline: float | None = None):
+        """Drive a flow over the deployments, timing each stage (ms). ``deadline`` (the event loop's
+        clock): a stage still running then is cancelled, with the work it queued downstream, and the
+        request answered 504; writes are not cut short."""
         result = None
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 call = steps.send(result)
@@ -350,10 +368,25 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 return stop.value
             started = time.perf_counter()
             judge_ms = 0.0
-            if isinstance(call, flow.Generate):
-                result, judge_ms = await self._generate(call)
+            if isinstance(call, WRITES):
+                # Shielded: a client that goes away does not leave a write half-done.
+                result = await asyncio.shield(asyncio.ensure_future(self.answer(call)))
             else:
-                result = await self.answer(call)
+                work = self._generate(call) if isinstance(call, flow.Generate) else self.answer(call)
+                try:
+                    result = await asyncio.wait_for(
+                        work, None if deadline is None else max(0.0, deadline - loop.time())
+                    )
+                except TimeoutError:
+                    raise Refused(
+                        504,
+                        "the request ran past its deadline; its remaining work was dropped (retry "
+                        f"later, or with a longer {DEADLINE_HEADER} up to {self.service.deadline_s:g} s)",
+                        DEADLINE_HEADER,
+                        {"Retry-After": str(self.service.retry_after_s)},
+                    ) from None
+                if isinstance(call, flow.Generate):
+                    result, judge_ms = result
             if timings is not None:
                 stage = STAGE_OF.get(type(call), type(call).__name__.lower())
                 ms = (time.perf_counter() - started) * 1000
@@ -376,10 +409,17 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         started = time.perf_counter()
         if self.service.auth.reads:
             self._authorize(request, None)
+        budget_s = request_deadline_s(request.headers.get(DEADLINE_HEADER), self.service.deadline_s)
         parsed = self.schema.parse_tag(await self._json(request), self.limits)
         timings: dict[str, float] = {}
         rows = await self._tag(
-            parsed.items, parsed.candidates, parsed.dropped, "online", timings, parsed.unnamed
+            parsed.items,
+            parsed.candidates,
+            parsed.dropped,
+            "online",
+            timings,
+            parsed.unnamed,
+            budget_s - (time.perf_counter() - started),
         )
         timings["total"] = (time.perf_counter() - started) * 1000
         for stage, ms in timings.items():
@@ -395,11 +435,57 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         origin: str,
         timings: dict[str, float] | None = None,
         unnamed: frozenset[str] = frozenset(),
+        budget_s: float | None = None,
     ) -> list[dict]:
         """The tag flow over the deployments (/v1/tag, Annif's suggest); the uncertain tags enter the
         review queue, so rows carry the dropped tags until it has seen them. ``unnamed``: ids the
-        service gave (never written back)."""
-        tagged = await self.run(
+        service gave (never written back). ``budget_s``: the seconds left of the request's deadline
+        (None: service.deadline_s)."""
+        budget_s = self.service.deadline_s if budget_s is None else budget_s
+        verdict = self.admission.decide(len(items), budget_s)
+        if verdict.too_large:
+            raise Refused(
+                413,
+                f"{len(items)} item(s) take about {verdict.wait_s:.1f} s here even with nothing ahead, "
+                f"more than the deadline ({budget_s:.1f} s left): send fewer items per request",
+                "items",
+            )
+        if not verdict.admitted:
+            raise Refused(
+                503,
+                f"the service cannot tag {len(items)} item(s) within the deadline ({budget_s:.1f} s "
+                f"left; about {verdict.wait_s:.1f} s of work is ahead): retry later or elsewhere",
+                DEADLINE_HEADER,
+                {"Retry-After": str(verdict.retry_after_s)},
+            )
+        timings = {} if timings is None else timings
+        started = time.perf_counter()
+        held = self.admission.admit(len(items))
+        try:
+            tagged = await self._run_tag(items, with_candidates, timings, unnamed, budget_s)
+        finally:
+            self.admission.release(held)
+        llm_ms = timings.get("generate", 0.0) + (
+            timings.get("calibrate", 0.0) if self.judges_with_generation else 0.0
+        )
+        other_s = max(0.0, time.perf_counter() - started - llm_ms / 1000)
+        self.admission.observe_request(len(items), tagged.sent_to_llm, other_s)
+        self._observe(tagged)
+        await self._review_enqueue(items, tagged.rows, origin)
+        if not with_dropped:
+            for row in tagged.rows:
+                row.pop("dropped", None)
+        return tagged.rows
+
+    async def _run_tag(
+        self,
+        items: list[Item],
+        with_candidates: bool,
+        timings: dict[str, float],
+        unnamed: frozenset[str],
+        budget_s: float,
+    ) -> flow.Tagged:
+        return await self.run(
             flow.tag_flow(
                 items,
                 item_fields=self.settings.texts.item_fields,
@@ -414,13 +500,8 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 plan=self.plan,
             ),
             timings,
+            asyncio.get_running_loop().time() + budget_s,
         )
-        self._observe(tagged)
-        await self._review_enqueue(items, tagged.rows, origin)
-        if not with_dropped:
-            for row in tagged.rows:
-                row.pop("dropped", None)
-        return tagged.rows
 
     def _observe(self, tagged: flow.Tagged) -> None:
         for cands in tagged.candidates:
@@ -558,4 +639,8 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
             return JSONResponse(
                 {"ready": False, "error": without_paths(f"{type(exc).__name__}: {exc}")}, status_code=503
             )
-        return {"ready": True, "stages": without_paths(dict(zip(stages, answers, strict=True)))}
+        return {
+            "ready": True,
+            "stages": without_paths(dict(zip(stages, answers, strict=True))),
+            "admission": self.admission.describe(),
+        }

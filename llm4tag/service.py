@@ -47,6 +47,26 @@ class ServiceConfig(Section):
         description="POST /v1/admin/adapter accepts only adapter folders under this folder (none: refused)",
     )
     retry_after_s: int = Field(2, ge=0, description="Retry-After of a 503 when the service sheds load")
+    llm_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description=(
+            "niceness of the LLM replicas' processes (Generator, Calibrator): where they share CPU cores "
+            "with the HTTP path (serve_config.cpu.yaml), a higher value lets the proxy and the ingress "
+            "answer (and refuse) at once while the LLM computes; 0 on GPU machines"
+        ),
+    )
+    deadline_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "a tag request's time budget (a request's X-Deadline-Ms header may only shorten it): one "
+            "that cannot be answered in time is refused at once (503 with Retry-After), one that runs "
+            "past it is answered 504 and its queued work dropped"
+        ),
+    )
     # E.g. its node went away.
     retries: int = Field(
         2, ge=0, description="a downstream replica that died mid-request is retried this often"

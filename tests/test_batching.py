@@ -99,3 +99,36 @@ def test_a_prompt_too_long_fails_only_its_own_request():
     assert (first, last) == ("AB", "CD")
     assert isinstance(failed, PromptTooLong) and "exceeds" in str(failed)
     assert calls[0] == ["ab", "much too long", "cd"]  # one batch, then each alone
+
+
+def test_a_cancelled_request_is_dropped_from_the_queue_and_never_computed():
+    batches: list[list[int]] = []
+    first_started = threading.Event()
+
+    def slow(requests):
+        batches.append(list(requests))
+        first_started.set()
+        time.sleep(0.3)
+        return list(requests)
+
+    async def scenario():
+        batcher = QueueBatcher(slow, max_batch_size=8, wait_s=0.0)
+        first = asyncio.create_task(batcher.submit(0))
+        await asyncio.to_thread(first_started.wait, 5)
+        waiting = [asyncio.create_task(batcher.submit(n)) for n in range(1, 5)]
+        await asyncio.sleep(0.05)
+        assert batcher.queued() == 4
+        # The caller gave up (the ingress cancels a request past its deadline): its request waits in
+        # the queue, and the next batch leaves it out.
+        waiting[1].cancel()
+        waiting[2].cancel()
+        answers = await asyncio.gather(first, waiting[0], waiting[3])
+        assert waiting[1].cancelled() and waiting[2].cancelled()
+        return answers, batcher
+
+    answers, batcher = asyncio.run(scenario())
+    assert answers == [0, 1, 4]
+    assert batches == [[0], [1, 4]]
+    # The last batch's compute time per request: what the ingress's admission control reads.
+    assert 0.1 < batcher.item_seconds < 1.0
+    batcher.check()  # the worker is alive: a health check passes

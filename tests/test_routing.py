@@ -181,3 +181,38 @@ def test_refit_fits_again_on_the_grown_store(ranked_store, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["annotated_items"] == 401 and summary["ranking"]["held_out_items"] == 401
     assert read_manifest(ranking_dir(copy))["data_hash"] != before
+
+
+def test_the_cascade_is_fitted_on_held_out_llm_outcomes_and_route_auto_uses_it(ranked_store, tmp_path):
+    from llm4tag.cascade_fit import fit_store_cascade
+    from llm4tag.ranking.heldout_llm import OUTCOMES, read_outcomes
+
+    store, _ = ranked_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    settings = settings_for("auto")
+    summary = fit_store_cascade(copy, settings, 12)
+    log = ranking_dir(copy) / OUTCOMES
+    outcomes = read_outcomes(log)
+    held = {i.id: i for i in load_ranking(copy, _encoder_id(copy)).models.held_out}
+    assert summary["held_out_items"] == 12 and len(outcomes) == 12
+    for outcome in outcomes.values():
+        # Out-of-fold candidates only, and never the item itself among the samples its prompt showed.
+        assert [s.tag for s in outcome.scored] == [s.tag for s in held[outcome.id].scored[:20]]
+        assert outcome.id not in outcome.samples
+        assert set(outcome.generated) <= {s.tag for s in outcome.scored}
+    assert sum(bool(o.samples) for o in outcomes.values()) >= 10  # the check above is not vacuous
+    ranking = load_ranking(copy, _encoder_id(copy))
+    assert ranking.cascade is not None and ranking.cascade.metrics["items"] == 12
+    plan = TaggingPipeline.open(copy, settings, load_engine=False).plan
+    assert plan.tau == ranking.cascade.tau.tau and "fitted on held-out items" in plan.reason
+    # More items later: the first 12 are read back, not run again.
+    before = log.read_bytes()
+    fit_store_cascade(copy, settings, 14)
+    assert len(read_outcomes(log)) == 14 and log.read_bytes().startswith(before)
+
+
+def _encoder_id(store) -> str:
+    from graph_store import read_vocabulary
+
+    return read_vocabulary(store).encoder_id

@@ -49,10 +49,12 @@ def call(
     timeout: float = 300,
     content_type: str = "application/json",
     key: str | None = ADMIN,
+    extra_headers: dict[str, str] | None = None,
 ):
     """(status, headers, parsed JSON body or text) of a GET (no body) or POST."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     headers = {"Content-Type": content_type} | ({"Authorization": f"Bearer {key}"} if key else {})
+    headers |= extra_headers or {}
     request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -72,6 +74,9 @@ def write_config(folder: Path, port: int) -> Path:
     app["args"]["config"] = str(DOMAIN)
     app["args"]["service"]["limits"] = {"max_items": 8, "max_text_chars": 2000, "max_body_bytes": 65536}
     app["args"]["service"]["retry_after_s"] = 3
+    # Generous: the functional tests must not meet the deadline on a busy machine (the deadline test
+    # shortens it per request with X-Deadline-Ms).
+    app["args"]["service"]["deadline_s"] = 600
     keys = folder / "api-keys"
     keys.write_text(f"write:{WRITER}\noperator=write,admin:{ADMIN}\n")  # the writer's is unnamed
     keys.chmod(0o600)
@@ -408,4 +413,53 @@ def test_a_burst_beyond_the_queue_gets_503_with_retry_after(served):
         thread.join(300)
     statuses = sorted(status for status, _ in answers)
     assert set(statuses) <= {200, 503} and statuses.count(503) >= 10 and statuses.count(200) >= 4
-    assert all(headers.get("retry-after") == "3" for status, headers in answers if status == 503)
+    # Serve's back-pressure answers the configured Retry-After; the ingress's admission control its
+    # estimate of when the work ahead is through.
+    assert all(headers.get("retry-after", "").isdigit() for status, headers in answers if status == 503)
+    assert any(headers.get("retry-after") == "3" for status, headers in answers if status == 503)
+
+
+def test_a_request_is_answered_within_its_deadline_or_refused_fast(served):
+    url = served["url"]
+    texts = [i.text for i in read_items(QUERIES).items[14:22]]
+    status, _, body = call(f"{url}/v1/tag", {"text": texts[0]}, extra_headers={"X-Deadline-Ms": "soon"})
+    assert status == 400 and body["field"] == "X-Deadline-Ms"
+    # A deadline no model can meet: refused at once when the ingress knows the LLM's pace (413: the
+    # request alone takes longer), or cut at the deadline (504); either way fast.
+    started = time.perf_counter()
+    status, _, body = call(
+        f"{url}/v1/tag", {"items": [{"text": t} for t in texts]}, extra_headers={"X-Deadline-Ms": "1"}
+    )
+    assert time.perf_counter() - started < 5
+    assert (status, body["field"]) in ((413, "items"), (504, "X-Deadline-Ms")), body
+
+    deadline_s = 20.0
+    answers: list[tuple[int, float]] = []
+
+    def one(n: int) -> None:
+        items = [{"id": f"d{n}", "text": texts[n % len(texts)]}]
+        began = time.perf_counter()
+        status, _, _ = call(f"{url}/v1/tag", {"items": items}, extra_headers={"X-Deadline-Ms": "20000"})
+        answers.append((status, time.perf_counter() - began))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    statuses = [s for s, _ in answers]
+    state = call(f"{url}/readyz")[2]["admission"]
+    assert len(answers) == 16 and set(statuses) <= {200, 413, 503, 504} and 200 in statuses, (answers, state)
+    # Refusals come at once. The deadline counts from when the ingress takes the request: this app's
+    # ingress takes 4 at a time (max_ongoing_requests) and queues 2, so a request may first wait one
+    # deadline for a slot (the shipped configs take 128 at a time, which admission keeps free).
+    assert all(seconds < 2 for status, seconds in answers if status == 503), answers
+    assert max(seconds for _, seconds in answers) < 2 * deadline_s + 3, answers
+    # Nothing of the refused or cut requests stays counted or queued.
+    for _ in range(30):
+        ready = call(f"{url}/readyz")[2]
+        if ready["admission"]["items_ahead"] == 0:
+            break
+        time.sleep(1)
+    assert ready["admission"]["items_ahead"] == 0, ready["admission"]
+    assert ready["admission"]["llm_replicas"] >= 1

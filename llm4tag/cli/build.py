@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+from llm4tag.cascade_fit import fit_store_cascade
 from llm4tag.cli.common import add_config, print_json
 from llm4tag.config import load_settings
+from llm4tag.ranking.stored import ranking_dir
 from llm4tag.store_builder import build_store_from_files
 
 
@@ -28,21 +33,29 @@ def register(verbs) -> None:
         default=[],
         help="domain knowledge file (JSONL or Markdown: definitions, tagging rules); repeatable",
     )
-    add_config(build, "settings YAML (sections encoder, texts, graph)")
+    add_config(
+        build,
+        "settings YAML (sections encoder, texts, graph, ranking; llm and prompts with ranking.cascade_items)",
+    )
     build.set_defaults(run=run)
 
 
 def run(args) -> int:
+    settings = load_settings(args.config)
     summary = build_store_from_files(
         args.store,
         args.items,
         args.tags,
-        load_settings(args.config),
+        settings,
         split=args.split,
         strict_tags=args.strict_tags,
         shards=args.shards,
         knowledge_files=args.knowledge,
         language=args.language,
     )
+    if settings.ranking.cascade_items and (ranking_dir(Path(args.store)) / "manifest.json").exists():
+        summary["cascade"] = fit_store_cascade(
+            args.store, settings, settings.ranking.cascade_items, progress=logging.getLogger(__name__).info
+        )
     print_json(summary)
     return 0

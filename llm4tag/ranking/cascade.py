@@ -284,6 +284,7 @@ class HeldOutOutcome:
     generated: list[str]
     yes: dict[str, float]  # Yes-probability of each judged (generated) tag
     seconds: float = 0.0  # LLM seconds
+    samples: list[str] = field(default_factory=list)  # the retrieved samples its prompt showed
 
     def to_dict(self) -> dict:
         return {
@@ -292,6 +293,7 @@ class HeldOutOutcome:
             "generated": self.generated,
             "yes": self.yes,
             "seconds": self.seconds,
+            "samples": self.samples,
             "scored": [s.to_dict() for s in self.scored],
         }
 
@@ -304,6 +306,7 @@ class HeldOutOutcome:
             list(row["generated"]),
             {k: float(v) for k, v in row["yes"].items()},
             float(row.get("seconds", 0.0)),
+            list(row.get("samples") or ()),
         )
 
 

@@ -32,5 +32,12 @@ class RankingConfig(Section):
     target_precision: float = Field(
         0.95, gt=0, le=1, description="the held-out precision the build reports a cut for"
     )
+    cascade_items: int = Field(
+        0,
+        ge=0,
+        description="held-out annotated items the LLM tags to fit route: auto's tau and the final "
+        "calibration (0: none at build; `llm4tag refit --cascade-items N` runs it later). Each costs "
+        "one LLM call (seconds on a CPU); a few hundred suffice",
+    )
     learned: LearnedConfig = Field(default_factory=LearnedConfig, description="the learned recall")
     ranker: RankerConfig = Field(default_factory=RankerConfig, description="the ranker")

@@ -1,0 +1,98 @@
+"""Deadline-aware admission (llm4tag/admission.py): pure logic on a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llm4tag.admission import Admission, request_deadline_s
+from llm4tag.http_schema import RequestError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admission(batch_size: int = 4) -> tuple[Admission, Clock]:
+    clock = Clock()
+    return Admission(batch_size=batch_size, clock=clock), clock
+
+
+def test_the_deadline_header_may_only_shorten_the_services_deadline():
+    assert request_deadline_s(None, 30) == 30
+    assert request_deadline_s("2500", 30) == 2.5
+    assert request_deadline_s(" 90000 ", 30) == 30
+    for bad in ("", "0", "-5", "1.5", "soon", "1e3"):
+        with pytest.raises(RequestError) as caught:
+            request_deadline_s(bad, 30)
+        assert caught.value.field == "X-Deadline-Ms" and caught.value.status == 400
+
+
+def test_before_any_measure_one_batch_per_replica_is_let_in():
+    control, _ = admission(batch_size=4)
+    assert control.capacity() == 0
+    assert control.decide(8, 30).admitted  # nothing ahead: a request is let in to measure
+    held = control.admit(3)
+    assert control.decide(1, 30).admitted  # 3 + 1 fits one batch
+    assert not control.decide(2, 30).admitted  # 3 + 2 does not
+    control.release(held)
+    assert control.pending == 0
+
+
+def test_the_wait_is_items_ahead_over_the_replicas_capacity():
+    control, clock = admission()
+    control.observe_replica("g1", item_s=2.0, queued=0)
+    control.observe_replica("g2", item_s=2.0, queued=0)
+    assert control.capacity() == pytest.approx(1.0)  # two replicas, 0.5 item/s each
+    control.admit(10)
+    verdict = control.decide(1, 30)
+    assert verdict.admitted and verdict.wait_s == pytest.approx(11.0)
+    verdict = control.decide(1, 10)
+    assert not verdict.admitted and verdict.retry_after_s == 10  # when the 10 ahead are through
+    assert not verdict.too_large  # it would fit once those are through: a retry can succeed
+    assert control.decide(12, 10).too_large  # 12 s of work alone: no retry fits a 10 s deadline
+    # Work queued at the replicas by other ingress replicas counts too,
+    control.observe_replica("g1", item_s=2.0, queued=30)
+    assert control.ahead() == 30
+    assert not control.decide(1, 30).admitted
+    # less what the replica has computed since it reported (no new report comes while it gets no work).
+    clock.now += 40
+    assert control.ahead() == pytest.approx(10)
+    clock.now += 30
+    assert control.ahead() == 10  # the items this ingress admitted
+
+
+def test_a_replica_that_stopped_reporting_stops_counting():
+    control, clock = admission()
+    control.observe_replica("g1", item_s=1.0, queued=0)
+    clock.now += 30
+    control.observe_replica("g2", item_s=1.0, queued=0)
+    assert control.capacity() == pytest.approx(2.0)
+    clock.now += 45  # g1 last heard 75 s ago, past the 60 s window
+    assert control.capacity() == pytest.approx(1.0)
+
+
+def test_routing_share_and_other_stages_enter_the_estimate():
+    control, _ = admission()
+    control.observe_replica("g1", item_s=1.0, queued=0)
+    for _ in range(30):  # the ranker settles every item: nothing reaches the LLM
+        control.observe_request(items=4, sent_to_llm=0, other_s=0.2)
+    assert control.llm_share < 0.01 and control.other_s == pytest.approx(0.2, rel=0.01)
+    control.admit(100)  # mostly expected to be settled by the ranker
+    assert control.decide(4, 1.0).admitted
+    control.observe_request(items=4, sent_to_llm=None, other_s=0.2)  # routing off: every item
+    assert control.llm_share > 0.29
+
+
+def test_bad_measures_are_ignored():
+    control, _ = admission()
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        control.observe_replica("g", item_s=bad, queued=3)
+    assert control.replicas == {}
+    control.release(5)
+    assert control.pending == 0
