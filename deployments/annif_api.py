@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from deployments._common import KEYED, answered, current_replica, problems, refusals
+from deployments._common import KEYED, answered, current_replica, problems
 from llm4tag.annif_compat import (
     AnnifSettings,
     Problem,
@@ -113,7 +113,7 @@ async def annif_project(ingress: Replica, project_id: str):
     "/v1/projects/{project_id}/suggest",
     summary="Annif: suggest subjects for a text",
     tags=["annif"],
-    responses=problems(400, 404, 413, 503),
+    responses=problems(400, 404, 413, 503, 504),
 )
 @answered("/v1/projects/{id}/suggest", annif=True)
 async def annif_suggest(ingress: Replica, project_id: str, request: Request):
@@ -129,7 +129,7 @@ async def annif_suggest(ingress: Replica, project_id: str, request: Request):
     "/v1/projects/{project_id}/suggest-batch",
     summary="Annif: suggest subjects for up to 32 documents",
     tags=["annif"],
-    responses=problems(400, 404, 413, 503),
+    responses=problems(400, 404, 413, 503, 504),
 )
 @answered("/v1/projects/{id}/suggest-batch", annif=True)
 async def annif_suggest_batch(ingress: Replica, project_id: str, request: Request):
@@ -149,8 +149,7 @@ async def annif_suggest_batch(ingress: Replica, project_id: str, request: Reques
     status_code=204,
     tags=["annif"],
     dependencies=[KEYED],
-    # Our key check answers as every route of ours does; Annif's refusals are problem details.
-    responses={**problems(400, 404, 413, 503), **refusals(401), 403: refusals(403)[403] | problems(403)[403]},
+    responses=problems(400, 401, 403, 404, 413, 503),
 )
 @answered("/v1/projects/{id}/learn", annif=True)
 async def annif_learn(ingress: Replica, project_id: str, request: Request):
