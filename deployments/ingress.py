@@ -446,7 +446,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         if verdict.too_large:
             raise Refused(
                 413,
-                f"{len(items)} item(s) take about {verdict.wait_s:.1f} s here even with nothing ahead, "
+                f"{len(items)} item(s) take about {verdict.alone_s:.1f} s here even with nothing ahead, "
                 f"more than the deadline ({budget_s:.1f} s left): send fewer items per request",
                 "items",
             )

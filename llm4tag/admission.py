@@ -66,6 +66,7 @@ class Verdict:
     # The request alone, with nothing ahead of it, would not finish in time: a retry cannot help
     # (fewer items or a longer deadline can).
     too_large: bool = False
+    alone_s: float = math.nan  # the estimated time of the request alone
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Admission:
         wait = (ahead + need) / capacity + self.other_s
         retry = max(1, math.ceil(ahead / capacity))
         alone = need / capacity + self.other_s
-        return Verdict(wait <= budget_s, wait, retry, too_large=alone > budget_s)
+        return Verdict(wait <= budget_s, wait, retry, too_large=alone > budget_s, alone_s=alone)
 
     def admit(self, items: int) -> float:
         """Count an admitted request's expected LLM items as ahead of later ones; the caller gives the

@@ -55,7 +55,8 @@ def test_the_wait_is_items_ahead_over_the_replicas_capacity():
     verdict = control.decide(1, 10)
     assert not verdict.admitted and verdict.retry_after_s == 10  # when the 10 ahead are through
     assert not verdict.too_large  # it would fit once those are through: a retry can succeed
-    assert control.decide(12, 10).too_large  # 12 s of work alone: no retry fits a 10 s deadline
+    alone = control.decide(12, 10)
+    assert alone.too_large and alone.alone_s == pytest.approx(12.0)  # no retry fits a 10 s deadline
     # Work queued at the replicas by other ingress replicas counts too,
     control.observe_replica("g1", item_s=2.0, queued=30)
     assert control.ahead() == 30
