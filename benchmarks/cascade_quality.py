@@ -1,17 +1,23 @@
-"""The cascade against route off and the ranker alone, on the same test items of one shared set
-(issue 17, bars b and d). Prints a table with 95% bootstrap intervals and paired differences against
-the ranker alone.
+"""Every method on the same test items of one shared set (issue 17): the peers without an LLM, the
+ranker alone, route off, the cascade and route: auto. Prints a table with 95% bootstrap intervals and
+paired differences against the ranker alone, ECE, coverage at 95% precision, the share of items sent
+to the LLM and LLM seconds per item; writes ``--out/<set>/table.md``, ``results.json`` and
+``accuracy_coverage.png`` (every method but the fixed-tau sensitivity rows).
 
-One LLM run gives every row: the store of the train split is built with its ranking (cached in
+One LLM run gives the LLM rows: the store of the train split is built with its ranking (cached in
 ``--out/<set>/store``), and the first ``--n`` items of the test split's fixed seed-0 order are tagged
 with ``pipeline.route: off`` (every item to the LLM, choosing among the ranker's candidates), one row
 per item appended to ``--out/<set>/route_off.jsonl`` as it comes (a rerun tags only the missing ones).
 
-* ranker only: each row's first candidate (the ranker's top tag, its calibrated probability);
+* match, kNN vote, graph recall, Annif Omikuji / TF-IDF: as in ranker_quality.py (benchmarks/_peers.py),
+  on these items; Annif's rows come from ``--annif`` (annif_peer.py);
+* ranker only: each row's ranker candidates, as many as the set shows (1 single-tag, 5 multi-tag);
 * route off: the LLM's rows as the pipeline wrote them (the Yes-probability cut at pipeline.threshold);
-* cascade(tau): the ranker's top tag where its probability reaches tau, the LLM's row otherwise. tau is
-  the ranker's held-out cut for 95% precision (fitted on train folds at build, never on test); a few
-  fixed values are shown as a sensitivity, not chosen on these items.
+* cascade(tau): the product's routing (llm4tag.ranking.cascade) at tau over the route-off rows: the
+  ranker settles an item (single-tag) or a shown tag (multi-tag) whose probability reaches tau, the
+  LLM's generation and judgment from the same row decide the rest. tau is the ranker's held-out cut for
+  95% precision (fitted on train folds at build, never on test); a few fixed values are shown as a
+  sensitivity, not chosen on these items.
 * with ``--cascade-items N``: route: auto as shipped. The LLM first tags N held-out annotated TRAIN items
   of the store (out-of-fold candidates, never itself among its samples: llm4tag/cascade_fit.py), which
   fits tau and the final calibration; then the same test items are tagged with route: auto (only the
@@ -27,15 +33,18 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset, test_sample
+from _peers import THRESHOLDS, Methods, add_peers, coverage_at_precision, fmt_ci, fmt_diff
 from pipeline_quality import cached_rows, run_llm, settings_for
 
 from llm4tag import store_builder
 from llm4tag.cascade_fit import fit_store_cascade
 from llm4tag.encoder import Encoder
+from llm4tag.evaluation.plots import accuracy_coverage_plot
 from llm4tag.evaluation.tables import format_table
 from llm4tag.evaluation.tagging import (
     MULTI_KEYS,
@@ -43,8 +52,11 @@ from llm4tag.evaluation.tagging import (
     calibration_pairs,
     expected_calibration_error,
     metric_intervals,
+    threshold_curve,
 )
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
+from llm4tag.ranking.models import ScoredTag
 
 FIXED_TAUS = (0.5, 0.8, 0.9)
 
@@ -63,24 +75,35 @@ def build(folder: Path, ds, settings, encoder) -> None:
     print(f"# built {folder} in {time.perf_counter() - started:.0f} s: {json.dumps(summary)}", flush=True)
 
 
-def cascade(rows: dict, tau: float) -> tuple[dict, float]:
-    """Predictions and the share of items sent to the LLM."""
-    preds, sent = {}, 0
+def scored_candidates(row: dict) -> list[ScoredTag]:
+    return [
+        ScoredTag(c["tag"], c["confidence"], c.get("score", c["confidence"]), tuple(c["source"].split("+")))
+        for c in row["candidates"]
+    ]
+
+
+def cascade(rows: dict, plan: RoutePlan, tau: float) -> tuple[dict, float, float]:
+    """The product's routing (llm4tag.ranking.cascade) at ``tau`` over route-off rows: an item or tag
+    the ranker settles keeps its calibrated probability; the rest take the LLM's generation and raw
+    Yes-probability from the same row. Returns the predictions, the share of items sent to the LLM
+    and the LLM seconds per item (the sent items' measured seconds over all items; NaN if unknown)."""
+    at_tau = replace(plan, tau=tau, calibration=None)
+    preds, sent, seconds = {}, 0, 0.0
     for item_id, row in rows.items():
-        top = row["candidates"][0] if row["candidates"] else None
-        if top is not None and top["confidence"] >= tau:
-            preds[item_id] = [top]
-        else:
-            preds[item_id] = row["tags"]
+        route = route_items([scored_candidates(row)], at_tau)[0]
+        yes = {t["tag"]: t["yes"] for t in row["tags"] + row.get("dropped", []) if "yes" in t}
+        finals = final_tags(route, at_tau, row.get("generated", []), yes)
+        preds[item_id] = [f.to_dict() for f in finals if f.kept]
+        if route.needs_llm:
             sent += 1
-    return preds, sent / len(rows)
+            seconds += row.get("seconds", float("nan"))
+    return preds, sent / len(rows), seconds / len(rows)
 
 
-def cell(m: dict, diff: bool) -> str:
-    out = f"{m['value']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
-    if diff and "diff" in m:
-        out = f"{m['diff']:+.4f} [{m['diff_low']:+.4f}, {m['diff_high']:+.4f}]"
-    return out
+def llm_seconds(rows: dict) -> float:
+    """Mean measured seconds per item of rows tagged by the LLM pipeline (NaN where the cache predates
+    per-row timing)."""
+    return sum(r.get("seconds", float("nan")) for r in rows.values()) / max(len(rows), 1)
 
 
 def main() -> None:
@@ -94,6 +117,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "cascade")
+    parser.add_argument(
+        "--annif", type=Path, default=REPO / "out" / "annif", help="Annif rows (annif_peer.py)"
+    )
     parser.add_argument(
         "--cascade-items", type=int, default=0, help="held-out train items that fit route: auto (0: no row)"
     )
@@ -117,16 +143,30 @@ def main() -> None:
         )
     rows, stats = run_llm(pipeline, sample, folder / "route_off.jsonl", args.chunk, with_candidates=True)
     gold = {i.id: set(i.tags or ()) for i in sample}
-    task = "multi" if pipeline.plan.multi else "single"
+    plan = pipeline.plan
+    task = "multi" if plan.multi else "single"
     keys = MULTI_KEYS if task == "multi" else SINGLE_KEYS
-    ranker = {k: r["candidates"][:1] for k, r in rows.items()}
-    methods = {
-        "ranker only": (ranker, 0.0),
-        "route off (LLM on every item)": ({k: r["tags"] for k, r in rows.items()}, 1.0),
-    }
+    ids = [i.id for i in sample]
+    first = keys[0] if task == "multi" else "f1"
+
+    # Every method on the same items: the peers first (the store's own recall and kNN, Annif's rows).
+    found = Methods(ids)
+    positions = {item.id: n for n, item in enumerate(ds.test)}
+    vectors = ds.test_vectors[[positions[i] for i in ids]]
+    add_peers(found, pipeline.recaller.store, vectors, plan.emit, args.annif / args.dataset, float("nan"))
+    share: dict[str, float] = dict.fromkeys(found.rows, 0.0)
+    seconds: dict[str, float] = dict.fromkeys(found.rows, 0.0)
+
+    def add(label: str, preds: dict, sent: float, llm_s: float) -> None:
+        found.add(label, preds, float("nan"), None)
+        share[label], seconds[label] = sent, llm_s
+
+    ranker_label = "ranker only"
+    add(ranker_label, {k: r["candidates"][: plan.emit] for k, r in rows.items()}, 0.0, 0.0)
+    add("route off (LLM on every item)", {k: r["tags"] for k, r in rows.items()}, 1.0, llm_seconds(rows))
     taus = ([("held-out cut", cut)] if cut is not None else []) + [("fixed", t) for t in FIXED_TAUS]
     for label, tau in taus:
-        methods[f"cascade tau={tau:.3f} ({label})"] = cascade(rows, tau)
+        add(f"cascade tau={tau:.3f} ({label})", *cascade(rows, plan, tau))
     auto_stats = None
     if args.cascade_items:
         fitted = fit_store_cascade(folder / "store", settings, args.cascade_items, progress=print)
@@ -136,31 +176,56 @@ def main() -> None:
         auto_rows, auto_stats = run_llm(
             auto, sample, folder / f"route_auto_{args.cascade_items}.jsonl", args.chunk, with_candidates=True
         )
-        share = sum(r.get("route") == "llm" for r in auto_rows.values()) / len(auto_rows)
+        sent = sum(r.get("route") == "llm" for r in auto_rows.values()) / len(auto_rows)
         label = f"route auto (tau={auto.plan.tau:.3f}, calibration: {args.cascade_items} held-out items)"
-        methods[label] = ({k: r["tags"] for k, r in auto_rows.items()}, share)
-    table = []
-    for name, (preds, share) in methods.items():
-        m = metric_intervals(gold, preds, task, baseline=None if name == "ranker only" else ranker)
+        add(label, {k: r["tags"] for k, r in auto_rows.items()}, sent, llm_seconds(auto_rows))
+
+    table, results = [], {}
+    ranker = found.rows[ranker_label]
+    for name, preds in found.rows.items():
+        m = metric_intervals(gold, preds, task, baseline=None if name == ranker_label else ranker)
         row = {"method": name}
         for key in keys[:3]:
-            row[key] = cell(m[key], False)
-        row[f"{keys[0]} - ranker"] = cell(m[keys[0]], True) if name != "ranker only" else ""
-        row["ECE"] = f"{expected_calibration_error(calibration_pairs(gold, preds))['ece']:.4f}"
-        row["share to LLM"] = f"{share:.2f}"
+            row[key] = fmt_ci(m[key])
+        row[f"{first} − ranker"] = fmt_diff(m[first]) if name != ranker_label else ""
+        ece = expected_calibration_error(calibration_pairs(gold, preds))["ece"]
+        coverage, _ = coverage_at_precision(gold, preds)
+        row["ECE"] = f"{ece:.4f}"
+        row["coverage @95% precision"] = f"{coverage:.3f}"
+        row["share to LLM"] = f"{share[name]:.2f}"
+        row["LLM s/item"] = "–" if seconds[name] != seconds[name] else f"{seconds[name]:.2f}"
         table.append(row)
-    seconds = stats["seconds"] / stats["items"] if stats["items"] else float("nan")
+        results[name] = {
+            "metrics": m,
+            "ece": ece,
+            "coverage_at_95_precision": coverage,
+            "share_to_llm": share[name],
+            "llm_seconds_per_item": seconds[name],
+        }
     if auto_stats is not None and auto_stats["items"]:
         print(
             f"route auto: {auto_stats['seconds'] / auto_stats['items']:.2f} s per item over "
             f"{auto_stats['items']} newly tagged items (all stages; only the items under tau reach the LLM)"
         )
-    print(f"\n### {args.dataset}: n = {len(sample)} test items, model {args.model}")
-    print(format_table(table, list(table[0])))
-    print(
-        f"\nRanker cut for 95% precision (held-out train folds): {cut}. LLM seconds per item in this "
-        f"run: {seconds:.2f} over {stats['items']} newly tagged items (the rest came from the cache)."
+    # The fixed taus are a sensitivity; ten curves are what one palette tells apart.
+    plotted = {k: v for k, v in found.rows.items() if "(fixed)" not in k}
+    curves = {name: threshold_curve(gold, preds, THRESHOLDS, task) for name, preds in plotted.items()}
+    title = f"{args.dataset}: {len(sample)} test items, every method on the same items"
+    png = accuracy_coverage_plot(curves, folder / "accuracy_coverage.png", task, title=title)
+    if task == "multi":
+        top1 = {k: [{**p, "precision": p["acc@1"]} for p in curve] for k, curve in curves.items()}
+        accuracy_coverage_plot(top1, folder / "accuracy_coverage_acc1.png", "single", title=title)
+    markdown = (
+        f"### {args.dataset}: n = {len(sample)} test items, model {args.model}\n\n"
+        + format_table(table, list(table[0]))
+        + f"\n\nRanker cut for 95% precision (held-out train folds): {cut}. LLM seconds per item: the "
+        "pipeline's measured seconds per item of its cached rows (a chunk's time shared by its items; "
+        "'nan' where rows predate per-row timing); a cascade row counts only the items it sends. "
+        f"This run newly tagged {stats['items']} items in {stats['seconds']:.0f} s. Plot: {png}\n"
     )
+    print("\n" + markdown)
+    (folder / "table.md").write_text(markdown)
+    (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -79,12 +79,15 @@ def run_llm(
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
             t0 = time.perf_counter()
-            for row in pipeline.tag(batch, with_dropped=True, with_candidates=with_candidates):
+            tagged = pipeline.tag(batch, with_dropped=True, with_candidates=with_candidates)
+            seconds = time.perf_counter() - t0
+            for row in tagged:
+                row["seconds"] = round(seconds / len(batch), 3)  # the chunk's time, shared equally
                 rows[row["id"]] = row
                 sink.write(json.dumps(row) + "\n")
             sink.flush()
             stats["items"] += len(batch)
-            stats["seconds"] += time.perf_counter() - t0
+            stats["seconds"] += seconds
             if (start // chunk) % log_every == 0:
                 done = len(items) - len(todo) + start + len(batch)
                 rate = stats["items"] / stats["seconds"]

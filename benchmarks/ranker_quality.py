@@ -34,6 +34,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
+from _peers import (
+    BASELINE,
+    THRESHOLDS,
+    Methods,
+    add_peers,
+    clip,
+    coverage_at_precision,
+    fmt_ci,
+    fmt_diff,
+    precision_and_coverage_at,
+)
 
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder
@@ -47,83 +58,9 @@ from llm4tag.evaluation.tagging import (
     metric_intervals,
     threshold_curve,
 )
-from llm4tag.ranking import Annotated, LearnedConfig, RankerConfig, fit_ranking, precision_cut
+from llm4tag.ranking import Annotated, LearnedConfig, RankerConfig, fit_ranking
 from llm4tag.ranking.crossfit import build_store
 from llm4tag.texts import item_text
-
-KNN = 10
-BASELINE = "Annif Omikuji"
-THRESHOLDS = tuple(round(x, 2) for x in np.arange(0.0, 1.0, 0.05))
-
-
-def clip(x: float) -> float:
-    return float(min(max(x, 0.0), 1.0))
-
-
-def knn_rows(store, vectors, k: int, emit: int) -> list[list[dict]]:
-    out = []
-    for hits in store.search(vectors):
-        votes: dict[int, float] = {}
-        sims = hits.neighbour_sims[:k]
-        total = sum(max(s, 1e-6) for s in sims) or 1.0
-        for sim, tags in zip(sims, hits.neighbour_tags[:k], strict=True):
-            for t in tags.tolist():
-                votes[t] = votes.get(t, 0.0) + max(sim, 1e-6)
-        best = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:emit]
-        out.append([{"tag": store.graph.tag_names[t], "confidence": clip(v / total)} for t, v in best])
-    return out
-
-
-def read_annif(path: Path, ids: list[str], emit: int) -> dict[str, list] | None:
-    if not path.exists():
-        return None
-    rows = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            rows[row["id"]] = row["tags"][:emit]
-    missing = [i for i in ids if i not in rows]
-    if missing:
-        raise SystemExit(
-            f"{path} has no row for {len(missing)} test items (e.g. {missing[0]}): rerun annif_peer.py"
-        )
-    return {i: rows[i] for i in ids}
-
-
-def coverage_at_precision(gold: dict, preds: dict, target: float = 0.95) -> tuple[float, float | None]:
-    """Share of items whose top tag is kept at the lowest confidence threshold that still gives the
-    target precision on these items (an oracle threshold), and that threshold."""
-    conf, right = [], []
-    for item_id, tags in gold.items():
-        shown = preds.get(item_id) or []
-        if shown:
-            conf.append(shown[0]["confidence"])
-            right.append(shown[0]["tag"] in tags)
-    cut = precision_cut(conf, right, target) if conf else None
-    if cut is None:
-        return 0.0, None
-    return float(np.sum(np.asarray(conf) >= cut) / len(gold)), cut
-
-
-def precision_and_coverage_at(gold: dict, preds: dict, cut: float | None) -> tuple[float, float]:
-    if cut is None:
-        return float("nan"), 0.0
-    kept = [
-        (preds[i][0]["tag"] in tags)
-        for i, tags in gold.items()
-        if preds.get(i) and preds[i][0]["confidence"] >= cut
-    ]
-    return (float(np.mean(kept)) if kept else float("nan")), len(kept) / len(gold)
-
-
-def fmt_ci(m: dict) -> str:
-    return f"{m['value']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
-
-
-def fmt_diff(m: dict) -> str:
-    if "diff" not in m:
-        return ""
-    return f"{m['diff']:+.4f} [{m['diff_low']:+.4f}, {m['diff_high']:+.4f}]"
 
 
 def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
@@ -163,45 +100,9 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
     task = "multi" if multi else "single"
     n = len(ds.test)
 
-    methods: dict[str, dict] = {}
-    fit_s: dict[str, float] = {}
-    item_ms: dict[str, float] = {}
-
-    def timed(label: str, fn, fit_seconds: float):
-        t0 = time.perf_counter()
-        rows = fn()
-        item_ms[label] = 1000 * (time.perf_counter() - t0) / n
-        fit_s[label] = fit_seconds
-        methods[label] = dict(zip(test_ids, rows, strict=True))
-
-    timed(
-        "match",
-        lambda: [
-            [{"tag": c.tag, "confidence": clip(c.score)} for c in cands]
-            for cands in store.match(ds.test_vectors, emit)
-        ],
-        store_s,
-    )
-    timed(f"kNN vote ({KNN})", lambda: knn_rows(store, ds.test_vectors, KNN, emit), store_s)
-    timed(
-        "graph recall (today's order)",
-        lambda: [
-            [{"tag": c.tag, "confidence": clip(c.score / 2)} for c in cands[:emit]]
-            for cands in store.recall(ds.test_vectors)
-        ],
-        store_s,
-    )
-    for backend, label in (("omikuji", BASELINE), ("tfidf", "Annif TF-IDF")):
-        rows = read_annif(args.annif / name / f"{backend}.jsonl", test_ids, emit)
-        timings_path = args.annif / name / "timings.json"
-        if rows is None:
-            print(f"# {name}: no Annif {backend} rows (run .venv-annif/bin/python benchmarks/annif_peer.py)")
-            continue
-        methods[label] = rows
-        timing = json.loads(timings_path.read_text()).get(backend, {}) if timings_path.exists() else {}
-        fit_s[label] = timing.get("train_seconds", float("nan"))
-        item_ms[label] = timing.get("suggest_ms_per_item", float("nan"))
-    timed(
+    found = Methods(test_ids)
+    add_peers(found, store, ds.test_vectors, emit, args.annif / name, store_s)
+    found.timed(
         "learned recall alone",
         lambda: [
             [{"tag": t, "confidence": clip(s)} for t, s in pred]
@@ -214,7 +115,8 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
         scored = models.score(store, test_texts, ds.test_vectors, test_ids)
         return [[{"tag": s.tag, "confidence": s.probability} for s in item[:emit]] for item in scored]
 
-    timed("**ranker**", ranker_rows, ranking_fit_s)
+    found.timed("**ranker**", ranker_rows, ranking_fit_s)
+    methods, fit_s, item_ms = found.rows, found.fit_s, found.item_ms
 
     baseline = methods.get(BASELINE)
     keys = MULTI_KEYS if multi else SINGLE_KEYS

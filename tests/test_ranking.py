@@ -21,10 +21,10 @@ from llm4tag.ranking import (
     choose_tau,
     fit_ranking,
     precision_cut,
-    route,
 )
 from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
 from llm4tag.ranking.crossfit import build_store, fold_parts, held_out_candidates
+from llm4tag.ranking.models import ScoredTag
 from llm4tag.ranking.ranker import top_rows
 from llm4tag.texts import item_text, tag_text
 
@@ -32,18 +32,33 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 # ------------------------------------------------------------------------------------ pure logic
+def _scored(tags, probabilities):
+    return [ScoredTag(t, p, p, ("c2t",)) for t, p in zip(tags, probabilities, strict=True)]
+
+
+def _plan(tau, multi, emit=1):
+    return RoutePlan(tau=tau, multi=multi, emit=emit, num_candidates=20, ranker_cut=0.0, llm_cut=0.0)
+
+
 def test_route_single_accepts_a_confident_item_and_sends_the_rest_whole():
-    assert route(["a", "b"], [0.9, 0.05], tau=0.8, multi=False).accepted == ["a"]
-    unsure = route(["a", "b"], [0.6, 0.3], tau=0.8, multi=False)
-    assert unsure.accepted == [] and unsure.to_llm == ["a", "b"] and unsure.needs_llm
-    assert not route([], [], tau=0.5, multi=False).needs_llm
+    plan = _plan(0.8, multi=False)
+    sure, unsure, empty = route_items(
+        [_scored(["a", "b"], [0.9, 0.05]), _scored(["a", "b"], [0.6, 0.3]), []], plan
+    )
+    assert [s.tag for s in sure.accepted] == ["a"] and not sure.needs_llm
+    assert unsure.accepted == [] and unsure.candidates == ["a", "b"] and unsure.needs_llm
+    assert not empty.needs_llm
+    off = route_items([_scored(["a", "b"], [0.99, 0.05])], _plan(None, multi=False))[0]
+    assert off.needs_llm and off.candidates == ["a", "b"]  # route: off sends every item
 
 
 def test_route_multi_decides_per_shown_tag():
-    decision = route(["a", "b", "c", "d"], [0.97, 0.6, 0.95, 0.1], tau=0.9, multi=True, emit=3)
-    assert decision.accepted == ["a", "c"]
-    assert decision.to_llm == ["b"]  # "d" is not among the shown tags
-    assert not route(["a", "b"], [0.99, 0.95], tau=0.9, multi=True).needs_llm
+    plan = _plan(0.9, multi=True, emit=3)
+    item = route_items([_scored(["a", "b", "c", "d"], [0.97, 0.6, 0.95, 0.1])], plan)[0]
+    assert [s.tag for s in item.accepted] == ["a", "c"]
+    assert item.judge == ["b"]  # "d" is not among the shown tags
+    settled = route_items([_scored(["a", "b"], [0.99, 0.95])], plan)[0]
+    assert not settled.needs_llm
 
 
 def test_choose_tau_sends_nothing_without_llm_outcomes_or_when_the_llm_does_not_add():

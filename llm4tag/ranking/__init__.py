@@ -10,7 +10,7 @@ from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.models import RankingModels, ScoredTag, fit_ranking, is_multi
 from llm4tag.ranking.provenance import LeakError
 from llm4tag.ranking.ranker import Ranker, RankerConfig
-from llm4tag.ranking.routing import Decision, TauChoice, choose_tau, precision_cut, route
+from llm4tag.ranking.routing import TauChoice, choose_tau, precision_cut
 
 __all__ = [
     "FEATURES",
@@ -18,7 +18,6 @@ __all__ = [
     "Annotated",
     "CandidateFeatures",
     "CandidateSet",
-    "Decision",
     "HeldOut",
     "LeakError",
     "LearnedConfig",
@@ -34,5 +33,4 @@ __all__ = [
     "held_out_candidates",
     "is_multi",
     "precision_cut",
-    "route",
 ]

@@ -1,48 +1,14 @@
-"""Routing as pure functions: which tags the ranker's calibrated probabilities settle, and which an
-item sends to the LLM (generation + calibration). Thresholds are fitted on held-out data, never test.
-
-* single-tag: an item whose top probability clears ``tau`` takes the ranker's tag; otherwise the
-  whole item goes to the LLM.
-* multi-tag: decided per tag: the item's shown tags (its top ``emit``) at or above ``tau`` are
-  accepted, the others are sent to the LLM to judge; an item is sent at all only if one of its shown
-  tags is uncertain.
+"""The thresholds of routing, as pure functions fitted on held-out data (never test): ``tau`` for
+``route: auto`` and the cut that reaches a target precision. The routing rule itself (which items or
+tags the ranker settles) is :func:`llm4tag.ranking.cascade.route_items`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-
-
-@dataclass
-class Decision:
-    accepted: list[str] = field(default_factory=list)  # tags the ranker settles
-    to_llm: list[str] = field(default_factory=list)  # tags (multi) or candidates (single) the LLM judges
-
-    @property
-    def needs_llm(self) -> bool:
-        return bool(self.to_llm)
-
-
-def route(
-    tags: Sequence[str], probabilities: Sequence[float], tau: float, multi: bool, emit: int = 5
-) -> Decision:
-    """One item's decision; ``tags`` ranked best first with their calibrated probabilities."""
-    if len(tags) != len(probabilities):
-        raise ValueError("tags and probabilities must have the same length")
-    if not tags:
-        return Decision()
-    if not multi:
-        if probabilities[0] >= tau:
-            return Decision(accepted=[tags[0]])
-        return Decision(to_llm=list(tags))
-    shown = list(zip(tags[:emit], probabilities[:emit], strict=True))
-    return Decision(
-        accepted=[t for t, p in shown if p >= tau],
-        to_llm=[t for t, p in shown if p < tau],
-    )
 
 
 @dataclass

@@ -1,0 +1,78 @@
+"""The benchmarks' table logic (pure): the figures in docs/performance.md and the issue notes come from
+these functions, so a wrong share or a wrong cascade would publish wrong bars."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _peers import coverage_at_precision, precision_and_coverage_at
+from cascade_quality import cascade, llm_seconds
+
+from llm4tag.ranking.cascade import RoutePlan
+
+
+def _row(candidates, llm_tags, generated, seconds=2.0):
+    return {
+        "candidates": [
+            {"tag": t, "confidence": p, "score": p, "source": "c2c2t+learned"} for t, p in candidates
+        ],
+        "tags": [{"tag": t, "confidence": y, "yes": y, "by": "llm"} for t, y in llm_tags],
+        "dropped": [],
+        "generated": generated,
+        "seconds": seconds,
+    }
+
+
+def _plan(multi=False, emit=1):
+    return RoutePlan(tau=None, multi=multi, emit=emit, num_candidates=20, ranker_cut=0.5, llm_cut=0.5)
+
+
+def test_single_tag_cascade_takes_the_ranker_above_tau_and_the_llm_row_below():
+    rows = {
+        "sure": _row([("a", 0.95), ("b", 0.03)], [("b", 0.9)], ["b"], seconds=4.0),
+        "unsure": _row([("a", 0.55), ("b", 0.40)], [("b", 0.8)], ["b"], seconds=6.0),
+    }
+    preds, share, seconds = cascade(rows, _plan(), tau=0.9)
+    assert [t["tag"] for t in preds["sure"]] == ["a"] and preds["sure"][0]["confidence"] == 0.95
+    assert [t["tag"] for t in preds["unsure"]] == ["b"] and preds["unsure"][0]["confidence"] == 0.8
+    assert share == 0.5
+    assert seconds == pytest.approx(3.0)  # only the sent item's 6 s, over both items
+    everything, share, _ = cascade(rows, _plan(), tau=1.01)
+    assert share == 1.0 and [t["tag"] for t in everything["sure"]] == ["b"]
+
+
+def test_multi_tag_cascade_decides_per_shown_tag():
+    rows = {
+        "item": _row(
+            [("a", 0.97), ("b", 0.6), ("c", 0.95)],
+            [("b", 0.3), ("d", 0.85)],  # the LLM rejected b and generated d
+            ["b", "d"],
+        )
+    }
+    preds, share, _ = cascade(rows, _plan(multi=True, emit=3), tau=0.9)
+    assert share == 1.0
+    assert [t["tag"] for t in preds["item"]] == ["a", "c", "d"]  # b judged and under the cut
+
+
+def test_llm_seconds_is_nan_for_rows_without_timing():
+    assert llm_seconds({"x": {"seconds": 2.0}, "y": {"seconds": 4.0}}) == 3.0
+    assert llm_seconds({"x": {}}) != llm_seconds({"x": {}})
+
+
+def test_coverage_at_precision_is_the_lowest_cut_that_keeps_the_target():
+    gold = {i: {"t"} for i in range(10)}
+    # 9 right tags at high confidence, one wrong at 0.6, one more right at 0.5
+    preds = {i: [{"tag": "t", "confidence": 0.9 - 0.01 * i}] for i in range(9)}
+    preds[9] = [{"tag": "x", "confidence": 0.6}]
+    coverage, cut = coverage_at_precision(gold, preds, 0.95)
+    assert cut == pytest.approx(0.82) and coverage == pytest.approx(0.9)
+    precision, kept = precision_and_coverage_at(gold, preds, 0.0)
+    assert precision == pytest.approx(0.9) and kept == 1.0
+    assert coverage_at_precision(gold, {i: [{"tag": "x", "confidence": 0.9}] for i in range(10)}) == (
+        0.0,
+        None,
+    )
