@@ -82,19 +82,22 @@ class Admission:
     llm_share: float = 1.0
     other_s: float = 0.0
 
+    def live(self) -> list[tuple[ReplicaLoad, float]]:
+        """The replicas heard from recently that have measured their pace, with the seconds since."""
+        now = self.clock()
+        return [
+            (r, now - r.at)
+            for r in self.replicas.values()
+            if now - r.at <= self.replica_ttl_s and r.item_s > 0
+        ]
+
     def capacity(self) -> float:
         """LLM items per second, over the replicas heard from recently (0: none yet)."""
-        now = self.clock()
-        live = [r for r in self.replicas.values() if now - r.at <= self.replica_ttl_s and r.item_s > 0]
-        return sum(1.0 / r.item_s for r in live)
+        return sum(1.0 / r.item_s for r, _ in self.live())
 
     def ahead(self) -> float:
-        now = self.clock()
-        reported = sum(
-            max(0.0, r.queued - (now - r.at) / r.item_s)
-            for r in self.replicas.values()
-            if now - r.at <= self.replica_ttl_s
-        )
+        # What each replica reported queued, less what it has computed since at its pace.
+        reported = sum(max(0.0, r.queued - since / r.item_s) for r, since in self.live())
         return max(self.pending, reported)
 
     def expected_llm_items(self, items: int) -> float:

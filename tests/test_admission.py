@@ -97,3 +97,11 @@ def test_bad_measures_are_ignored():
     assert control.replicas == {}
     control.release(5)
     assert control.pending == 0
+
+
+def test_a_replica_that_has_not_measured_its_pace_counts_for_neither_capacity_nor_queue():
+    control, _ = admission()
+    control.observe_replica("r1", item_s=0.0, queued=5)  # answered before its first timed batch
+    assert control.capacity() == 0 and control.ahead() == 0
+    control.observe_replica("r2", item_s=2.0, queued=3)
+    assert control.capacity() == pytest.approx(0.5) and control.ahead() == pytest.approx(3)
