@@ -10,16 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _paths import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, add_data_arguments
 
 from llm4tag.config import Settings
 from llm4tag.data import Item, Tag, read_items, read_tags
 from llm4tag.encoder import Encoder
 from llm4tag.texts import item_text, tag_text
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-DEFAULT_CACHE = REPO / ".bench-cache"
-DATASETS = ("debian_debtags", "flipkart_products", "banking77")
+__all__ = [
+    "DATASETS",
+    "DEFAULT_CACHE",
+    "DEFAULT_DATA",
+    "REPO",
+    "Dataset",
+    "add_data_arguments",
+    "load_dataset",
+    "test_sample",
+]
 
 
 @dataclass

@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-DATASETS = ("debian_debtags", "flipkart_products", "banking77")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import DATASETS, REPO, add_data_arguments
+
 BACKENDS = ("omikuji", "tfidf")
 URI = "http://llm4tag.invalid/{set}/t{index}"
 LIMIT = 10
@@ -109,7 +109,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_data_arguments(parser, cache=False)
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--work", type=Path, default=REPO / ".bench-cache" / "annif")

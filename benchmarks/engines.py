@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
+from _datasets import REPO, add_data_arguments, load_dataset
 from pipeline_quality import build_parts
 
 from llm4tag.config import settings_from_dict
@@ -105,8 +105,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", default="banking77")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "engines")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--models", default="default,tiny")

@@ -35,13 +35,10 @@ from types import SimpleNamespace
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _paths import REPO, add_data_arguments
 
-REPO = Path(__file__).resolve().parents[1]
 ROLES = ("generator", "calibrator")
 SETTINGS_FILE = "settings.json"
-# As in _datasets, which this module imports only in the stages that need the data (and faiss).
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-DEFAULT_CACHE = REPO / ".bench-cache"
 
 
 def merged_settings(name: str, args) -> dict:
@@ -196,8 +193,7 @@ def main() -> None:
     )
     parser.add_argument("--datasets", default="banking77")
     parser.add_argument("--stage", default="all", choices=["all", "data", "train", "eval"])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "finetune")
     parser.add_argument("--n", type=int, default=100, help="test items (fixed sample, seed 0)")
     parser.add_argument("--train-items", type=int, default=500, help="items to build examples for")

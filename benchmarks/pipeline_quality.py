@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
+from _datasets import DATASETS, REPO, add_data_arguments, load_dataset
 
 from llm4tag import store_builder
 from llm4tag.config import settings_from_dict
@@ -107,8 +107,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "quality")
     parser.add_argument("--n", type=int, default=300, help="test items per data set (fixed sample, seed 0)")
     parser.add_argument("--model", default="default")

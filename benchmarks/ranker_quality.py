@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, load_dataset
+from _datasets import DATASETS, REPO, add_data_arguments, load_dataset
 from _peers import (
     BASELINE,
     THRESHOLDS,
@@ -208,9 +208,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_data_arguments(parser)
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--annif", type=Path, default=REPO / "out" / "annif")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "ranker_quality")
     parser.add_argument("--folds", type=int, default=5)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, load_dataset
+from _datasets import DATASETS, add_data_arguments, load_dataset
 
 from graph_store import GraphConfig, GraphStore, IndexConfig, RecallConfig
 from llm4tag.config import Settings
@@ -103,9 +103,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_data_arguments(parser)
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument(
         "--sweep", choices=sorted(SWEEPS), help="tune recall settings on a validation slice of train"
     )
