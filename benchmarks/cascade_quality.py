@@ -100,6 +100,23 @@ def cascade(rows: dict, plan: RoutePlan, tau: float) -> tuple[dict, float, float
     return preds, sent / len(rows), seconds / len(rows)
 
 
+def where_the_llm_differs(gold: dict, rows: dict) -> dict[str, int]:
+    """Route off's first tag against the ranker's first candidate, per item: where the LLM fixes the
+    ranker, where it breaks it, and where both are right or both wrong (an item without a tag counts
+    as wrong)."""
+    counts = {"both right": 0, "LLM fixes the ranker": 0, "LLM breaks the ranker": 0, "both wrong": 0}
+    for item_id, row in rows.items():
+        ranker = bool(row["candidates"]) and row["candidates"][0]["tag"] in gold[item_id]
+        llm = bool(row["tags"]) and row["tags"][0]["tag"] in gold[item_id]
+        key = (
+            ("both right" if llm else "LLM breaks the ranker")
+            if ranker
+            else ("LLM fixes the ranker" if llm else "both wrong")
+        )
+        counts[key] += 1
+    return counts
+
+
 def llm_seconds(rows: dict) -> float:
     """Mean measured seconds per item of rows tagged by the LLM pipeline (NaN where the cache predates
     per-row timing)."""
@@ -220,7 +237,10 @@ def main() -> None:
         + f"\n\nRanker cut for 95% precision (held-out train folds): {cut}. LLM seconds per item: the "
         "pipeline's measured seconds per item of its cached rows (a chunk's time shared by its items; "
         "'nan' where rows predate per-row timing); a cascade row counts only the items it sends. "
-        f"This run newly tagged {stats['items']} items in {stats['seconds']:.0f} s. Plot: {png}\n"
+        f"This run newly tagged {stats['items']} items in {stats['seconds']:.0f} s. Plot: {png}\n\n"
+        "Route off's first tag against the ranker's first candidate: "
+        + ", ".join(f"{k} {v}" for k, v in where_the_llm_differs(gold, rows).items())
+        + ".\n"
     )
     print("\n" + markdown)
     (folder / "table.md").write_text(markdown)

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _peers import coverage_at_precision, precision_and_coverage_at
-from cascade_quality import cascade, llm_seconds
+from cascade_quality import cascade, llm_seconds, where_the_llm_differs
 
 from llm4tag.ranking.cascade import RoutePlan
 
@@ -76,3 +76,19 @@ def test_coverage_at_precision_is_the_lowest_cut_that_keeps_the_target():
         0.0,
         None,
     )
+
+
+def test_where_the_llm_differs_counts_fixes_and_breaks():
+    gold = {"fix": {"b"}, "break": {"a"}, "same": {"a"}, "none": {"z"}}
+    rows = {
+        "fix": _row([("a", 0.6)], [("b", 0.9)], ["b"]),
+        "break": _row([("a", 0.6)], [("b", 0.9)], ["b"]),
+        "same": _row([("a", 0.6)], [("a", 0.9)], ["a"]),
+        "none": _row([("a", 0.6)], [], []),
+    }
+    assert where_the_llm_differs(gold, rows) == {
+        "both right": 1,
+        "LLM fixes the ranker": 1,
+        "LLM breaks the ranker": 1,
+        "both wrong": 1,
+    }
