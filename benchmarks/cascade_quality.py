@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -55,7 +56,7 @@ from llm4tag.evaluation.tagging import (
     threshold_curve,
 )
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
+from llm4tag.ranking.cascade import FinalCalibration, RoutePlan, final_tags, route_items
 from llm4tag.ranking.models import ScoredTag
 
 FIXED_TAUS = (0.5, 0.8, 0.9)
@@ -82,12 +83,15 @@ def scored_candidates(row: dict) -> list[ScoredTag]:
     ]
 
 
-def cascade(rows: dict, plan: RoutePlan, tau: float) -> tuple[dict, float, float]:
+def cascade(
+    rows: dict, plan: RoutePlan, tau: float, calibration: FinalCalibration | None = None
+) -> tuple[dict, float, float]:
     """The product's routing (llm4tag.ranking.cascade) at ``tau`` over route-off rows: an item or tag
-    the ranker settles keeps its calibrated probability; the rest take the LLM's generation and raw
-    Yes-probability from the same row. Returns the predictions, the share of items sent to the LLM
-    and the LLM seconds per item (the sent items' measured seconds over all items; NaN if unknown)."""
-    at_tau = replace(plan, tau=tau, calibration=None)
+    the ranker settles keeps its calibrated probability; the rest take the LLM's generation and its
+    Yes-probability from the same row, raw or mapped by ``calibration`` (the final calibration fitted
+    on held-out train items). Returns the predictions, the share of items sent to the LLM and the LLM
+    seconds per item (the sent items' measured seconds over all items; NaN if unknown)."""
+    at_tau = replace(plan, tau=tau, calibration=calibration)
     preds, sent, seconds = {}, 0, 0.0
     for item_id, row in rows.items():
         route = route_items([scored_candidates(row)], at_tau)[0]
@@ -195,6 +199,11 @@ def main() -> None:
         sent = sum(r.get("route") == "llm" for r in auto_rows.values()) / len(auto_rows)
         label = f"route auto (tau={auto.plan.tau:.3f}, calibration: {args.cascade_items} held-out items)"
         add(label, {k: r["tags"] for k, r in auto_rows.items()}, sent, llm_seconds(auto_rows))
+        if auto.plan.calibration is not None:
+            # The LLM on every item, its judgments mapped as route: auto maps them: what the LLM's
+            # answers are worth once calibrated with the ranker's probability beside them.
+            label = "route off, final calibration (offline, from the route-off rows)"
+            add(label, *cascade(rows, plan, math.inf, auto.plan.calibration))
 
     table, results = [], {}
     ranker = found.rows[ranker_label]
