@@ -127,6 +127,35 @@ def llm_seconds(rows: dict) -> float:
     return sum(r.get("seconds", float("nan")) for r in rows.values()) / max(len(rows), 1)
 
 
+def summarize(gold: dict, found: Methods, ranker_label: str, share: dict, seconds: dict, task: str):
+    """The table's rows and the results per method, every one on the same items."""
+    keys = MULTI_KEYS if task == "multi" else SINGLE_KEYS
+    first = keys[0] if task == "multi" else "f1"
+    table, results = [], {}
+    ranker = found.rows[ranker_label]
+    for name, preds in found.rows.items():
+        m = metric_intervals(gold, preds, task, baseline=None if name == ranker_label else ranker)
+        row = {"method": name}
+        for key in keys[:3]:
+            row[key] = fmt_ci(m[key])
+        row[f"{first} − ranker"] = fmt_diff(m[first]) if name != ranker_label else ""
+        ece = expected_calibration_error(calibration_pairs(gold, preds))["ece"]
+        coverage, _ = coverage_at_precision(gold, preds)
+        row["ECE"] = f"{ece:.4f}"
+        row["coverage @95% precision"] = f"{coverage:.3f}"
+        row["share to LLM"] = f"{share[name]:.2f}"
+        row["LLM s/item"] = "–" if seconds[name] != seconds[name] else f"{seconds[name]:.2f}"
+        table.append(row)
+        results[name] = {
+            "metrics": m,
+            "ece": ece,
+            "coverage_at_95_precision": coverage,
+            "share_to_llm": share[name],
+            "llm_seconds_per_item": seconds[name],
+        }
+    return table, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,9 +194,7 @@ def main() -> None:
     gold = {i.id: set(i.tags or ()) for i in sample}
     plan = pipeline.plan
     task = "multi" if plan.multi else "single"
-    keys = MULTI_KEYS if task == "multi" else SINGLE_KEYS
     ids = [i.id for i in sample]
-    first = keys[0] if task == "multi" else "f1"
 
     # Every method on the same items: the peers first (the store's own recall and kNN, Annif's rows).
     found = Methods(ids)
@@ -205,28 +232,7 @@ def main() -> None:
             label = "route off, final calibration (offline, from the route-off rows)"
             add(label, *cascade(rows, plan, math.inf, auto.plan.calibration))
 
-    table, results = [], {}
-    ranker = found.rows[ranker_label]
-    for name, preds in found.rows.items():
-        m = metric_intervals(gold, preds, task, baseline=None if name == ranker_label else ranker)
-        row = {"method": name}
-        for key in keys[:3]:
-            row[key] = fmt_ci(m[key])
-        row[f"{first} − ranker"] = fmt_diff(m[first]) if name != ranker_label else ""
-        ece = expected_calibration_error(calibration_pairs(gold, preds))["ece"]
-        coverage, _ = coverage_at_precision(gold, preds)
-        row["ECE"] = f"{ece:.4f}"
-        row["coverage @95% precision"] = f"{coverage:.3f}"
-        row["share to LLM"] = f"{share[name]:.2f}"
-        row["LLM s/item"] = "–" if seconds[name] != seconds[name] else f"{seconds[name]:.2f}"
-        table.append(row)
-        results[name] = {
-            "metrics": m,
-            "ece": ece,
-            "coverage_at_95_precision": coverage,
-            "share_to_llm": share[name],
-            "llm_seconds_per_item": seconds[name],
-        }
+    table, results = summarize(gold, found, ranker_label, share, seconds, task)
     if auto_stats is not None and auto_stats["items"]:
         print(
             f"route auto: {auto_stats['seconds'] / auto_stats['items']:.2f} s per item over "
@@ -245,7 +251,7 @@ def main() -> None:
         + format_table(table, list(table[0]))
         + f"\n\nRanker cut for 95% precision (held-out train folds): {cut}. LLM seconds per item: the "
         "pipeline's measured seconds per item of its cached rows (a chunk's time shared by its items; "
-        "'nan' where rows predate per-row timing); a cascade row counts only the items it sends. "
+        "'–' where rows predate per-row timing); a cascade row counts only the items it sends. "
         f"This run newly tagged {stats['items']} items in {stats['seconds']:.0f} s. Plot: {png}\n\n"
         "Route off's first tag against the ranker's first candidate: "
         + ", ".join(f"{k} {v}" for k, v in where_the_llm_differs(gold, rows).items())
