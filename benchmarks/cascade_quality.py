@@ -22,7 +22,10 @@ per item appended to ``--out/<set>/route_off.jsonl`` as it comes (a rerun tags o
   of the store (out-of-fold candidates, never itself among its samples: llm4tag/cascade_fit.py), which
   fits tau and the final calibration; then the same test items are tagged with route: auto (only the
   items under tau reach the LLM; rows cached in ``route_auto_N.jsonl``). Its confidences are the final
-  calibration's, so its ECE is bar (c)'s.
+  calibration's, so its ECE is bar (c)'s. Two more rows replay route: auto on the route-off rows (the
+  same candidates, generation and judgments; greedy decoding): at the fitted tau, which should equal
+  the real row, and with every item sent, which shows what the calibrated LLM is worth on its own.
+  ``--auto-offline`` skips the real route: auto run where it would send too many items to afford.
 
     nice -n 10 .venv/bin/python benchmarks/cascade_quality.py --dataset banking77 --n 500 --cascade-items 200
 """
@@ -172,6 +175,11 @@ def main() -> None:
     parser.add_argument(
         "--cascade-items", type=int, default=0, help="held-out train items that fit route: auto (0: no row)"
     )
+    parser.add_argument(
+        "--auto-offline",
+        action="store_true",
+        help="with --cascade-items: route: auto only replayed on the route-off rows, not tagged again",
+    )
     args = parser.parse_args()
 
     settings = settings_for(args.dataset, {"route": "off"}, args.model, None).with_overrides(
@@ -220,17 +228,27 @@ def main() -> None:
         print(f"# cascade fit on {args.cascade_items} held-out train items: {json.dumps(fitted)}", flush=True)
         auto_settings = settings.with_overrides({"pipeline": {"route": "auto"}})
         auto = TaggingPipeline.open(folder / "store", auto_settings)
-        auto_rows, auto_stats = run_llm(
-            auto, sample, folder / f"route_auto_{args.cascade_items}.jsonl", args.chunk, with_candidates=True
-        )
-        sent = sum(r.get("route") == "llm" for r in auto_rows.values()) / len(auto_rows)
-        label = f"route auto (tau={auto.plan.tau:.3f}, calibration: {args.cascade_items} held-out items)"
-        add(label, {k: r["tags"] for k, r in auto_rows.items()}, sent, llm_seconds(auto_rows))
+        if not args.auto_offline:
+            auto_rows, auto_stats = run_llm(
+                auto,
+                sample,
+                folder / f"route_auto_{args.cascade_items}.jsonl",
+                args.chunk,
+                with_candidates=True,
+            )
+            sent = sum(r.get("route") == "llm" for r in auto_rows.values()) / len(auto_rows)
+            label = f"route auto (tau={auto.plan.tau:.3f}, calibration: {args.cascade_items} held-out items)"
+            add(label, {k: r["tags"] for k, r in auto_rows.items()}, sent, llm_seconds(auto_rows))
+        # route: auto's decisions replayed on the route-off rows: the same candidates, generation and
+        # judgments (greedy decoding, the same prompts), routed at the fitted tau and mapped by the
+        # final calibration; where the real row ran too, the two should agree.
+        label = f"route auto, offline (tau={auto.plan.tau:.3f}, from the route-off rows)"
+        add(label, *cascade(rows, auto.plan, auto.plan.tau, auto.plan.calibration))
         if auto.plan.calibration is not None:
             # The LLM on every item, its judgments mapped as route: auto maps them: what the LLM's
             # answers are worth once calibrated with the ranker's probability beside them.
             label = "route off, final calibration (offline, from the route-off rows)"
-            add(label, *cascade(rows, plan, math.inf, auto.plan.calibration))
+            add(label, *cascade(rows, auto.plan, math.inf, auto.plan.calibration))
 
     table, results = summarize(gold, found, ranker_label, share, seconds, task)
     if auto_stats is not None and auto_stats["items"]:
@@ -238,8 +256,14 @@ def main() -> None:
             f"route auto: {auto_stats['seconds'] / auto_stats['items']:.2f} s per item over "
             f"{auto_stats['items']} newly tagged items (all stages; only the items under tau reach the LLM)"
         )
-    # The fixed taus are a sensitivity; ten curves are what one palette tells apart.
-    plotted = {k: v for k, v in found.rows.items() if "(fixed)" not in k}
+    # The fixed taus are a sensitivity, and the replay repeats a real row: ten curves are what one
+    # palette tells apart.
+    replayed_too = any(k.startswith("route auto (") for k in found.rows)
+    plotted = {
+        k: v
+        for k, v in found.rows.items()
+        if "(fixed)" not in k and not (replayed_too and k.startswith("route auto, offline"))
+    }
     curves = {name: threshold_curve(gold, preds, THRESHOLDS, task) for name, preds in plotted.items()}
     title = f"{args.dataset}: {len(sample)} test items, every method on the same items"
     png = accuracy_coverage_plot(curves, folder / "accuracy_coverage.png", task, title=title)
