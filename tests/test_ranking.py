@@ -69,21 +69,32 @@ def test_choose_tau_sends_nothing_without_llm_outcomes_or_when_the_llm_does_not_
 
 
 def test_choose_tau_sends_the_units_where_the_llm_is_better():
-    p = [0.1, 0.2, 0.3, 0.8, 0.9]
-    ranker = [0, 0, 1, 1, 1]
-    llm = [1, 1, 0, 1, 0]
+    # 30 units: the ranker is wrong on the 10 least sure and the LLM right on the first 9 of them
+    # (the 10th is a tie, so it is not sent); above them the LLM only loses.
+    p = [i / 30 for i in range(30)]
+    ranker = [0] * 10 + [1] * 20
+    llm = [1] * 9 + [0] + [1] * 5 + [0] + [1] * 14
     choice = choose_tau(p, ranker, llm)
-    assert (
-        choice.tau == 0.3 and choice.llm_share == pytest.approx(0.4) and choice.accuracy == pytest.approx(1.0)
-    )
+    assert choice.tau == pytest.approx(9 / 30) and choice.llm_share == pytest.approx(9 / 30)
+    assert choice.accuracy == pytest.approx(29 / 30)
     capped = choose_tau(p, ranker, llm, max_llm_share=0.2)
-    assert capped.tau == 0.2 and capped.llm_share == pytest.approx(0.2)
+    assert capped.tau == pytest.approx(6 / 30) and capped.llm_share == pytest.approx(0.2)
+
+
+def test_choose_tau_sends_nothing_when_the_gain_is_within_noise():
+    # The LLM wins 11 and loses 10 of the 40 least sure units: +1 is a coin flip, not a gain.
+    p = [i / 100 for i in range(100)]
+    ranker = [1] * 10 + [0] * 11 + [1] * 79
+    llm = [0] * 10 + [1] * 11 + [1] * 79
+    choice = choose_tau(p, ranker, llm)
+    assert choice.llm_share == 0.0 and choice.tau == 0.0 and "within noise" in choice.reason
+    assert choose_tau(p, ranker, llm, evidence_z=0.0).llm_share > 0  # the same data, no evidence asked
 
 
 def test_choose_tau_never_splits_tied_probabilities():
     # Units 1 and 2 tie: a threshold sends both or neither.
-    choice = choose_tau([0.1, 0.5, 0.5, 0.9], [0, 1, 0, 1], [1, 0, 1, 1])
-    assert choice.tau in (0.0, 0.5, 0.9)
+    choice = choose_tau([0.1, 0.5, 0.5, 0.9], [0, 1, 0, 1], [1, 0, 1, 1], evidence_z=0.0)
+    assert choice.tau in (0.5, 0.9) and choice.llm_share in (0.25, 0.75)
 
 
 def test_precision_cut_keeps_the_most_at_the_target():

@@ -19,15 +19,24 @@ class TauChoice:
     reason: str
 
 
+# One-sided 95%: the LLM's net gain over the ranker on the units it would take must stand out from
+# the coin flips of the units where the two disagree (a sign test), or nothing is sent. Without it,
+# a gain of one unit in five hundred sent 43% of debtags' tags to the LLM (docs/performance.md).
+EVIDENCE_Z = 1.645
+
+
 def choose_tau(
     probabilities: Sequence[float],
     ranker_right: Sequence[bool],
     llm_right: Sequence[bool] | None,
     max_llm_share: float = 1.0,
+    evidence_z: float = EVIDENCE_Z,
 ) -> TauChoice:
     """``route: auto``: the tau that maximises held-out accuracy when the units (items, or tags for
     multi-tag) under tau take the LLM's answer and the rest the ranker's; ties go to the tau that
-    sends fewer. Without LLM outcomes on held-out data nothing says the LLM adds, so nothing is sent.
+    sends fewer. A tau counts only where the LLM's net gain on the units it sends (wins - losses)
+    reaches ``evidence_z`` times the square root of the units where the two disagree (a one-sided
+    sign test); otherwise, and without LLM outcomes on held-out data, nothing is sent.
     """
     p = np.asarray(probabilities, np.float64)
     ranker = np.asarray(ranker_right, np.float64)
@@ -46,11 +55,24 @@ def choose_tau(
     # Sending the j lowest units changes accuracy by the sum of their gains; tau must cut between
     # distinct probabilities, so only prefixes that end where p changes count.
     cum = np.r_[0.0, np.cumsum(gain)]
+    disagree = np.r_[0.0, np.cumsum(gain != 0)]
     ends = np.r_[0, np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True]) + 1]
     ends = ends[ends <= max_llm_share * len(p) + 1e-9]
     best = ends[np.argmax(cum[ends] + 1e-12 * -ends)]  # the fewest sent among equal gains
     if best == 0:
         return TauChoice(0.0, 0.0, base, "the LLM does not add accuracy on held-out data: nothing is sent")
+    shown = np.r_[0, ends[cum[ends] > evidence_z * np.sqrt(disagree[ends])]]
+    sure = shown[np.argmax(cum[shown] + 1e-12 * -shown)]
+    if sure == 0:
+        wins = int(np.sum(gain[:best] > 0))
+        return TauChoice(
+            0.0,
+            0.0,
+            base,
+            f"the LLM's held-out gain is within noise ({wins} units won, {wins - int(cum[best])} lost "
+            f"of the {best} least confident): nothing is sent",
+        )
+    best = sure
     tau = float(p_sorted[best]) if best < len(p) else float(np.nextafter(p_sorted[-1], np.inf))
     return TauChoice(tau, best / len(p), base + cum[best] / len(p), f"sends the {best} least confident units")
 
