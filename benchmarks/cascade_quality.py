@@ -270,7 +270,9 @@ def main() -> None:
     plotted = {
         k: v
         for k, v in found.rows.items()
-        if "(fixed)" not in k and not (replayed_too and k.startswith("route auto, offline"))
+        if "(fixed)" not in k
+        and k != "ranker only, kept at its cut"  # a point of the ranker's own curve
+        and not (replayed_too and k.startswith("route auto, offline"))
     }
     curves = {name: threshold_curve(gold, preds, THRESHOLDS, task) for name, preds in plotted.items()}
     title = f"{args.dataset}: {len(sample)} test items, every method on the same items"
