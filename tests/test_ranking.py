@@ -25,7 +25,7 @@ from llm4tag.ranking import (
 from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
 from llm4tag.ranking.crossfit import build_store, fold_parts, held_out_candidates
 from llm4tag.ranking.models import ScoredTag
-from llm4tag.ranking.ranker import top_rows
+from llm4tag.ranking.ranker import Ranker, top_rows
 from llm4tag.texts import item_text, tag_text
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -121,6 +121,22 @@ def test_top_rows_picks_the_best_rows_of_each_item():
     groups = np.array(["a", "a", "a", "b", "b", "b"])
     assert top_rows(scores, groups, 1).tolist() == [1, 3]
     assert top_rows(scores, groups, 2).tolist() == [1, 2, 3, 5]
+
+
+def test_calibrated_probabilities_never_claim_certainty():
+    # A feature that separates perfectly: isotonic calibration alone maps the low plateau to exactly
+    # 0 (no cut could then keep such a tag) and the high one to exactly 1.
+    rng = np.random.default_rng(0)
+    items = 200
+    groups = np.repeat([f"item-{i}" for i in range(items)], 4)
+    x = rng.random((len(groups), len(FEATURES))).astype(np.float32)
+    y = x[:, 0] > 0.5
+    ranker, raw = Ranker.fit(
+        x, y, groups, emit=1, encoder_id="e", data_hash="h", config=RankerConfig(max_iter=20)
+    )
+    p = ranker.probability(np.r_[raw, -1.0, 2.0])
+    bound = 1 / (items + 2)  # the calibration sees the top row of each item
+    assert p.min() == pytest.approx(bound) and p.max() == pytest.approx(1 - bound)
 
 
 def test_folds_are_stable_and_balanced():

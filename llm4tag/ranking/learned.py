@@ -58,7 +58,10 @@ class LearnedConfig(Section):
     max_depth: int = Field(20, ge=1, description="Parabel: tree depth")
     linear_c: float = Field(1.0, gt=0, description="linear: inverse regularisation strength")
     threads: int = Field(1, ge=1, description="fitting threads")
-    seed: int = Field(0, description="random seed")
+    seed: int = Field(
+        0,
+        description="linear's seed; omikuji has none (its k-means starts from OS entropy), so two fits differ",
+    )
 
 
 @dataclass

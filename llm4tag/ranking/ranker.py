@@ -99,7 +99,7 @@ class Ranker:
             model = _model(config).fit(x[fit_rows], y[fit_rows])
             raw_oof[held_rows] = model.predict_proba(x[held_rows])[:, 1]
         shown = top_rows(raw_oof, groups, emit)
-        calibrator = _calibrator(config).fit(raw_oof[shown], y[shown])
+        calibrator = _calibrator(config, len(shown)).fit(raw_oof[shown], y[shown])
         model = _model(config).fit(x, y)
         ranker = cls(
             config=config,
@@ -197,11 +197,15 @@ def _model(config: RankerConfig):
     )
 
 
-def _calibrator(config: RankerConfig):
+def _calibrator(config: RankerConfig, rows: int):
     if config.calibration == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
-        return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        # A plateau whose calibration rows were all wrong (or all right) would claim a certainty that
+        # n rows cannot show, and a 0.0 makes a tag untaggable at any cut: bound the map to Laplace's
+        # (0 + 1) / (n + 2) and its mirror.
+        bound = 1.0 / (rows + 2)
+        return IsotonicRegression(y_min=bound, y_max=1.0 - bound, out_of_bounds="clip")
     from sklearn.linear_model import LogisticRegression
 
     return _Platt(LogisticRegression())
