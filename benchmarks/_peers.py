@@ -39,8 +39,9 @@ def knn_rows(store, vectors, k: int, emit: int) -> list[list[dict]]:
     return out
 
 
-def read_annif(path: Path, ids: list[str], emit: int) -> dict[str, list] | None:
-    """Annif's rows for these items (benchmarks/annif_peer.py wrote them), or None if it has not run."""
+def read_rows(path: Path, ids: list[str], emit: int, rerun: str) -> dict[str, list] | None:
+    """A peer's cached rows for these items (its first ``emit`` tags each), or None if it has not run;
+    ``rerun`` says how to tag the items it lacks."""
     if not path.exists():
         return None
     rows = {}
@@ -50,9 +51,7 @@ def read_annif(path: Path, ids: list[str], emit: int) -> dict[str, list] | None:
             rows[row["id"]] = row["tags"][:emit]
     missing = [i for i in ids if i not in rows]
     if missing:
-        raise SystemExit(
-            f"{path} has no row for {len(missing)} test items (e.g. {missing[0]}): rerun annif_peer.py"
-        )
+        raise SystemExit(f"{path} has no row for {len(missing)} test items (e.g. {missing[0]}): {rerun}")
     return {i: rows[i] for i in ids}
 
 
@@ -69,8 +68,8 @@ class Methods:
         """``fn()`` returns one row per item of ``ids``, in order; its time is the method's per item."""
         started = time.perf_counter()
         rows = fn()
-        self.add(label, dict(zip(self.ids, rows, strict=True)), fit_seconds, None)
-        self.item_ms[label] = 1000 * (time.perf_counter() - started) / max(len(self.ids), 1)
+        ms = 1000 * (time.perf_counter() - started) / max(len(self.ids), 1)
+        self.add(label, dict(zip(self.ids, rows, strict=True)), fit_seconds, ms)
 
     def add(self, label: str, rows: dict[str, list], fit_seconds: float, ms_per_item: float | None) -> None:
         self.rows[label] = rows
@@ -101,7 +100,7 @@ def add_peers(methods: Methods, store, vectors: np.ndarray, emit: int, annif: Pa
     timings_path = annif / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for backend, label in ANNIF_BACKENDS:
-        rows = read_annif(annif / f"{backend}.jsonl", methods.ids, emit)
+        rows = read_rows(annif / f"{backend}.jsonl", methods.ids, emit, "rerun annif_peer.py")
         if rows is None:
             print(
                 f"# no Annif {backend} rows in {annif}: run .venv-annif/bin/python benchmarks/annif_peer.py"

@@ -26,6 +26,13 @@ per item appended to ``--out/<set>/route_off.jsonl`` as it comes (a rerun tags o
   same candidates, generation and judgments; greedy decoding): at the fitted tau, which should equal
   the real row, and with every item sent, which shows what the calibrated LLM is worth on its own.
   ``--auto-offline`` skips the real route: auto run where it would send too many items to afford.
+* TagGPT selective: compare.py's rows for the same items (``--taggpt``, its ``--out``), if it has
+  tagged them: ``compare.py --datasets SET --methods taggpt-selective --n N --no-vocab``. Its LLM seconds
+  per item are compare.py's measured ones (timings.json).
+
+``--no-llm`` leaves out every row of our LLM (route off, the cascade, route: auto): the ranker's rows
+then come from ``pipeline.route: 0`` (the ranker settles every item; cached in ``ranker.jsonl``), so the
+ranker, the peers and TagGPT's cached rows can be set side by side without hours of route-off runs.
 
     nice -n 10 .venv/bin/python benchmarks/cascade_quality.py --dataset banking77 --n 500 --cascade-items 200
 """
@@ -42,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import REPO, add_data_arguments, load_dataset, test_sample
-from _peers import THRESHOLDS, Methods, add_peers, coverage_at_precision, fmt_ci, fmt_diff
+from _peers import THRESHOLDS, Methods, add_peers, coverage_at_precision, fmt_ci, fmt_diff, read_rows
 from pipeline_quality import cached_rows, run_llm, settings_for
 
 from llm4tag import store_builder
@@ -125,6 +132,24 @@ def where_the_llm_differs(gold: dict, rows: dict) -> dict[str, int]:
     return counts
 
 
+def add_taggpt(add, folder: Path, ids: list[str], emit: int) -> None:
+    """TagGPT selective's rows from compare.py's cache (``folder``: its --out/<model>/<set>), with its
+    measured LLM seconds per item, if it has tagged these items."""
+    rows = read_rows(
+        folder / "taggpt-selective.jsonl",
+        ids,
+        emit,
+        f"run compare.py --methods taggpt-selective --n {len(ids)} --no-vocab",
+    )
+    if rows is None:
+        print(f"# no TagGPT selective rows in {folder}: run compare.py --methods taggpt-selective")
+        return
+    timings_path = folder / "timings.json"
+    timing = json.loads(timings_path.read_text()).get("taggpt-selective", {}) if timings_path.exists() else {}
+    seconds = timing["seconds"] / timing["items"] if timing.get("items") else float("nan")
+    add("TagGPT selective (LLM on every item)", rows, 1.0, seconds)
+
+
 def llm_seconds(rows: dict) -> float:
     """Mean measured seconds per item of rows tagged by the LLM pipeline (NaN where the cache predates
     per-row timing)."""
@@ -178,6 +203,17 @@ def main() -> None:
         "--annif", type=Path, default=REPO / "out" / "annif", help="Annif rows (annif_peer.py)"
     )
     parser.add_argument(
+        "--taggpt",
+        type=Path,
+        default=REPO / "out" / "compare",
+        help="compare.py's --out: TagGPT selective's rows for these items, if it has tagged them",
+    )
+    parser.add_argument(
+        "--no-llm",
+        action="store_true",
+        help="no rows of our LLM (route off, cascade, route: auto): the ranker, the peers and TagGPT's rows",
+    )
+    parser.add_argument(
         "--cascade-items", type=int, default=0, help="held-out train items that fit route: auto (0: no row)"
     )
     parser.add_argument(
@@ -186,8 +222,11 @@ def main() -> None:
         help="with --cascade-items: route: auto only replayed on the route-off rows, not tagged again",
     )
     args = parser.parse_args()
+    if args.no_llm and args.cascade_items:
+        parser.error("--cascade-items fits and runs route: auto, an LLM row: not with --no-llm")
 
-    settings = settings_for(args.dataset, {"route": "off"}, args.model, None).with_overrides(
+    route = 0.0 if args.no_llm else "off"
+    settings = settings_for(args.dataset, {"route": route}, args.model, None).with_overrides(
         {"ranking": {"enabled": "on"}}
     )
     encoder = Encoder(settings.encoder)
@@ -197,13 +236,14 @@ def main() -> None:
     pipeline = TaggingPipeline.open(folder / "store", settings)
     cut = pipeline.ranking.models.precision_cut(0.95)
     sample = test_sample(ds, args.n)
-    cached = set(cached_rows(folder / "route_off.jsonl"))
-    if pipeline.ranking.cascade is not None and any(i.id not in cached for i in sample):
+    rows_path = folder / ("ranker.jsonl" if args.no_llm else "route_off.jsonl")
+    cached = set(cached_rows(rows_path))
+    if not args.no_llm and pipeline.ranking.cascade is not None and any(i.id not in cached for i in sample):
         # Route off's confidences would then be the final calibration's for some rows and not others.
         raise SystemExit(
             "the store has a cascade fit: route-off rows must all come before it (use a new --out)"
         )
-    rows, stats = run_llm(pipeline, sample, folder / "route_off.jsonl", args.chunk, with_candidates=True)
+    rows, stats = run_llm(pipeline, sample, rows_path, args.chunk, with_candidates=True)
     gold = {i.id: set(i.tags or ()) for i in sample}
     plan = pipeline.plan
     task = "multi" if plan.multi else "single"
@@ -226,8 +266,12 @@ def main() -> None:
     # The ranker's tags kept at its cut (pipeline.threshold), as route: auto keeps them when it sends
     # nothing: the fair peer of the rows that drop unsure tags.
     add("ranker only, kept at its cut", *cascade(rows, plan, 0.0))
-    add("route off (LLM on every item)", {k: r["tags"] for k, r in rows.items()}, 1.0, llm_seconds(rows))
-    taus = ([("held-out cut", cut)] if cut is not None else []) + [("fixed", t) for t in FIXED_TAUS]
+    add_taggpt(add, args.taggpt / args.model / args.dataset, ids, plan.emit)
+    if args.no_llm:
+        taus = []
+    else:
+        add("route off (LLM on every item)", {k: r["tags"] for k, r in rows.items()}, 1.0, llm_seconds(rows))
+        taus = ([("held-out cut", cut)] if cut is not None else []) + [("fixed", t) for t in FIXED_TAUS]
     for label, tau in taus:
         add(f"cascade tau={tau:.3f} ({label})", *cascade(rows, plan, tau))
     auto_stats = None
@@ -286,11 +330,12 @@ def main() -> None:
         + f"\n\nRanker cut for 95% precision (held-out train folds): {cut}. LLM seconds per item: the "
         "pipeline's measured seconds per item of its cached rows (a chunk's time shared by its items; "
         "'–' where rows predate per-row timing); a cascade row counts only the items it sends. "
-        f"This run newly tagged {stats['items']} items in {stats['seconds']:.0f} s. Plot: {png}\n\n"
-        "Route off's first tag against the ranker's first candidate: "
-        + ", ".join(f"{k} {v}" for k, v in where_the_llm_differs(gold, rows).items())
-        + ".\n"
+        f"This run newly tagged {stats['items']} items in {stats['seconds']:.0f} s. Plot: {png}\n"
     )
+    if not args.no_llm:
+        markdown += "\nRoute off's first tag against the ranker's first candidate: " + (
+            ", ".join(f"{k} {v}" for k, v in where_the_llm_differs(gold, rows).items()) + ".\n"
+        )
     print("\n" + markdown)
     (folder / "table.md").write_text(markdown)
     (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))

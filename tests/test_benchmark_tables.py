@@ -3,6 +3,7 @@ these functions, so a wrong share or a wrong cascade would publish wrong bars.""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _peers import coverage_at_precision, precision_and_coverage_at
-from cascade_quality import cascade, llm_seconds, where_the_llm_differs
+from cascade_quality import add_taggpt, cascade, llm_seconds, where_the_llm_differs
 
 from llm4tag.ranking.cascade import RoutePlan
 
@@ -92,3 +93,24 @@ def test_where_the_llm_differs_counts_fixes_and_breaks():
         "LLM breaks the ranker": 1,
         "both wrong": 1,
     }
+
+
+def test_taggpt_rows_are_read_for_the_same_items_with_their_measured_seconds(tmp_path):
+    added = {}
+
+    def add(label, preds, sent, seconds):
+        added[label] = (preds, sent, seconds)
+
+    add_taggpt(add, tmp_path, ["a", "b"], emit=1)
+    assert added == {}  # compare.py has not run: the row is left out, not made up
+    rows = [
+        {"id": i, "tags": [{"tag": "x", "confidence": 0.7}, {"tag": "y", "confidence": 0.6}]} for i in "abc"
+    ]
+    (tmp_path / "taggpt-selective.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "timings.json").write_text(json.dumps({"taggpt-selective": {"items": 4, "seconds": 10.0}}))
+    add_taggpt(add, tmp_path, ["b", "a"], emit=1)
+    preds, sent, seconds = added["TagGPT selective (LLM on every item)"]
+    assert list(preds) == ["b", "a"] and preds["a"] == [{"tag": "x", "confidence": 0.7}]
+    assert sent == 1.0 and seconds == 2.5
+    with pytest.raises(SystemExit, match=r"no row for 1 test items .* --methods taggpt-selective --n 3"):
+        add_taggpt(add, tmp_path, ["a", "b", "d"], emit=1)

@@ -82,12 +82,15 @@ def test_choose_tau_sends_the_units_where_the_llm_is_better():
 
 
 def test_choose_tau_sends_nothing_when_the_gain_is_within_noise():
-    # The LLM wins 11 and loses 10 of the 40 least sure units: +1 is a coin flip, not a gain.
+    # The LLM wins 11 and loses 10 of the 21 least sure units: +1 is a coin flip, not a gain.
     p = [i / 100 for i in range(100)]
     ranker = [1] * 10 + [0] * 11 + [1] * 79
     llm = [0] * 10 + [1] * 11 + [1] * 79
     choice = choose_tau(p, ranker, llm)
-    assert choice.llm_share == 0.0 and choice.tau == 0.0 and "within noise" in choice.reason
+    assert choice.llm_share == 0.0 and choice.tau == 0.0
+    assert "within noise (11 units won, 10 lost of the 21 least confident)" in choice.reason
+    single = choose_tau([0.1, 0.2, 0.3, 0.4], [0, 1, 1, 1], [1, 1, 1, 1])
+    assert "(1 unit won, 0 lost of the 1 least confident)" in single.reason
     assert choose_tau(p, ranker, llm, evidence_z=0.0).llm_share > 0  # the same data, no evidence asked
 
 

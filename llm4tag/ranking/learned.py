@@ -60,7 +60,7 @@ class LearnedConfig(Section):
     threads: int = Field(1, ge=1, description="fitting threads")
     seed: int = Field(
         0,
-        description="linear's seed; omikuji has none (its k-means starts from OS entropy), so two fits differ",
+        description="linear's seed; omikuji takes none (its k-means starts from OS entropy): fits differ",
     )
 
 

@@ -58,23 +58,34 @@ def choose_tau(
     disagree = np.r_[0.0, np.cumsum(gain != 0)]
     ends = np.r_[0, np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True]) + 1]
     ends = ends[ends <= max_llm_share * len(p) + 1e-9]
-    best = ends[np.argmax(cum[ends] + 1e-12 * -ends)]  # the fewest sent among equal gains
+    best = _most_gain(cum, ends)
     if best == 0:
         return TauChoice(0.0, 0.0, base, "the LLM does not add accuracy on held-out data: nothing is sent")
-    shown = np.r_[0, ends[cum[ends] > evidence_z * np.sqrt(disagree[ends])]]
-    sure = shown[np.argmax(cum[shown] + 1e-12 * -shown)]
+    sure = _most_gain(cum, ends[cum[ends] > evidence_z * np.sqrt(disagree[ends])])
     if sure == 0:
         wins = int(np.sum(gain[:best] > 0))
+        losses = wins - int(cum[best])
         return TauChoice(
             0.0,
             0.0,
             base,
-            f"the LLM's held-out gain is within noise ({wins} units won, {wins - int(cum[best])} lost "
-            f"of the {best} least confident): nothing is sent",
+            f"the LLM's held-out gain is within noise ({_count(wins, 'unit')} won, {losses} lost of the "
+            f"{best} least confident): nothing is sent",
         )
     best = sure
     tau = float(p_sorted[best]) if best < len(p) else float(np.nextafter(p_sorted[-1], np.inf))
     return TauChoice(tau, best / len(p), base + cum[best] / len(p), f"sends the {best} least confident units")
+
+
+def _most_gain(cum: np.ndarray, ends: np.ndarray) -> int:
+    """The prefix end with the highest cumulative gain, the fewest sent among equal gains; 0 (send
+    nothing) when no end gains."""
+    ends = np.r_[0, ends[ends > 0]]
+    return int(ends[np.argmax(cum[ends] - 1e-12 * ends)])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def precision_cut(
