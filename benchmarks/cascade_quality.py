@@ -276,10 +276,13 @@ def main() -> None:
         add(f"cascade tau={tau:.3f} ({label})", *cascade(rows, plan, tau))
     auto_stats = None
     if args.cascade_items:
-        fitted = fit_store_cascade(folder / "store", settings, args.cascade_items, progress=print)
+        # One LLM for route off, the fit and route: auto (1-2 GB each otherwise).
+        fitted = fit_store_cascade(
+            folder / "store", settings, args.cascade_items, progress=print, engine=pipeline.engine
+        )
         print(f"# cascade fit on {args.cascade_items} held-out train items: {json.dumps(fitted)}", flush=True)
         auto_settings = settings.with_overrides({"pipeline": {"route": "auto"}})
-        auto = TaggingPipeline.open(folder / "store", auto_settings)
+        auto = TaggingPipeline.open(folder / "store", auto_settings, engine=pipeline.engine)
         if not args.auto_offline:
             auto_rows, auto_stats = run_llm(
                 auto,

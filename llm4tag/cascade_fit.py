@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from llm4tag.config import Settings
+from llm4tag.engines import Engine
 from llm4tag.errors import LLM4TagError
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.ranking.cascade import fit_cascade
@@ -25,12 +26,15 @@ def fit_store_cascade(
     seed: int = 0,
     chunk: int = 8,
     progress=None,
+    engine: Engine | None = None,
 ) -> dict:
     """The LLM tags ``items`` of the store's annotated items, each with its out-of-fold candidates
     and without itself among the retrieved samples (llm4tag/ranking/heldout_llm.py); route: auto's
     tau and the final calibration are fitted on what it did, and saved beside the ranking. Resumes
-    from the outcomes an interrupted run wrote."""
-    pipeline = TaggingPipeline.open(store_dir, settings.with_overrides({"pipeline": {"route": "off"}}))
+    from the outcomes an interrupted run wrote. ``engine``: an LLM already loaded with these settings."""
+    pipeline = TaggingPipeline.open(
+        store_dir, settings.with_overrides({"pipeline": {"route": "off"}}), engine=engine
+    )
     if pipeline.ranking is None:
         raise LLM4TagError("this store has no fitted ranking: the cascade is fitted on its held-out items")
     models = pipeline.ranking.models
