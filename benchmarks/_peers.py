@@ -39,10 +39,11 @@ def knn_rows(store, vectors, k: int, emit: int) -> list[list[dict]]:
     return out
 
 
-def read_rows(path: Path, ids: list[str], emit: int, rerun: str) -> dict[str, list] | None:
-    """A peer's cached rows for these items (its first ``emit`` tags each), or None if it has not run;
-    ``rerun`` says how to tag the items it lacks."""
+def read_rows(path: Path, ids: list[str], emit: int, run: str) -> dict[str, list] | None:
+    """A peer's cached rows for these items (its first ``emit`` tags each), or None, saying so, if it
+    has not run; ``run``: the command that tags the items."""
     if not path.exists():
+        print(f"# no rows in {path}: {run}")
         return None
     rows = {}
     with open(path, encoding="utf-8") as fh:
@@ -51,8 +52,14 @@ def read_rows(path: Path, ids: list[str], emit: int, rerun: str) -> dict[str, li
             rows[row["id"]] = row["tags"][:emit]
     missing = [i for i in ids if i not in rows]
     if missing:
-        raise SystemExit(f"{path} has no row for {len(missing)} test items (e.g. {missing[0]}): {rerun}")
+        raise SystemExit(f"{path} has no row for {len(missing)} test items (e.g. {missing[0]}): {run}")
     return {i: rows[i] for i in ids}
+
+
+def read_timings(folder: Path, method: str) -> dict:
+    """What a peer's run measured for ``method`` (its ``timings.json``), empty if nothing."""
+    path = folder / "timings.json"
+    return json.loads(path.read_text()).get(method, {}) if path.exists() else {}
 
 
 class Methods:
@@ -77,6 +84,9 @@ class Methods:
         self.item_ms[label] = float("nan") if ms_per_item is None else ms_per_item
 
 
+ANNIF_RUN = ".venv-annif/bin/python benchmarks/annif_peer.py"
+
+
 def add_peers(methods: Methods, store, vectors: np.ndarray, emit: int, annif: Path, fit_s: float) -> None:
     """The peers' rows on ``methods.ids`` (aligned with ``vectors``). ``annif``: the data set's folder
     of Annif rows; a backend without rows is left out, saying so."""
@@ -97,16 +107,11 @@ def add_peers(methods: Methods, store, vectors: np.ndarray, emit: int, annif: Pa
         ],
         fit_s,
     )
-    timings_path = annif / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for backend, label in ANNIF_BACKENDS:
-        rows = read_rows(annif / f"{backend}.jsonl", methods.ids, emit, "rerun annif_peer.py")
+        rows = read_rows(annif / f"{backend}.jsonl", methods.ids, emit, ANNIF_RUN)
         if rows is None:
-            print(
-                f"# no Annif {backend} rows in {annif}: run .venv-annif/bin/python benchmarks/annif_peer.py"
-            )
             continue
-        timing = timings.get(backend, {})
+        timing = read_timings(annif, backend)
         methods.add(label, rows, timing.get("train_seconds", float("nan")), timing.get("suggest_ms_per_item"))
 
 
@@ -120,7 +125,7 @@ def coverage_at_precision(gold: dict, preds: dict, target: float = 0.95) -> tupl
         if shown and shown[0].get("confidence") is not None:
             conf.append(shown[0]["confidence"])
             right.append(shown[0]["tag"] in tags)
-    cut = precision_cut(conf, right, target) if conf else None
+    cut = precision_cut(conf, right, target, confidence=None) if conf else None
     if cut is None:
         return 0.0, None
     return float(np.sum(np.asarray(conf) >= cut) / len(gold)), cut

@@ -49,7 +49,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import REPO, add_data_arguments, load_dataset, test_sample
-from _peers import THRESHOLDS, Methods, add_peers, coverage_at_precision, fmt_ci, fmt_diff, read_rows
+from _peers import (
+    THRESHOLDS,
+    Methods,
+    add_peers,
+    coverage_at_precision,
+    fmt_ci,
+    fmt_diff,
+    read_rows,
+    read_timings,
+)
 from pipeline_quality import cached_rows, run_llm, settings_for
 
 from llm4tag import store_builder
@@ -135,17 +144,11 @@ def where_the_llm_differs(gold: dict, rows: dict) -> dict[str, int]:
 def add_taggpt(add, folder: Path, ids: list[str], emit: int) -> None:
     """TagGPT selective's rows from compare.py's cache (``folder``: its --out/<model>/<set>), with its
     measured LLM seconds per item, if it has tagged these items."""
-    rows = read_rows(
-        folder / "taggpt-selective.jsonl",
-        ids,
-        emit,
-        f"run compare.py --methods taggpt-selective --n {len(ids)} --no-vocab",
-    )
+    run = f"run compare.py --methods taggpt-selective --n {len(ids)} --no-vocab"
+    rows = read_rows(folder / "taggpt-selective.jsonl", ids, emit, run)
     if rows is None:
-        print(f"# no TagGPT selective rows in {folder}: run compare.py --methods taggpt-selective")
         return
-    timings_path = folder / "timings.json"
-    timing = json.loads(timings_path.read_text()).get("taggpt-selective", {}) if timings_path.exists() else {}
+    timing = read_timings(folder, "taggpt-selective")
     seconds = timing["seconds"] / timing["items"] if timing.get("items") else float("nan")
     add("TagGPT selective (LLM on every item)", rows, 1.0, seconds)
 

@@ -95,7 +95,7 @@ def test_where_the_llm_differs_counts_fixes_and_breaks():
     }
 
 
-def test_taggpt_rows_are_read_for_the_same_items_with_their_measured_seconds(tmp_path):
+def test_taggpt_rows_are_read_for_the_same_items_with_their_measured_seconds(tmp_path, capsys):
     added = {}
 
     def add(label, preds, sent, seconds):
@@ -103,6 +103,7 @@ def test_taggpt_rows_are_read_for_the_same_items_with_their_measured_seconds(tmp
 
     add_taggpt(add, tmp_path, ["a", "b"], emit=1)
     assert added == {}  # compare.py has not run: the row is left out, not made up
+    assert "no rows in" in capsys.readouterr().out  # and says how to make them
     rows = [
         {"id": i, "tags": [{"tag": "x", "confidence": 0.7}, {"tag": "y", "confidence": 0.6}]} for i in "abc"
     ]

@@ -103,11 +103,24 @@ def test_choose_tau_never_splits_tied_probabilities():
 def test_precision_cut_keeps_the_most_at_the_target():
     p = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6]
     right = [1, 1, 1, 1, 0, 0]
-    assert precision_cut(p, right, 1.0) == 0.8
-    assert precision_cut(p, right, 0.8) == 0.7
+    assert precision_cut(p, right, 1.0, confidence=None) == 0.8
+    assert precision_cut(p, right, 0.8, confidence=None) == 0.7
     assert precision_cut([0.5, 0.4], [0, 0], 0.95) is None
     with pytest.raises(ValueError):
         precision_cut(p, right, 0.0)
+    with pytest.raises(ValueError):
+        precision_cut(p, right, 0.9, confidence=1.0)
+
+
+def test_precision_cut_asks_for_the_lower_bound_to_reach_the_target():
+    # 4/4 right: observed precision 1.0, but its one-sided 95% Clopper-Pearson bound is 0.05**(1/4).
+    p = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6]
+    right = [1, 1, 1, 1, 0, 0]
+    assert precision_cut(p, right, 0.47) == 0.8
+    assert precision_cut(p, right, 0.48) is None
+    assert precision_cut(p, right, 1.0) is None  # no finite sample shows certainty
+    many = np.r_[np.ones(100), 0]  # 100/101: the bound is 0.954
+    assert precision_cut(np.linspace(1, 0, 101), many, 0.95) == 0.0
 
 
 def test_precision_cut_fitted_on_one_half_holds_on_the_other():
@@ -117,6 +130,27 @@ def test_precision_cut_fitted_on_one_half_holds_on_the_other():
     cut = precision_cut(p[:20_000], right[:20_000], 0.95)
     kept = p[20_000:] >= cut
     assert right[20_000:][kept].mean() >= 0.94 and kept.mean() > 0.3
+
+
+def test_precision_cut_on_few_items_rarely_misses_the_target():
+    # Calibrated probabilities, so a threshold t keeps precision E[p | p >= t] on new items: cuts fitted
+    # on 300 held-out items, 400 times over, fall short of 0.9 about half the time on the observed
+    # precision and seldom with the lower bound.
+    rng = np.random.default_rng(1)
+    grid = np.sort(rng.beta(4, 1, 200_000))[::-1]
+    true_precision = np.cumsum(grid) / np.arange(1, grid.size + 1)  # of the set kept at grid[i]
+
+    def short(confidence):
+        misses = 0
+        for _ in range(400):
+            p = rng.beta(4, 1, 300)
+            cut = precision_cut(p, rng.random(300) < p, 0.9, confidence=confidence)
+            if cut is not None:
+                misses += true_precision[np.searchsorted(-grid, -cut, side="right") - 1] < 0.9
+        return misses / 400
+
+    assert short(None) > 0.3
+    assert short(0.95) < 0.1
 
 
 def test_top_rows_picks_the_best_rows_of_each_item():
@@ -299,22 +333,30 @@ def test_single_tag_top_one_accuracy_on_held_out_queries(fitted, banking, querie
 
 @pytest.mark.slow
 def test_target_precision_is_honoured_on_held_out_items(encoder):
+    # Every item is held out once: one fold of ~80 items can be much harder than the rest (its top-1
+    # accuracy ranged 0.66-0.81 across fold draws) and omikuji's fits are unseeded, so one fold alone
+    # made this test a coin toss near the target. 0.85, not 0.9: at 0.9 a fit on 320 items often
+    # shows no cut with 95% confidence, and all five folds may keep nothing.
     data, _ = _annotated(encoder, "banking77")
     folds = assign_folds(data.ids, 5, seed=1)
-    fit_rows, held_rows = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
-    models, _ = fit_ranking(data.subset(fit_rows), ranker=RankerConfig(folds=4), target_precision=0.9)
-    store = build_store(data.subset(fit_rows), GraphConfig())
-    held = data.subset(held_rows)
-    scored = models.score(store, held.texts, held.vectors, held.ids)
-    assert models.cut is not None
-    kept = [
-        s[0].tag in gold
-        for s, gold in zip(scored, held.item_tags, strict=True)
-        if s[0].probability >= models.cut
-    ]
-    assert kept, "the cut keeps nothing on held-out items"
-    # 80 held-out items: allow the binomial noise of a few dozen accepted ones.
-    assert np.mean(kept) >= 0.9 - 2 * np.sqrt(0.9 * 0.1 / len(kept))
+    kept, cuts = [], []
+    for fold in range(5):
+        fit_rows, held_rows = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        models, _ = fit_ranking(data.subset(fit_rows), ranker=RankerConfig(folds=4), target_precision=0.85)
+        cuts.append(models.cut)
+        if models.cut is None:  # 320 items may not show 0.85 with 95% confidence: nothing kept
+            continue
+        store = build_store(data.subset(fit_rows), GraphConfig())
+        held = data.subset(held_rows)
+        scored = models.score(store, held.texts, held.vectors, held.ids)
+        kept += [
+            s[0].tag in gold
+            for s, gold in zip(scored, held.item_tags, strict=True)
+            if s[0].probability >= models.cut
+        ]
+    assert len(kept) >= 40, f"the cuts {cuts} keep {len(kept)} of {len(data.ids)} held-out items"
+    # Allow the binomial noise of the accepted items.
+    assert np.mean(kept) >= 0.85 - 2 * np.sqrt(0.85 * 0.15 / len(kept)), (cuts, len(kept))
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ class PipelineConfig(Section):
         gt=0.0,
         le=1.0,
         description="instead of threshold: cut the ranker's and the LLM's tags where each reaches this "
-        "precision on held-out data (e.g. 0.95)",
+        "precision on held-out data with 95% confidence (e.g. 0.95)",
     )
     constrained: bool = Field(
         True, description="constrained decoding; false: free generation matched to the candidates"

@@ -30,7 +30,10 @@ class RankingConfig(Section):
     )
     learned_k: int = Field(10, ge=1, description="learned-recall tags added to graph recall's candidates")
     target_precision: float = Field(
-        0.95, gt=0, le=1, description="the held-out precision the build reports a cut for"
+        0.95,
+        gt=0,
+        le=1,
+        description="the held-out precision (95% confidence) the build reports a cut for",
     )
     cascade_items: int = Field(
         0,

@@ -35,7 +35,7 @@ from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
-from llm4tag.ranking.routing import precision_cut
+from llm4tag.ranking.routing import CUT_CONFIDENCE, precision_cut
 
 HELD_OUT = "heldout.jsonl.gz"
 TAG_STATS = "tag_stats.npz"
@@ -186,11 +186,12 @@ class RankingModels:
                 self._held_out = [HeldOutItem.from_json(line) for line in fh if line.strip()]
         return self._held_out
 
-    def precision_cut(self, target: float) -> float | None:
+    def precision_cut(self, target: float, confidence: float | None = CUT_CONFIDENCE) -> float | None:
         """The lowest probability at which the tags shown (top 1, or top ``emit`` multi-tag) reach
-        ``target`` precision on the held-out candidates; None when no threshold reaches it."""
+        ``target`` precision on the held-out candidates (with ``confidence``: see
+        :func:`~llm4tag.ranking.routing.precision_cut`); None when no threshold reaches it."""
         p, right = shown_outcomes(self.held_out, self.emit)
-        return precision_cut(p, right, target)
+        return precision_cut(p, right, target, confidence)
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, held_out: Sequence[HeldOutItem] | None = None) -> Path:

@@ -26,7 +26,7 @@ from llm4tag.errors import ConfigError
 from llm4tag.ranking.cascade import CascadeFit, FinalCalibration, RoutePlan
 from llm4tag.ranking.models import RankingModels
 from llm4tag.ranking.provenance import check_manifest, new_folder, write_manifest
-from llm4tag.ranking.routing import TauChoice
+from llm4tag.ranking.routing import CUT_CONFIDENCE, TauChoice
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,10 @@ def open_routing(
 def _cut(cut: float | None, target: float, who: str) -> float:
     if cut is None:
         log.warning(
-            "no threshold reaches precision %s on the %s's held-out data: none of its tags is kept",
+            "no threshold reaches precision %s with %.0f%% confidence on the %s's held-out data (too few "
+            "held-out items, or a target above what it reaches): none of its tags is kept",
             target,
+            100 * CUT_CONFIDENCE,
             who,
         )
         return math.inf
