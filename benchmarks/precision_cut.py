@@ -2,7 +2,7 @@
 target is fitted on its held-out train folds (the store ``cascade_quality.py`` builds, or builds it
 here), two ways:
 
-* observed: the lowest threshold whose held-out precision reaches the target (the rule before stop 25);
+* observed: the lowest threshold whose held-out precision reaches the target (the rule until December 2026);
 * bound: the lowest threshold whose one-sided 95% Clopper-Pearson lower bound reaches it (shipped);
 
 and each is applied to the ranker's rows for the WHOLE test split (``pipeline.route: 0``, the rows
