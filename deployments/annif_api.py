@@ -21,9 +21,13 @@ from fastapi.responses import Response
 
 from deployments._common import KEYED, answered, current_replica, problems
 from llm4tag.annif_compat import (
+    FORM_MEDIA_TYPE,
     AnnifSettings,
+    LearnBody,
     Problem,
     Subjects,
+    SuggestBatch,
+    SuggestForm,
     item_id,
     parse_batch,
     parse_form,
@@ -35,6 +39,7 @@ from llm4tag.annif_compat import (
     vocabulary,
 )
 from llm4tag.data import Item
+from llm4tag.http_schema import RequestSchema
 
 log = logging.getLogger("ray.serve")
 router = APIRouter()
@@ -114,6 +119,7 @@ async def annif_project(ingress: Replica, project_id: str):
     summary="Annif: suggest subjects for a text",
     tags=["annif"],
     responses=problems(400, 404, 413, 503, 504),
+    openapi_extra=RequestSchema.body(SuggestForm, FORM_MEDIA_TYPE),
 )
 @answered("/v1/projects/{id}/suggest", annif=True)
 async def annif_suggest(ingress: Replica, project_id: str, request: Request):
@@ -130,6 +136,10 @@ async def annif_suggest(ingress: Replica, project_id: str, request: Request):
     summary="Annif: suggest subjects for up to 32 documents",
     tags=["annif"],
     responses=problems(400, 404, 413, 503, 504),
+    openapi_extra={
+        **RequestSchema.body(SuggestBatch),
+        **RequestSchema.query(SuggestForm, ["limit", "threshold", "language"]),
+    },
 )
 @answered("/v1/projects/{id}/suggest-batch", annif=True)
 async def annif_suggest_batch(ingress: Replica, project_id: str, request: Request):
@@ -150,6 +160,7 @@ async def annif_suggest_batch(ingress: Replica, project_id: str, request: Reques
     tags=["annif"],
     dependencies=[KEYED],
     responses=problems(400, 401, 403, 404, 413, 503),
+    openapi_extra=RequestSchema.body(LearnBody),
 )
 @answered("/v1/projects/{id}/learn", annif=True)
 async def annif_learn(ingress: Replica, project_id: str, request: Request):

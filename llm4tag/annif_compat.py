@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictStr
 
 from llm4tag.section import Section
 from llm4tag.skos import DERIVED_URI_BASE, tag_uri
@@ -34,6 +34,7 @@ from llm4tag.skos import DERIVED_URI_BASE, tag_uri
 MAX_BATCH_DOCUMENTS = 32
 DEFAULT_LIMIT = 10
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 TITLES = {
     400: "Bad Request",
     403: "Forbidden",
@@ -41,6 +42,62 @@ TITLES = {
     413: "Payload Too Large",
     503: "Service Unavailable",
 }
+
+
+# The request bodies as OpenAPI documents them (Annif's annif.yaml, with the limits we add). The parsers
+# below read the bodies themselves, to answer in Annif's problem details and bound sizes first; the fuzz
+# test (tests/test_fuzz_api.py) holds them to these models.
+def _optional_not_null(schema: dict) -> None:
+    # An optional field is absent, not null (as in annif.yaml): its None default stays out of the schema.
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_optional_not_null)
+
+
+class SuggestForm(_Body):
+    """Annif's suggest form (``application/x-www-form-urlencoded``)."""
+
+    text: str = Field(description="input text (an empty or blank text has no suggestions)")
+    limit: int = Field(DEFAULT_LIMIT, ge=0, description="maximum number of results to return")
+    threshold: float = Field(
+        0.0, ge=0.0, le=1.0, description="minimum score, below which results are not returned"
+    )
+    language: StrictStr = Field(
+        None, description="language of the subject labels: the vocabulary's; another is refused (400)"
+    )
+
+
+class Document(_Body):
+    text: StrictStr
+    document_id: StrictStr | None = None
+    metadata: dict[str, StrictStr] = Field(None, description="accepted and not used")
+
+
+class SuggestBatch(_Body):
+    """Annif's suggest-batch body (``limit``, ``threshold``, ``language`` are query parameters)."""
+
+    documents: list[Document] = Field(max_length=MAX_BATCH_DOCUMENTS)
+
+
+class Subject(_Body):
+    uri: StrictStr = Field(description="a subject URI; one outside the vocabulary is left out")
+    label: StrictStr = Field(None)
+
+
+class IndexedDocument(_Body):
+    """A document with known good subjects; one without text or a known subject is skipped."""
+
+    text: StrictStr = Field(None)
+    metadata: dict[str, StrictStr] = Field(None, description="accepted and not used")
+    subjects: list[Subject] = Field(None)
+
+
+class LearnBody(RootModel[list[IndexedDocument]]):
+    """Annif's learn body: documents with their subjects, recorded as feedback."""
 
 
 class AnnifSettings(Section):
@@ -220,6 +277,7 @@ def parse_batch(body: Any, max_chars: int) -> list[tuple[str, str | None]]:
         document_id = document.get("document_id")
         if document_id is not None and not isinstance(document_id, str):
             raise Problem(400, f"{_json_type(document_id)} is not of type 'string' - '{where}.document_id'")
+        _check_metadata(document, where)
         out.append((_text(document["text"], f"{where}.text", max_chars), document_id))
     return out
 
@@ -239,24 +297,30 @@ def parse_learn(
     for index, document in enumerate(body):
         if not isinstance(document, dict):
             raise Problem(400, f"{_json_type(document)} is not of type 'object' - '{index}'")
-        if "text" not in document or "subjects" not in document:
-            continue
-        text = _text(document["text"], f"{index}.text", max_chars)
-        if not text.strip():
-            continue
-        subject_list = document["subjects"]
+        _check_metadata(document, str(index))
+        # Checked whole before anything is skipped: a skipped document is still a valid one.
+        text = _text(document["text"], f"{index}.text", max_chars) if "text" in document else ""
+        subject_list = document.get("subjects", [])
         if not isinstance(subject_list, list):
             raise Problem(400, f"{_json_type(subject_list)} is not of type 'array' - '{index}.subjects'")
-        tags = []
+        uris = []
         for position, subject in enumerate(subject_list):
             uri = subject.get("uri") if isinstance(subject, dict) else None
             if not isinstance(uri, str):
                 raise Problem(400, f"'uri' is a required property - '{index}.subjects.{position}'")
+            if "label" in subject and not isinstance(subject["label"], str):
+                label = _json_type(subject["label"])
+                raise Problem(400, f"{label} is not of type 'string' - '{index}.subjects.{position}.label'")
+            uris.append(uri)
+        if not text.strip():
+            continue
+        tags = []
+        for uri in uris:
             tag = subjects.tag_of(uri)
             if tag is None:
                 unknown.append(uri)
-                continue
-            tags.append(tag)
+            else:
+                tags.append(tag)
         if not tags:
             continue
         key = item_id(text)
@@ -265,6 +329,18 @@ def parse_learn(
         else:
             items[key] = {"id": key, "text": text, "tags": list(dict.fromkeys(tags))}
     return list(items.values()), unknown
+
+
+def _check_metadata(document: dict, where: str) -> None:
+    """Metadata is not used, but as in Annif it must be an object of strings."""
+    if "metadata" not in document:
+        return
+    metadata = document["metadata"]
+    if not isinstance(metadata, dict):
+        raise Problem(400, f"{_json_type(metadata)} is not of type 'object' - '{where}.metadata'")
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise Problem(400, f"{_json_type(value)} is not of type 'string' - '{where}.metadata.{key}'")
 
 
 def _text(value: Any, where: str, max_chars: int) -> str:

@@ -373,7 +373,7 @@ class RequestSchema:
         return FeedbackRequest(items, incorrect)
 
     @staticmethod
-    def body(model: type[BaseModel]) -> dict:
+    def body(model: type[BaseModel], media_type: str = "application/json") -> dict:
         """The OpenAPI request body of a route that reads its body itself (to bound its size). Pydantic
         puts nested models under the schema's own ``$defs`` and refers to them as ``#/$defs/...``; inside
         an OpenAPI document such a pointer resolves against the document's root, where they are not (a
@@ -392,8 +392,24 @@ class RequestSchema:
                 return [inline(value) for value in node]
             return node
 
+        return {"requestBody": {"required": True, "content": {media_type: {"schema": inline(schema)}}}}
+
+    @staticmethod
+    def query(model: type[BaseModel], names: Sequence[str]) -> dict:
+        """The OpenAPI query parameters ``names`` of a route that reads them itself, as ``model``'s fields
+        of those names document them."""
+        fields = model.model_json_schema()["properties"]
         return {
-            "requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}
+            "parameters": [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "description": fields[name].get("description", ""),
+                    "schema": {k: v for k, v in fields[name].items() if k not in ("description", "title")},
+                }
+                for name in names
+            ]
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,103 @@ def test_the_project_describes_the_vocabulary():
     assert described["language"] == described["vocab_language"] == "en"
     with pytest.raises(ValueError):
         AnnifSettings(project_id="has space")
+
+
+def _accepts(parse, body) -> bool:
+    try:
+        parse(body)
+    except Problem as problem:
+        assert problem.status == 400, problem.detail
+        return False
+    return True
+
+
+def _valid(model, body) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_the_parsers_accept_what_the_documented_bodies_accept():
+    from llm4tag.annif_compat import LearnBody, SuggestBatch
+
+    doc = {"text": "t"}
+    batches = [
+        {"documents": []},
+        {"documents": [doc, {**doc, "document_id": "d", "metadata": {"a": "b"}}]},
+        {"documents": [{**doc, "document_id": None}]},
+        {"documents": [doc] * 33},
+        {"documents": [{**doc, "metadata": {"a": 1}}]},
+        {"documents": [{**doc, "metadata": ["a"]}]},
+        {"documents": [{**doc, "document_id": 7}]},
+        {"documents": [{"document_id": "d"}]},
+        {"documents": [{"text": 3}]},
+        {"documents": "t"},
+        {},
+        [doc],
+    ]
+    for body in batches:
+        assert _accepts(lambda b: parse_batch(b, 100), body) == _valid(SuggestBatch, body), body
+    subject = {"uri": "http://e/cards"}
+    learns = [
+        [],
+        [{}],
+        [{"text": "t", "subjects": [subject, {**subject, "label": "Cards"}], "metadata": {"a": "b"}}],
+        [{"text": "t", "subjects": [{**subject, "label": 1}]}],
+        [{"text": "t", "subjects": [{"label": "Cards"}]}],
+        [{"text": "t", "subjects": {"uri": "x"}}],
+        [{"text": "", "metadata": {}, "subjects": {}}],  # schemathesis: blank text skipped the checks
+        [{"text": 1}],
+        [{"subjects": [{"uri": 2}]}],
+        [{"text": "t", "subjects": [subject], "metadata": {"a": None}}],
+        [{"text": 1, "subjects": [subject]}],
+        ["t"],
+        {"text": "t"},
+    ]
+    for body in learns:
+        assert _accepts(lambda b: parse_learn(b, SUBJECTS, 100, 10), body) == _valid(LearnBody, body), body
+
+
+def test_annif_request_bodies_are_documented_as_annif_documents_them():
+    import yaml
+
+    from deployments.ingress import app
+
+    paths = app.openapi()["paths"]
+    annif = yaml.safe_load((Path(__file__).parent / "annif" / "annif.yaml").read_text())
+
+    def ours(route):
+        return paths[f"/v1/projects/{{project_id}}/{route}"]["post"]
+
+    def theirs(route):
+        return annif["paths"][f"/projects/{{project_id}}/{route}"]["post"]
+
+    form = "application/x-www-form-urlencoded"
+    suggest = ours("suggest")["requestBody"]["content"][form]["schema"]
+    expected = theirs("suggest")["requestBody"]["content"][form]["schema"]
+    assert suggest["required"] == expected["required"] == ["text"]
+    assert set(suggest["properties"]) == set(expected["properties"])
+    assert (
+        suggest["properties"]["limit"]["minimum"] == 0 and suggest["properties"]["threshold"]["maximum"] == 1
+    )
+
+    batch = ours("suggest-batch")
+    assert {p["name"] for p in batch["parameters"] if p["in"] == "query"} == {
+        p["name"] for p in theirs("suggest-batch")["parameters"] if "name" in p
+    }
+    documents = batch["requestBody"]["content"]["application/json"]["schema"]["properties"]["documents"]
+    assert documents["maxItems"] == 32 and documents["items"]["required"] == ["text"]
+    assert set(documents["items"]["properties"]) == set(
+        annif["components"]["schemas"]["Document"]["properties"]
+    )
+
+    learn = ours("learn")["requestBody"]["content"]["application/json"]["schema"]
+    indexed = annif["components"]["schemas"]["IndexedDocument"]
+    assert learn["type"] == "array" and set(learn["items"]["properties"]) == set(indexed["properties"])
+    assert learn["items"]["properties"]["subjects"]["items"]["required"] == ["uri"]
+    # Inlined: a pointer into pydantic's $defs would not resolve inside the OpenAPI document.
+    assert "$ref" not in str([suggest, batch["requestBody"], batch["parameters"], learn])
