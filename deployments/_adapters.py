@@ -3,13 +3,16 @@
 A replica checks the file before each batch and on describe(); a changed path is loaded beside the old
 adapter and the engine switches between batches (llm4tag/engines/adapters.py), so requests queued or
 in flight are answered, by the old adapter or the new one, and none fails because of the swap. A bad
-adapter is refused: the old one stays and the error shows in /readyz.
+adapter is refused: the old one stays and the error shows in /readyz. A replica whose LLM is not
+loaded yet (nothing was routed to it) reads the file when it loads the engine.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from deployments.serve_metrics import adapter_metrics
 from llm4tag.finetune.registry import ActiveAdapters
@@ -18,7 +21,8 @@ log = logging.getLogger("ray.serve")
 
 
 class AdapterFollower:
-    def __init__(self, engine, role: str, adapters_file: str | None):
+    def __init__(self, engine: Callable[[], Any], role: str, adapters_file: str | None):
+        """``engine``: the replica's engine now (None while its LLM is not loaded)."""
         self.engine = engine
         self.role = role
         self.file = ActiveAdapters(adapters_file) if adapters_file else None
@@ -33,7 +37,7 @@ class AdapterFollower:
         self._show()
 
     def current(self) -> dict | None:
-        adapters = getattr(self.engine, "adapters", None)
+        adapters = getattr(self.engine(), "adapters", None)
         return adapters.describe().get(self.role) if adapters is not None else None
 
     def _show(self) -> None:
@@ -46,7 +50,8 @@ class AdapterFollower:
 
     def sync(self) -> bool:
         """Load the file's adapter for this role if it changed; True when a swap happened."""
-        if self.file is None:
+        engine = self.engine()
+        if self.file is None or engine is None:
             return False
         with self._lock:
             data = self.file.changed()
@@ -57,7 +62,7 @@ class AdapterFollower:
             if (info["path"] if info else None) == wanted:
                 return False
             try:
-                self.engine.adapters.load(self.role, wanted)
+                engine.adapters.load(self.role, wanted)
             except Exception as exc:  # keep serving with the adapter we have
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("adapter swap to %s refused: %s", wanted, exc)

@@ -14,7 +14,7 @@ from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
 from deployments._common import in_thread, lower_priority
 from deployments.serve_metrics import batch_size_histogram
-from llm4tag.calibrator import Judged
+from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.config import Settings
 from llm4tag.engines.base import Messages
 from llm4tag.pipeline import TaggingPipeline
@@ -26,9 +26,12 @@ JudgeRequest = tuple[str, list[str], tuple[Messages, str] | None]
 class Judging:
     def _start_judging(self, pipeline: TaggingPipeline, adapters_file: str | None) -> None:
         self.judging = pipeline
-        self.judge_adapter = AdapterFollower(pipeline.engine, "calibrator", adapters_file)
+        self.judge_adapter = AdapterFollower(lambda: pipeline.engine, "calibrator", adapters_file)
 
     def _judge(self, requests: list[JudgeRequest]) -> list[list[Judged]]:
+        # The LLM is loaded by the first batch routed to it (a store whose plan sent nothing starts
+        # without it), before the adapter file is read.
+        self.judging.load_engine()
         self.judge_adapter.sync()  # between batches: this batch runs wholly on one adapter
         return self.judging.calibrate(
             [content for content, _, _ in requests],
@@ -38,9 +41,10 @@ class Judging:
 
     def describe_judging(self) -> dict:
         return {
+            "llm": self.judging.llm_status,
             "model": getattr(self.judging.engine, "name", None),
             "threshold": self.judging.config.threshold,
-            "in_context": self.judging.calibrator.in_context,
+            "in_context": judges_in_context(self.judging.settings.llm, self.judging.settings.prompts),
             **self.judge_adapter.describe(),
         }
 
@@ -73,4 +77,4 @@ class CalibratorDeployment(Judging):
 
     async def sync_adapters(self, role: str = "calibrator") -> dict:
         await in_thread(self.judge_adapter.sync)
-        return self.judge_adapter.describe()
+        return {"llm": self.judging.llm_status, **self.judge_adapter.describe()}

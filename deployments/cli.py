@@ -71,6 +71,7 @@ def run(args) -> int:
         "prometheus": None if args.address else f"http://127.0.0.1:{args.metrics_port}/metrics",
         "startup_s": round(time.perf_counter() - started, 1),
         "stages": ready.get("stages"),
+        "routing": ready.get("routing"),
     }
     print(json.dumps(summary, indent=2), flush=True)
     if demo:

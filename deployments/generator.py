@@ -44,7 +44,7 @@ class GeneratorDeployment(Judging):
         judges = settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
         config = settings.with_overrides({"pipeline": {"calibrate": judges}})
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
-        self.adapter = AdapterFollower(self.pipeline.engine, "generator", config.llm.adapters_file)
+        self.adapter = AdapterFollower(lambda: self.pipeline.engine, "generator", config.llm.adapters_file)
         sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
             self._generate, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
@@ -67,6 +67,9 @@ class GeneratorDeployment(Judging):
         self.batcher.check()
 
     def _generate(self, requests: list[dict]) -> list[tuple[Generation, list[Judged] | None, float]]:
+        # The LLM is loaded by the first batch routed to it (a store whose plan sent nothing starts
+        # without it), before the adapter file is read.
+        self.pipeline.load_engine()
         self.adapter.sync()  # between batches: this batch runs wholly on one adapter
         for base in (self.pipeline.samples, self.pipeline.knowledge):
             if base is not None:
@@ -116,10 +119,10 @@ class GeneratorDeployment(Judging):
         for base in (self.pipeline.samples, self.pipeline.knowledge):
             if base is not None:
                 base.refresh()
-        engine = self.pipeline.engine
         return {
             "replica": ray.get_runtime_context().get_actor_name(),
-            "model": getattr(engine, "name", None),
+            "llm": self.pipeline.llm_status,
+            "model": getattr(self.pipeline.engine, "name", None),
             "mode": self.pipeline.mode,
             "samples": len(self.pipeline.samples) if self.pipeline.samples is not None else 0,
             "snippets": len(self.pipeline.knowledge) if self.pipeline.knowledge is not None else 0,
@@ -130,4 +133,5 @@ class GeneratorDeployment(Judging):
     async def sync_adapters(self, role: str = "generator") -> dict:
         follower = self.judge_adapter if role == "calibrator" and self.judges else self.adapter
         await in_thread(follower.sync)
-        return follower.describe()
+        # Without its LLM loaded the replica reads the file when it loads it (the first routed batch).
+        return {"llm": self.pipeline.llm_status, **follower.describe()}

@@ -75,7 +75,7 @@ from llm4tag.http_schema import (
     require_json,
     without_paths,
 )
-from llm4tag.ranking.stored import open_routing
+from llm4tag.ranking.stored import FollowedRouting
 from llm4tag.review_queue import ReviewError, ReviewSettings
 from llm4tag.service import ServiceConfig, TagSearch
 
@@ -171,10 +171,11 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         self.keys = ApiKeys.load(self.service.auth) if self.service.auth.enabled else None
         # The store's ranking and routing plan, as the in-process pipeline opens them: ranked and
         # routed here, so items the ranker settles never reach the Generator deployment.
-        self.ranking = self.plan = None
+        # Followed: a refit or cascade fit of the served store is picked up without a redeploy.
+        self.routing = None
         if store is not None:
             pipeline = self.settings.pipeline
-            self.ranking, self.plan = open_routing(
+            self.routing = FollowedRouting(
                 store,
                 encoder_id,
                 route=pipeline.route,
@@ -290,7 +291,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
             return await asyncio.gather(*(self._call("recall", s.search, call.vectors) for s in self.shards))
         if isinstance(call, flow.Rank):
             recall = self.settings.graph.recall
-            rank = self.ranking.models.rank
+            rank = self.routing.current[0].models.rank
             return await asyncio.to_thread(rank, call.contents, call.vectors, call.hits, recall)
         if isinstance(call, flow.Generate):
             answered, _ = await self._generate(call)
@@ -459,6 +460,8 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 {"Retry-After": str(verdict.retry_after_s)},
             )
         timings = {} if timings is None else timings
+        if self.routing is not None and self.routing.due():
+            await asyncio.to_thread(self.routing.refresh)
         started = time.perf_counter()
         held = self.admission.admit(len(items))
         try:
@@ -497,7 +500,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 with_candidates=with_candidates,
                 with_dropped=True,
                 unnamed=unnamed,
-                plan=self.plan,
+                plan=self.routing.current[1] if self.routing is not None else None,
             ),
             timings,
             asyncio.get_running_loop().time() + budget_s,
@@ -639,8 +642,10 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
             return JSONResponse(
                 {"ready": False, "error": without_paths(f"{type(exc).__name__}: {exc}")}, status_code=503
             )
+        plan = self.routing.current[1] if self.routing is not None else None
         return {
             "ready": True,
             "stages": without_paths(dict(zip(stages, answers, strict=True))),
+            "routing": plan.describe() if plan is not None else None,
             "admission": self.admission.describe(),
         }

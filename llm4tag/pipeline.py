@@ -8,6 +8,7 @@ stage is also callable on its own: a Serve deployment or a Ray Data actor runs o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -84,12 +85,13 @@ class TaggingPipeline:
         vocabulary: Vocabulary | None = None,
         ranking: StoredRanking | None = None,
         plan: RoutePlan | None = None,
+        lazy_engine: bool = False,
     ):
+        """``lazy_engine``: without an ``engine``, load one (llm.*) the first time a stage needs it."""
         self.recaller = recaller
         # The store's fitted ranking and how items are routed by it (None: the paper's pipeline).
         self.ranking = ranking
         self.plan = plan
-        self.engine = engine
         self.settings = settings
         self.config: PipelineConfig = settings.pipeline
         if vocabulary is None:
@@ -105,28 +107,57 @@ class TaggingPipeline:
         self.knowledge = knowledge
         self.max_tags = max_tags or (1 if self.config.mode == "single" else self.config.max_tags)
         self.times = StageTimes()
+        self.engine = None
         self.generator = None
         self.calibrator = None
+        self._engine_lock = threading.Lock()
+        self.lazy_engine = lazy_engine
         if engine is not None:
-            self.generator = Generator(
-                engine,
+            self._attach(engine)
+
+    def _attach(self, engine: Engine) -> None:
+        self.engine = engine
+        self.generator = Generator(
+            engine,
+            self.prompts,
+            self.labels,
+            samples=self.samples,
+            knowledge=self.knowledge,
+            num_samples=self.config.num_samples,
+            num_snippets=self.config.num_snippets,
+            constrained=self.config.constrained,
+        )
+        if self.config.calibrate:
+            self.calibrator = Calibrator(
+                self.engine,
                 self.prompts,
                 self.labels,
-                samples=samples,
-                knowledge=knowledge,
-                num_samples=self.config.num_samples,
-                num_snippets=self.config.num_snippets,
-                constrained=self.config.constrained,
+                self.descriptions,
+                self.config.threshold,
+                in_context=judges_in_context(self.settings.llm, self.settings.prompts),
             )
-            if self.config.calibrate:
-                self.calibrator = Calibrator(
-                    engine,
-                    self.prompts,
-                    self.labels,
-                    self.descriptions,
-                    self.config.threshold,
-                    in_context=judges_in_context(settings.llm, settings.prompts),
-                )
+
+    def load_engine(self) -> Engine:
+        """The LLM engine, loaded now if the pipeline was opened without it (a store whose route plan
+        sent nothing to the LLM, until a refit or a new tag routes items to it). Thread-safe: one load."""
+        with self._engine_lock:
+            if self.engine is None:
+                log.info("loading the LLM (%s): items are now routed to it", self.settings.llm.model)
+                self._attach(make_engine(self.settings.llm))
+            return self.engine
+
+    def _engine_when_needed(self) -> None:
+        if self.engine is None and self.lazy_engine:
+            self.load_engine()
+
+    @property
+    def llm_status(self) -> str:
+        """Whether the LLM is in memory, and if not, why (what /readyz and the stage describes say)."""
+        if self.engine is not None:
+            return "loaded"
+        if self.plan is not None and self.plan.sends_nothing:
+            return "not loaded: route sends nothing (loaded when an item is routed to the LLM)"
+        return "not loaded"
 
     @classmethod
     def open(
@@ -177,6 +208,7 @@ class TaggingPipeline:
         counts = [len(sample.correct) for sample in samples] if samples is not None else []
         mode = resolve_mode(settings.pipeline.mode, counts)
         max_tags = 1 if mode == "single" else settings.pipeline.max_tags
+        # A plan that sends nothing to the LLM leaves it out of memory until an item is routed to it.
         if engine is None and load_engine and not (plan is not None and plan.sends_nothing):
             engine = make_engine(settings.llm)
         return cls(
@@ -189,6 +221,7 @@ class TaggingPipeline:
             vocabulary=vocabulary,
             ranking=ranking,
             plan=plan,
+            lazy_engine=load_engine,
         )
 
     @property
@@ -241,6 +274,7 @@ class TaggingPipeline:
         vectors: np.ndarray,
         candidates: Sequence[Sequence[str]],
     ) -> list[Generation]:
+        self._engine_when_needed()
         self._need(self.generator, "an LLM engine")
         started, before = time.perf_counter(), _token_counts(self.engine)
         generations = self.generator.generate(ids, contents, vectors, candidates, self.max_tags)
@@ -257,6 +291,8 @@ class TaggingPipeline:
         """Verdicts per item; without calibration every tag is kept with an unknown (NaN) confidence.
         ``generations`` (or their ``judgment_context``) let the judgments continue the generation
         conversations (prompts.layout)."""
+        if self.config.calibrate:
+            self._engine_when_needed()
         if self.calibrator is None:
             return flow.unjudged(tags)
         started, before = time.perf_counter(), _token_counts(self.engine)

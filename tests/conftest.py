@@ -182,3 +182,24 @@ def sample_store(tmp_path_factory, tiny_llm, encoder) -> Path:
         folder, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", encoder=encoder, knowledge_files=[str(rules)]
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def ranked_store(tmp_path_factory, tiny_llm, encoder):
+    """The sample store built with the ranking, the production shape (enabled explicitly: 400 items are
+    under ranking.min_items); (folder, build summary). Tests that write to it copy it first."""
+    from llm4tag.config import load_settings
+    from llm4tag.store_builder import build_store_from_files
+
+    folder = tmp_path_factory.mktemp("ranked") / "store"
+    domain = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "banking77.yaml"
+    settings = load_settings(domain).with_overrides({"ranking": {"enabled": "on", "ranker": {"folds": 3}}})
+    summary = build_store_from_files(
+        folder,
+        SAMPLE / "train.jsonl",
+        SAMPLE / "tags.jsonl",
+        settings,
+        encoder=encoder,
+        knowledge_files=[str(SAMPLE.parent / "knowledge" / "banking77_rules.md")],
+    )
+    return folder, summary

@@ -19,26 +19,9 @@ from llm4tag.data import read_items
 from llm4tag.errors import ConfigError
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.ranking.stored import load_ranking, ranking_dir
-from llm4tag.store_builder import build_store_from_files
 
 SAMPLE = REPO / "data" / "sample"
 ITEMS = 8
-
-
-@pytest.fixture(scope="module")
-def ranked_store(tmp_path_factory, tiny_llm, encoder):
-    """The sample store built with the ranking (enabled explicitly: 400 items are under min_items)."""
-    folder = tmp_path_factory.mktemp("ranked") / "store"
-    settings = load_settings(DOMAIN).with_overrides({"ranking": {"enabled": "on", "ranker": {"folds": 3}}})
-    summary = build_store_from_files(
-        folder,
-        SAMPLE / "banking77" / "train.jsonl",
-        SAMPLE / "banking77" / "tags.jsonl",
-        settings,
-        encoder=encoder,
-        knowledge_files=[str(SAMPLE / "knowledge" / "banking77_rules.md")],
-    )
-    return folder, summary
 
 
 def settings_for(route) -> object:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,65 @@ def open_routing(
     return ranking, plan
 
 
+def ranking_fingerprint(store_dir: str | os.PathLike) -> tuple:
+    """What changes when a refit or a cascade fit replaces the store's ranking (each is a folder
+    renamed into place, so its manifest is a new file)."""
+    folder = ranking_dir(store_dir)
+    marks = []
+    for path in (folder / "manifest.json", folder / CASCADE_DIR / "manifest.json"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            marks.append(None)
+        else:
+            marks.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return tuple(marks)
+
+
+class FollowedRouting:
+    """A long-running service's view of the store's ranking and plan: reopened when a refit or a
+    cascade fit replaces them (``llm4tag refit`` against a served store), so items start reaching the
+    LLM (or stop) without a redeploy. ``due`` is a cheap check, at most every ``every_s``; ``refresh``
+    reopens (seconds: it loads the models) and swaps the pair in one assignment, so a caller that took
+    ``current`` keeps a consistent ranking and plan."""
+
+    def __init__(self, store_dir: str | os.PathLike, encoder_id: str, every_s: float = 5.0, **plan_args):
+        self.store_dir, self.encoder_id, self.every_s = store_dir, encoder_id, every_s
+        self.plan_args = plan_args
+        self._seen = ranking_fingerprint(store_dir)
+        self.current: tuple[StoredRanking | None, RoutePlan | None] = open_routing(
+            store_dir, encoder_id, **plan_args
+        )
+        self._checked = time.monotonic()
+        self.reloads = 0
+
+    def due(self) -> bool:
+        """Whether the stored ranking changed since it was opened (checked at most every ``every_s``)."""
+        now = time.monotonic()
+        if now - self._checked < self.every_s:
+            return False
+        self._checked = now
+        return ranking_fingerprint(self.store_dir) != self._seen
+
+    def refresh(self) -> bool:
+        """Reopen the ranking and plan if they changed; True when they were replaced. A ranking that
+        does not open (a fit being written by hand, another encoder) keeps the one in use, logged."""
+        seen = ranking_fingerprint(self.store_dir)
+        if seen == self._seen:
+            return False
+        try:
+            opened = open_routing(self.store_dir, self.encoder_id, **self.plan_args)
+        except Exception as exc:  # keep serving with what is in memory
+            log.error("the store's new ranking does not open, the previous one stays: %s", exc)
+            self._seen = seen
+            return False
+        self.current, self._seen = opened, seen
+        self.reloads += 1
+        reason = opened[1].reason if opened[1] is not None else "no ranking"
+        log.info("the store's ranking changed: reopened (%s)", reason)
+        return True
+
+
 def _cut(cut: float | None, target: float, who: str) -> float:
     if cut is None:
         log.warning(
@@ -213,12 +273,14 @@ __all__ = [
     "CASCADE_DIR",
     "LLM_OUTCOMES",
     "RANKING_DIR",
+    "FollowedRouting",
     "StoredRanking",
     "load_cascade",
     "load_ranking",
     "open_routing",
     "parse_route",
     "ranking_dir",
+    "ranking_fingerprint",
     "route_plan",
     "save_cascade",
     "summary",

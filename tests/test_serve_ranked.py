@@ -1,0 +1,110 @@
+"""Serving a store with a fitted ranker, the production case, on every shipped configuration: the app
+becomes ready although no LLM is loaded (route: auto without a cascade fit sends nothing to it), the
+ranker answers, and a later cascade fit that routes items to the LLM is picked up by the running app,
+whose LLM stages load their engine then, with no request failing for it.
+
+The shipped configs keep their application settings (prompts layout, which LLM stages exist, write-back,
+limits); only what a 2-core test machine cannot give is replaced: resources, the engine (the tiny
+model on llama.cpp instead of vLLM on a GPU) and the port.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+import yaml
+from test_routing import ITEMS
+from test_serve import DOMAIN, QUERIES, REPO, call, free_port
+
+from llm4tag.data import read_items
+from llm4tag.ranking.cascade import CascadeFit
+from llm4tag.ranking.routing import TauChoice
+from llm4tag.ranking.stored import load_ranking, ranking_dir, save_cascade
+
+pytestmark = pytest.mark.slow
+
+# What `llm4tag serve` waits for (deployments/launch.py:wait_ready); a ready app answers well within it.
+START_S = 300
+CONFIGS = ["serve_config.cpu.yaml", "serve_config.yaml", "cluster/serve_config.cluster.yaml"]
+
+
+def shipped(name: str, folder) -> tuple[str, bool]:
+    """The shipped config with this machine's resources; whether it has a Calibrator deployment."""
+    config = yaml.safe_load((REPO / name).read_text())
+    config["http_options"].update(host="127.0.0.1", port=free_port())
+    config["proxy_location"] = "HeadOnly"
+    app = config["applications"][0]
+    app["args"]["config"] = str(DOMAIN)
+    app["args"]["service"]["auth"] = "off"
+    app["args"]["settings"]["llm"] = {"model": "tiny", "engine": "llamacpp", "threads": 1, "batch_size": 4}
+    for deployment in app.get("deployments", []):
+        deployment.pop("autoscaling_config", None)
+        deployment.pop("max_replicas_per_node", None)
+        deployment["num_replicas"] = 1
+        deployment["ray_actor_options"] = {"num_cpus": 0.1}
+    path = folder / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    layout = (app["args"]["settings"].get("prompts") or {}).get("layout", "auto")
+    return str(path), layout == "paper"
+
+
+def route_everything_to_the_llm(store) -> None:
+    """A cascade fit as `llm4tag refit --cascade-items` saves one, whose tau sends every item to the
+    LLM (no calibrated probability reaches 1)."""
+    from graph_store import read_vocabulary
+
+    models = load_ranking(store, read_vocabulary(store).encoder_id).models
+    tau = TauChoice(1.0, 1.0, 0.0, "test: every item to the LLM")
+    fit = CascadeFit(None, tau, np.zeros(0), np.zeros(0), {})
+    save_cascade(ranking_dir(store), fit, models)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_ranker_store_is_ready_on_every_shipped_config(name, ranked_store, ray_cluster, tmp_path):
+    from ray import serve
+
+    from deployments.launch import deploy, wait_ready
+
+    store = tmp_path / "store"
+    shutil.copytree(ranked_store[0], store)
+    path, separate_calibrator = shipped(name, tmp_path)
+    items = [{"id": i.id, "text": i.text} for i in read_items(QUERIES).items[:ITEMS]]
+    url = deploy(path, store=str(store))
+    try:
+        started = time.monotonic()
+        ready = wait_ready(url, timeout=START_S)  # what `llm4tag serve` waits on
+        assert ready["ready"] is True, ready
+        stages = ready["stages"]
+        assert stages["generator"]["llm"].startswith("not loaded: route sends nothing"), stages
+        assert stages["calibrator"]["llm"].startswith("not loaded: route sends nothing"), stages
+        assert ("colocated_with" in stages["calibrator"]) is not separate_calibrator
+        assert "nothing is sent to the LLM" in ready["routing"]["reason"]
+        status, _, answer = call(f"{url}/v1/tag", {"items": items})
+        assert status == 200, answer
+        assert {row["route"] for row in answer["items"]} == {"ranker"}
+        assert all(t["by"] == "ranker" for row in answer["items"] for t in row["tags"])
+        print(f"{name}: ready after {time.monotonic() - started:.1f} s")
+        if name == CONFIGS[-1]:
+            return  # the same application as serve_config.yaml: the later fit is checked there
+
+        # A later fit routes every item to the LLM: the ingress follows the store's ranking, the LLM
+        # stages load their engine on the first routed batch, and no request fails meanwhile.
+        route_everything_to_the_llm(store)
+        deadline = time.monotonic() + 60
+        routes: set[str] = set()
+        while time.monotonic() < deadline:
+            status, _, answer = call(f"{url}/v1/tag", {"items": items[:2]})
+            assert status == 200, answer
+            routes = {row["route"] for row in answer["items"]}
+            if routes == {"llm"}:
+                break
+            time.sleep(1)
+        assert routes == {"llm"}, "the running app did not follow the store's new cascade fit"
+        assert all(row["generated"] for row in answer["items"])
+        stages = wait_ready(url, timeout=30)["stages"]
+        assert stages["generator"]["llm"] == "loaded" and stages["calibrator"]["llm"] == "loaded", stages
+    finally:
+        serve.shutdown()
