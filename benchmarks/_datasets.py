@@ -14,8 +14,8 @@ from _paths import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, add_data_argumen
 
 from llm4tag.config import Settings
 from llm4tag.data import Item, Tag, read_items, read_tags
+from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder
-from llm4tag.texts import item_text, tag_text
 
 __all__ = [
     "DATASETS",

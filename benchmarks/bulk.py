@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--recall-actors", type=int, default=1)
     parser.add_argument("--llm-actors", type=int, default=1, help="actors per LLM stage")
     parser.add_argument("--store", help="an existing store (default: built from the BANKING77 sample)")
-    parser.add_argument("--config", default=str(REPO / "benchmarks" / "configs" / "banking77.yaml"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "banking77.yaml"))
     parser.add_argument("--skip-in-process", action="store_true")
     args = parser.parse_args()
 

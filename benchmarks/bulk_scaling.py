@@ -43,7 +43,7 @@ def settings_for(nodes: int, model: str, batch: int):
 
     from llm4tag.config import settings_from_dict
 
-    data = yaml.safe_load((REPO / "benchmarks" / "configs" / "banking77.yaml").read_text()) or {}
+    data = yaml.safe_load((REPO / "configs" / "banking77.yaml").read_text()) or {}
     data["llm"] = {**data.get("llm", {}), "model": model, "batch_size": batch}
     # Per node: one actor of each stage plus Ray Data's file-listing task, which asks for a whole CPU
     # (Ray 2.60): with 0.5 CPU per actor the three stages and that task did not fit 2 logical CPUs and

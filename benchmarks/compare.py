@@ -35,12 +35,12 @@ from pipeline_quality import build_parts, cached_rows, settings_for
 from graph_store.durable import append_lines
 from llm4tag.baselines import PipelineTagger, TagIndex, make_baseline
 from llm4tag.data import Item, write_records
+from llm4tag.encoded_text import readable_tag
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
 from llm4tag.evaluation.plots import accuracy_coverage_plot, popularity_histogram
 from llm4tag.evaluation.tables import format_table
 from llm4tag.evaluation.tagging import MULTI_KEYS, SINGLE_KEYS, evaluate_tagging, relative_improvement
-from llm4tag.texts import readable_tag
 from llm4tag.vocab import VocabularyBuilder, vocabulary_coverage, vocabulary_measures
 
 METHODS = ("match", "taggpt-selective", "taggpt-generative", "betag", "llm4tag")

@@ -48,10 +48,10 @@ from _paths import add_data_arguments
 
 from graph_store import GraphConfig, GraphStore
 from llm4tag.data import Item, read_items, read_tags
+from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder, EncoderConfig
 from llm4tag.evaluation.recall_metrics import recall_metrics
 from llm4tag.evaluation.tables import format_table
-from llm4tag.texts import item_text, tag_text
 
 K = 20
 

@@ -70,7 +70,7 @@ def config_settings(name: str, dataset: str, model: str, threads: int) -> dict:
     base, *ablations = name.split("-")
     if base == "llamacpp" and ablations and ablations[0] == "paper":
         base, ablations = "llamacpp-paper", ablations[1:]
-    data = yaml.safe_load((REPO / "benchmarks" / "configs" / f"{dataset}.yaml").read_text()) or {}
+    data = yaml.safe_load((REPO / "configs" / f"{dataset}.yaml").read_text()) or {}
     data = merge(data, BASES[base])
     for ablation in ablations:
         data = merge(data, ABLATIONS[ablation])

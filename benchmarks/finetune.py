@@ -13,7 +13,7 @@ The three stages can run apart, on different machines (training on a GPU machine
 the shared data nor faiss/igraph; `--stage train` imports only torch, transformers and peft):
 
     python benchmarks/finetune.py --stage data  --datasets banking77 --train-items 4000 --model tiny \
-        --config benchmarks/configs/finetune_tiny.yaml
+        --config configs/finetune_tiny.yaml
     python benchmarks/finetune.py --stage train --datasets banking77 --model tiny --device cuda \
         --base /path/to/hf-folder --steps 250 --calibrator-steps 250
     python benchmarks/finetune.py --stage eval  --datasets banking77 --model tiny --n 100
@@ -43,7 +43,7 @@ SETTINGS_FILE = "settings.json"
 
 def merged_settings(name: str, args) -> dict:
     """The data set's benchmark config, then --config over it, then the command line's choices."""
-    data = yaml.safe_load((REPO / "benchmarks" / "configs" / f"{name}.yaml").read_text()) or {}
+    data = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()) or {}
     if args.config:
         extra = yaml.safe_load(args.config.read_text()) or {}
         for key, value in extra.items():

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--train", default=str(SAMPLE / "train.jsonl"))
     parser.add_argument("--tags", default=str(SAMPLE / "tags.jsonl"))
     parser.add_argument("--queries", default=str(SAMPLE / "queries.jsonl"))
-    parser.add_argument("--config", default=str(REPO / "benchmarks" / "configs" / "banking77.yaml"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "banking77.yaml"))
     parser.add_argument("--knowledge", default=str(SAMPLE.parent / "knowledge" / "banking77_rules.md"))
     args = parser.parse_args()
 

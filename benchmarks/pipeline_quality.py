@@ -42,7 +42,7 @@ CONFIGS = {"full": {}, "no_srki": {"num_samples": 0, "num_snippets": 0}}
 
 
 def settings_for(name: str, extra: dict, model: str, engine: str):
-    data = yaml.safe_load((REPO / "benchmarks" / "configs" / f"{name}.yaml").read_text()) or {}
+    data = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()) or {}
     data.setdefault("pipeline", {}).update(extra)
     data["llm"] = {**data.get("llm", {}), "model": model, **({"engine": engine} if engine else {})}
     return settings_from_dict(data)

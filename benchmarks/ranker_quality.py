@@ -47,6 +47,7 @@ from _peers import (
 )
 
 from llm4tag.config import Settings
+from llm4tag.encoded_text import item_text
 from llm4tag.encoder import Encoder
 from llm4tag.evaluation.plots import accuracy_coverage_plot
 from llm4tag.evaluation.tables import format_table
@@ -60,7 +61,6 @@ from llm4tag.evaluation.tagging import (
 )
 from llm4tag.ranking import Annotated, LearnedConfig, RankerConfig, fit_ranking
 from llm4tag.ranking.crossfit import build_store
-from llm4tag.texts import item_text
 
 
 def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:

@@ -25,7 +25,7 @@ shut down at the end when this script started them.
 
     python benchmarks/serve_load.py --model tiny|default --burst 10,40 [--deadline-ms MS]
 
-Burst mode (deadline-aware admission, llm4tag/admission.py) instead of steps 2, 5 and 6: after the
+Burst mode (deadline-aware admission, llm4tag/service/admission.py) instead of steps 2, 5 and 6: after the
 warm-up, a closed loop of --requests 1-item requests at 2 clients per Generator replica measures the
 items/s the app sustains; the base is the number of such requests it can finish within the deadline
 (items/s x deadline). Then, per multiplier, that many times the base 1-item requests are sent at once,
@@ -571,7 +571,7 @@ def summarize(samples: list[Outcome], wall: float) -> dict:
 
 
 def service_deadline(app_args: dict) -> float:
-    from llm4tag.service import ServiceConfig
+    from llm4tag.service.settings import ServiceConfig
 
     return ServiceConfig.load(app_args.get("service")).deadline_s
 

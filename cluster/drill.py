@@ -40,7 +40,7 @@ from llm4tag.store_builder import build_store_from_files
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "banking77"
-DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
+DOMAIN = REPO / "configs" / "banking77.yaml"
 APP = "llm4tag"
 CPU_NODE = {"llm4tag_cpu_node": 100}
 GPU_NODE = {"llm4tag_gpu_node": 100}

@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
 from llm4tag import flow
-from llm4tag.annif_compat import PROBLEM_MEDIA_TYPE, TITLES, Problem
-from llm4tag.http_schema import ErrorOut, Limits, RequestError
-from llm4tag.review_queue import ReviewError
-from llm4tag.service import Batching
+from llm4tag.service.annif import PROBLEM_MEDIA_TYPE, TITLES, Problem
+from llm4tag.service.http_schema import ErrorOut, Limits, RequestError
+from llm4tag.service.review_queue import ReviewError
+from llm4tag.service.settings import Batching
 
 
 def configure_batching(method, batching: Batching) -> None:

@@ -1,5 +1,5 @@
 """Annif-compatible REST endpoints, mixed into the ingress beside llm4tag's own (see
-llm4tag/annif_compat.py for the mapping; Annif's OpenAPI: tests/annif/annif.yaml).
+llm4tag/service/annif.py for the mapping; Annif's OpenAPI: tests/annif/annif.yaml).
 
 GET  /v1/                                  API information
 GET  /v1/vocabs                            the vocabulary
@@ -20,7 +20,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from deployments._common import KEYED, answered, current_replica, problems
-from llm4tag.annif_compat import (
+from llm4tag.data import Item
+from llm4tag.service.annif import (
     FORM_MEDIA_TYPE,
     AnnifSettings,
     LearnBody,
@@ -38,8 +39,7 @@ from llm4tag.annif_compat import (
     suggestions,
     vocabulary,
 )
-from llm4tag.data import Item
-from llm4tag.http_schema import RequestSchema
+from llm4tag.service.http_schema import RequestSchema
 
 log = logging.getLogger("ray.serve")
 router = APIRouter()

@@ -20,18 +20,18 @@ from deployments.generator import GeneratorDeployment
 from deployments.graph_recall import GraphRecallDeployment
 from deployments.ingress import IngressDeployment
 from graph_store import read_vocabulary
-from llm4tag.annif_compat import AnnifSettings
-from llm4tag.auth import ApiKeys
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings, load_settings
 from llm4tag.errors import ConfigError
-from llm4tag.review_queue import ReviewSettings
-from llm4tag.service import ServiceConfig
+from llm4tag.service.annif import AnnifSettings
+from llm4tag.service.auth import ApiKeys
+from llm4tag.service.review_queue import ReviewSettings
+from llm4tag.service.settings import ServiceConfig
 
 # journal: folder of the graph journals when not the store folder (shared storage on a cluster whose
 # nodes hold node-local copies of the store; README: "Scaling out").
-# review: the review queue (llm4tag/review_queue.py ReviewSettings); annif: the Annif-compatible API
-# (llm4tag/annif_compat.py AnnifSettings).
+# review: the review queue (llm4tag/service/review_queue.py ReviewSettings); annif: the Annif-compatible API
+# (llm4tag/service/annif.py AnnifSettings).
 KNOWN_ARGS = {"store", "config", "settings", "service", "deployment_options", "journal", "review", "annif"}
 
 

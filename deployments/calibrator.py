@@ -18,7 +18,7 @@ from llm4tag.calibrator import Judged, judges_in_context
 from llm4tag.config import Settings
 from llm4tag.engines.base import Messages
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.service import Batching
+from llm4tag.service.settings import Batching
 
 JudgeRequest = tuple[str, list[str], tuple[Messages, str] | None]
 

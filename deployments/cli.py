@@ -13,10 +13,10 @@ import time
 from ray import serve
 
 from deployments.launch import dashboard_url, deploy, load_serve_config, post_json, wait_ready
-from llm4tag.auth import ensure_key_file
 from llm4tag.data import read_items
 from llm4tag.errors import LLM4TagError
-from llm4tag.service import ServiceConfig
+from llm4tag.service.auth import ensure_key_file
+from llm4tag.service.settings import ServiceConfig
 
 
 def register(verbs) -> None:

@@ -9,7 +9,7 @@ from deployments._common import configure_batching, in_thread
 from graph_store import EncoderMismatchError
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder
-from llm4tag.service import Batching
+from llm4tag.service.settings import Batching
 
 
 @serve.deployment(

@@ -25,10 +25,10 @@ from llm4tag.flow import judgment_context
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.service import Batching
+from llm4tag.service.settings import Batching
 
 # The generation, its verdicts when this replica judges (None otherwise), the seconds its batch spent
-# judging, and this replica's load (llm4tag/admission.py: the ingress's admission control reads it).
+# judging, and this replica's load (llm4tag/service/admission.py: the ingress's admission control reads it).
 GenerateResult = tuple[Generation, list[Judged] | None, float, dict]
 
 

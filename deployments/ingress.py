@@ -4,7 +4,7 @@ tags + provenance.
 POST /v1/tag        one item or {"items": [...]}: tags with confidence and provenance, within the
                     request's deadline (service.deadline_s, or shorter by its X-Deadline-Ms header):
                     refused at once (503 + Retry-After) when it cannot be answered in time
-                    (llm4tag/admission.py), answered 504 when it still runs past it
+                    (llm4tag/service/admission.py), answered 504 when it still runs past it
 POST /v1/feedback   corrected annotations: durable graph edges + retrievable samples
 GET  /v1/tags?q=    vocabulary search
 GET  /healthz       the ingress answers;   GET /readyz   every stage answers (and what it holds)
@@ -13,7 +13,7 @@ Beside them: the review UI and queue (deployments/review_api.py) and Annif's API
 (deployments/annif_api.py): their routers are included in this app, and this class inherits the state
 and hooks their routes use.
 
-The request shapes are llm4tag/http_schema.py's models (they validate and document), the stage order
+The request shapes are llm4tag/service/http_schema.py's models (they validate and document), the stage order
 is llm4tag/flow.py's (the in-process pipeline runs the same flow), and one exception handler
 (``answers``) turns every refusal into ``{"error", "field"}`` with its status.
 
@@ -54,16 +54,17 @@ from deployments.review_api import router as review_router
 from deployments.serve_metrics import ServiceMetrics
 from graph_store import shard_of
 from llm4tag import flow
-from llm4tag.admission import DEADLINE_HEADER, Admission, request_deadline_s
-from llm4tag.annif_compat import PROBLEM_MEDIA_TYPE, AnnifSettings, Problem
-from llm4tag.auth import ApiKeys, AuthError
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings
 from llm4tag.data import Item
 from llm4tag.engines.adapters import OutsideAdaptersRoot, check_adapter, under_adapters_root
 from llm4tag.errors import ModelError, PromptTooLong
 from llm4tag.finetune.registry import write_active
-from llm4tag.http_schema import (
+from llm4tag.ranking.store_routing import FollowedRouting
+from llm4tag.service.admission import DEADLINE_HEADER, Admission, request_deadline_s
+from llm4tag.service.annif import PROBLEM_MEDIA_TYPE, AnnifSettings, Problem
+from llm4tag.service.auth import ApiKeys, AuthError
+from llm4tag.service.http_schema import (
     AdapterRequest,
     FeedbackRequest,
     FeedbackResponseOut,
@@ -75,9 +76,9 @@ from llm4tag.http_schema import (
     require_json,
     without_paths,
 )
-from llm4tag.ranking.stored import FollowedRouting
-from llm4tag.review_queue import ReviewError, ReviewSettings
-from llm4tag.service import ServiceConfig, TagSearch
+from llm4tag.service.review_queue import ReviewError, ReviewSettings
+from llm4tag.service.settings import ServiceConfig
+from llm4tag.service.tag_search import TagSearch
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(

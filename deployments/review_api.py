@@ -4,11 +4,11 @@ knowledge behind a tagging (samples and snippets by id) and the vocabulary with 
 GET  /ui/                       the web UI (Tag, Review queue, Vocabulary; plain HTML/JS/CSS)
 GET  /v1/review/queue           entries by state (pending: most uncertain first), counts, band
 GET  /v1/review/entries/{n}     one entry
-POST /v1/feedback + header X-Review-Entry: n   decides entry n (ingress.py; llm4tag/review_queue.py)
+POST /v1/feedback + header X-Review-Entry: n   decides entry n (ingress.py; llm4tag/service/review_queue.py)
 GET  /v1/knowledge?samples=&snippets=          retrieved samples and snippets by id
 GET  /v1/vocabulary?q=&limit=&offset=          tags with description, URI, hierarchy, stored-item count
 
-The queue logic is llm4tag/review_queue.py; here are only the routes and the two ingress hooks
+The queue logic is llm4tag/service/review_queue.py; here are only the routes and the two ingress hooks
 (queue uncertain tags of a tagging; wrap a feedback write that decides an entry).
 """
 
@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from deployments._common import LIMIT_BOUNDS, QUERY_BOUNDS, Refused, answered, current_replica, refusals
-from llm4tag.review_queue import (
+from llm4tag.service.review_queue import (
     MAX_ROW_NUMBER,
     REVIEW_HEADER,
     REVIEWER_HEADER,

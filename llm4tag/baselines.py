@@ -34,6 +34,7 @@ import numpy as np
 
 from llm4tag.config import PeerPromptConfig, PeersConfig, Settings, TextConfig, resolve_mode
 from llm4tag.data import Item, Tag, read_tags
+from llm4tag.encoded_text import item_text, readable_tag, tag_text
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
 from llm4tag.engines.base import ChoiceRequest, Engine, Messages
@@ -41,7 +42,6 @@ from llm4tag.engines.choices import match_choices
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import TagLabels
 from llm4tag.recaller import Recaller
-from llm4tag.texts import item_text, readable_tag, tag_text
 
 log = logging.getLogger(__name__)
 METHODS = ("llm4tag", "match", "taggpt-selective", "taggpt-generative", "betag")

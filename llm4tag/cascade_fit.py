@@ -15,7 +15,7 @@ from llm4tag.errors import LLM4TagError
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.ranking.cascade import fit_cascade
 from llm4tag.ranking.heldout_llm import OUTCOMES, choose_items, run_held_out
-from llm4tag.ranking.stored import ranking_dir, save_cascade
+from llm4tag.ranking.store_routing import ranking_dir, save_cascade
 from llm4tag.store_builder import store_annotations
 
 

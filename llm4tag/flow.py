@@ -1,7 +1,7 @@
 """The order of the stages, written once: encode -> recall (every shard, merged) -> generate ->
 calibrate -> rows (-> write back), and feedback's two writes.
 
-With a fitted ranking in the store (``plan``: llm4tag.ranking.stored.route_plan) the tag flow ranks
+With a fitted ranking in the store (``plan``: llm4tag.ranking.store_routing.route_plan) the tag flow ranks
 the merged candidates (the learned recall's join them), routes each item (llm4tag.ranking.cascade):
 confident items take the ranker's tags, only the others are sent to Generate (and Calibrate), so in
 every way of tagging the routed items never reach the LLM.
@@ -25,11 +25,11 @@ from graph_store import Candidate, RecallConfig
 from graph_store.metapaths import Hits, merge_hits, select_merged
 from llm4tag.calibrator import Judged
 from llm4tag.data import Item
+from llm4tag.encoded_text import item_text
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.ranking.cascade import FinalTag, ItemRoute, RoutePlan, final_tags, judged_tags, route_items
-from llm4tag.texts import item_text
 
 # --- the calls a flow yields (each answered by the pipeline in process, or by a deployment)
 

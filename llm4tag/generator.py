@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from llm4tag.encoded_text import readable_tag
 from llm4tag.engines.base import CHOICE_SEPARATOR, ChoiceRequest, Engine, Messages
 from llm4tag.engines.choices import match_choices
 from llm4tag.prompts import Prompts, RetrievedSample
-from llm4tag.texts import readable_tag
 
 
 class TagLabels:

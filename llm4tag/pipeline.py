@@ -22,6 +22,7 @@ from llm4tag import flow
 from llm4tag.calibrator import Calibrator, Judged, judges_in_context
 from llm4tag.config import PipelineConfig, Settings, resolve_mode
 from llm4tag.data import Item
+from llm4tag.encoded_text import item_text
 from llm4tag.engines import make_engine
 from llm4tag.engines.base import Engine
 from llm4tag.errors import LLM4TagError
@@ -30,10 +31,9 @@ from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
 from llm4tag.prompts import Prompts
 from llm4tag.ranking.cascade import RoutePlan
 from llm4tag.ranking.models import ScoredTag
-from llm4tag.ranking.stored import StoredRanking, open_routing
+from llm4tag.ranking.store_routing import StoredRanking, open_routing
 from llm4tag.recaller import Recaller
 from llm4tag.store_builder import KNOWLEDGE_DIR
-from llm4tag.texts import item_text
 
 log = logging.getLogger(__name__)
 

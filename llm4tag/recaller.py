@@ -10,9 +10,9 @@ import numpy as np
 from graph_store import Candidate, EncoderMismatchError, GraphStore, ShardedStore, open_store
 from llm4tag.config import Settings, TextConfig
 from llm4tag.data import Item
+from llm4tag.encoded_text import item_text
 from llm4tag.encoder import Encoder, EncoderConfig
 from llm4tag.errors import LLM4TagError
-from llm4tag.texts import item_text
 
 METHODS = ("graph", "match")
 

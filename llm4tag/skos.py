@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from llm4tag.errors import DataError
-from llm4tag.tag_entry import Tag
+from llm4tag.vocabulary_entry import Tag
 
 SKOS_EXTENSIONS = {
     ".ttl": "turtle",

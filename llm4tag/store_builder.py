@@ -15,15 +15,15 @@ import numpy as np
 from graph_store import GraphStore, ShardedStore
 from llm4tag.config import Settings
 from llm4tag.data import Item, Tag, read_items, read_tags
+from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder
 from llm4tag.errors import LLM4TagError
 from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase, build_knowledge
 from llm4tag.ranking.crossfit import Annotated
 from llm4tag.ranking.features import TagStats
 from llm4tag.ranking.models import fit_ranking
-from llm4tag.ranking.stored import ranking_dir
+from llm4tag.ranking.store_routing import ranking_dir
 from llm4tag.skos import aliases, hierarchy, vocabulary_meta
-from llm4tag.texts import item_text, tag_text
 
 KNOWLEDGE_DIR = "knowledge"
 

@@ -32,7 +32,7 @@ from graph_store.durable import append_lines
 from llm4tag.baselines import BaselinePrompts, parse_tags
 from llm4tag.config import Settings, VocabConfig
 from llm4tag.data import Item
-from llm4tag.texts import item_text
+from llm4tag.encoded_text import item_text
 
 POPULARITY_BINS: tuple[tuple[int, int | None], ...] = (
     (1, 1),

@@ -14,7 +14,7 @@ mkdir -p out
 .venv/bin/llm4tag build --items data/sample/banking77/train.jsonl --tags data/sample/banking77/tags.jsonl \
     --knowledge data/sample/knowledge/banking77_rules.md --store "$STORE"
 .venv/bin/llm4tag tag --store "$STORE" --input data/sample/banking77/queries.jsonl --limit "$ITEMS" \
-    --model "$MODEL" --config benchmarks/configs/banking77.yaml --dropped --output out/banking77-tags.jsonl
+    --model "$MODEL" --config configs/banking77.yaml --dropped --output out/banking77-tags.jsonl
 .venv/bin/python - <<'PY'
 import json
 with open("data/sample/banking77/queries.jsonl") as fh:

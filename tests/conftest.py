@@ -124,7 +124,7 @@ def encoder():
 
 def _installed_llm(name: str) -> Path:
     from llm4tag.errors import ModelError
-    from llm4tag.models import resolve_llm
+    from llm4tag.llm_weights import resolve_llm
 
     try:
         return resolve_llm(name)
@@ -192,7 +192,7 @@ def ranked_store(tmp_path_factory, tiny_llm, encoder):
     from llm4tag.store_builder import build_store_from_files
 
     folder = tmp_path_factory.mktemp("ranked") / "store"
-    domain = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "banking77.yaml"
+    domain = Path(__file__).resolve().parents[1] / "configs" / "banking77.yaml"
     settings = load_settings(domain).with_overrides({"ranking": {"enabled": "on", "ranker": {"folds": 3}}})
     summary = build_store_from_files(
         folder,

@@ -1,4 +1,4 @@
-"""Deadline-aware admission (llm4tag/admission.py): pure logic on a fake clock."""
+"""Deadline-aware admission (llm4tag/service/admission.py): pure logic on a fake clock."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from llm4tag.admission import Admission, request_deadline_s
-from llm4tag.http_schema import RequestError
+from llm4tag.service.admission import Admission, request_deadline_s
+from llm4tag.service.http_schema import RequestError
 
 
 class Clock:

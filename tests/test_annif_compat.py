@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm4tag.annif_compat import (
+from llm4tag.service.annif import (
     AnnifSettings,
     Problem,
     Subjects,
@@ -160,7 +160,7 @@ def _valid(model, body) -> bool:
 
 
 def test_the_parsers_accept_what_the_documented_bodies_accept():
-    from llm4tag.annif_compat import LearnBody, SuggestBatch
+    from llm4tag.service.annif import LearnBody, SuggestBatch
 
     doc = {"text": "t"}
     batches = [

@@ -1,4 +1,4 @@
-"""API keys of the HTTP service (llm4tag/auth.py) and the adapters root of the adapter swap (no Ray)."""
+"""API keys of the HTTP service (llm4tag/service/auth.py) and the adapter swap's adapters root (no Ray)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import stat
 
 import pytest
 
-import llm4tag.auth
-from llm4tag.auth import ApiKeys, Auth, AuthError, ensure_key_file
+import llm4tag.service.auth
 from llm4tag.engines.adapters import OutsideAdaptersRoot, under_adapters_root
 from llm4tag.errors import ConfigError
-from llm4tag.service import ServiceConfig
+from llm4tag.service.auth import ApiKeys, Auth, AuthError, ensure_key_file
+from llm4tag.service.settings import ServiceConfig
 
 WRITER = "writer-key-0123456789"
 ADMIN = "admin-key-0123456789abc"
@@ -60,7 +60,7 @@ def test_every_key_is_compared_in_constant_time(monkeypatch):
         compared.append((len(a), len(b)))
         return a == b
 
-    monkeypatch.setattr(llm4tag.auth.hmac, "compare_digest", compare)
+    monkeypatch.setattr(llm4tag.service.auth.hmac, "compare_digest", compare)
     keys = ApiKeys.parse(KEYS, "test")
     assert keys.scopes_of(f"Bearer {WRITER}") == {"write"}  # the first key matches...
     assert compared == [(32, 32), (32, 32)]  # ...and the second is compared too, digest to digest

@@ -17,7 +17,7 @@ import yaml
 from deployments.app import KNOWN_ARGS
 from deployments.launch import load_serve_config
 from llm4tag.config import settings_from_dict
-from llm4tag.service import ServiceConfig
+from llm4tag.service.settings import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

@@ -13,7 +13,7 @@ from graph_store.config import ConfigModel, GraphConfig
 from llm4tag.config import Settings, load_settings, settings_from_dict
 from llm4tag.config.reference import render
 from llm4tag.errors import ConfigError
-from llm4tag.service import ServiceConfig
+from llm4tag.service.settings import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_the_graph_section_is_the_store_s_and_round_trips_through_a_manifest():
 
 
 def test_config_files_in_the_repository_load(tmp_path):
-    for path in (REPO / "benchmarks" / "configs").glob("*.yaml"):
+    for path in (REPO / "configs").glob("*.yaml"):
         assert isinstance(load_settings(path), Settings), path
     bad = tmp_path / "bad.yaml"
     bad.write_text("pipeline: [")

@@ -19,7 +19,7 @@ from llm4tag.knowledge import Sample
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "banking77"
-DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
+DOMAIN = REPO / "configs" / "banking77.yaml"
 
 # --- pure logic
 

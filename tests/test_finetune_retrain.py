@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "banking77"
-DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
+DOMAIN = REPO / "configs" / "banking77.yaml"
 
 
 def config(folder: Path, **retrain) -> Path:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "banking77"
-DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
+DOMAIN = REPO / "configs" / "banking77.yaml"
 QUERIES = [
     "my card still has not arrived",
     "how do I top up with a cheque",

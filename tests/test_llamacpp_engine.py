@@ -10,7 +10,7 @@ import pytest
 
 from llm4tag.engines import ChoiceRequest, LLMConfig, make_engine
 from llm4tag.errors import ModelError
-from llm4tag.models import resolve_llm
+from llm4tag.llm_weights import resolve_llm
 
 pytestmark = pytest.mark.slow  # model: from the tiny_llm fixture (tests/conftest.py)
 pytest.importorskip("llama_cpp")
@@ -127,7 +127,7 @@ def test_an_items_confidence_does_not_depend_on_the_batch_it_shared(sample_store
     from llm4tag.pipeline import TaggingPipeline
 
     repo = Path(__file__).resolve().parents[1]
-    settings = load_settings(repo / "benchmarks" / "configs" / "banking77.yaml").with_overrides(
+    settings = load_settings(repo / "configs" / "banking77.yaml").with_overrides(
         {"llm": {"model": "tiny", "engine": "llamacpp", "threads": 1, "batch_size": 4}}
     )
     items = read_items(repo / "data" / "sample" / "banking77" / "queries.jsonl").items[3:6]

@@ -9,6 +9,7 @@ import pytest
 
 from graph_store import EncoderMismatchError, GraphConfig
 from llm4tag.data import read_items, read_tags
+from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.ranking import (
     FEATURES,
     Annotated,
@@ -26,7 +27,6 @@ from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
 from llm4tag.ranking.crossfit import build_store, fold_parts, held_out_candidates
 from llm4tag.ranking.models import ScoredTag
 from llm4tag.ranking.ranker import Ranker, top_rows
-from llm4tag.texts import item_text, tag_text
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llm4tag.review_queue import (
+from llm4tag.service.review_queue import (
     AlreadyDecided,
     ReviewError,
     ReviewQueue,
@@ -140,7 +140,7 @@ def test_feedback_that_decides_something_else_is_refused():
 
 def test_an_entry_left_applying_by_a_dead_writer_is_taken_over_once(tmp_path, monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("llm4tag.review_queue.time.time", lambda: clock[0])
+    monkeypatch.setattr("llm4tag.service.review_queue.time.time", lambda: clock[0])
     queue = ReviewQueue(tmp_path / "q.sqlite3")
     queue.add(uncertain_tags(row("a", [("t1", 0.6)]), "text a", BAND, "online"))
     entry = queue.entries()[0]
@@ -258,7 +258,7 @@ def test_the_review_import_verb_names_bad_input(tmp_path, capsys):
 
 _WRITER = """
 import sys
-from llm4tag.review_queue import ReviewQueue, uncertain_tags
+from llm4tag.service.review_queue import ReviewQueue, uncertain_tags
 queue = ReviewQueue(sys.argv[1])
 for i in range(100000):
     row = {"id": f"i{i}", "tags": [{"tag": "t", "confidence": 0.5}]}

@@ -92,7 +92,7 @@ def served(ray_cluster, skos_store, tmp_path_factory):
     config = yaml.safe_load((REPO / "serve_config.cpu.yaml").read_text())
     config["http_options"]["port"] = free_port()
     args = config["applications"][0]["args"]
-    args["config"] = str(REPO / "benchmarks" / "configs" / "debian_debtags.yaml")
+    args["config"] = str(REPO / "configs" / "debian_debtags.yaml")
     # Every judged tag enters the queue (the tiny model's confidences are noise), in a file of its own.
     args["review"] = {"band": [0.0, 1.0], "queue": str(folder / "queue.sqlite3"), "stale_s": 2}
     args["annif"] = {"project_id": PROJECT, "name": "Debian debtags (llm4tag)"}
@@ -205,7 +205,7 @@ def test_annif_client_suggests_and_learns_unchanged(served, recorded_exchanges):
     )
     assert response.status_code == 204
     # learn is feedback: durable before the 204, under the id suggest gave the same text.
-    from llm4tag.annif_compat import item_id
+    from llm4tag.service.annif import item_id
 
     records = journal_records(store)[before:]
     assert [(r["id"], r["tags"]) for r in records] == [(item_id(TEXT_EDITOR), [uris[chosen].tag])]
@@ -395,7 +395,7 @@ def test_a_decision_whose_writer_died_is_finished_by_the_next_look_at_the_queue(
     between the two: the next GET of the queue writes its feedback and finishes it."""
     import time
 
-    from llm4tag.review_queue import ReviewQueue, feedback_for
+    from llm4tag.service.review_queue import ReviewQueue, feedback_for
 
     url, store = served["url"], served["store"]
     queue = ReviewQueue(served["queue"])

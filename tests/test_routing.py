@@ -18,7 +18,7 @@ from llm4tag.config import load_settings
 from llm4tag.data import read_items
 from llm4tag.errors import ConfigError
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.ranking.stored import load_ranking, ranking_dir
+from llm4tag.ranking.store_routing import load_ranking, ranking_dir
 
 SAMPLE = REPO / "data" / "sample"
 ITEMS = 8

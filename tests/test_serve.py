@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = REPO / "data" / "sample" / "banking77" / "queries.jsonl"
-DOMAIN = REPO / "benchmarks" / "configs" / "banking77.yaml"
+DOMAIN = REPO / "configs" / "banking77.yaml"
 LLM = {"model": "tiny", "batch_size": 4}
 # Item text shown in prompts up to the request limit, so that a request can hold a prompt longer than
 # the model's context (the sample queries are far shorter: their prompts do not change).

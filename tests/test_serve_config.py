@@ -12,7 +12,7 @@ from deployments.launch import load_serve_config
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import load_settings, settings_from_dict
 from llm4tag.errors import ConfigError
-from llm4tag.service import ServiceConfig
+from llm4tag.service.settings import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"Ingress", "Encoder", "GraphRecall", "Generator", "Calibrator"}

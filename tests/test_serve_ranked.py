@@ -22,7 +22,7 @@ from test_serve import DOMAIN, QUERIES, REPO, call, free_port
 from llm4tag.data import read_items
 from llm4tag.ranking.cascade import CascadeFit
 from llm4tag.ranking.routing import TauChoice
-from llm4tag.ranking.stored import load_ranking, ranking_dir, save_cascade
+from llm4tag.ranking.store_routing import load_ranking, ranking_dir, save_cascade
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,11 @@
-"""Request validation (llm4tag/http_schema.py) and vocabulary search of the HTTP service (no Ray)."""
+"""Request validation (llm4tag/service/http_schema.py) and vocabulary search of the HTTP service (no Ray)."""
 
 from __future__ import annotations
 
 import pytest
 
 from llm4tag.errors import ConfigError
-from llm4tag.http_schema import (
+from llm4tag.service.http_schema import (
     Limits,
     RequestError,
     RequestSchema,
@@ -16,7 +16,8 @@ from llm4tag.http_schema import (
     require_json,
     without_paths,
 )
-from llm4tag.service import ServiceConfig, TagSearch
+from llm4tag.service.settings import ServiceConfig
+from llm4tag.service.tag_search import TagSearch
 
 LIMITS = Limits(max_items=3, max_text_chars=50, max_tags_per_item=2)
 VOCAB = {"card_arrival", "exchange_rate", "top_up_failed"}

@@ -8,7 +8,7 @@ from pathlib import Path
 from llm4tag.cascade_fit import fit_store_cascade
 from llm4tag.cli.common import add_config, print_json
 from llm4tag.config import load_settings
-from llm4tag.ranking.stored import ranking_dir
+from llm4tag.ranking.store_routing import ranking_dir
 from llm4tag.store_builder import build_store_from_files
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from llm4tag import models
+from llm4tag import llm_weights as models
 from llm4tag.cli.common import print_json
 
 

@@ -10,7 +10,7 @@ from llm4tag.cli.common import add_config, print_json
 from llm4tag.config import load_settings
 from llm4tag.data import read_items
 from llm4tag.errors import LLM4TagError
-from llm4tag.review_queue import ReviewQueue, ReviewSettings, import_rows, read_bulk_rows
+from llm4tag.service.review_queue import ReviewQueue, ReviewSettings, import_rows, read_bulk_rows
 
 
 def register(verbs) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from llm4tag.cli.common import add_config, llm_settings, print_json
 from llm4tag.data import read_items, read_tags, write_records
+from llm4tag.encoded_text import readable_tag
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
 from llm4tag.errors import LLM4TagError
 from llm4tag.evaluation.plots import popularity_histogram
-from llm4tag.texts import readable_tag
 from llm4tag.vocab import VocabularyBuilder, vocabulary_coverage
 
 

@@ -17,7 +17,7 @@ from llm4tag.config.settings import (
     load_settings,
     settings_from_dict,
 )
-from llm4tag.modes import MODES, MULTI_TAG_MEAN, resolve_mode
+from llm4tag.tag_mode import MODES, MULTI_TAG_MEAN, resolve_mode
 
 __all__ = [
     "MODES",

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from llm4tag.section import Section
+from llm4tag.config_section import Section
 
 SELECTIONS = ("diverse", "balanced", "random", "all")
 MISSING_GOLD = ("inject", "drop")

@@ -12,11 +12,11 @@ import json
 from pydantic import BaseModel
 
 from graph_store.config import ConfigModel
-from llm4tag.annif_compat import AnnifSettings
 from llm4tag.config.settings import Settings
 from llm4tag.prompts import PeerPromptConfig, PromptConfig
-from llm4tag.review_queue import ReviewSettings
-from llm4tag.service import ServiceConfig
+from llm4tag.service.annif import AnnifSettings
+from llm4tag.service.review_queue import ReviewSettings
+from llm4tag.service.settings import ServiceConfig
 
 HEADER = """# Configuration reference
 

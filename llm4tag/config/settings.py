@@ -15,13 +15,13 @@ from pydantic import Field, field_validator, model_validator
 from graph_store import GraphConfig
 from graph_store.config import read_yaml
 from llm4tag.config.finetune import FinetuneConfig
+from llm4tag.config_section import Section
 from llm4tag.encoder import EncoderConfig
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ConfigError
-from llm4tag.modes import MULTI_TAG_MEAN
 from llm4tag.prompts import PeerPromptConfig, PromptConfig
 from llm4tag.ranking.config import RankingConfig
-from llm4tag.section import Section
+from llm4tag.tag_mode import MULTI_TAG_MEAN
 
 
 class TextConfig(Section):

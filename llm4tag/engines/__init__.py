@@ -18,7 +18,7 @@ __all__ = [
 
 
 def make_engine(config: LLMConfig) -> Engine:
-    from llm4tag.models import resolve_llm
+    from llm4tag.llm_weights import resolve_llm
 
     if config.engine == "llamacpp":
         from llm4tag.engines.llamacpp_engine import LlamaCppEngine

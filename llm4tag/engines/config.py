@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from llm4tag.section import Section
+from llm4tag.config_section import Section
 
 ENGINES = ("llamacpp", "transformers", "vllm")
 

@@ -96,7 +96,7 @@ def peft_to_gguf(adapter: Path, base_gguf: Path) -> Path:
 
 
 def _fallback_folder(adapter: Path) -> Path:
-    from llm4tag.models import model_home
+    from llm4tag.llm_weights import model_home
 
     key = hashlib.sha256(str(adapter.resolve()).encode()).hexdigest()[:16]
     return model_home() / "lora-gguf" / key

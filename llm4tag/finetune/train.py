@@ -152,7 +152,7 @@ def train(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from llm4tag.models import resolve_llm
+    from llm4tag.llm_weights import resolve_llm
 
     hf_logging.disable_progress_bar()
     config: FinetuneConfig = settings.finetune

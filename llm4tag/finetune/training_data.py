@@ -33,6 +33,7 @@ from graph_store import GraphStore
 from llm4tag.calibrator import judges_in_context
 from llm4tag.config import resolve_mode
 from llm4tag.data import Item, Tag, read_items, read_tags
+from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder
 from llm4tag.engines.base import CHOICE_SEPARATOR
 from llm4tag.errors import LLM4TagError
@@ -41,7 +42,6 @@ from llm4tag.generator import Generator, TagLabels
 from llm4tag.knowledge import Sample, SampleKnowledgeBase, domain_knowledge
 from llm4tag.prompts import Prompts
 from llm4tag.store_builder import KNOWLEDGE_DIR
-from llm4tag.texts import item_text, tag_text
 
 
 def load_feedback(store_dir: str | Path) -> list:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from llm4tag.data import Item
+from llm4tag.encoded_text import item_text
 from llm4tag.errors import LLM4TagError
-from llm4tag.texts import item_text
 
 SAMPLE_SOURCES = ("annotation", "feedback")
 

@@ -9,9 +9,9 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from llm4tag.data import Tag, read_records
+from llm4tag.encoded_text import readable_tag
 from llm4tag.errors import DataError
 from llm4tag.knowledge.entries import KnowledgeError, Snippet
-from llm4tag.texts import readable_tag
 
 logger = logging.getLogger("llm4tag.knowledge")
 

@@ -11,8 +11,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from llm4tag.config_section import Section
 from llm4tag.engines.base import Messages
-from llm4tag.section import Section
 
 # Placeholders each template may use; anything else is a typo caught at load time.
 _ALLOWED = {

@@ -2,7 +2,7 @@
 LLM is asked, and the final confidence of what it judged; and the fit of all that on held-out LLM
 outcomes of annotated items (never test items).
 
-One :class:`RoutePlan` per store and settings (:func:`llm4tag.ranking.stored.route_plan`) answers, per
+One :class:`RoutePlan` per store and settings (:func:`llm4tag.ranking.store_routing.route_plan`) answers, per
 item, :func:`route_items`; the stage flow (llm4tag/flow.py), which the in-process pipeline and the
 Serve ingress both drive, calls these functions, so an item is routed the same way wherever it is
 tagged.

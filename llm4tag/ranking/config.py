@@ -7,9 +7,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from llm4tag.config_section import Section
 from llm4tag.ranking.learned import LearnedConfig
 from llm4tag.ranking.ranker import RankerConfig
-from llm4tag.section import Section
 
 
 class RankingConfig(Section):

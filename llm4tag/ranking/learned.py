@@ -26,9 +26,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
+from llm4tag.config_section import Section
 from llm4tag.errors import LLM4TagError
 from llm4tag.ranking.provenance import LeakError, check_manifest, data_hash, new_folder, write_manifest
-from llm4tag.section import Section
 
 KINDS = ("omikuji", "linear")
 # Measured on a held-out fifth of each shared train split (benchmarks/learned_recall.py): see the

@@ -29,13 +29,13 @@ from graph_store.durable import durable_file
 from graph_store.metapaths import Hits
 from llm4tag.errors import LLM4TagError
 from llm4tag.evaluation.tagging import expected_calibration_error
-from llm4tag.modes import resolve_mode
 from llm4tag.ranking.crossfit import Annotated, HeldOut, fit_learned, held_out_candidates
 from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
 from llm4tag.ranking.routing import CUT_CONFIDENCE, precision_cut
+from llm4tag.tag_mode import resolve_mode
 
 HELD_OUT = "heldout.jsonl.gz"
 TAG_STATS = "tag_stats.npz"

@@ -22,10 +22,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from llm4tag.config_section import Section
 from llm4tag.errors import LLM4TagError
 from llm4tag.ranking.features import FEATURES
 from llm4tag.ranking.provenance import LeakError, check_manifest, new_folder, write_manifest
-from llm4tag.section import Section
 
 
 class RankerConfig(Section):

@@ -23,7 +23,7 @@ from llm4tag.engines.base import NO_VARIANTS, YES_VARIANTS, ChoiceRequest, Engin
 from llm4tag.engines.config import LLMConfig
 from llm4tag.engines.vllm_engine import VLLMEngine, choices_regex, parse_choices
 from llm4tag.errors import ModelError
-from llm4tag.models import model_home
+from llm4tag.llm_weights import model_home
 
 TINY = (
     Path(os.environ["LLM4TAG_TINY_MODEL"]).expanduser()

@@ -40,8 +40,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from llm4tag.config_section import Section
 from llm4tag.errors import LLM4TagError
-from llm4tag.section import Section
 
 DECISIONS = ("accept", "reject", "replace")
 STATES = ("pending", "applying", "decided")

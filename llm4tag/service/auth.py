@@ -32,8 +32,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from llm4tag.config_section import Section
 from llm4tag.errors import ConfigError
-from llm4tag.section import Section
 
 SCOPES = ("write", "admin")
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llm4tag.http_schema import RequestError
+from llm4tag.service.http_schema import RequestError
 
 DEADLINE_HEADER = "X-Deadline-Ms"
 

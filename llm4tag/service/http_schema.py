@@ -30,8 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llm4tag.config_section import Section
 from llm4tag.data import Item
-from llm4tag.section import Section
 
 # One line of printable text: no C0/C1 controls and no Unicode line or paragraph separators (a reader
 # that splits lines with str.splitlines() would cut a journal or sample-log line at \x85 or \u2028).

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictStr
 
-from llm4tag.section import Section
+from llm4tag.config_section import Section
 from llm4tag.skos import DERIVED_URI_BASE, tag_uri
 
 # Annif's limits (annif.yaml): at most 32 documents per suggest-batch; limit >= 0; 0 <= threshold <= 1.
