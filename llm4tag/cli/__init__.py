@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    # Long work says what it does (llm4tag/progress.py: a line per step) without --verbose.
+    logging.getLogger("llm4tag.progress").setLevel(logging.INFO)
     try:
         return args.run(args)
     except FeedbackIncomplete as exc:
