@@ -162,16 +162,17 @@ def train_store(
 
 
 def working_copy(folder: Path, target: Path) -> Path:
-    """A copy of the cached store at ``folder`` that its script may change, made once; a copy of an
-    earlier build (``--rebuild`` since) is refused, and a copy made before stores were cached is used
-    as it is."""
+    """A copy of the cached store at ``folder`` that its script may change, made once; a copy of another
+    build (other settings or data, or ``--rebuild`` since) is refused, and a copy made before stores
+    were cached is used as it is."""
     record = build_record(folder)
     if target.exists():
         copied = target / RECORD
         if copied.is_file() and json.loads(copied.read_text())["build_id"] != record["build_id"]:
             raise SystemExit(
-                f"{target} is a copy of an earlier build of {folder.name}: the rows cached beside it came "
-                "from that store; use a new --out (or remove that folder) to start from the new one"
+                f"{target} is a copy of another build than {shown(folder)} (other settings or data, or "
+                "--rebuild since): the rows cached beside it came from that store; use a new --out (or "
+                "remove that folder) to start from this one"
             )
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

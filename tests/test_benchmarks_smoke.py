@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,15 @@ def test_commands_run_benchmarks_as_modules():
     documents = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks" / "README.md"]
     for path in documents:
         assert not re.search(r"python3? benchmarks/\w+\.py", path.read_text(encoding="utf-8")), path
+
+
+def test_annif_peer_needs_the_standard_library_alone():
+    # It runs in Annif's own virtualenv, which has none of our dependencies: -S leaves them out.
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "benchmarks.annif_peer", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "usage: python -m benchmarks.annif_peer" in done.stdout, done.stderr
