@@ -46,6 +46,9 @@ def _bad_lines(texts: list[str], good_ids: list[str], rng: random.Random) -> lis
         (json.dumps({"id": f"bad-{rng.random()}", "text": ["a", "list"]}), "text"),
         (json.dumps({"id": f"bad-{rng.random()}", "text": " "}), "text"),
         (json.dumps({"id": rng.choice(good_ids), "text": "another text under an id already used"}), "id"),
+        # A valid id and text, yet no valid item: the read tasks must drop these too.
+        (json.dumps({"id": f"bad-{rng.random()}", "text": some, "tags": 5}), "tags"),
+        (json.dumps({"id": f"bad\u2028{rng.random()}", "text": some}), "id"),
         ('{"id": "broken", "text": ', None),
         ("[1, 2, 3]", None),
     ]
