@@ -11,6 +11,7 @@ from fastapi import Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
+from deployments.stage_calls import Overloaded
 from llm4tag import flow
 from llm4tag.service.annif import PROBLEM_MEDIA_TYPE, TITLES, Problem
 from llm4tag.service.http_schema import ErrorOut, Limits, RequestError
@@ -36,10 +37,6 @@ async def in_thread(function, *args):
     # Model calls run off the replica's event loop, which must stay free for health checks and for
     # queueing the next batch while this one computes.
     return await asyncio.to_thread(function, *args)
-
-
-class Overloaded(Exception):
-    """A stage refused more work (Serve's back pressure): the ingress answers 503 with Retry-After."""
 
 
 class Refused(Exception):

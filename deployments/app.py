@@ -20,7 +20,6 @@ from deployments.generator import GeneratorDeployment
 from deployments.graph_recall import GraphRecallDeployment
 from deployments.ingress import IngressDeployment
 from graph_store import read_vocabulary
-from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings, load_settings
 from llm4tag.errors import ConfigError
 from llm4tag.service.annif import AnnifSettings
@@ -96,7 +95,7 @@ def build_app(args: dict[str, Any]) -> Application:
     calibrator = None
     # Judgments that continue the generation conversations run where those were computed, in the
     # Generator's call (one model in memory, only the question computed): no Calibrator deployment.
-    if settings.pipeline.calibrate and not judges_in_context(settings.llm, settings.prompts):
+    if settings.pipeline.calibrate and not settings.judges_with_generation:
         calibrator = opt(CalibratorDeployment, "Calibrator").bind(
             store, settings, service.calibrator, service.llm_nice
         )

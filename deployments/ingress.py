@@ -24,18 +24,16 @@ the app (and the routes with the globals they see) while this module is still be
 """
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from deployments._common import (
     KEYED,
@@ -52,13 +50,12 @@ from deployments.annif_api import router as annif_router
 from deployments.review_api import ReviewRoutes
 from deployments.review_api import router as review_router
 from deployments.serve_metrics import ServiceMetrics
-from graph_store import shard_of
+from deployments.stage_calls import StageCalls
 from llm4tag import flow
-from llm4tag.calibrator import judges_in_context
 from llm4tag.config import Settings
 from llm4tag.data import Item
 from llm4tag.engines.adapters import OutsideAdaptersRoot, check_adapter, under_adapters_root
-from llm4tag.errors import ModelError, PromptTooLong
+from llm4tag.errors import ModelError
 from llm4tag.finetune.registry import write_active
 from llm4tag.ranking.store_routing import FollowedRouting
 from llm4tag.service.admission import DEADLINE_HEADER, Admission, request_deadline_s
@@ -87,28 +84,12 @@ app = FastAPI(
     version="0.1.0",
 )
 ERRORS = refusals(400, 401, 403, 409, 413, 415, 422, 503, 504)
-RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 # The request models of the default configuration, for the OpenAPI page; each replica validates with
 # the models of its own configuration (texts.item_fields).
 DOCUMENTED = RequestSchema()
 app.include_router(review_router)
 app.include_router(annif_router)
 app.add_exception_handler(RequestValidationError, invalid_parameter)
-
-# Calls that write: once started they run to the end, whatever the request's deadline or its client.
-WRITES = (flow.Record, flow.RecordSamples, flow.Writes)
-
-# The stage a flow call's time is reported as (timings_ms, the stage_latency_ms metric).
-STAGE_OF = {
-    flow.Encode: "encode",
-    flow.Search: "recall",
-    flow.Rank: "rank",
-    flow.Generate: "generate",
-    flow.Calibrate: "calibrate",
-    flow.Record: "write_back",
-    flow.Writes: "write",
-}
-
 
 def answers(route: str):
     """The one exception handler: a route wrapped in it answers every refusal with
@@ -151,7 +132,6 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         annif: AnnifSettings | None = None,
         encoder_id: str | None = None,
     ):
-        self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
         self.settings = settings
         self.service = service
         self.limits = self.service.limits
@@ -160,30 +140,34 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         self.vocabulary = frozenset(self.tags)
         self.tag_search = TagSearch(self.tags, self.descriptions, self.limits.max_query_chars)
         self.schema = RequestSchema([f for f in self.settings.texts.item_fields if f != "text"])
-        # Judgments that continue the generation conversations are made by the Generator replica that
-        # computed them, in the same call (deployments/app.py binds no Calibrator then).
-        self.judges_with_generation = self.settings.pipeline.calibrate and judges_in_context(
-            self.settings.llm, self.settings.prompts
-        )
         self.metrics = ServiceMetrics()
         self.admission = Admission(batch_size=self.service.generator.max_batch_size)
+        self.calls = StageCalls(
+            encoder,
+            shards,
+            generator,
+            calibrator,
+            settings.graph.recall,
+            service.retries,
+            self.metrics,
+            lambda load: self.admission.observe_replica(load["replica"], load["item_s"], load["queued"]),
+        )
         # Read here, in the replica, from its node's environment or secret file: never an argument of
         # the application (Serve keeps those in its config, which its dashboard shows).
         self.keys = ApiKeys.load(self.service.auth) if self.service.auth.enabled else None
         # The store's ranking and routing plan, as the in-process pipeline opens them: ranked and
         # routed here, so items the ranker settles never reach the Generator deployment.
         # Followed: a refit or cascade fit of the served store is picked up without a redeploy.
-        self.routing = None
-        if store is not None:
-            pipeline = self.settings.pipeline
-            self.routing = FollowedRouting(
-                store,
-                encoder_id,
-                route=pipeline.route,
-                threshold=pipeline.threshold,
-                target_precision=pipeline.target_precision,
-                num_candidates=self.settings.graph.recall.num_candidates,
-            )
+        pipeline = self.settings.pipeline
+        self.routing = FollowedRouting(
+            store,
+            encoder_id,
+            route=pipeline.route,
+            threshold=pipeline.threshold,
+            target_precision=pipeline.target_precision,
+            num_candidates=self.settings.graph.recall.num_candidates,
+        )
+        self.options = flow.FlowOptions.of(settings, self.tags, self.routing.current[1])
         self._init_review(store, review or ReviewSettings(), self.settings.pipeline.threshold)
         self._init_annif(annif or AnnifSettings(), vocabulary, vocabulary.get("modified"))
 
@@ -248,153 +232,6 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                     "body", f"is more than the limit of {self.limits.max_body_bytes} bytes", 413
                 )
         return bytes(raw)
-
-    async def _call(self, stage: str, method, *args):
-        """One downstream call; a replica that died mid-call is retried on another (Serve replaces it).
-        A caller that gives up (deadline, client gone) cancels the call in the stage too."""
-        for attempt in range(self.service.retries + 1):
-            response = method.remote(*args)
-            try:
-                return await response
-            except asyncio.CancelledError:
-                response.cancel()
-                raise
-            except BackPressureError as exc:
-                raise Overloaded(stage) from exc
-            except RETRYABLE:
-                if attempt == self.service.retries:
-                    raise
-                self.metrics.retries.inc(tags={"stage": stage})
-                await asyncio.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    async def _item_call(self, stage: str, index: int, method, *args):
-        """A call for one item of the request: a prompt that does not fit the model is that item's
-        413 (the other requests of the stage's batch are answered; deployments/_batching.py)."""
-        try:
-            return await self._call(stage, method, *args)
-        except PromptTooLong as exc:
-            raise RequestError(
-                f"items[{index}].text",
-                "makes a prompt longer than the model's context (llm.max_model_len): shorten it",
-                413,
-            ) from exc
-
-    # -- the flow's calls, answered by the stage deployments
-
-    async def answer(self, call: flow.Call):
-        if isinstance(call, flow.Encode):
-            vectors = await asyncio.gather(
-                *(self._call("encode", self.encoder.encode, c) for c in call.contents)
-            )
-            return np.stack(vectors)
-        if isinstance(call, flow.Search):
-            return await asyncio.gather(*(self._call("recall", s.search, call.vectors) for s in self.shards))
-        if isinstance(call, flow.Rank):
-            recall = self.settings.graph.recall
-            rank = self.routing.current[0].models.rank
-            return await asyncio.to_thread(rank, call.contents, call.vectors, call.hits, recall)
-        if isinstance(call, flow.Generate):
-            answered, _ = await self._generate(call)
-            return answered
-        if isinstance(call, flow.Calibrate):
-            # A Calibrator deployment judges the item alone (figure 5): it holds no conversation.
-            return await asyncio.gather(
-                *(
-                    self._item_call("calibrate", index, self.calibrator.judge, (content, list(tags), None))
-                    for index, (content, tags) in enumerate(zip(call.contents, call.tags, strict=True))
-                )
-            )
-        if isinstance(call, flow.Record):
-            return await self._record(call)
-        if isinstance(call, flow.RecordSamples):
-            return await self._call("feedback", self.generator.record_samples, call.samples, call.vectors)
-        if isinstance(call, flow.Writes):
-            return await asyncio.gather(*(self.answer(w) for w in call.writes), return_exceptions=True)
-        raise TypeError(f"no answer to {type(call).__name__}")
-
-    async def _generate(self, call: flow.Generate) -> tuple[list, float]:
-        """The Generate call's answer, and the milliseconds of it that judging took (the longest
-        batch's: the items were judged in parallel batches)."""
-        results = await asyncio.gather(
-            *(
-                self._item_call(
-                    "generate",
-                    index,
-                    self.generator.generate,
-                    {"id": i, "content": c, "vector": v, "candidates": cands},
-                )
-                for index, (i, c, v, cands) in enumerate(
-                    zip(call.ids, call.contents, call.vectors, call.candidates, strict=True)
-                )
-            )
-        )
-        for *_, load in results:
-            self.admission.observe_replica(load["replica"], load["item_s"], load["queued"])
-        if not call.judge:
-            return [generation for generation, *_ in results], 0.0
-        if any(verdicts is None for _, verdicts, _, _ in results):
-            raise AssertionError("the Generator replicas do not judge: their settings differ")
-        judge_ms = 1000 * max(seconds for _, _, seconds, _ in results)
-        return [(generation, verdicts) for generation, verdicts, _, _ in results], judge_ms
-
-    async def _record(self, call: flow.Record) -> None:
-        """Durable upserts in each item's owning shard (its journal is followed by every replica)."""
-        groups: dict[int, list[int]] = {}
-        for row, item_id in enumerate(call.ids):
-            groups.setdefault(shard_of(item_id, len(self.shards)), []).append(row)
-        await asyncio.gather(
-            *(
-                self._call(
-                    "record",
-                    self.shards[shard].record,
-                    [call.ids[r] for r in rows],
-                    call.vectors[rows],
-                    [call.tags[r] for r in rows],
-                    [call.texts[r] for r in rows],
-                )
-                for shard, rows in groups.items()
-            )
-        )
-
-    async def run(self, steps, timings: dict[str, float] | None = None, deadline: float | None = None):
-        """Drive a flow over the deployments, timing each stage (ms). ``deadline`` (the event loop's
-        clock): a stage still running then is cancelled, with the work it queued downstream, and the
-        request answered 504; writes are not cut short."""
-        result = None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                call = steps.send(result)
-            except StopIteration as stop:
-                return stop.value
-            started = time.perf_counter()
-            judge_ms = 0.0
-            if isinstance(call, WRITES):
-                # Shielded: a client that goes away does not leave a write half-done.
-                result = await asyncio.shield(asyncio.ensure_future(self.answer(call)))
-            else:
-                work = self._generate(call) if isinstance(call, flow.Generate) else self.answer(call)
-                try:
-                    result = await asyncio.wait_for(
-                        work, None if deadline is None else max(0.0, deadline - loop.time())
-                    )
-                except TimeoutError:
-                    raise Refused(
-                        504,
-                        "the request ran past its deadline; its remaining work was dropped (retry "
-                        f"later, or with a longer {DEADLINE_HEADER} up to {self.service.deadline_s:g} s)",
-                        DEADLINE_HEADER,
-                        {"Retry-After": str(self.service.retry_after_s)},
-                    ) from None
-                if isinstance(call, flow.Generate):
-                    result, judge_ms = result
-            if timings is not None:
-                stage = STAGE_OF.get(type(call), type(call).__name__.lower())
-                ms = (time.perf_counter() - started) * 1000
-                timings[stage] = timings.get(stage, 0.0) + ms - judge_ms
-                if judge_ms:  # judged within the Generate call: the Generator's own measure splits it
-                    timings["calibrate"] = timings.get("calibrate", 0.0) + judge_ms
 
     # -- routes
 
@@ -461,16 +298,37 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 {"Retry-After": str(verdict.retry_after_s)},
             )
         timings = {} if timings is None else timings
-        if self.routing is not None and self.routing.due():
+        if self.routing.due():
             await asyncio.to_thread(self.routing.refresh)
+        ranking, plan = self.routing.current  # one consistent pair for the whole request
+        steps = flow.tag_flow(
+            items,
+            dataclasses.replace(self.options, plan=plan),
+            with_candidates=with_candidates,
+            with_dropped=True,
+            unnamed=unnamed,
+        )
         started = time.perf_counter()
         held = self.admission.admit(len(items))
         try:
-            tagged = await self._run_tag(items, with_candidates, timings, unnamed, budget_s)
+            tagged = await flow.run_async(
+                steps,
+                functools.partial(self.calls.answer, ranking=ranking),
+                deadline=asyncio.get_running_loop().time() + budget_s,
+                timings=timings,
+            )
+        except flow.DeadlinePassed:
+            raise Refused(
+                504,
+                "the request ran past its deadline; its remaining work was dropped (retry "
+                f"later, or with a longer {DEADLINE_HEADER} up to {self.service.deadline_s:g} s)",
+                DEADLINE_HEADER,
+                {"Retry-After": str(self.service.retry_after_s)},
+            ) from None
         finally:
             self.admission.release(held)
         llm_ms = timings.get("generate", 0.0) + (
-            timings.get("calibrate", 0.0) if self.judges_with_generation else 0.0
+            timings.get("calibrate", 0.0) if self.options.judges_with_generation else 0.0
         )
         other_s = max(0.0, time.perf_counter() - started - llm_ms / 1000)
         self.admission.observe_request(len(items), tagged.sent_to_llm, other_s)
@@ -481,46 +339,19 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 row.pop("dropped", None)
         return tagged.rows
 
-    async def _run_tag(
-        self,
-        items: list[Item],
-        with_candidates: bool,
-        timings: dict[str, float],
-        unnamed: frozenset[str],
-        budget_s: float,
-    ) -> flow.Tagged:
-        return await self.run(
-            flow.tag_flow(
-                items,
-                item_fields=self.settings.texts.item_fields,
-                tag_names=self.tags,
-                recall=self.settings.graph.recall,
-                calibrate=self.calibrator is not None or self.judges_with_generation,
-                write_back=self.settings.pipeline.write_back,
-                judge_with_generation=self.judges_with_generation,
-                with_candidates=with_candidates,
-                with_dropped=True,
-                unnamed=unnamed,
-                plan=self.routing.current[1] if self.routing is not None else None,
-            ),
-            timings,
-            asyncio.get_running_loop().time() + budget_s,
-        )
-
     def _observe(self, tagged: flow.Tagged) -> None:
-        for cands in tagged.candidates:
-            self.metrics.candidates.observe(len(cands))
-        for verdicts in tagged.verdicts:
-            for verdict in verdicts:
-                if verdict.confidence == verdict.confidence:
-                    self.metrics.confidence.observe(verdict.confidence)
-                (self.metrics.tags_kept if verdict.kept else self.metrics.tags_dropped).inc()
+        for route in tagged.routes:
+            self.metrics.candidates.observe(len(route.scored))
+        for final in tagged.final:
+            for tag in final:
+                if tag.confidence == tag.confidence:
+                    self.metrics.confidence.observe(tag.confidence)
+                (self.metrics.tags_kept if tag.kept else self.metrics.tags_dropped).inc()
         self.metrics.items_tagged.inc(len(tagged.rows))
-        if tagged.sent_to_llm is not None:
-            if tagged.sent_to_llm:
-                self.metrics.items_routed.inc(tagged.sent_to_llm, tags={"to": "llm"})
-            if len(tagged.rows) - tagged.sent_to_llm:
-                self.metrics.items_routed.inc(len(tagged.rows) - tagged.sent_to_llm, tags={"to": "ranker"})
+        if tagged.sent_to_llm:
+            self.metrics.items_routed.inc(tagged.sent_to_llm, tags={"to": "llm"})
+        if len(tagged.rows) - tagged.sent_to_llm:
+            self.metrics.items_routed.inc(len(tagged.rows) - tagged.sent_to_llm, tags={"to": "ranker"})
 
     @app.post(
         "/v1/feedback",
@@ -548,14 +379,15 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         """Both writes are fsynced before this returns: the sample log and the owning shard's journal.
         They run concurrently; if one fails the answer is a 503 naming it, and the same request sent
         again converges (both are upserts). The samples record who sent and who reviewed them."""
-        recorded = await self.run(
+        recorded = await flow.run_async(
             flow.feedback_flow(
                 parsed.items,
                 parsed.incorrect,
                 item_fields=self.settings.texts.item_fields,
                 sender=sender,
                 reviewer=reviewer,
-            )
+            ),
+            self.calls.answer,
         )
         self.metrics.feedback.inc(recorded.items)
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
@@ -576,9 +408,9 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         self._authorize(request, "admin")
         parsed = parse_adapter_request(await self._json(request))
         role, path = parsed.role, parsed.path
-        stage = self.generator if role == "generator" else self.calibrator
-        if stage is None and self.judges_with_generation:
-            stage = self.generator  # the Generator replicas judge (and follow the calibrator adapter)
+        stage = self.calls.generator if role == "generator" else self.calls.calibrator
+        if stage is None and self.options.judges_with_generation:
+            stage = self.calls.generator  # the Generator replicas judge (and follow the calibrator adapter)
         if stage is None:
             raise Refused(422, "this app runs no calibrator", "role")
         if not self.settings.llm.adapters_file:
@@ -596,7 +428,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 raise Refused(422, str(exc), "path") from exc
         await asyncio.to_thread(write_active, self.settings.llm.adapters_file, {role: path}, "admin")
         # One replica loads it now (and confirms); the others load it before their next batch.
-        state = await self._call(f"adapter-{role}", stage.sync_adapters, role)
+        state = await self.calls.call(f"adapter-{role}", stage.sync_adapters, role)
         self.metrics.requests.inc(tags={"route": "/v1/admin/adapter", "status": "200"})
         return {"role": role, "path": path, "replica": state}
 
@@ -626,14 +458,15 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
         responses={503: {"description": "A stage does not answer: ready false, and the error"}},
     )
     async def readyz(self):
-        stages: dict[str, Any] = {"encoder": (self.encoder, ())}
-        stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(self.shards)})
-        stages["generator"] = (self.generator, ())
-        if self.calibrator is not None:
-            stages["calibrator"] = (self.calibrator, ())
-        elif self.judges_with_generation:
+        calls = self.calls
+        stages: dict[str, Any] = {"encoder": (calls.encoder, ())}
+        stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(calls.shards)})
+        stages["generator"] = (calls.generator, ())
+        if calls.calibrator is not None:
+            stages["calibrator"] = (calls.calibrator, ())
+        elif self.options.judges_with_generation:
             # Judged on the Generator replicas: one of them describes the role.
-            stages["calibrator"] = (self.generator, ("calibrator",))
+            stages["calibrator"] = (calls.generator, ("calibrator",))
         try:
             answers = await asyncio.wait_for(
                 asyncio.gather(*(handle.describe.remote(*args) for handle, args in stages.values())),
@@ -643,10 +476,10 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
             return JSONResponse(
                 {"ready": False, "error": without_paths(f"{type(exc).__name__}: {exc}")}, status_code=503
             )
-        plan = self.routing.current[1] if self.routing is not None else None
+        plan = self.routing.current[1]
         return {
             "ready": True,
             "stages": without_paths(dict(zip(stages, answers, strict=True))),
-            "routing": plan.describe() if plan is not None else None,
+            "routing": plan.describe(),
             "admission": self.admission.describe(),
         }

@@ -202,7 +202,8 @@ async def review_entry(ingress: Replica, entry: int):
 async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
     sample_ids = [s for s in samples.split(",") if s][:100]
     snippet_ids = [s for s in snippets.split(",") if s][:100]
-    return await ingress._call("knowledge", ingress.generator.knowledge_entries, sample_ids, snippet_ids)
+    entries = ingress.calls.generator.knowledge_entries
+    return await ingress.calls.call("knowledge", entries, sample_ids, snippet_ids)
 
 
 @router.get(
@@ -222,7 +223,8 @@ async def vocabulary(
     if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
         raise Refused(422, f"must be within 1..{ingress.limits.max_search_results}", "limit")
     ingress.tag_search.check_query(q)  # also when ``tag`` is given and q is not searched (as documented)
-    per_shard = await asyncio.gather(*(ingress._call("recall", s.tag_counts) for s in ingress.shards))
+    calls = ingress.calls
+    per_shard = await asyncio.gather(*(calls.call("recall", s.tag_counts) for s in calls.shards))
     counts = [sum(c) for c in zip(*per_shard, strict=True)]
     position = {t: i for i, t in enumerate(ingress.tags)}
     if tag:

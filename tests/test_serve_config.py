@@ -9,7 +9,6 @@ import yaml
 
 from deployments.app import KNOWN_ARGS, resolve_path
 from deployments.launch import load_serve_config
-from llm4tag.calibrator import judges_in_context
 from llm4tag.config import load_settings, settings_from_dict
 from llm4tag.errors import ConfigError
 from llm4tag.service.settings import ServiceConfig
@@ -31,7 +30,7 @@ def test_config_files_validate(name):
     ServiceConfig.load(app["args"].get("service"))
     deployments = {d["name"]: d for d in app["deployments"]}
     # Judgments that continue the generation conversation run on the Generator (deployments/app.py).
-    colocated = judges_in_context(parsed.llm, parsed.prompts)
+    colocated = parsed.judgments_in_context
     assert set(deployments) == (STAGES - {"Calibrator"} if colocated else STAGES)
     ingress = deployments["Ingress"]
     assert ingress["max_queued_requests"] > 0 and ingress["backpressure_config"]["retry_after_s"] > 0

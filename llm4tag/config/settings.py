@@ -202,6 +202,22 @@ class Settings(Section):
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="learned recall and ranker")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="LoRA fine-tuning")
 
+    @property
+    def judgments_in_context(self) -> bool:
+        """Whether a judgment continues the generation conversation (``prompts.layout``; ``auto``:
+        where the engine keeps the computed prompt between calls, so the judgment reads only its
+        question)."""
+        if self.prompts.layout != "auto":
+            return self.prompts.layout == "continuation"
+        return self.llm.engine == "llamacpp" or (self.llm.engine == "vllm" and self.llm.enable_prefix_caching)
+
+    @property
+    def judges_with_generation(self) -> bool:
+        """Calibration is on and its judgments continue the generation conversations: the stage that
+        generated judges, in the same call (the Serve app binds no Calibrator deployment, the bulk job's
+        generate actors judge), since another one would have to compute the conversation again."""
+        return self.pipeline.calibrate and self.judgments_in_context
+
 
 def settings_from_dict(data: dict[str, Any] | None) -> Settings:
     return Settings.load(data)
