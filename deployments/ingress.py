@@ -91,6 +91,7 @@ app.include_router(review_router)
 app.include_router(annif_router)
 app.add_exception_handler(RequestValidationError, invalid_parameter)
 
+
 def answers(route: str):
     """The one exception handler: a route wrapped in it answers every refusal with
     ``{"error", "field"}`` and its status (:meth:`IngressDeployment.refusal`). A decorator rather than
