@@ -16,9 +16,9 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread, lower_priority
 from deployments.calibrator import Judging
 from deployments.serve_metrics import batch_size_histogram
+from deployments.stage_kit import in_thread, lower_priority
 from llm4tag.calibrator import Judged
 from llm4tag.config import Settings
 from llm4tag.flow import judgment_context

@@ -2,7 +2,7 @@
 
 The sections are pydantic models (graph_store.config.ConfigModel, the one config mechanism) that live
 with the code they configure and are gathered here; docs/configuration.md is generated from their
-field descriptions (llm4tag/config/reference.py, checked by tests/test_config.py).
+field descriptions (llm4tag/config_reference.py, checked by tests/test_config.py).
 """
 
 from __future__ import annotations
