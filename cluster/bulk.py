@@ -1,16 +1,17 @@
 """Bulk offline tagging on Ray Data: Parquet/JSONL in, a folder of Parquet files out, resumable.
 
-    read (Parquet or JSONL) -> EncodeRecallStage -> GenerateStage -> CalibrateStage -> driver writes files
+    read (Parquet or JSONL) -> RouteStage -> GenerateStage -> JudgeStage (rows) -> driver writes files
 
-With a ranker in the store (``pipeline.route``), the recall stage also ranks and routes each item by
-the tag flow's own rule (``llm4tag.flow.route_flow``); the generate stage calls the LLM only for the
-items routed to it (the others pass through its actors as data, untouched), and the last stage writes
-every row with ``llm4tag.flow.routed_rows``, as the in-process pipeline and Serve do.
+Each stage is an actor pool that runs one of the tag flow's sub-flows (llm4tag/flow.py) on the
+pipeline's own stage methods, so its rows equal those of ``TaggingPipeline.tag`` and of the Serve
+ingress under the same settings: ``route_flow`` (encode, search, rank, route), ``generate_flow`` (the
+LLM, for the items routed to it; judging too where the judgments continue its conversations), then
+``judge_flow`` and the rows (``tagged_rows``). Nothing here orders stages or routes items: the flow
+does. When the store's route plan sends nothing to the LLM, the route stage writes the rows itself
+and no LLM actor starts. ``stages="recall"``: graph recall's candidates only (``llm4tag recall``'s rows).
 
-Each stage is an actor pool over one of the pipeline's stage methods (``TaggingPipeline.encode``/``recall``,
-``generate``, ``calibrate`` + ``result_row``), so its rows equal those of ``TaggingPipeline.tag`` under the
-same settings. Between stages the data are Arrow-friendly columns: the vector as a tensor column of
-float32, candidates and generations as JSON text (their optional fields make structs awkward).
+Between stages the data are Arrow-friendly columns: the vector as a tensor column of float32, routes,
+generations and verdicts as JSON text (their optional fields make structs awkward).
 
 Output: the driver, not the workers, writes the files. Each file is written under a hidden temporary
 name, fsynced and renamed into place, so a file in the folder is always complete; a rerun reads the ids of
@@ -26,7 +27,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,201 +46,174 @@ from cluster.bulk_files import (
     select_rows,
     to_item,
 )
-from graph_store import Candidate
+from graph_store import read_vocabulary
 from llm4tag import flow
-from llm4tag.calibrator import Judged, judges_in_context
+from llm4tag.calibrator import Judged
 from llm4tag.config import BulkStage, Settings
 from llm4tag.errors import DataError, LLM4TagError
-from llm4tag.flow import result_row
 from llm4tag.generator import Generation
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.ranking.cascade import ItemRoute, judged_tags
+from llm4tag.ranking.cascade import ItemRoute
+from llm4tag.ranking.store_routing import open_routing
 
 STAGES = ("all", "recall")
+Answer = Callable[[flow.Call], Any]
 
-# --- the stages (Ray Data instantiates each class once per actor)
+# --- the columns between the stages
 
 
-class EncodeRecallStage:
-    """CPU: item text -> vector -> graph candidates."""
+def routed_columns(routed: flow.Routed) -> dict[str, np.ndarray]:
+    return {
+        "id": np.array(routed.ids, dtype=object),
+        "content": np.array(routed.contents, dtype=object),
+        "vector": routed.vectors,
+        "route": np.array([json.dumps(r.to_dict()) for r in routed.routes], dtype=object),
+    }
 
-    def __init__(self, store: str, settings: Settings, source: str, final: bool = False):
+
+def routed_of(batch: dict[str, np.ndarray]) -> flow.Routed:
+    return flow.Routed(
+        [str(i) for i in batch["id"]],
+        [str(c) for c in batch["content"]],
+        np.ascontiguousarray(batch["vector"], dtype=np.float32),
+        [ItemRoute.from_dict(json.loads(r)) for r in batch["route"]],
+    )
+
+
+def generated_columns(generated: flow.Generated) -> dict[str, np.ndarray]:
+    """A generation or verdicts not made (the item was not sent, or not judged yet) is ""."""
+    return {
+        "generation": np.array(
+            [json.dumps(asdict(g)) if g is not None else "" for g in generated.generations], dtype=object
+        ),
+        "verdicts": np.array(
+            [json.dumps([asdict(v) for v in vs]) if vs is not None else "" for vs in generated.verdicts],
+            dtype=object,
+        ),
+    }
+
+
+def generated_of(batch: dict[str, np.ndarray]) -> flow.Generated:
+    return flow.Generated(
+        [Generation(**json.loads(g)) if g else None for g in batch["generation"]],
+        [[Judged(**v) for v in json.loads(vs)] if vs else None for vs in batch["verdicts"]],
+    )
+
+
+def _empty_routed(dim: int) -> dict[str, np.ndarray]:
+    # Same columns and vector width as a full batch, so the blocks' schemas still unify.
+    empty = np.array([], dtype=object)
+    return {"id": empty, "content": empty, "vector": np.zeros((0, dim), np.float32), "route": empty}
+
+
+# --- each stage runs one sub-flow (the functions are the stages' work; the classes open the store)
+
+
+def route_step(items: list, options: flow.FlowOptions, answer: Answer) -> flow.Routed:
+    return flow.run(flow.route_flow(items, options), answer)
+
+
+def generate_step(routed: flow.Routed, options: flow.FlowOptions, answer: Answer) -> flow.Generated:
+    return flow.run(flow.generate_flow(routed, options), answer)
+
+
+def judge_step(
+    routed: flow.Routed, generated: flow.Generated, options: flow.FlowOptions, answer: Answer
+) -> flow.Generated:
+    return flow.run(flow.judge_flow(routed, generated, options), answer)
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """What the output rows carry (``llm4tag tag --candidates/--dropped``) and the files' schema."""
+
+    with_candidates: bool
+    with_dropped: bool
+    with_raw: bool
+
+    @property
+    def schema(self) -> pa.Schema:
+        return output_schema("all", self.with_candidates, self.with_dropped, self.with_raw)
+
+    def table(self, routed: flow.Routed, generated: flow.Generated, options: flow.FlowOptions) -> pa.Table:
+        tagged = flow.tagged_rows(routed, generated, options.plan, self.with_candidates, self.with_dropped)
+        return pa.Table.from_pylist(tagged.rows, schema=self.schema)
+
+
+class RouteStage:
+    """CPU: ``route_flow``; the routed columns for the LLM stages, or the output rows (``rows``) when
+    the route plan sends nothing to the LLM."""
+
+    def __init__(self, store: str, settings: Settings, source: str, rows: RowOptions | None = None):
         self.pipeline = TaggingPipeline.open(store, settings, load_engine=False)
-        self.source = source
-        self.final = final  # recall-only job: emit output rows, not columns for the next stage
+        self.source, self.rows = source, rows
 
     def __call__(self, batch: pa.Table) -> pa.Table | dict[str, np.ndarray]:
         items = [to_item(r, self.source) for r in batch.to_pylist()]
-        routed = self.pipeline.plan is not None and not self.final
+        options = self.pipeline.options
         if not items:
-            return _empty(self.final, self.pipeline.recaller.encoder.dim, routed)
-        contents, vectors = self.pipeline.encode(items)
-        if routed:
-            recall = self.pipeline.recaller.store.config.recall
-            steps = flow.route_flow(
-                contents, vectors, self.pipeline.search(vectors), recall, self.pipeline.plan
-            )
-            routes = flow.run(steps, self.pipeline.answer)
-            return {
-                "id": np.array([i.id for i in items], dtype=object),
-                "content": np.array(contents, dtype=object),
-                "vector": vectors,
-                "candidates": np.array(
-                    [json.dumps([{"tag": t} for t in r.candidates]) for r in routes], dtype=object
-                ),
-                "route": np.array([json.dumps(r.to_dict()) for r in routes], dtype=object),
-            }
-        candidates = self.pipeline.recall(vectors)
-        if self.final:
-            rows = [
-                {"id": i.id, "candidates": [c.to_dict() for c in cands]}
-                for i, cands in zip(items, candidates, strict=True)
-            ]
-            return pa.Table.from_pylist(rows, schema=output_schema("recall", False, False, False))
-        return {
-            "id": np.array([i.id for i in items], dtype=object),
-            "content": np.array(contents, dtype=object),
-            "vector": vectors,
-            "candidates": np.array(
-                [json.dumps([c.to_dict() for c in cs]) for cs in candidates], dtype=object
-            ),
-        }
-
-
-def _empty(final: bool, dim: int, routed: bool = False) -> pa.Table | dict[str, np.ndarray]:
-    # Same columns and vector width as a full batch, so the blocks' schemas still unify.
-    if final:
-        return output_schema("recall", False, False, False).empty_table()
-    return {
-        "id": np.array([], dtype=object),
-        "content": np.array([], dtype=object),
-        "vector": np.zeros((0, dim), np.float32),
-        "candidates": np.array([], dtype=object),
-    } | ({"route": np.array([], dtype=object)} if routed else {})
+            if self.rows is not None:
+                return self.rows.schema.empty_table()
+            return _empty_routed(self.pipeline.recaller.encoder.dim)
+        routed = route_step(items, options, self.pipeline.answer)
+        if self.rows is not None:
+            nothing = flow.Generated([None] * len(items), [None] * len(items))
+            return self.rows.table(routed, nothing, options)
+        return routed_columns(routed)
 
 
 class GenerateStage:
-    """LLM: knowledge-enhanced generation over the recalled candidates (no graph, no encoder). When the
-    judgments continue the generation conversations (``prompts.layout``) it judges too, on the engine
-    that holds them, and the calibrate stage only writes the rows."""
+    """LLM: ``generate_flow`` (no graph, no encoder); the items the ranker settled pass through."""
 
     def __init__(self, store: str, settings: Settings):
-        settings = settings.with_overrides({"pipeline": {"calibrate": _judges_here(settings)}})
-        self.pipeline = TaggingPipeline.open(store, settings, load_graph=False)
+        # Judging here only where the judgments continue this stage's conversations.
+        judges = settings.judges_with_generation
+        self.pipeline = TaggingPipeline.open(
+            store, settings.with_overrides({"pipeline": {"calibrate": judges}}), load_graph=False
+        )
+        # The flow's options are the job's settings (its pipeline's differ only in what it computes).
+        self.options = flow.FlowOptions.of(settings, self.pipeline.tag_names, self.pipeline.plan)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = [str(i) for i in batch["id"]]
-        passed = [k for k in ("id", "content", "candidates", "route") if k in batch]
-        if not ids:
-            empty = np.array([], dtype=object)
-            judged = {"verdicts": empty} if self.pipeline.calibrator is not None else {}
-            return {k: batch[k] for k in passed} | {"generation": empty} | judged
-        contents = [str(c) for c in batch["content"]]
-        vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
-        names = [[c["tag"] for c in json.loads(cs)] for cs in batch["candidates"]]
-        # Routed: only the items the ranker did not settle reach the LLM ("" for the others).
-        routes = [ItemRoute.from_dict(json.loads(r)) for r in batch["route"]] if "route" in batch else None
-        sent = (
-            [i for i, r in enumerate(routes) if r.needs_llm] if routes is not None else list(range(len(ids)))
-        )
-        generations = (
-            self.pipeline.generate(
-                [ids[i] for i in sent], [contents[i] for i in sent], vectors[sent], [names[i] for i in sent]
-            )
-            if sent
-            else []
-        )
-        column = [""] * len(ids)
-        for i, g in zip(sent, generations, strict=True):
-            column[i] = json.dumps(asdict(g))
-        out = {k: batch[k] for k in passed} | {"generation": np.array(column, dtype=object)}
-        if self.pipeline.calibrator is not None:
-            tags = [
-                judged_tags(routes[i], g.tags) if routes is not None else g.tags
-                for i, g in zip(sent, generations, strict=True)
-            ]
-            verdicts = self.pipeline.calibrate([contents[i] for i in sent], tags, generations) if sent else []
-            judged = ["[]"] * len(ids)
-            for i, vs in zip(sent, verdicts, strict=True):
-                judged[i] = json.dumps([asdict(v) for v in vs])
-            out["verdicts"] = np.array(judged, dtype=object)
-        return out
+        routed = routed_of(batch)
+        generated = generate_step(routed, self.options, self.pipeline.answer)
+        return {k: batch[k] for k in ("id", "content", "vector", "route")} | generated_columns(generated)
 
 
-def _judges_here(settings: Settings) -> bool:
-    """Whether the generate stage also judges (the judgments continue its conversations)."""
-    return settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
+class JudgeStage:
+    """LLM (where generation did not judge): ``judge_flow``, then the output rows."""
 
-
-class CalibrateStage:
-    """LLM: Yes/No verdict per generated tag, then the output rows (``pipeline.result_row``)."""
-
-    def __init__(self, store: str, settings: Settings, with_candidates: bool, with_dropped: bool):
-        # Judged already by the generate stage: no model needed here.
-        self.pipeline = TaggingPipeline.open(
-            store, settings, load_graph=False, load_engine=not _judges_here(settings)
-        )
-        self.with_candidates = with_candidates
-        self.with_dropped = with_dropped
-        self.schema = output_schema(
-            "all",
-            with_candidates,
-            with_dropped,
-            with_raw=not settings.pipeline.constrained,
-            routed=self.pipeline.plan is not None,
-        )
+    def __init__(self, store: str, settings: Settings, rows: RowOptions):
+        # A model only where this stage judges (not judged by the generate stage, and calibrating).
+        judges_here = settings.pipeline.calibrate and not settings.judges_with_generation
+        self.pipeline = TaggingPipeline.open(store, settings, load_graph=False, load_engine=judges_here)
+        self.rows = rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        if "route" in batch:
-            return self._routed(batch)
-        generations = [Generation(**json.loads(g)) for g in batch["generation"]]
-        contents = [str(c) for c in batch["content"]]
-        if "verdicts" in batch:
-            verdicts = [[Judged(**v) for v in json.loads(vs)] for vs in batch["verdicts"]]
-        else:
-            verdicts = (
-                self.pipeline.calibrate(contents, [g.tags for g in generations], generations)
-                if generations
-                else []
-            )
-        rows = [
-            result_row(
-                str(item_id),
-                [Candidate.from_dict(c) for c in json.loads(cands)],
-                generation,
-                judged,
-                self.with_candidates,
-                self.with_dropped,
-            )
-            for item_id, cands, generation, judged in zip(
-                batch["id"], batch["candidates"], generations, verdicts, strict=True
-            )
-        ]
-        return pa.Table.from_pylist(rows, schema=self.schema)
+        options = self.pipeline.options
+        routed = routed_of(batch)
+        generated = judge_step(routed, generated_of(batch), options, self.pipeline.answer)
+        return self.rows.table(routed, generated, options)
 
-    def _routed(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        routes = [ItemRoute.from_dict(json.loads(r)) for r in batch["route"]]
-        generations = [Generation(**json.loads(g)) if g else None for g in batch["generation"]]
-        if "verdicts" in batch:
-            verdicts = [[Judged(**v) for v in json.loads(vs)] for vs in batch["verdicts"]]
-        else:
-            sent = [i for i, g in enumerate(generations) if g is not None]
-            contents = [str(batch["content"][i]) for i in sent]
-            tags = [judged_tags(routes[i], generations[i].tags) for i in sent]
-            judged = self.pipeline.calibrate(contents, tags, [generations[i] for i in sent]) if sent else []
-            verdicts = [[] for _ in routes]
-            for i, vs in zip(sent, judged, strict=True):
-                verdicts[i] = vs
-        rows = flow.routed_rows(
-            [str(i) for i in batch["id"]],
-            routes,
-            generations,
-            verdicts,
-            self.pipeline.plan,
-            self.with_candidates,
-            self.with_dropped,
-        )
-        return pa.Table.from_pylist(rows, schema=self.schema)
+
+class RecallStage:
+    """CPU, ``stages="recall"``: graph recall's candidates (``llm4tag recall``'s rows), no routing."""
+
+    def __init__(self, store: str, settings: Settings, source: str):
+        self.pipeline = TaggingPipeline.open(store, settings, load_engine=False)
+        self.source = source
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items = [to_item(r, self.source) for r in batch.to_pylist()]
+        schema = output_schema("recall", False, False, False)
+        if not items:
+            return schema.empty_table()
+        _, vectors = self.pipeline.encode(items)
+        rows = [
+            {"id": i.id, "candidates": [c.to_dict() for c in cands]}
+            for i, cands in zip(items, self.pipeline.recall(vectors), strict=True)
+        ]
+        return pa.Table.from_pylist(rows, schema=schema)
 
 
 # --- the job
@@ -297,18 +271,30 @@ def build_dataset(
     # Blocks of one batch each: a map task turns its input blocks into one output block, so without
     # this a whole input file would cross every stage as one block and nothing would reach the
     # output (and survive a crash) until the last stage had finished all of it.
-    ds = ds.repartition(target_num_rows_per_block=bulk.recall.batch_size).map_batches(
-        EncodeRecallStage,
+    ds = ds.repartition(target_num_rows_per_block=bulk.recall.batch_size)
+    source = str(input_path)
+    if stages == "recall":
+        return ds.map_batches(
+            RecallStage,
+            fn_constructor_kwargs={"store": store, "settings": settings, "source": source},
+            batch_format="pyarrow",
+            **_stage_args(bulk.recall),
+        )
+    rows = RowOptions(with_candidates, with_dropped, with_raw=not settings.pipeline.constrained)
+    # No LLM actor where the route plan sends nothing to the LLM: the route stage writes the rows.
+    llm = routes_to_llm(store, settings)
+    ds = ds.map_batches(
+        RouteStage,
         fn_constructor_kwargs={
             "store": store,
             "settings": settings,
-            "source": str(input_path),
-            "final": stages == "recall",
+            "source": source,
+            "rows": None if llm else rows,
         },
         batch_format="pyarrow",
         **_stage_args(bulk.recall),
     )
-    if stages == "recall":
+    if not llm:
         return ds
     ds = ds.repartition(target_num_rows_per_block=bulk.generate.batch_size).map_batches(
         GenerateStage,
@@ -317,16 +303,25 @@ def build_dataset(
         **_stage_args(bulk.generate),
     )
     return ds.repartition(target_num_rows_per_block=bulk.calibrate.batch_size).map_batches(
-        CalibrateStage,
-        fn_constructor_kwargs={
-            "store": store,
-            "settings": settings,
-            "with_candidates": with_candidates,
-            "with_dropped": with_dropped,
-        },
+        JudgeStage,
+        fn_constructor_kwargs={"store": store, "settings": settings, "rows": rows},
         batch_format="numpy",
         **_stage_args(bulk.calibrate),
     )
+
+
+def routes_to_llm(store: str, settings: Settings) -> bool:
+    """Whether the store's route plan (as every way of tagging opens it) sends any item to the LLM."""
+    pipeline = settings.pipeline
+    _, plan = open_routing(
+        store,
+        read_vocabulary(store).encoder_id,
+        route=pipeline.route,
+        threshold=pipeline.threshold,
+        target_precision=pipeline.target_precision,
+        num_candidates=settings.graph.recall.num_candidates,
+    )
+    return not plan.sends_nothing
 
 
 @dataclass

@@ -30,31 +30,31 @@ TMP_SUFFIX = ".tmp"
 
 # --- the output schema: fixed, so that every file of a folder (and of every rerun) has the same one
 
+# A tag of a row (docs/usage.md "Output rows"): its final confidence, who kept it, its provenance, the
+# ranker's probability and the LLM's raw Yes where known, graph recall's detail for unranked candidates.
 TAG = pa.struct(
     [
         ("tag", pa.string()),
         ("confidence", pa.float64()),  # null: not calibrated
         ("source", pa.string()),
-        ("recall_score", pa.float64()),  # null: the LLM named a tag outside the candidates
-        ("via", pa.list_(pa.string())),
-    ]
-)
-# A tag of a routed row (a ranker in the store, pipeline.route): who kept it, its ranker probability,
-# the LLM's raw Yes-probability (judged tags).
-ROUTED_TAG = pa.struct(
-    [
-        ("tag", pa.string()),
-        ("confidence", pa.float64()),
-        ("source", pa.string()),
         ("by", pa.string()),
         ("ranker", pa.float64()),
         ("yes", pa.float64()),
+        ("recall_score", pa.float64()),
+        ("via", pa.list_(pa.string())),
     ]
 )
-# A candidate ranked by the store's ranker (ScoredTag.to_dict).
-RANKED = pa.struct(
-    [("tag", pa.string()), ("confidence", pa.float64()), ("score", pa.float64()), ("source", pa.string())]
+# A candidate of a row (ScoredTag.to_dict): the ranker's probability where one scored it.
+SCORED = pa.struct(
+    [
+        ("tag", pa.string()),
+        ("confidence", pa.float64()),
+        ("score", pa.float64()),
+        ("source", pa.string()),
+        ("via", pa.list_(pa.string())),
+    ]
 )
+# A candidate of graph recall (`llm4tag recall`'s rows, Candidate.to_dict).
 CANDIDATE = pa.struct(
     [
         ("tag", pa.string()),
@@ -66,30 +66,27 @@ CANDIDATE = pa.struct(
     ]
 )
 KNOWLEDGE = pa.struct([("samples", pa.list_(pa.string())), ("snippets", pa.list_(pa.string()))])
-# Keys that result_row / Candidate.to_dict leave out when empty are nulls in Parquet.
-_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw", "by", "ranker", "yes", "route"}
+# Keys that the rows (tagged_row, FinalTag/ScoredTag/Candidate.to_dict) leave out when empty are nulls
+# in Parquet.
+_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw", "ranker", "yes"}
 
 
-def output_schema(
-    stages: str, with_candidates: bool, with_dropped: bool, with_raw: bool, routed: bool = False
-) -> pa.Schema:
-    """``routed``: the store has a ranker the items are routed by (a ``route`` column; candidates are
-    the ranker's)."""
+def output_schema(stages: str, with_candidates: bool, with_dropped: bool, with_raw: bool) -> pa.Schema:
+    """The files' schema: the tag flow's rows (one shape, with or without a ranker), or graph recall's
+    candidates (``stages="recall"``)."""
     if stages == "recall":
         return pa.schema([("id", pa.string()), ("candidates", pa.list_(CANDIDATE))])
-    tag = ROUTED_TAG if routed else TAG
     fields = [
         ("id", pa.string()),
-        ("tags", pa.list_(tag)),
+        ("tags", pa.list_(TAG)),
+        ("route", pa.string()),
         ("knowledge", KNOWLEDGE),
         ("generated", pa.list_(pa.string())),
     ]
-    if routed:
-        fields.append(("route", pa.string()))
     if with_dropped:
-        fields.append(("dropped", pa.list_(tag)))
+        fields.append(("dropped", pa.list_(TAG)))
     if with_candidates:
-        fields.append(("candidates", pa.list_(RANKED if routed else CANDIDATE)))
+        fields.append(("candidates", pa.list_(SCORED)))
     if with_raw:
         fields.append(("raw", pa.string()))
     return pa.schema(fields)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from deployments._common import KEYED, answered, current_replica, problems
+from deployments.route_kit import KEYED, Replica, problems
 from llm4tag.data import Item
 from llm4tag.service.annif import (
     FORM_MEDIA_TYPE,
@@ -43,51 +42,41 @@ from llm4tag.service.http_schema import RequestSchema
 
 log = logging.getLogger("ray.serve")
 router = APIRouter()
-Replica = Annotated[Any, Depends(current_replica)]
 API_VERSION = "0.1.0"
 
 
-class AnnifRoutes:
-    """The Annif project's state and its tagging; the ingress class inherits them, the routes below reach
-    them through the replica."""
+class AnnifProject:
+    """The one Annif project this service is: its settings and its tagging through the replica's
+    public API (``ingress.tag``); subjects come from the replica's vocabulary view."""
 
-    annif: AnnifSettings
-    subjects: Subjects
+    def __init__(self, ingress, settings: AnnifSettings):
+        self.ingress = ingress
+        self.settings = settings
 
-    def _init_annif(self, settings: AnnifSettings, vocabulary: dict, modified: str | None) -> None:
-        self.annif = settings
-        meta = (vocabulary.get("meta") or {}).get("vocabulary") or {}
-        self.subjects = Subjects.of(
-            vocabulary["tags"],
-            meta.get("tags"),
-            self.annif.language or meta.get("language"),
-            self.annif.uri_base,
-        )
-        self.annif_modified = modified
-        up: dict[str, list[str]] = defaultdict(list)
-        down: dict[str, list[str]] = defaultdict(list)
-        for narrower, broader in vocabulary.get("broader") or ():
-            up[narrower].append(broader)
-            down[broader].append(narrower)
-        self.hierarchy_up, self.hierarchy_down = dict(up), dict(down)
+    @property
+    def subjects(self) -> Subjects:
+        return self.ingress.vocabulary.subjects
 
-    def _project_or_404(self, project_id: str) -> None:
-        if project_id != self.annif.project_id:
+    def describe(self) -> dict:
+        return project(self.settings, self.subjects, self.ingress.vocabulary.modified)
+
+    def check(self, project_id: str) -> None:
+        if project_id != self.settings.project_id:
             raise Problem(404, f"Project '{project_id}' not found", "Project not found")
 
-    async def _suggest(self, documents: list[str], limit: int, threshold: float) -> list[list[dict]]:
+    async def suggest(self, documents: list[str], limit: int, threshold: float) -> list[list[dict]]:
         """Tag the documents through the service (all judged tags, so that ``threshold`` cuts)."""
         texts = [d for d in documents if d.strip()]
         results: dict[str, list[dict]] = {}
         if texts:
             items = [Item(id=item_id(t), text=t) for t in dict.fromkeys(texts)]
-            rows = await self._tag(items, with_candidates=False, with_dropped=True, origin="annif")
+            rows = await self.ingress.tag(items, with_candidates=False, with_dropped=True, origin="annif")
             results = {row["id"]: suggestions(row, self.subjects, limit, threshold) for row in rows}
         return [results.get(item_id(d), []) if d.strip() else [] for d in documents]
 
 
-# -- routes (module functions: the ingress replica comes in as a dependency; refusals go to the
-# ingress's one handler as Annif's problem details)
+# -- routes (module functions: the ingress replica comes in as a dependency; the app's one handler
+# answers their refusals as Annif's problem details, since they carry the "annif" tag)
 
 
 @router.get("/v1/", summary="Annif: API information", tags=["annif"])
@@ -97,21 +86,20 @@ async def annif_info():
 
 @router.get("/v1/vocabs", summary="Annif: vocabularies", tags=["annif"])
 async def annif_vocabs(ingress: Replica):
-    return {"vocabs": [vocabulary(ingress.annif, ingress.subjects)]}
+    return {"vocabs": [vocabulary(ingress.annif.settings, ingress.annif.subjects)]}
 
 
 @router.get("/v1/projects", summary="Annif: projects", tags=["annif"])
 async def annif_projects(ingress: Replica):
-    return {"projects": [project(ingress.annif, ingress.subjects, ingress.annif_modified)]}
+    return {"projects": [ingress.annif.describe()]}
 
 
 @router.get(
     "/v1/projects/{project_id}", summary="Annif: one project", tags=["annif"], responses=problems(404)
 )
-@answered("/v1/projects/{id}", annif=True)
 async def annif_project(ingress: Replica, project_id: str):
-    ingress._project_or_404(project_id)
-    return project(ingress.annif, ingress.subjects, ingress.annif_modified)
+    ingress.annif.check(project_id)
+    return ingress.annif.describe()
 
 
 @router.post(
@@ -121,13 +109,12 @@ async def annif_project(ingress: Replica, project_id: str):
     responses=problems(400, 404, 413, 503, 504),
     openapi_extra=RequestSchema.body(SuggestForm, FORM_MEDIA_TYPE),
 )
-@answered("/v1/projects/{id}/suggest", annif=True)
 async def annif_suggest(ingress: Replica, project_id: str, request: Request):
-    ingress._project_or_404(project_id)
+    ingress.annif.check(project_id)
     text, params = parse_suggest(
-        parse_form(await ingress._body(request)), ingress.subjects, ingress.limits.max_text_chars
+        parse_form(await ingress.body(request)), ingress.annif.subjects, ingress.limits.max_text_chars
     )
-    (results,) = await ingress._suggest([text], params.limit, params.threshold)
+    (results,) = await ingress.annif.suggest([text], params.limit, params.threshold)
     return {"results": results}
 
 
@@ -141,12 +128,11 @@ async def annif_suggest(ingress: Replica, project_id: str, request: Request):
         **RequestSchema.query(SuggestForm, ["limit", "threshold", "language"]),
     },
 )
-@answered("/v1/projects/{id}/suggest-batch", annif=True)
 async def annif_suggest_batch(ingress: Replica, project_id: str, request: Request):
-    ingress._project_or_404(project_id)
-    params = parse_params(dict(request.query_params), ingress.subjects)
-    documents = parse_batch(_annif_json(await ingress._body(request)), ingress.limits.max_text_chars)
-    results = await ingress._suggest([t for t, _ in documents], params.limit, params.threshold)
+    ingress.annif.check(project_id)
+    params = parse_params(dict(request.query_params), ingress.annif.subjects)
+    documents = parse_batch(_annif_json(await ingress.body(request)), ingress.limits.max_text_chars)
+    results = await ingress.annif.suggest([t for t, _ in documents], params.limit, params.threshold)
     return [
         {"results": found, "document_id": document_id}
         for found, (_, document_id) in zip(results, documents, strict=True)
@@ -162,24 +148,23 @@ async def annif_suggest_batch(ingress: Replica, project_id: str, request: Reques
     responses=problems(400, 401, 403, 404, 413, 503),
     openapi_extra=RequestSchema.body(LearnBody),
 )
-@answered("/v1/projects/{id}/learn", annif=True)
 async def annif_learn(ingress: Replica, project_id: str, request: Request):
-    sender = ingress._authorize(request, "write")  # learning writes feedback
-    ingress._project_or_404(project_id)
-    if not ingress.annif.learn:
+    sender = ingress.authorize(request, "write")  # learning writes feedback
+    ingress.annif.check(project_id)
+    if not ingress.annif.settings.learn:
         raise Problem(
             403,
             f"Project '{project_id}' is not configured to allow learning via API",
             "Learning not allowed",
         )
     items, unknown = parse_learn(
-        _annif_json(await ingress._body(request)),
-        ingress.subjects,
+        _annif_json(await ingress.body(request)),
+        ingress.annif.subjects,
         ingress.limits.max_text_chars,
         ingress.limits.max_items,
     )
     if items:
-        await ingress._write_feedback(ingress._parse_feedback({"items": items}), sender=sender)
+        await ingress.write_feedback(ingress.parse_feedback({"items": items}), sender=sender)
     # Unknown subject URIs are left out as Annif leaves them out; the header says how many.
     headers = {"X-Unknown-Subjects": str(len(unknown))} if unknown else None
     if unknown:

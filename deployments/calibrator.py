@@ -12,9 +12,9 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread, lower_priority
 from deployments.serve_metrics import batch_size_histogram
-from llm4tag.calibrator import Judged, judges_in_context
+from deployments.stage_kit import in_thread, lower_priority
+from llm4tag.calibrator import Judged
 from llm4tag.config import Settings
 from llm4tag.engines.base import Messages
 from llm4tag.pipeline import TaggingPipeline
@@ -44,7 +44,7 @@ class Judging:
             "llm": self.judging.llm_status,
             "model": getattr(self.judging.engine, "name", None),
             "threshold": self.judging.config.threshold,
-            "in_context": judges_in_context(self.judging.settings.llm, self.judging.settings.prompts),
+            "in_context": self.judging.settings.judgments_in_context,
             **self.judge_adapter.describe(),
         }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from deployments._common import configure_batching, in_thread
+from deployments.stage_kit import configure_batching, in_thread
 from graph_store import EncoderMismatchError
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder

@@ -16,10 +16,10 @@ from ray import serve
 
 from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
-from deployments._common import in_thread, lower_priority
 from deployments.calibrator import Judging
 from deployments.serve_metrics import batch_size_histogram
-from llm4tag.calibrator import Judged, judges_in_context
+from deployments.stage_kit import in_thread, lower_priority
+from llm4tag.calibrator import Judged
 from llm4tag.config import Settings
 from llm4tag.flow import judgment_context
 from llm4tag.generator import Generation
@@ -41,7 +41,7 @@ class GeneratorDeployment(Judging):
     def __init__(self, store: str, settings: Settings, batching: Batching, nice: int = 0):
         lower_priority(nice)  # before the engine starts its threads
         # Judging here only when the judgments continue this stage's conversations (app.py).
-        judges = settings.pipeline.calibrate and judges_in_context(settings.llm, settings.prompts)
+        judges = settings.judges_with_generation
         config = settings.with_overrides({"pipeline": {"calibrate": judges}})
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
         self.adapter = AdapterFollower(lambda: self.pipeline.engine, "generator", config.llm.adapters_file)

@@ -8,8 +8,9 @@ POST /v1/feedback + header X-Review-Entry: n   decides entry n (ingress.py; llm4
 GET  /v1/knowledge?samples=&snippets=          retrieved samples and snippets by id
 GET  /v1/vocabulary?q=&limit=&offset=          tags with description, URI, hierarchy, stored-item count
 
-The queue logic is llm4tag/service/review_queue.py; here are only the routes and the two ingress hooks
-(queue uncertain tags of a tagging; wrap a feedback write that decides an entry).
+The queue logic is llm4tag/service/review_queue.py; here are the routes and the replica's desk
+(ReviewDesk: the queue and its two hooks, queueing uncertain tags of a tagging and letting a feedback
+write decide an entry).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from deployments._common import LIMIT_BOUNDS, QUERY_BOUNDS, Refused, answered, current_replica, refusals
+from deployments.route_kit import LIMIT_BOUNDS, QUERY_BOUNDS, Refused, Replica, refusals
 from llm4tag.service.review_queue import (
     MAX_ROW_NUMBER,
     REVIEW_HEADER,
@@ -43,8 +44,6 @@ log = logging.getLogger("ray.serve")
 # was still made in the review queue, by someone who looked at the entry.
 UNNAMED_REVIEWER = "review-queue"
 router = APIRouter()
-# The ingress replica serving the request (its handles, settings, queue).
-Replica = Annotated[Any, Depends(current_replica)]
 UI_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 REVIEWER = re.compile(r"^[^\x00-\x1f]{1,100}\Z")
 
@@ -53,39 +52,31 @@ def ui_folder() -> Path:
     return Path(str(resources.files("deployments") / "ui"))
 
 
-class ReviewRoutes:
-    """The review queue's state and hooks; the ingress class inherits them, the routes below reach them
-    through the replica."""
+class ReviewDesk:
+    """The review queue of one ingress replica, and its two hooks into tagging and feedback: queue the
+    uncertain tags of a tagging, and let a feedback write decide an entry. ``ingress``: the replica's
+    public API (write_feedback, parse_feedback)."""
 
-    review: ReviewQueue | None
-    review_settings: ReviewSettings
-    review_band: tuple[float, float]
+    def __init__(self, ingress, store: str, settings: ReviewSettings, cut: float):
+        self.ingress = ingress
+        self.settings = settings
+        self.band = settings.band_around(cut)
+        self.cut = cut
+        self.queue = ReviewQueue(settings.queue_path(store))
 
-    def _init_review(self, store: str | None, settings: ReviewSettings, cut: float) -> None:
-        self.review_settings = settings
-        self.review_band = self.review_settings.band_around(cut)
-        self.review_cut = cut
-        self.review = (
-            ReviewQueue(self.review_settings.queue_path(store))
-            if store is not None or self.review_settings.queue
-            else None
-        )
-
-    # -- hooks the ingress calls
-
-    async def _review_enqueue(self, items: list, rows: list[dict], origin: str) -> None:
+    async def enqueue(self, items: list, rows: list[dict], origin: str) -> None:
         """Queue the uncertain tags of a tagging (rows carry ``dropped``)."""
-        if self.review is None or not self.review_settings.online:
+        if not self.settings.online:
             return
         found = [
             c
             for item, row in zip(items, rows, strict=True)
-            for c in uncertain_tags(row, item.text, self.review_band, origin, dict(item.extra))
+            for c in uncertain_tags(row, item.text, self.band, origin, dict(item.extra))
         ]
         if found:
-            await asyncio.to_thread(self.review.add, found)
+            await asyncio.to_thread(self.queue.add, found)
 
-    async def _review_decided(self, request: Request, parsed, sender: str | None) -> Any:
+    async def decided(self, request: Request, parsed, sender: str | None) -> Any:
         """Write the feedback (durably), sent by ``sender`` (the key's name); with an
         ``X-Review-Entry`` header the feedback decides that entry: recorded before the writes,
         finished after them, released if they fail. Another reviewer's decision on the same entry gets
@@ -93,9 +84,7 @@ class ReviewRoutes:
         header's, else the key's name."""
         header = request.headers.get(REVIEW_HEADER)
         if header is None:
-            return await self._write_feedback(parsed, sender=sender)
-        if self.review is None:
-            raise ReviewError("this service keeps no review queue", 409, REVIEW_HEADER)
+            return await self.ingress.write_feedback(parsed, sender=sender)
         if not header.strip().isdigit():
             raise ReviewError(f"must be an entry number, got {header!r}", 422, REVIEW_HEADER)
         if len(parsed.items) != 1:
@@ -105,7 +94,7 @@ class ReviewRoutes:
             raise ReviewError("must be 1-100 printable characters", 422, REVIEWER_HEADER)
         reviewer = reviewer or sender or UNNAMED_REVIEWER
         number = int(header)
-        entry = await asyncio.to_thread(self.review.get, number)
+        entry = await asyncio.to_thread(self.queue.get, number)
         item = parsed.items[0]
         decision, replacement = decision_of(entry, item.id, item.text, item.tags or (), parsed.incorrect[0])
         body = {
@@ -115,29 +104,27 @@ class ReviewRoutes:
             "tags": list(item.tags or ()),
             "incorrect": list(parsed.incorrect[0]),
         }
-        await asyncio.to_thread(self.review.begin, number, decision, replacement, reviewer, body)
+        await asyncio.to_thread(self.queue.begin, number, decision, replacement, reviewer, body)
         try:
-            result = await self._write_feedback(parsed, sender=sender, reviewer=reviewer)
+            result = await self.ingress.write_feedback(parsed, sender=sender, reviewer=reviewer)
         except BaseException:
-            await asyncio.to_thread(self.review.abort, number)
+            await asyncio.to_thread(self.queue.abort, number)
             raise
-        decided = await asyncio.to_thread(self.review.finish, number)
+        decided = await asyncio.to_thread(self.queue.finish, number)
         return {**result, "review": decided}
 
-    async def _review_recover(self) -> int:
+    async def recover(self) -> int:
         """Finish entries whose writer died between recording a decision and finishing it: their
         feedback is written again (it merges, so twice is once) and the entry finished."""
-        if self.review is None:
-            return 0
-        stale = await asyncio.to_thread(self.review.stale, self.review_settings.stale_s)
+        stale = await asyncio.to_thread(self.queue.stale, self.settings.stale_s)
         for entry in stale:
             try:
-                parsed = self._parse_feedback(json.loads(entry["feedback"]))
-                await self._write_feedback(parsed, reviewer=entry["reviewer"] or UNNAMED_REVIEWER)
+                parsed = self.ingress.parse_feedback(json.loads(entry["feedback"]))
+                await self.ingress.write_feedback(parsed, reviewer=entry["reviewer"] or UNNAMED_REVIEWER)
             except Exception as exc:  # the next look at the queue tries again
                 log.warning("review entry %s: could not write its feedback again: %s", entry["entry"], exc)
                 continue
-            await asyncio.to_thread(self.review.finish, entry["entry"])
+            await asyncio.to_thread(self.queue.finish, entry["entry"])
         return len(stale)
 
 
@@ -162,47 +149,42 @@ async def ui_file(name: str):
 
 
 @router.get(
-    "/v1/review/queue", summary="Review queue: entries by state, counts, band", responses=refusals(409, 422)
+    "/v1/review/queue", summary="Review queue: entries by state, counts, band", responses=refusals(422)
 )
-@answered("/v1/review/queue")
 async def review_queue(
     ingress: Replica,
     state: Annotated[str, Query(json_schema_extra={"enum": list(STATES)})] = "pending",
     limit: Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": 500})] = 50,
     offset: Annotated[int, Query(json_schema_extra={"minimum": 0, "maximum": MAX_ROW_NUMBER})] = 0,
 ):
-    if ingress.review is None:
-        raise ReviewError("this service keeps no review queue", 409, "review")
     if not 1 <= limit <= 500 or offset < 0:
         raise ReviewError("limit must be within 1..500 and offset >= 0", 422, "limit")
-    recovered = await ingress._review_recover()
-    entries = await asyncio.to_thread(ingress.review.entries, state, limit, offset, ingress.review_cut)
-    counts = await asyncio.to_thread(ingress.review.counts)
+    desk = ingress.review
+    recovered = await desk.recover()
+    entries = await asyncio.to_thread(desk.queue.entries, state, limit, offset, desk.cut)
+    counts = await asyncio.to_thread(desk.queue.counts)
     return {
         "entries": entries,
         "counts": counts,
-        "band": list(ingress.review_band),
-        "cut": ingress.review_cut,
+        "band": list(desk.band),
+        "cut": desk.cut,
         "recovered": recovered,
     }
 
 
-@router.get("/v1/review/entries/{entry}", summary="One review entry", responses=refusals(404, 409))
-@answered("/v1/review/entries")
+@router.get("/v1/review/entries/{entry}", summary="One review entry", responses=refusals(404))
 async def review_entry(ingress: Replica, entry: int):
-    if ingress.review is None:
-        raise ReviewError("this service keeps no review queue", 409, "review")
-    return await asyncio.to_thread(ingress.review.get, entry)
+    return await asyncio.to_thread(ingress.review.queue.get, entry)
 
 
 @router.get(
     "/v1/knowledge", summary="Retrieved samples and knowledge snippets by id", responses=refusals(503)
 )
-@answered("/v1/knowledge")
 async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
     sample_ids = [s for s in samples.split(",") if s][:100]
     snippet_ids = [s for s in snippets.split(",") if s][:100]
-    return await ingress._call("knowledge", ingress.generator.knowledge_entries, sample_ids, snippet_ids)
+    entries = ingress.calls.generator.knowledge_entries
+    return await ingress.calls.call("knowledge", entries, sample_ids, snippet_ids)
 
 
 @router.get(
@@ -210,7 +192,6 @@ async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
     summary="The vocabulary: descriptions, URIs, hierarchy, stored-item counts",
     responses=refusals(422, 503),
 )
-@answered("/v1/vocabulary")
 async def vocabulary(
     ingress: Replica,
     q: Annotated[str, Query(json_schema_extra=QUERY_BOUNDS)] = "",
@@ -219,24 +200,25 @@ async def vocabulary(
     tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ):
     """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
+    view = ingress.vocabulary
     if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
         raise Refused(422, f"must be within 1..{ingress.limits.max_search_results}", "limit")
-    ingress.tag_search.check_query(q)  # also when ``tag`` is given and q is not searched (as documented)
-    per_shard = await asyncio.gather(*(ingress._call("recall", s.tag_counts) for s in ingress.shards))
+    view.search.check_query(q)  # also when ``tag`` is given and q is not searched (as documented)
+    calls = ingress.calls
+    per_shard = await asyncio.gather(*(calls.call("recall", s.tag_counts) for s in calls.shards))
     counts = [sum(c) for c in zip(*per_shard, strict=True)]
-    position = {t: i for i, t in enumerate(ingress.tags)}
     if tag:
         found = [
-            {"tag": t, "description": ingress.descriptions[position[t]]}
+            {"tag": t, "description": view.descriptions[view.position[t]]}
             for t in dict.fromkeys(tag)
-            if t in position
+            if t in view.position
         ][:limit]
     else:
-        found = (await asyncio.to_thread(ingress.tag_search.search, q, offset + limit))[offset:]
+        found = (await asyncio.to_thread(view.search.search, q, offset + limit))[offset:]
     rows = []
     for hit in found:
         tag = hit["tag"]
-        subject = ingress.subjects.subject(tag, 0.0)
+        subject = view.subjects.subject(tag, 0.0)
         rows.append(
             {
                 "tag": tag,
@@ -244,9 +226,9 @@ async def vocabulary(
                 "uri": subject["uri"],
                 "label": subject["label"],
                 "notation": subject["notation"],
-                "broader": ingress.hierarchy_up.get(tag, []),
-                "narrower": ingress.hierarchy_down.get(tag, []),
-                "count": counts[position[tag]],
+                "broader": view.broader.get(tag, []),
+                "narrower": view.narrower.get(tag, []),
+                "count": counts[view.position[tag]],
             }
         )
-    return {"query": q, "tags": rows, "vocabulary_size": len(ingress.tags)}
+    return {"query": q, "tags": rows, "vocabulary_size": len(view.tags)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
+from llm4tag.flow import Tagged
+
 LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000]
 
 
@@ -29,13 +31,11 @@ class ServiceMetrics:
         )
         self.confidence = Histogram(
             "llm4tag_tag_confidence",
-            description="Calibrated confidence of every judged tag (kept and dropped).",
+            description="Final confidence of every tag shown or judged (kept and dropped).",
             boundaries=[round(0.1 * i, 1) for i in range(1, 11)],
         )
-        self.tags_kept = Counter("llm4tag_tags_kept", description="Tags kept after calibration.")
-        self.tags_dropped = Counter(
-            "llm4tag_tags_dropped", description="Generated tags dropped by calibration."
-        )
+        self.tags_kept = Counter("llm4tag_tags_kept", description="Tags kept (over the cut).")
+        self.tags_dropped = Counter("llm4tag_tags_dropped", description="Tags dropped (under the cut).")
         # The share the ranker settles: to=ranker / (to=ranker + to=llm) (pipeline.route).
         self.items_routed = Counter(
             "llm4tag_items_routed",
@@ -46,6 +46,21 @@ class ServiceMetrics:
         self.retries = Counter(
             "llm4tag_stage_retries", description="Calls retried after a replica died.", tag_keys=("stage",)
         )
+
+    def observe_tagged(self, tagged: Tagged) -> None:
+        """A tagged request: its candidates, its tags' confidences and cuts, and where routing sent it."""
+        for route in tagged.routes:
+            self.candidates.observe(len(route.scored))
+        for final in tagged.final:
+            for tag in final:
+                if tag.confidence == tag.confidence:
+                    self.confidence.observe(tag.confidence)
+                (self.tags_kept if tag.kept else self.tags_dropped).inc()
+        self.items_tagged.inc(len(tagged.rows))
+        if tagged.sent_to_llm:
+            self.items_routed.inc(tagged.sent_to_llm, tags={"to": "llm"})
+        if len(tagged.rows) - tagged.sent_to_llm:
+            self.items_routed.inc(len(tagged.rows) - tagged.sent_to_llm, tags={"to": "ranker"})
 
 
 def adapter_metrics() -> tuple[Gauge, Counter]:

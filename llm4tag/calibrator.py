@@ -7,19 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from llm4tag.engines.base import Engine, Messages
-from llm4tag.engines.config import LLMConfig
-from llm4tag.prompts import PromptConfig, Prompts
-
-
-def judges_in_context(llm: LLMConfig, prompts: PromptConfig) -> bool:
-    """Whether judgments continue the generation conversation (``prompts.layout``; ``auto``: where the
-    engine keeps the computed prompt between calls, so the judgment reads only its question).
-
-    The Serve app and the bulk job then run calibration on the engine that generated, since another
-    one would have to compute the whole conversation again."""
-    if prompts.layout != "auto":
-        return prompts.layout == "continuation"
-    return llm.engine == "llamacpp" or (llm.engine == "vllm" and llm.enable_prefix_caching)
+from llm4tag.prompts import Prompts
 
 
 @dataclass(frozen=True)

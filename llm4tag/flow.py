@@ -1,35 +1,46 @@
-"""The order of the stages, written once: encode -> recall (every shard, merged) -> generate ->
-calibrate -> rows (-> write back), and feedback's two writes.
+"""The order of the stages, written once, as sub-flows that every way of tagging runs:
 
-With a fitted ranking in the store (``plan``: llm4tag.ranking.store_routing.route_plan) the tag flow ranks
-the merged candidates (the learned recall's join them), routes each item (llm4tag.ranking.cascade):
-confident items take the ranker's tags, only the others are sent to Generate (and Calibrate), so in
-every way of tagging the routed items never reach the LLM.
+    route_flow      Encode -> Search (every shard, merged) -> Rank (a fitted ranking) -> route each item
+    generate_flow   Generate among the candidates, for the items routed to the LLM (judged in the same
+                    call where the judgments continue the generation conversations)
+    judge_flow      Calibrate the generated tags that generate_flow did not judge
+    tagged_rows     one row per item (pure), then the write-back (WriteEdges) when configured
+
+``tag_flow`` runs them in that order. The in-process pipeline drives it with :func:`run`, the Serve
+ingress with :func:`run_async` over the stage deployments, and the bulk job runs each sub-flow in an
+actor pool of its own, passing :class:`Routed` and :class:`Generated` between them as columns
+(cluster/bulk.py). So the stage order, the merge of the shards' hits, the routing rule and the rows
+exist once.
+
+Without a fitted ranking the plan is :meth:`RoutePlan.unranked`: every item goes to the LLM with graph
+recall's candidates (the paper's pipeline is the route plan that ranks nothing). With one, confident
+items take the ranker's tags and only the others reach Generate and Calibrate (llm4tag/ranking/cascade).
 
 A flow is a generator that yields the stage calls it needs and receives their answers (no I/O of its
-own). :class:`llm4tag.pipeline.TaggingPipeline` answers them in process (:func:`run`); the Serve
-ingress answers them by calling the stage deployments, fanning out per item and per shard, and
-awaiting the answers. So the stage order, the merge of the shards' hits, the rows and the default
-when nothing calibrates exist in one place, and both serve the same rows.
+own); the settings it needs are one :class:`FlowOptions`, built once from the settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Generator, Sequence
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from graph_store import Candidate, RecallConfig
+from graph_store import RecallConfig
 from graph_store.metapaths import Hits, merge_hits, select_merged
 from llm4tag.calibrator import Judged
+from llm4tag.config import Settings
 from llm4tag.data import Item
 from llm4tag.encoded_text import item_text
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import Generation
 from llm4tag.knowledge import Sample
 from llm4tag.ranking.cascade import FinalTag, ItemRoute, RoutePlan, final_tags, judged_tags, route_items
+from llm4tag.ranking.models import ScoredTag
 
 # --- the calls a flow yields (each answered by the pipeline in process, or by a deployment)
 
@@ -85,8 +96,9 @@ class Calibrate:
 
 
 @dataclass
-class Record:
-    """Durable upserts of items with tags into their owning shards (their journals) -> None."""
+class WriteEdges:
+    """Durable upserts of items with tags, as deterministic edges, into their owning shards (their
+    journals) -> None."""
 
     ids: list[str]
     vectors: np.ndarray
@@ -95,7 +107,7 @@ class Record:
 
 
 @dataclass
-class RecordSamples:
+class WriteSamples:
     """Durable samples in the sample knowledge base (its log) -> number recorded."""
 
     samples: list[Sample]
@@ -110,15 +122,87 @@ class Writes:
     writes: list[Any]
 
 
-Call = Encode | Search | Rank | Generate | Calibrate | Record | RecordSamples | Writes
+Call = Encode | Search | Rank | Generate | Calibrate | WriteEdges | WriteSamples | Writes
+WRITES = (WriteEdges, WriteSamples, Writes)
+# The stage a call's time is reported as (timings, the stage latency metric).
+STAGE_OF = {
+    Encode: "encode",
+    Search: "recall",
+    Rank: "rank",
+    Generate: "generate",
+    Calibrate: "calibrate",
+    WriteEdges: "write_back",
+    WriteSamples: "write",
+    Writes: "write",
+}
+
+
+# --- what the flows need, built once
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """What the tag flow needs of the settings and the store, built once (:meth:`of`) by every driver."""
+
+    item_fields: tuple[str, ...]
+    tag_names: tuple[str, ...]
+    recall: RecallConfig
+    plan: RoutePlan
+    calibrate: bool
+    # The judgments continue the generation conversations: the stage that generated judges, in the
+    # same call (Settings.judges_with_generation).
+    judges_with_generation: bool
+    write_back: bool
+
+    @classmethod
+    def of(cls, settings: Settings, tag_names: Sequence[str], plan: RoutePlan) -> FlowOptions:
+        return cls(
+            item_fields=tuple(settings.texts.item_fields),
+            tag_names=tuple(tag_names),
+            recall=settings.graph.recall,
+            plan=plan,
+            calibrate=settings.pipeline.calibrate,
+            judges_with_generation=settings.judges_with_generation,
+            write_back=settings.pipeline.write_back,
+        )
+
+
+# --- what passes between the sub-flows
+
+
+@dataclass
+class Routed:
+    """route_flow's result: the items' contents, vectors and routes."""
+
+    ids: list[str]
+    contents: list[str]
+    vectors: np.ndarray
+    routes: list[ItemRoute]
+
+    @property
+    def sent(self) -> list[int]:
+        """The positions of the items routed to the LLM."""
+        return [i for i, route in enumerate(self.routes) if route.needs_llm]
+
+
+@dataclass
+class Generated:
+    """generate_flow's and judge_flow's results, per item: the generation (None: not sent to the LLM)
+    and the verdicts on its tags (None: not judged yet)."""
+
+    generations: list[Generation | None]
+    verdicts: list[list[Judged] | None]
 
 
 @dataclass
 class Tagged:
     rows: list[dict]
-    candidates: list[list[Candidate]] = field(default_factory=list)
-    verdicts: list[list[Judged]] = field(default_factory=list)
-    sent_to_llm: int | None = None  # with a route plan: items that went to the LLM (the rest: the ranker)
+    routes: list[ItemRoute] = field(default_factory=list)
+    final: list[list[FinalTag]] = field(default_factory=list)  # per item, kept and dropped tags
+
+    @property
+    def sent_to_llm(self) -> int:
+        return sum(route.needs_llm for route in self.routes)
 
 
 @dataclass
@@ -142,7 +226,7 @@ class FeedbackIncomplete(LLM4TagError):
         )
 
 
-# --- the flows
+# --- the sub-flows
 
 
 def judgment_context(generation: Generation) -> tuple | None:
@@ -157,138 +241,98 @@ def unjudged(tags: Sequence[Sequence[str]]) -> list[list[Judged]]:
     return [[Judged(t, float("nan"), True) for t in item_tags] for item_tags in tags]
 
 
+def route_flow(items: Sequence[Item], options: FlowOptions) -> Generator[Call, Any, Routed]:
+    """Encode, search every shard, rank (with a ranking) and route each item."""
+    ids = [item.id for item in items]
+    contents = [item_text(item, options.item_fields) for item in items]
+    vectors = yield Encode(contents)
+    per_shard = yield Search(vectors)
+    if options.plan.ranked:
+        search_k = options.recall.c2c_search_k
+        hits = [merge_hits(list(parts), search_k) for parts in zip(*per_shard, strict=True)]
+        scored = yield Rank(contents, vectors, hits)
+    else:
+        scored = [
+            [ScoredTag.of_candidate(c) for c in candidates]
+            for candidates in select_merged(per_shard, options.tag_names, options.recall)
+        ]
+    return Routed(ids, contents, vectors, route_items(scored, options.plan))
+
+
+def generate_flow(routed: Routed, options: FlowOptions) -> Generator[Call, Any, Generated]:
+    """Generation for the items routed to the LLM; judged in the same call where the judgments
+    continue the generation conversations."""
+    generations: list[Generation | None] = [None] * len(routed.routes)
+    verdicts: list[list[Judged] | None] = [None] * len(routed.routes)
+    sent = routed.sent
+    if sent:
+        call = Generate(
+            [routed.ids[i] for i in sent],
+            [routed.contents[i] for i in sent],
+            routed.vectors[sent],
+            [routed.routes[i].candidates for i in sent],
+            judge=options.judges_with_generation,
+        )
+        answers = yield call
+        for i, answer in zip(sent, answers, strict=True):
+            if call.judge:
+                generations[i], verdicts[i] = answer
+            else:
+                generations[i] = answer
+    return Generated(generations, verdicts)
+
+
+def judge_flow(routed: Routed, generated: Generated, options: FlowOptions) -> Generator[Call, Any, Generated]:
+    """Verdicts on the generated tags not judged yet (all kept, unjudged, without calibration)."""
+    todo = [i for i, g in enumerate(generated.generations) if g is not None and generated.verdicts[i] is None]
+    if not todo:
+        return generated
+    tags = [judged_tags(routed.routes[i], generated.generations[i].tags) for i in todo]
+    if options.calibrate:
+        contexts = [judgment_context(generated.generations[i]) for i in todo]
+        judged = yield Calibrate([routed.contents[i] for i in todo], tags, contexts)
+    else:
+        judged = unjudged(tags)
+    verdicts = list(generated.verdicts)
+    for i, item_verdicts in zip(todo, judged, strict=True):
+        verdicts[i] = item_verdicts
+    return Generated(list(generated.generations), verdicts)
+
+
 def tag_flow(
     items: Sequence[Item],
+    options: FlowOptions,
     *,
-    item_fields: Sequence[str],
-    tag_names: Sequence[str],
-    recall: RecallConfig,
-    calibrate: bool,
-    write_back: bool,
-    judge_with_generation: bool = False,
     with_candidates: bool = False,
     with_dropped: bool = False,
     unnamed: Collection[str] = frozenset(),
-    plan: RoutePlan | None = None,
 ) -> Generator[Call, Any, Tagged]:
-    """``judge_with_generation``: the judgments continue the generation conversations
-    (``judges_in_context``), so the stage that generated judges, in the same call. ``unnamed``: ids
-    the caller did not give (the service numbered the items), never written back. ``plan``: route
-    with the store's ranking (None: recall's candidates go to the LLM, the paper's pipeline)."""
+    """The sub-flows in their order. ``unnamed``: ids the caller did not give (the service numbered
+    the items), never written back."""
     if not items:
-        return Tagged([], sent_to_llm=0 if plan is not None else None)
-    ids = [item.id for item in items]
-    contents = [item_text(item, item_fields) for item in items]
-    vectors = yield Encode(contents)
-    per_shard = yield Search(vectors)
-    if plan is not None:
-        tagged = yield from _routed(
-            ids,
-            contents,
-            vectors,
-            per_shard,
-            recall,
-            plan,
-            calibrate,
-            judge_with_generation,
-            with_candidates,
-            with_dropped,
-        )
-        if write_back:
-            yield from _record_named(ids, vectors, tagged.rows, [item.text for item in items], unnamed)
-        return tagged
-    candidates = select_merged(per_shard, tag_names, recall)
-    names = [[c.tag for c in cands] for cands in candidates]
-    if calibrate and judge_with_generation:
-        judged = yield Generate(ids, contents, vectors, names, judge=True)
-        generations = [generation for generation, _ in judged]
-        verdicts = [item_verdicts for _, item_verdicts in judged]
-    else:
-        generations = yield Generate(ids, contents, vectors, names)
-        tags = [list(g.tags) for g in generations]
-        contexts = [judgment_context(g) for g in generations]
-        verdicts = (yield Calibrate(contents, tags, contexts)) if calibrate else unjudged(tags)
-    rows = [
-        result_row(item_id, cands, generation, judged, with_candidates, with_dropped)
-        for item_id, cands, generation, judged in zip(ids, candidates, generations, verdicts, strict=True)
-    ]
-    if write_back:
-        yield from _record_named(ids, vectors, rows, [item.text for item in items], unnamed)
-    return Tagged(rows, candidates, verdicts)
+        return Tagged([])
+    routed = yield from route_flow(items, options)
+    generated = yield from generate_flow(routed, options)
+    generated = yield from judge_flow(routed, generated, options)
+    tagged = tagged_rows(routed, generated, options.plan, with_candidates, with_dropped)
+    if options.write_back:
+        yield from write_back_flow(routed, tagged.rows, [item.text for item in items], unnamed)
+    return tagged
 
 
-def _record_named(
-    ids: Sequence[str],
-    vectors: np.ndarray,
-    rows: Sequence[dict],
-    texts: Sequence[str],
-    unnamed: Collection[str],
+def write_back_flow(
+    routed: Routed, rows: Sequence[dict], texts: Sequence[str], unnamed: Collection[str]
 ) -> Generator[Call, Any, None]:
-    """Write back: final tags become deterministic edges (the graph grows as it serves; new items are
-    inserted), for the items the caller named."""
-    named = [row for row, item_id in enumerate(ids) if item_id not in unnamed]
+    """Final tags become deterministic edges (the graph grows as it serves; new items are inserted),
+    for the items the caller named."""
+    named = [row for row, item_id in enumerate(routed.ids) if item_id not in unnamed]
     if named:
-        yield Record(
-            [ids[r] for r in named],
-            vectors[named],
+        yield WriteEdges(
+            [routed.ids[r] for r in named],
+            routed.vectors[named],
             [[t["tag"] for t in rows[r]["tags"]] for r in named],
             [texts[r] for r in named],
         )
-
-
-def route_flow(
-    contents: list[str],
-    vectors: np.ndarray,
-    per_shard: Sequence[Sequence[Hits]],
-    recall: RecallConfig,
-    plan: RoutePlan,
-) -> Generator[Call, Any, list[ItemRoute]]:
-    """Rank each item's merged candidates and route it (the bulk job's recall stage runs this too)."""
-    hits = [merge_hits(list(parts), recall.c2c_search_k) for parts in zip(*per_shard, strict=True)]
-    return route_items((yield Rank(contents, vectors, hits)), plan)
-
-
-def _routed(
-    ids: list[str],
-    contents: list[str],
-    vectors: np.ndarray,
-    per_shard: Sequence[Sequence[Hits]],
-    recall: RecallConfig,
-    plan: RoutePlan,
-    calibrate: bool,
-    judge_with_generation: bool,
-    with_candidates: bool,
-    with_dropped: bool,
-) -> Generator[Call, Any, Tagged]:
-    routes = yield from route_flow(contents, vectors, per_shard, recall, plan)
-    sent = [i for i, r in enumerate(routes) if r.needs_llm]
-    generations: list[Generation | None] = [None] * len(routes)
-    verdicts: list[list[Judged]] = [[] for _ in routes]
-    if sent:
-        call = Generate(
-            [ids[i] for i in sent],
-            [contents[i] for i in sent],
-            vectors[sent],
-            [routes[i].candidates for i in sent],
-        )
-        if calibrate and judge_with_generation:
-            call.judge = True
-            for i, (generation, judged) in zip(sent, (yield call), strict=True):
-                generations[i], verdicts[i] = generation, judged
-        else:
-            for i, generation in zip(sent, (yield call), strict=True):
-                generations[i] = generation
-            tags = [judged_tags(routes[i], generations[i].tags) for i in sent]
-            contexts = [judgment_context(generations[i]) for i in sent]
-            judged = (
-                (yield Calibrate([contents[i] for i in sent], tags, contexts))
-                if calibrate
-                else unjudged(tags)
-            )
-            for i, item_verdicts in zip(sent, judged, strict=True):
-                verdicts[i] = item_verdicts
-    rows = routed_rows(ids, routes, generations, verdicts, plan, with_candidates, with_dropped)
-    return Tagged(rows, [], verdicts, sent_to_llm=len(sent))
 
 
 def feedback_flow(
@@ -321,10 +365,10 @@ def feedback_flow(
         )
         for item, content, wrong in zip(items, contents, incorrect, strict=True)
     ]
-    edges = Record(
+    edges = WriteEdges(
         [i.id for i in items], vectors, [list(i.tags or ()) for i in items], [i.text for i in items]
     )
-    outcomes = yield Writes([RecordSamples(samples, vectors), edges])
+    outcomes = yield Writes([WriteSamples(samples, vectors), edges])
     names = ("the samples", "the graph edges")
     failed = [
         (name, out) for name, out in zip(names, outcomes, strict=True) if isinstance(out, BaseException)
@@ -335,6 +379,9 @@ def feedback_flow(
         ]
         raise FeedbackIncomplete(written, failed) from failed[0][1]
     return Recorded(len(items), outcomes[0] or 0)
+
+
+# --- the drivers
 
 
 def run(flow: Generator[Call, Any, Any], answer: Callable[[Call], Any]) -> Any:
@@ -356,92 +403,109 @@ def run(flow: Generator[Call, Any, Any], answer: Callable[[Call], Any]) -> Any:
             result = answer(call)
 
 
+class DeadlinePassed(LLM4TagError):
+    """A flow still ran at its deadline: the call in progress was cancelled."""
+
+
+async def run_async(
+    flow: Generator[Call, Any, Any],
+    answer: Callable[[Call], Awaitable[Any]],
+    *,
+    deadline: float | None = None,
+    timings: dict[str, float] | None = None,
+) -> Any:
+    """Drive a flow over asynchronous stages (the Serve ingress). ``deadline`` (the event loop's
+    clock): a call still running then is cancelled and :class:`DeadlinePassed` raised; writes are
+    shielded, never cut short (by the deadline or by a client that goes away). ``timings``: the
+    milliseconds of each stage are added to it (a call may split its own time: an answer of type
+    :class:`Timed`)."""
+    result = None
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            call = flow.send(result)
+        except StopIteration as stop:
+            return stop.value
+        started = time.perf_counter()
+        if isinstance(call, WRITES):
+            result = await asyncio.shield(asyncio.ensure_future(answer(call)))
+        else:
+            try:
+                result = await asyncio.wait_for(
+                    answer(call), None if deadline is None else max(0.0, deadline - loop.time())
+                )
+            except TimeoutError:
+                stage = STAGE_OF[type(call)]
+                raise DeadlinePassed(f"the request ran past its deadline during {stage}") from None
+        split: dict[str, float] = {}
+        if isinstance(result, Timed):
+            result, split = result.value, result.ms
+        if timings is not None:
+            stage = STAGE_OF[type(call)]
+            ms = (time.perf_counter() - started) * 1000
+            timings[stage] = timings.get(stage, 0.0) + ms - sum(split.values())
+            for other, other_ms in split.items():
+                timings[other] = timings.get(other, 0.0) + other_ms
+
+
+@dataclass
+class Timed:
+    """An answer that says how much of its call's time went to another stage (a Generate call that
+    also judged: the judging is reported as calibrate)."""
+
+    value: Any
+    ms: dict[str, float]
+
+
 # --- output rows
 
 
-def result_row(
-    item_id: str,
-    candidates: Sequence[Candidate],
-    generation: Generation,
-    verdicts: Sequence[Judged],
-    with_candidates: bool = False,
-    with_dropped: bool = False,
-) -> dict:
-    """One output row: kept tags with confidence and provenance (the recall meta-path that found them)."""
-    by_tag = {c.tag: c for c in candidates}
-    row = {
-        "id": item_id,
-        "tags": [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if v.kept],
-        "knowledge": {"samples": generation.sample_ids, "snippets": generation.snippet_ids},
-        # The LLM's own order, before calibration re-ranks and filters.
-        "generated": list(generation.tags),
-    }
-    if with_dropped:
-        row["dropped"] = [_tag_row(v, by_tag.get(v.tag)) for v in verdicts if not v.kept]
-    if with_candidates:
-        row["candidates"] = [c.to_dict() for c in candidates]
-    if generation.raw is not None:
-        row["raw"] = generation.raw
-    return row
-
-
-def _tag_row(verdict: Judged, candidate) -> dict:
-    row = {
-        "tag": verdict.tag,
-        "confidence": None if verdict.confidence != verdict.confidence else round(verdict.confidence, 6),
-        "source": "+".join(candidate.paths) if candidate is not None else "llm",
-    }
-    if candidate is not None:
-        row["recall_score"] = round(float(candidate.score), 6)
-        if candidate.via:
-            row["via"] = list(candidate.via)
-    return row
-
-
-def routed_rows(
-    ids: Sequence[str],
-    routes: Sequence[ItemRoute],
-    generations: Sequence[Generation | None],
-    verdicts: Sequence[Sequence[Judged]],
+def tagged_rows(
+    routed: Routed,
+    generated: Generated,
     plan: RoutePlan,
     with_candidates: bool = False,
     with_dropped: bool = False,
-) -> list[dict]:
-    """The output rows of routed items (``generations``/``verdicts``: None/[] for those the ranker
-    settled)."""
-    rows = []
-    for item_id, item_route, generation, judged in zip(ids, routes, generations, verdicts, strict=True):
-        yes = {v.tag: v.confidence for v in judged}
-        final = final_tags(item_route, plan, list(generation.tags) if generation else [], yes)
-        rows.append(routed_row(item_id, item_route, final, generation, plan, with_candidates, with_dropped))
-    return rows
+) -> Tagged:
+    """The output rows, one per item (docs/usage.md: "Output rows")."""
+    rows, finals = [], []
+    for item_id, route, generation, verdicts in zip(
+        routed.ids, routed.routes, generated.generations, generated.verdicts, strict=True
+    ):
+        yes = {v.tag: v.confidence for v in verdicts or ()}
+        final = final_tags(route, plan, list(generation.tags) if generation else [], yes)
+        finals.append(final)
+        rows.append(tagged_row(item_id, route, final, generation, plan, with_candidates, with_dropped))
+    return Tagged(rows, list(routed.routes), finals)
 
 
-def routed_row(
+def tagged_row(
     item_id: str,
-    item_route: ItemRoute,
+    route: ItemRoute,
     final: Sequence[FinalTag],
     generation: Generation | None,
     plan: RoutePlan,
     with_candidates: bool = False,
     with_dropped: bool = False,
 ) -> dict:
-    """One output row of a routed item: ``route`` says who settled it (ranker or llm); each tag says
-    ``by`` whom, its final confidence, the ranker's probability and (judged) the LLM's Yes."""
+    """One output row: ``route`` says who settled the item (ranker or llm); each tag its final
+    confidence, ``by`` whom it was kept, its provenance and, where known, the ranker's probability and
+    the LLM's Yes."""
     row = {
         "id": item_id,
         "tags": [t.to_dict() for t in final if t.kept],
-        "route": "llm" if item_route.needs_llm else "ranker",
+        "route": "llm" if route.needs_llm else "ranker",
         "knowledge": {
             "samples": generation.sample_ids if generation else [],
             "snippets": generation.snippet_ids if generation else [],
         },
+        # The LLM's own order, before calibration re-ranks and filters.
         "generated": list(generation.tags) if generation else [],
     }
     if with_dropped:
         row["dropped"] = [t.to_dict() for t in final if not t.kept]
     if with_candidates:
-        row["candidates"] = [s.to_dict() for s in item_route.scored[: plan.num_candidates]]
+        row["candidates"] = [s.to_dict() for s in route.scored[: plan.num_candidates]]
     if generation is not None and generation.raw is not None:
         row["raw"] = generation.raw
     return row

@@ -19,7 +19,7 @@ import numpy as np
 from graph_store import Candidate, read_vocabulary
 from graph_store.metapaths import select_merged
 from llm4tag import flow
-from llm4tag.calibrator import Calibrator, Judged, judges_in_context
+from llm4tag.calibrator import Calibrator, Judged
 from llm4tag.config import PipelineConfig, Settings, resolve_mode
 from llm4tag.data import Item
 from llm4tag.encoded_text import item_text
@@ -91,7 +91,6 @@ class TaggingPipeline:
         self.recaller = recaller
         # The store's fitted ranking and how items are routed by it (None: the paper's pipeline).
         self.ranking = ranking
-        self.plan = plan
         self.settings = settings
         self.config: PipelineConfig = settings.pipeline
         if vocabulary is None:
@@ -106,6 +105,10 @@ class TaggingPipeline:
         self.samples = samples
         self.knowledge = knowledge
         self.max_tags = max_tags or (1 if self.config.mode == "single" else self.config.max_tags)
+        # How items are routed (a store without a ranking: every item to the LLM with recall's
+        # candidates), and what the tag flow needs, built once.
+        self.plan = plan or RoutePlan.unranked(settings.graph.recall.num_candidates, self.config.threshold)
+        self.options = flow.FlowOptions.of(settings, self.tag_names, self.plan)
         self.times = StageTimes()
         self.engine = None
         self.generator = None
@@ -134,7 +137,7 @@ class TaggingPipeline:
                 self.labels,
                 self.descriptions,
                 self.config.threshold,
-                in_context=judges_in_context(self.settings.llm, self.settings.prompts),
+                in_context=self.settings.judgments_in_context,
             )
 
     def load_engine(self) -> Engine:
@@ -155,7 +158,7 @@ class TaggingPipeline:
         """Whether the LLM is in memory, and if not, why (what /readyz and the stage describes say)."""
         if self.engine is not None:
             return "loaded"
-        if self.plan is not None and self.plan.sends_nothing:
+        if self.plan.sends_nothing:
             return "not loaded: route sends nothing (loaded when an item is routed to the LLM)"
         return "not loaded"
 
@@ -209,7 +212,7 @@ class TaggingPipeline:
         mode = resolve_mode(settings.pipeline.mode, counts)
         max_tags = 1 if mode == "single" else settings.pipeline.max_tags
         # A plan that sends nothing to the LLM leaves it out of memory until an item is routed to it.
-        if engine is None and load_engine and not (plan is not None and plan.sends_nothing):
+        if engine is None and load_engine and not plan.sends_nothing:
             engine = make_engine(settings.llm)
         return cls(
             recaller,
@@ -334,9 +337,9 @@ class TaggingPipeline:
             return list(zip(generations, verdicts, strict=True))
         if isinstance(call, flow.Calibrate):
             return self.calibrate(call.contents, call.tags, contexts=call.contexts)
-        if isinstance(call, flow.Record):
+        if isinstance(call, flow.WriteEdges):
             return self.record(call.ids, call.vectors, call.tags, call.texts)
-        if isinstance(call, flow.RecordSamples):
+        if isinstance(call, flow.WriteSamples):
             return self.record_samples(call.samples, call.vectors)
         raise TypeError(f"no answer to {type(call).__name__}")
 
@@ -345,26 +348,13 @@ class TaggingPipeline:
     def tag(
         self, items: Sequence[Item], with_candidates: bool = False, with_dropped: bool = False
     ) -> list[dict]:
-        if self.plan is None:
-            self._need(self.generator, "an LLM engine")
         self._need(self.recaller, "a graph store")
         tagged = flow.run(
-            flow.tag_flow(
-                items,
-                item_fields=self.recaller.texts.item_fields,
-                tag_names=self.tag_names,
-                recall=self.recaller.store.config.recall,
-                calibrate=self.calibrator is not None,
-                write_back=self.config.write_back,
-                judge_with_generation=self.calibrator is not None and self.calibrator.in_context,
-                with_candidates=with_candidates,
-                with_dropped=with_dropped,
-                plan=self.plan,
-            ),
+            flow.tag_flow(items, self.options, with_candidates=with_candidates, with_dropped=with_dropped),
             self.answer,
         )
         self.times.items += len(items)
-        self.times.sent_to_llm += len(items) if tagged.sent_to_llm is None else tagged.sent_to_llm
+        self.times.sent_to_llm += tagged.sent_to_llm
         return tagged.rows
 
     def tag_rows(self, items: Iterable[Item], **kwargs) -> Iterator[dict]:

@@ -86,7 +86,7 @@ def test_routing_share_and_other_stages_enter_the_estimate():
     assert control.llm_share < 0.01 and control.other_s == pytest.approx(0.2, rel=0.01)
     control.admit(100)  # mostly expected to be settled by the ranker
     assert control.decide(4, 1.0).admitted
-    control.observe_request(items=4, sent_to_llm=None, other_s=0.2)  # routing off: every item
+    control.observe_request(items=4, sent_to_llm=4, other_s=0.2)  # routing off: every item
     assert control.llm_share > 0.29
 
 

@@ -97,11 +97,15 @@ def test_bulk_rows_equal_the_in_process_pipeline(ray_cluster, sample_store, expe
     assert (report.input, report.skipped_done, report.tagged) == (12, 0, 12)
     _check_rows(tmp_path / "out", expected, 12)
     schema = pq.read_schema(output_files(tmp_path / "out")[0])
-    assert schema.names == ["id", "tags", "knowledge", "generated"]
+    # One row shape with or without a ranker (docs/usage.md "Output rows").
+    assert schema.names == ["id", "tags", "route", "knowledge", "generated"]
     assert schema.field("tags").type.value_type.names == [
         "tag",
         "confidence",
         "source",
+        "by",
+        "ranker",
+        "yes",
         "recall_score",
         "via",
     ]

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.app import KNOWN_ARGS
 from deployments.launch import load_serve_config
-from llm4tag.config import settings_from_dict
-from llm4tag.service.settings import ServiceConfig
+from llm4tag.service.app_args import AppArgs
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -81,9 +79,7 @@ def placement(groups: dict[str, dict[str, float]]) -> dict[str, list[str]]:
 def test_cluster_serve_config_is_valid_for_ray_and_for_the_app():
     app = serve_app()
     assert app["import_path"] == "deployments.app:build_app"
-    assert set(app["args"]) <= KNOWN_ARGS
-    settings_from_dict(app["args"]["settings"])  # raises on an unknown or bad setting
-    ServiceConfig.load(app["args"]["service"])
+    AppArgs.load(app["args"]).load_settings()  # raises on an unknown or bad argument or setting
     assert set(deployments()) == STAGES
     # Paths on shared storage, never relative (a relative path would resolve on each node's disk).
     assert app["args"]["store"].startswith("/mnt/llm4tag/")

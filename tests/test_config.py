@@ -11,7 +11,7 @@ import pytest
 from graph_store import StoreError
 from graph_store.config import ConfigModel, GraphConfig
 from llm4tag.config import Settings, load_settings, settings_from_dict
-from llm4tag.config.reference import render
+from llm4tag.config_reference import render
 from llm4tag.errors import ConfigError
 from llm4tag.service.settings import ServiceConfig
 
@@ -27,7 +27,7 @@ def _sections(model: type[ConfigModel]):
 
 def test_the_reference_is_generated_from_the_field_descriptions():
     assert (REPO / "docs" / "configuration.md").read_text() == render(), (
-        "docs/configuration.md is out of date: python -m llm4tag.config.reference > docs/configuration.md"
+        "docs/configuration.md is out of date: python -m llm4tag.config_reference > docs/configuration.md"
     )
     for section in [*_sections(Settings), *_sections(ServiceConfig)]:
         for name, field in section.model_fields.items():

@@ -103,11 +103,17 @@ def test_a_continuation_judgment_extends_the_generation_conversation():
 
 
 def test_layout_auto_judges_in_context_only_where_the_engine_keeps_prefixes():
-    from llm4tag.calibrator import judges_in_context
+    from llm4tag.config import Settings
     from llm4tag.engines import LLMConfig
+
+    def judges_in_context(llm, prompts, calibrate=True):
+        settings = Settings(llm=llm, prompts=prompts).with_overrides({"pipeline": {"calibrate": calibrate}})
+        assert settings.judges_with_generation == (calibrate and settings.judgments_in_context)
+        return settings.judgments_in_context
 
     auto, paper = PromptConfig(), PromptConfig(layout="paper")
     assert judges_in_context(LLMConfig(engine="llamacpp"), auto)
+    assert judges_in_context(LLMConfig(engine="llamacpp"), auto, calibrate=False)
     assert judges_in_context(LLMConfig(engine="vllm"), auto)
     assert not judges_in_context(LLMConfig(engine="vllm", enable_prefix_caching=False), auto)
     assert not judges_in_context(LLMConfig(engine="transformers"), auto)

@@ -54,7 +54,8 @@ def test_build_fits_the_ranking_and_refuses_it_under_another_encoder(ranked_stor
 def test_a_store_without_enough_annotations_has_no_ranking(sample_store):
     # The shared sample store was built with the defaults: 400 items < ranking.min_items.
     assert not ranking_dir(sample_store).exists()
-    assert TaggingPipeline.open(sample_store, settings_for("auto"), load_engine=False).plan is None
+    plan = TaggingPipeline.open(sample_store, settings_for("auto"), load_engine=False).plan
+    assert not plan.ranked and plan.tau is None and "no ranking" in plan.reason
     with pytest.raises(ConfigError, match="needs a ranker"):
         TaggingPipeline.open(sample_store, settings_for(0.5), load_engine=False)
 

@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.app import KNOWN_ARGS, resolve_path
 from deployments.launch import load_serve_config
-from llm4tag.calibrator import judges_in_context
-from llm4tag.config import load_settings, settings_from_dict
 from llm4tag.errors import ConfigError
-from llm4tag.service.settings import ServiceConfig
+from llm4tag.service.app_args import AppArgs
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"Ingress", "Encoder", "GraphRecall", "Generator", "Calibrator"}
@@ -23,15 +20,14 @@ def test_config_files_validate(name):
     config = load_serve_config(REPO / name)
     (app,) = config["applications"]
     assert app["import_path"] == "deployments.app:build_app"
-    assert set(app["args"]) <= KNOWN_ARGS
-    base = (
-        load_settings(resolve_path(app["args"]["config"], str(REPO))) if app["args"].get("config") else None
-    )
-    parsed = (base or settings_from_dict({})).with_overrides(app["args"].get("settings") or {})
-    ServiceConfig.load(app["args"].get("service"))
+    # The application's arguments, as build_app reads them (paths relative to the config's folder).
+    args = AppArgs.load(app["args"])
+    if args.config:
+        args = args.model_copy(update={"config": str(REPO / args.config)})
+    parsed = args.load_settings()
     deployments = {d["name"]: d for d in app["deployments"]}
     # Judgments that continue the generation conversation run on the Generator (deployments/app.py).
-    colocated = judges_in_context(parsed.llm, parsed.prompts)
+    colocated = parsed.judgments_in_context
     assert set(deployments) == (STAGES - {"Calibrator"} if colocated else STAGES)
     ingress = deployments["Ingress"]
     assert ingress["max_queued_requests"] > 0 and ingress["backpressure_config"]["retry_after_s"] > 0

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from graph_store.durable import write_atomically
 from llm4tag.config import Settings, load_settings
 from llm4tag.data import detect_format
 from llm4tag.errors import LLM4TagError
@@ -36,6 +37,11 @@ def llm_settings(args: argparse.Namespace, output: str) -> Settings:
 
 def print_json(summary: dict[str, Any], **kwargs) -> None:
     print(json.dumps(summary, **kwargs), flush=True)
+
+
+def write_report(path: str, report: dict[str, Any]) -> None:
+    """A verb's JSON report file, written atomically (a crash leaves the old file or the new one)."""
+    write_atomically(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
 
 
 def finetune_settings(args: argparse.Namespace) -> Settings:

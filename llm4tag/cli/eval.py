@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from llm4tag.cli.common import write_report
 from llm4tag.evaluation.predictions import evaluate_predictions, write_plots
 
 
@@ -28,5 +28,5 @@ def run(args) -> int:
         folder = Path(args.plots)
         print(f"plots: {folder / 'reliability.png'}, {folder / 'accuracy_coverage.png'}")
     if args.output:
-        Path(args.output).write_text(json.dumps(evaluation.report, indent=2, default=str) + "\n")
+        write_report(args.output, evaluation.report)
     return 0

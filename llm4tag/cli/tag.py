@@ -93,7 +93,7 @@ def run(args) -> int:
             "items_per_s": round(count / elapsed, 3) if elapsed else None,
             "stage_seconds": {k: round(v, 2) for k, v in pipeline.times.seconds.items()},
             "sent_to_llm": pipeline.times.sent_to_llm,
-            "route": pipeline.plan.describe() if pipeline.plan is not None else "off (no ranking)",
+            "route": pipeline.plan.describe(),
         }
     )
     return 0

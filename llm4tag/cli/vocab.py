@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from llm4tag.cli.common import add_config, llm_settings, print_json
+from llm4tag.cli.common import add_config, llm_settings, print_json, write_report
 from llm4tag.data import read_items, read_tags, write_records
 from llm4tag.encoded_text import readable_tag
 from llm4tag.encoder import Encoder
@@ -72,6 +71,6 @@ def run(args) -> int:
         )
         summary["plot"] = str(path)
     if args.report:
-        Path(args.report).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_report(args.report, summary)
     print_json(summary, default=str)
     return 0

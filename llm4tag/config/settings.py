@@ -2,7 +2,7 @@
 
 The sections are pydantic models (graph_store.config.ConfigModel, the one config mechanism) that live
 with the code they configure and are gathered here; docs/configuration.md is generated from their
-field descriptions (llm4tag/config/reference.py, checked by tests/test_config.py).
+field descriptions (llm4tag/config_reference.py, checked by tests/test_config.py).
 """
 
 from __future__ import annotations
@@ -201,6 +201,22 @@ class Settings(Section):
     peers: PeersConfig = Field(default_factory=PeersConfig, description="the baseline taggers")
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="learned recall and ranker")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="LoRA fine-tuning")
+
+    @property
+    def judgments_in_context(self) -> bool:
+        """Whether a judgment continues the generation conversation (``prompts.layout``; ``auto``:
+        where the engine keeps the computed prompt between calls, so the judgment reads only its
+        question)."""
+        if self.prompts.layout != "auto":
+            return self.prompts.layout == "continuation"
+        return self.llm.engine == "llamacpp" or (self.llm.engine == "vllm" and self.llm.enable_prefix_caching)
+
+    @property
+    def judges_with_generation(self) -> bool:
+        """Calibration is on and its judgments continue the generation conversations: the stage that
+        generated judges, in the same call (the Serve app binds no Calibrator deployment, the bulk job's
+        generate actors judge), since another one would have to compute the conversation again."""
+        return self.pipeline.calibrate and self.judgments_in_context
 
 
 def settings_from_dict(data: dict[str, Any] | None) -> Settings:

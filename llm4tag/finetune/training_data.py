@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from graph_store import GraphStore
-from llm4tag.calibrator import judges_in_context
 from llm4tag.config import resolve_mode
 from llm4tag.data import Item, Tag, read_items, read_tags
 from llm4tag.encoded_text import item_text, tag_text
@@ -209,7 +208,7 @@ def build_examples(
     prompts = Prompts(settings.prompts)
     # Calibrator examples in the form the served judgments take: a follow-up of the generation
     # conversation in which the judged tag was the answer, or figure 5 (prompts.layout).
-    in_context = judges_in_context(settings.llm, settings.prompts)
+    in_context = settings.judgments_in_context
     labels = TagLabels(vocabulary)
     descriptions = {t.tag: t.description for t in tags}
     generator_examples: dict[int, Example] = {}

@@ -28,6 +28,7 @@ or the cut reaching ``pipeline.target_precision`` on held-out data) are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -95,7 +96,9 @@ class FinalCalibration:
 
 @dataclass
 class RoutePlan:
-    """How one store's items are routed under one configuration (resolved once, used everywhere)."""
+    """How one store's items are routed under one configuration (resolved once, used everywhere).
+    A store without a ranking has the :meth:`unranked` plan: every item to the LLM, with graph
+    recall's candidates."""
 
     tau: float | None  # None: route off
     multi: bool
@@ -105,15 +108,38 @@ class RoutePlan:
     llm_cut: float  # judged tags under it are dropped
     calibration: FinalCalibration | None = None
     reason: str = ""
+    ranked: bool = True  # False: no ranker scored the candidates (the paper's pipeline)
+
+    @classmethod
+    def unranked(cls, num_candidates: int, threshold: float) -> RoutePlan:
+        """The plan of a store without a fitted ranking: the LLM chooses among recall's candidates
+        and keeps what its judgment reaches ``threshold`` with (as many as it generated)."""
+        return cls(
+            tau=None,
+            multi=False,
+            emit=0,
+            num_candidates=num_candidates,
+            ranker_cut=threshold,
+            llm_cut=threshold,
+            reason="no ranking: every item goes to the LLM with graph recall's candidates",
+            ranked=False,
+        )
 
     @property
     def sends_nothing(self) -> bool:
         """Every item takes the ranker's tags (no LLM is needed)."""
         return self.tau is not None and self.tau <= 0.0
 
+    @property
+    def shown(self) -> int | None:
+        """Tags kept per item at most (None: as many as the LLM generated and kept)."""
+        if not self.ranked:
+            return None
+        return self.emit if self.multi else 1
+
     def describe(self) -> dict:
         return {
-            "route": "off" if self.tau is None else self.tau,
+            "route": ("off" if self.ranked else "off (no ranking)") if self.tau is None else self.tau,
             "multi": self.multi,
             "emit": self.emit,
             "ranker_cut": self.ranker_cut,
@@ -131,26 +157,38 @@ class ItemRoute:
     accepted: list[ScoredTag] = field(default_factory=list)
     judge: list[str] = field(default_factory=list)  # uncertain shown tags the LLM decides (multi-tag)
     candidates: list[str] = field(default_factory=list)  # what the LLM chooses among; [] if not sent
+    to_llm: bool = False  # sent to the LLM (with route off even when recall found no candidate)
 
     @property
     def needs_llm(self) -> bool:
-        return bool(self.candidates)
+        return self.to_llm
 
     def to_dict(self) -> dict:
         """Lossless (full float precision), for a route that crosses processes (the bulk stages)."""
         return {
-            "scored": [[s.tag, s.probability, s.score, list(s.provenance)] for s in self.scored],
+            "scored": [
+                [s.tag, s.probability, s.score, list(s.provenance), s.recall_score, list(s.via)]
+                for s in self.scored
+            ],
             "accepted": [s.tag for s in self.accepted],
             "judge": self.judge,
             "candidates": self.candidates,
+            "to_llm": self.to_llm,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ItemRoute:
-        scored = [ScoredTag(t, float(p), float(r), tuple(v)) for t, p, r, v in data["scored"]]
+        scored = [
+            ScoredTag(t, float(p), float(r), tuple(v), None if rs is None else float(rs), tuple(via))
+            for t, p, r, v, rs, via in data["scored"]
+        ]
         by_tag = {s.tag: s for s in scored}
         return cls(
-            scored, [by_tag[t] for t in data["accepted"]], list(data["judge"]), list(data["candidates"])
+            scored,
+            [by_tag[t] for t in data["accepted"]],
+            list(data["judge"]),
+            list(data["candidates"]),
+            bool(data["to_llm"]),
         )
 
 
@@ -160,18 +198,21 @@ def route_items(scored: Sequence[Sequence[ScoredTag]], plan: RoutePlan) -> list[
 
 def _route(scored: list[ScoredTag], plan: RoutePlan) -> ItemRoute:
     candidates = [s.tag for s in scored[: plan.num_candidates]]
+    if plan.tau is None:
+        return ItemRoute(scored, candidates=candidates, to_llm=True)
     if not scored:
         return ItemRoute(scored)
-    if plan.tau is None:
-        return ItemRoute(scored, candidates=candidates)
     if not plan.multi:
         if scored[0].probability >= plan.tau:
             return ItemRoute(scored, accepted=[scored[0]])
-        return ItemRoute(scored, candidates=candidates)
+        return ItemRoute(scored, candidates=candidates, to_llm=True)
     shown = scored[: plan.emit]
     accepted = [s for s in shown if s.probability >= plan.tau]
     judge = [s.tag for s in shown if s.probability < plan.tau]
-    return ItemRoute(scored, accepted=accepted, judge=judge, candidates=candidates if judge else [])
+    sent = bool(judge)
+    return ItemRoute(
+        scored, accepted=accepted, judge=judge, candidates=candidates if sent else [], to_llm=sent
+    )
 
 
 def judged_tags(route: ItemRoute, generated: Sequence[str]) -> list[str]:
@@ -189,6 +230,8 @@ class FinalTag:
     ranker_probability: float | None
     provenance: tuple[str, ...]
     yes: float | None = None  # the LLM's raw Yes-probability, for judged tags
+    recall_score: float | None = None  # graph recall's fused score (unranked candidates)
+    via: tuple[str, ...] = ()  # the neighbours whose annotation led graph recall to it
 
     def to_dict(self) -> dict:
         row = {
@@ -201,7 +244,17 @@ class FinalTag:
             row["ranker"] = round(self.ranker_probability, 6)
         if self.yes is not None and self.yes == self.yes:
             row["yes"] = round(self.yes, 6)
+        if self.recall_score is not None:
+            row["recall_score"] = round(self.recall_score, 6)
+        if self.via:
+            row["via"] = list(self.via)
         return row
+
+
+def _ranker_probability(scored: ScoredTag | None) -> float | None:
+    if scored is None or scored.probability != scored.probability:
+        return None  # not a candidate, or no ranker scored it
+    return scored.probability
 
 
 def ranker_tag(scored: ScoredTag, plan: RoutePlan) -> FinalTag:
@@ -213,6 +266,8 @@ def ranker_tag(scored: ScoredTag, plan: RoutePlan) -> FinalTag:
         "ranker",
         scored.probability,
         scored.provenance,
+        recall_score=scored.recall_score,
+        via=scored.via,
     )
 
 
@@ -243,10 +298,22 @@ def final_tags(
             )
             for i, value in zip(usable, mapped.tolist(), strict=True):
                 confidence[i] = value
-        for tag, conf, y, rp in zip(judged, confidence, raw, ranker_p, strict=True):
+        for tag, conf, y in zip(judged, confidence, raw, strict=True):
             kept = conf != conf or conf >= plan.llm_cut  # NaN: nothing calibrated, every tag is kept
-            provenance = by_tag[tag].provenance if tag in by_tag else ()
-            out.append(FinalTag(tag, conf, kept, "llm", rp if tag in by_tag else None, provenance, y))
+            found = by_tag.get(tag)
+            out.append(
+                FinalTag(
+                    tag,
+                    conf,
+                    kept,
+                    "llm",
+                    _ranker_probability(found),
+                    found.provenance if found else (),
+                    y,
+                    found.recall_score if found else None,
+                    found.via if found else (),
+                )
+            )
     else:
         for s in route.accepted if not plan.multi else route.scored[: plan.emit]:
             out.append(ranker_tag(s, plan))
@@ -259,15 +326,13 @@ def final_tags(
         ),
     )
     ranked = [out[i] for i in order]
-    limit = plan.emit if plan.multi else 1
+    limit = plan.shown
     kept = 0
     for i, t in enumerate(ranked):
         if t.kept:
             kept += 1
-            if kept > limit:
-                ranked[i] = FinalTag(
-                    t.tag, t.confidence, False, t.by, t.ranker_probability, t.provenance, t.yes
-                )
+            if limit is not None and kept > limit:
+                ranked[i] = dataclasses.replace(t, kept=False)
     return ranked
 
 

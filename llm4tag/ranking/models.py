@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graph_store import GraphConfig, GraphStore, RecallConfig, ShardedStore
+from graph_store import Candidate, GraphConfig, GraphStore, RecallConfig, ShardedStore
 from graph_store.durable import durable_file
 from graph_store.metapaths import Hits
 from llm4tag.errors import LLM4TagError
@@ -44,25 +44,47 @@ HELD_OUT_CANDIDATES = 30  # out-of-fold candidates kept per annotated item (the 
 
 @dataclass
 class ScoredTag:
+    """A candidate of an item: the ranker's calibrated probability (NaN: no ranker scored it) and raw
+    score, the recall paths that found it, and graph recall's own detail where it came from there."""
+
     tag: str
-    probability: float  # calibrated P(tag is right)
-    score: float  # the ranker's raw score (the ranking order)
+    probability: float  # calibrated P(tag is right); NaN without a ranker
+    score: float  # the order's score: the ranker's raw score, or graph recall's fused score
     provenance: tuple[str, ...]  # c2t, c2c2t, learned
+    recall_score: float | None = None  # graph recall's fused score (unranked candidates)
+    via: tuple[str, ...] = ()  # the neighbours whose annotation led graph recall here (C2C2T)
+
+    @classmethod
+    def of_candidate(cls, candidate: Candidate) -> ScoredTag:
+        """Graph recall's candidate, unranked."""
+        return cls(
+            candidate.tag,
+            float("nan"),
+            float(candidate.score),
+            tuple(candidate.paths),
+            float(candidate.score),
+            tuple(candidate.via),
+        )
 
     def to_dict(self) -> dict:
-        return {
+        """``confidence``: the ranker's probability, None where no ranker scored the candidate."""
+        out: dict = {
             "tag": self.tag,
-            "confidence": round(self.probability, 6),
+            "confidence": round(self.probability, 6) if self.probability == self.probability else None,
             "score": round(self.score, 6),
             "source": "+".join(self.provenance),
         }
+        if self.via:
+            out["via"] = list(self.via)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ScoredTag:
         source = data.get("source") or ""
+        confidence = data.get("confidence")
         return cls(
             data["tag"],
-            float(data["confidence"]),
+            float("nan") if confidence is None else float(confidence),
             float(data["score"]),
             tuple(p for p in source.split("+") if p),
         )

@@ -122,10 +122,10 @@ def route_plan(
     threshold: float,
     target_precision: float | None,
     num_candidates: int,
-) -> RoutePlan | None:
-    """The plan for a store's items; None when the store has no ranking (recall's own candidates go
-    to the LLM, the paper's pipeline). ``route: auto`` without a cascade fit sends nothing to the LLM
-    (nothing says it adds accuracy), and says so."""
+) -> RoutePlan:
+    """The plan for a store's items; without a ranking, :meth:`RoutePlan.unranked` (recall's own
+    candidates go to the LLM, the paper's pipeline). ``route: auto`` without a cascade fit sends
+    nothing to the LLM (nothing says it adds accuracy), and says so."""
     route = parse_route(route)
     if ranking is None:
         if isinstance(route, float):
@@ -133,7 +133,7 @@ def route_plan(
                 f"pipeline.route {route} needs a ranker, and this store has none: fit one with "
                 "`llm4tag refit` (or set route: off)"
             )
-        return None
+        return RoutePlan.unranked(num_candidates, threshold)
     models, cascade = ranking.models, ranking.cascade
     if route == "off":
         tau, reason = None, "route: off (every item goes to the LLM)"
@@ -172,7 +172,7 @@ def open_routing(
     threshold: float,
     target_precision: float | None,
     num_candidates: int,
-) -> tuple[StoredRanking | None, RoutePlan | None]:
+) -> tuple[StoredRanking | None, RoutePlan]:
     """The store's ranking (refused under another encoder) and the plan every way of tagging routes
     its items by: the in-process pipeline and the Serve ingress both open it through here."""
     ranking = load_ranking(store_dir, encoder_id)
@@ -183,8 +183,7 @@ def open_routing(
         target_precision=target_precision,
         num_candidates=num_candidates,
     )
-    if plan is not None:
-        log.info("routing for %s: %s", store_dir, plan.reason)
+    log.info("routing for %s: %s", store_dir, plan.reason)
     return ranking, plan
 
 
@@ -214,7 +213,7 @@ class FollowedRouting:
         self.store_dir, self.encoder_id, self.every_s = store_dir, encoder_id, every_s
         self.plan_args = plan_args
         self._seen = ranking_fingerprint(store_dir)
-        self.current: tuple[StoredRanking | None, RoutePlan | None] = open_routing(
+        self.current: tuple[StoredRanking | None, RoutePlan] = open_routing(
             store_dir, encoder_id, **plan_args
         )
         self._checked = time.monotonic()
@@ -242,8 +241,7 @@ class FollowedRouting:
             return False
         self.current, self._seen = opened, seen
         self.reloads += 1
-        reason = opened[1].reason if opened[1] is not None else "no ranking"
-        log.info("the store's ranking changed: reopened (%s)", reason)
+        log.info("the store's ranking changed: reopened (%s)", opened[1].reason)
         return True
 
 

@@ -137,11 +137,10 @@ class Admission:
             item_s = self.smoothing * item_s + (1 - self.smoothing) * previous.item_s
         self.replicas[replica] = ReplicaLoad(item_s, max(0, int(queued)), self.clock())
 
-    def observe_request(self, items: int, sent_to_llm: int | None, other_s: float) -> None:
-        """A finished request: how many of its items the LLM took (None: every one, routing off) and
-        its time outside the LLM."""
+    def observe_request(self, items: int, sent_to_llm: int, other_s: float) -> None:
+        """A finished request: how many of its items the LLM took and its time outside the LLM."""
         if items > 0:
-            share = 1.0 if sent_to_llm is None else sent_to_llm / items
+            share = sent_to_llm / items
             self.llm_share = self.smoothing * share + (1 - self.smoothing) * self.llm_share
         if other_s >= 0 and math.isfinite(other_s):
             self.other_s = self.smoothing * other_s + (1 - self.smoothing) * self.other_s

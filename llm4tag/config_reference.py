@@ -2,7 +2,7 @@
 and descriptions, so that the documentation cannot drift from the code (tests/test_config.py checks
 the committed file against this):
 
-    python -m llm4tag.config.reference > docs/configuration.md
+    python -m llm4tag.config_reference > docs/configuration.md
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from graph_store.config import ConfigModel
 from llm4tag.config.settings import Settings
 from llm4tag.prompts import PeerPromptConfig, PromptConfig
 from llm4tag.service.annif import AnnifSettings
+from llm4tag.service.app_args import AppArgs
 from llm4tag.service.review_queue import ReviewSettings
 from llm4tag.service.settings import ServiceConfig
 
 HEADER = """# Configuration reference
 
-Generated from the settings' field descriptions (`python -m llm4tag.config.reference >
+Generated from the settings' field descriptions (`python -m llm4tag.config_reference >
 docs/configuration.md`; `tests/test_config.py` checks this file against them). Edit the descriptions in
 the code, not here.
 
@@ -78,6 +79,15 @@ def render() -> str:
         doc = (type(section).__doc__ or "").strip().splitlines()[0]
         parts.append(f"{doc}\n")
         parts.append("```yaml\n" + "\n".join([f"{name}:", *_lines(section, 2)]) + "\n```\n")
+    parts.append(f"## `args`: {AppArgs.__doc__.strip().splitlines()[0]}\n")
+    example = AppArgs(store="stores/production")
+    lines = ["args:"]
+    for name, field in AppArgs.model_fields.items():
+        value = getattr(example, name)
+        shown = "..." if isinstance(value, ConfigModel) else _scalar(value)
+        below = " (its section below)" if isinstance(value, ConfigModel) else ""
+        lines.append(f"  {name}: {shown}".ljust(40) + f"  # {field.description}{below}")
+    parts.append("```yaml\n" + "\n".join(lines) + "\n```\n")
     parts.append("## `service`: the HTTP service (a Serve config's `args.service`)\n")
     parts.append("```yaml\n" + "\n".join(["service:", *_lines(ServiceConfig(), 2)]) + "\n```\n")
     for name, section in (("review", ReviewSettings()), ("annif", AnnifSettings())):

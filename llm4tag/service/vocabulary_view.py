@@ -1,0 +1,50 @@
+"""The served vocabulary, built once per ingress replica and read by every route that shows it:
+llm4tag's tag search and feedback checks, the review UI's vocabulary page and Annif's subjects."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm4tag.service.annif import AnnifSettings, Subjects
+from llm4tag.service.tag_search import TagSearch
+
+
+@dataclass(frozen=True)
+class VocabularyView:
+    tags: list[str]
+    descriptions: list[str | None]
+    search: TagSearch
+    subjects: Subjects  # URIs, labels, notations (SKOS vocabularies keep theirs; others get derived ones)
+    broader: dict[str, list[str]] = field(default_factory=dict)
+    narrower: dict[str, list[str]] = field(default_factory=dict)
+    modified: str | None = None  # when the store's live version was made
+    names: frozenset[str] = frozenset()
+    position: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, vocabulary: Mapping[str, Any], annif: AnnifSettings, max_query_chars: int) -> VocabularyView:
+        """``vocabulary``: the store's, as the app builder reads it (tags, descriptions, meta, broader,
+        modified)."""
+        tags, descriptions = list(vocabulary["tags"]), list(vocabulary["descriptions"])
+        meta = (vocabulary.get("meta") or {}).get("vocabulary") or {}
+        up: dict[str, list[str]] = defaultdict(list)
+        down: dict[str, list[str]] = defaultdict(list)
+        for narrower, broader in vocabulary.get("broader") or ():
+            up[narrower].append(broader)
+            down[broader].append(narrower)
+        return cls(
+            tags=tags,
+            descriptions=descriptions,
+            search=TagSearch(tags, descriptions, max_query_chars),
+            subjects=Subjects.of(
+                tags, meta.get("tags"), annif.language or meta.get("language"), annif.uri_base
+            ),
+            broader=dict(up),
+            narrower=dict(down),
+            modified=vocabulary.get("modified"),
+            names=frozenset(tags),
+            position={t: i for i, t in enumerate(tags)},
+        )
