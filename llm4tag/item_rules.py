@@ -141,12 +141,23 @@ def _in_models(check):
     return BeforeValidator(validate)
 
 
-# What the checks say in the OpenAPI schema too, so that a client (or a fuzzer) knows it; the checks
-# answer.
+# What the checks say, in the OpenAPI schema too, so that a client (or a fuzzer) knows it; the checks
+# answer (the schema's patterns are for the client's engine, none of them runs here).
 NOT_BLANK = {"minLength": 1, "pattern": r"\S"}
-ItemId = Annotated[StrictStr, Field(pattern=ID_PATTERN.pattern), _in_models(check_id)]
+_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
+_PRINTABLE_NOT_SPACE = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]"
+ID_SCHEMA = {
+    "minLength": 1,
+    "maxLength": 256,
+    "pattern": f"^{_PRINTABLE}*{_PRINTABLE_NOT_SPACE}{_PRINTABLE}*$",
+}
+ItemId = Annotated[StrictStr, Field(json_schema_extra=ID_SCHEMA), _in_models(check_id)]
 ItemText = Annotated[StrictStr, Field(json_schema_extra=NOT_BLANK), _in_models(check_text)]
-ItemTags = Annotated[list[StrictStr], _in_models(lambda value: list(check_tag_list(value)))]
+ItemTags = Annotated[
+    list[StrictStr],
+    Field(json_schema_extra={"items": {"type": "string", **NOT_BLANK}}),
+    _in_models(lambda value: list(check_tag_list(value))),
+]
 
 # JSON's name for what pydantic's type errors expected.
 _EXPECTED = {
@@ -173,8 +184,6 @@ def problem_message(error: ErrorDetails) -> str:
         return "unknown field"
     if kind in _EXPECTED:
         return f"must be {_EXPECTED[kind]}, got {json_type(error.get('input'))}"
-    if kind == "string_pattern_mismatch" and error["ctx"].get("pattern") == ID_PATTERN.pattern:
-        return "must be 1-256 printable characters on one line"
     if kind == "greater_than_equal":
         return f"must be at least {error['ctx']['ge']:g}"
     if kind == "less_than_equal":

@@ -112,3 +112,21 @@ def test_annif_bodies_word_their_problems_so_too():
             parse_batch({"documents": [document]}, 100)
         assert refused.value.status == 400
         assert refused.value.detail == f"{words} - 'documents.0.{where}'"
+
+
+def test_the_documented_id_schema_accepts_exactly_what_the_rule_accepts():
+    """A client (or Schemathesis) reads the OpenAPI schema: an id it says is valid must be accepted."""
+    import re
+
+    from llm4tag.item_rules import ID_SCHEMA
+
+    documented = re.compile(ID_SCHEMA["pattern"])
+    for value in ["a", " a ", "item 7", "ünïcode-✓", "x" * 256, "x" * 257, "", " ", "\t", "a\nb", "a\x85"]:
+        within = ID_SCHEMA["minLength"] <= len(value) <= ID_SCHEMA["maxLength"]
+        said = within and bool(documented.search(value))
+        try:
+            check_id(value)
+            accepted = True
+        except ItemProblem:
+            accepted = False
+        assert said == accepted, repr(value)
