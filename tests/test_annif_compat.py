@@ -58,6 +58,9 @@ def test_suggest_form_and_parameters_follow_annifs_schema():
     text, params = parse_suggest(form, SUBJECTS, 100)
     assert text == "my card!" and (params.limit, params.threshold) == (3, 0.25)
     assert parse_params({}, SUBJECTS).limit == 10  # Annif's default
+    # A parameter left empty takes its default; an empty text is a text (it has no suggestions).
+    text, params = parse_suggest({"text": "", "limit": "", "threshold": "", "language": ""}, SUBJECTS, 100)
+    assert text == "" and (params.limit, params.threshold, params.language) == (10, 0.0, None)
     for values, detail in [
         ({"limit": "-1"}, "must be at least 0 - 'limit'"),
         ({"limit": "many"}, "must be an integer, got a string - 'limit'"),

@@ -101,10 +101,14 @@ class SuggestParameters(_Body):
     @model_validator(mode="before")
     @classmethod
     def _blank_is_absent(cls, data: Any) -> Any:
-        # A form or query string sends "limit=" for a field left empty: the default, as in Annif.
+        # A form or query string sends "limit=" for a parameter left empty: its default, as in Annif.
+        # (Only the parameters: an empty text is a text, which has no suggestions.)
         if isinstance(data, Mapping):
-            return {k: v for k, v in data.items() if not (k in cls.model_fields and v == "")}
+            return {k: v for k, v in data.items() if not (k in PARAMETERS and v == "")}
         return data
+
+
+PARAMETERS = frozenset(SuggestParameters.model_fields)
 
 
 class SuggestForm(SuggestParameters):
