@@ -1,4 +1,6 @@
-"""Shared-data loading and cached encodings for the benchmarks (never used by the product)."""
+"""The shared data sets for the benchmarks (never used by the product): their train and test splits
+with cached encodings, the settings each is tagged with (configs/<set>.yaml), and the fixed samples of
+their test splits."""
 
 from __future__ import annotations
 
@@ -6,27 +8,17 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from _paths import DATASETS, DEFAULT_CACHE, DEFAULT_DATA, REPO, add_data_arguments
+import yaml
 
-from llm4tag.config import Settings
+from benchmarks._paths import REPO
+from llm4tag.config import Settings, settings_from_dict
 from llm4tag.data import Item, Tag, read_items, read_tags
 from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder
-
-__all__ = [
-    "DATASETS",
-    "DEFAULT_CACHE",
-    "DEFAULT_DATA",
-    "REPO",
-    "Dataset",
-    "add_data_arguments",
-    "load_dataset",
-    "test_sample",
-]
 
 
 @dataclass
@@ -42,6 +34,8 @@ class Dataset:
 
 def load_dataset(name: str, data_dir: Path, settings: Settings, encoder: Encoder, cache_dir: Path) -> Dataset:
     folder = data_dir / name
+    if not (folder / "items.jsonl.gz").is_file():
+        raise SystemExit(f"no data set {name!r} in {data_dir} (no {folder / 'items.jsonl.gz'}): see --data")
     tags = read_tags(folder / "tags.jsonl.gz")
     vocabulary = {t.tag for t in tags}
     train = read_items(folder / "items.jsonl.gz", vocabulary=vocabulary, split="train").items
@@ -71,3 +65,29 @@ def test_sample(ds: Dataset, n: int | None = None, seed: int = 0) -> list[Item]:
     already drawn, so per-item caches of LLM rows stay valid."""
     order = random.Random(seed).sample(ds.test, len(ds.test))
     return order if n is None else order[:n]
+
+
+def limit_test(ds: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """The data set with its test split cut to :func:`test_sample`'s first ``limit`` items (and their
+    vectors); unchanged, in file order, without a limit."""
+    if limit is None:
+        return ds
+    items = test_sample(ds, limit, seed)
+    position = {item.id: n for n, item in enumerate(ds.test)}
+    return replace(ds, test=items, test_vectors=ds.test_vectors[[position[i.id] for i in items]])
+
+
+def dataset_config(name: str) -> dict:
+    """The settings a data set is tagged with (configs/<set>.yaml, as a dict); none for a set that
+    has no file there."""
+    path = REPO / "configs" / f"{name}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def dataset_settings(name: str, pipeline: dict, model: str, engine: str | None) -> Settings:
+    """:func:`dataset_config` with ``pipeline`` merged into its pipeline section and the LLM's
+    model (and engine, if given)."""
+    data = dataset_config(name)
+    data.setdefault("pipeline", {}).update(pipeline)
+    data["llm"] = {**data.get("llm", {}), "model": model, **({"engine": engine} if engine else {})}
+    return settings_from_dict(data)

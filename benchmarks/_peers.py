@@ -84,7 +84,7 @@ class Methods:
         self.item_ms[label] = float("nan") if ms_per_item is None else ms_per_item
 
 
-ANNIF_RUN = ".venv-annif/bin/python benchmarks/annif_peer.py"
+ANNIF_RUN = ".venv-annif/bin/python -m benchmarks.annif_peer"
 
 
 def add_peers(methods: Methods, store, vectors: np.ndarray, emit: int, annif: Path, fit_s: float) -> None:

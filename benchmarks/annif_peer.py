@@ -1,7 +1,7 @@
 """Annif, the subject-indexing tool many users already run, as a peer on the shared data sets.
 
     bash scripts/setup_annif.sh                      # .venv-annif with Annif and its punkt_tab data
-    .venv-annif/bin/python benchmarks/annif_peer.py [--datasets banking77,...] [--backends omikuji,tfidf]
+    .venv-annif/bin/python -m benchmarks.annif_peer [--datasets banking77,...] [--backends omikuji,tfidf]
 
 Runs in .venv-annif (Annif's pins are not ours), so it reads the data files itself and drives the
 real ``annif`` command line. Per data set, under .bench-cache/annif/<set>/ (Annif's working folder):
@@ -16,7 +16,6 @@ out/annif/<set>/timings.json and are printed.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -25,8 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _paths import DATASETS, REPO, add_data_arguments
+from benchmarks._paths import (
+    DEFAULT_CACHE,
+    OUT,
+    add_data_arguments,
+    add_datasets_argument,
+    add_out_argument,
+    benchmark_parser,
+    names,
+)
 
 BACKENDS = ("omikuji", "tfidf")
 URI = "http://llm4tag.invalid/{set}/t{index}"
@@ -105,21 +111,19 @@ def to_rows(results_path: Path, tag_of: dict[str, str], test: list[dict]) -> lis
     return [{"id": r["id"], "tags": by_id.get(r["id"], [])} for r in test]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_parser(__file__, __doc__)
     add_data_arguments(parser, cache=False)
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--backends", default=",".join(BACKENDS))
-    parser.add_argument("--work", type=Path, default=REPO / ".bench-cache" / "annif")
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "annif")
+    add_datasets_argument(parser)
+    parser.add_argument("--backends", type=names, default=list(BACKENDS), help=",".join(BACKENDS))
+    parser.add_argument("--work", type=Path, default=DEFAULT_CACHE / "annif", help="Annif's working folder")
+    add_out_argument(parser, OUT / "annif")
     parser.add_argument("--jobs", type=int, default=1, help="annif train --jobs")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     annif = annif_command(Path(sys.executable).parent)
     print("| data set | backend | train items | test items | train s | suggest s | suggest ms/item |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name in args.datasets.split(","):
+    for name in args.datasets:
         work = (args.work / name).resolve()
         tag_of, test = prepare(name, args.data, work)
         with open(work / "train.jsonl", encoding="utf-8") as fh:
@@ -129,7 +133,7 @@ def main() -> int:
         common = ["-p", str(work / "projects.cfg"), "-v", "WARNING"]
         run([annif, "load-vocab", name, str(work / "subjects.tsv"), "-L", "en", "--force", *common], work)
         timings = {}
-        for backend in args.backends.split(","):
+        for backend in args.backends:
             project = f"{name}-{backend}"
             train_s = run(
                 [annif, "train", project, str(work / "train.jsonl"), "--jobs", str(args.jobs), *common], work

@@ -1,9 +1,9 @@
 """Bulk tagging on Ray Data vs the in-process pipeline, in the same run, on synthetic items.
 
-    python benchmarks/bulk.py --stages all --items 300            # full pipeline (tiny LLM)
-    python benchmarks/bulk.py --stages recall --items 100000      # encode + graph recall only
+    python -m benchmarks.bulk --stages all --items 300            # full pipeline (tiny LLM)
+    python -m benchmarks.bulk --stages recall --items 100000      # encode + graph recall only
 
-Builds a store and knowledge bases from the bundled BANKING77 sample (or uses --store), makes
+Copies the store of the bundled BANKING77 sample (cached: benchmarks/_stores.py; or uses --store), makes
 --items synthetic customer queries (sentences of the sample recombined; seeded), then times
 
 * in process: ``TaggingPipeline.tag_rows`` (all) or ``Recaller.recall_rows`` (recall), batches of
@@ -18,17 +18,13 @@ stage on 100,000.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "sample" / "banking77"
-sys.path.insert(0, str(REPO))
+from benchmarks._paths import REPO, SAMPLE, add_cache_argument, add_rebuild_argument, benchmark_parser
 
 
 def synthetic_items(n: int, seed: int = 0) -> list[dict]:
@@ -38,7 +34,7 @@ def synthetic_items(n: int, seed: int = 0) -> list[dict]:
     texts = [
         json.loads(line)["text"]
         for name in ("train.jsonl", "queries.jsonl")
-        for line in (SAMPLE / name).read_text().splitlines()
+        for line in (SAMPLE / "banking77" / name).read_text().splitlines()
         if line
     ]
     clauses = [c.strip() for t in texts for c in re.split(r"[.?!,]", t) if len(c.split()) >= 3]
@@ -53,10 +49,8 @@ def synthetic_items(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
     parser.add_argument("--stages", choices=["all", "recall"], default="all")
     parser.add_argument("--items", type=int, default=300)
     parser.add_argument("--model", default="tiny")
@@ -67,17 +61,19 @@ def main() -> None:
     parser.add_argument("--store", help="an existing store (default: built from the BANKING77 sample)")
     parser.add_argument("--config", default=str(REPO / "configs" / "banking77.yaml"))
     parser.add_argument("--skip-in-process", action="store_true")
-    args = parser.parse_args()
+    add_cache_argument(parser)
+    add_rebuild_argument(parser)
+    args = parser.parse_args(argv)
 
     import pyarrow as pa
     import pyarrow.parquet as pq
     import yaml
 
+    from benchmarks._stores import sample_store
     from cluster.bulk import run_bulk
     from llm4tag.config import settings_from_dict
     from llm4tag.data import Item
     from llm4tag.evaluation.tables import format_table
-    from llm4tag.store_builder import build_store_from_files
 
     data = yaml.safe_load(Path(args.config).read_text()) or {}
     data["llm"] = {**data.get("llm", {}), "model": args.model, "batch_size": args.batch_size}
@@ -92,12 +88,10 @@ def main() -> None:
     settings = settings_from_dict(data)
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = Path(args.store) if args.store else Path(tmp) / "store"
-        if not args.store:
-            rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
-            build_store_from_files(
-                store, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", knowledge_files=[str(rules)]
-            )
+        if args.store:
+            store = Path(args.store)
+        else:
+            store = sample_store(args.cache, rebuild=args.rebuild, copy_to=Path(tmp) / "store")
         rows = synthetic_items(args.items)
         source = Path(tmp) / "items.parquet"
         pq.write_table(pa.Table.from_pylist(rows), source)

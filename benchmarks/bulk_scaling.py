@@ -1,6 +1,6 @@
 """Bulk tagging (Ray Data) on a local multi-node cluster: throughput with 1, 2 and 3 worker nodes.
 
-    python benchmarks/bulk_scaling.py --nodes 1,2,3 --recall-items 4000 --all-items 24
+    python -m benchmarks.bulk_scaling --nodes 1,2,3 --recall-items 4000 --all-items 24
 
 For each node count: a fresh ray.cluster_utils.Cluster (a head with 0 CPUs and N worker nodes of
 --cpus-per-node logical CPUs each, separate raylets on this one machine), then ``cluster.bulk.run_bulk``
@@ -10,7 +10,8 @@ per stage per node), into a fresh output folder. Two jobs per node count:
 * ``recall``: encode + graph recall only, --recall-items synthetic queries (CPU-bound: the encoder);
 * ``all``: the full pipeline with the tiny LLM, --all-items queries (CPU-bound: the LLM).
 
-Items/s count the whole job (actor start-up and model loads included, as in benchmarks/bulk.py).
+Items/s count the whole job (actor start-up and model loads included, as in benchmarks/bulk.py). The
+store is a copy of the bundled BANKING77 sample's (cached: benchmarks/_stores.py).
 This machine has 2 cores whatever the node count, so the local nodes share them: expect flat (or
 falling) throughput. What the run shows is that the job spreads over the nodes and finishes; the
 scaling itself needs real nodes (see the README's sizing table for projections and their basis).
@@ -18,18 +19,14 @@ scaling itself needs real nodes (see the README's sizing table for projections a
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "sample" / "banking77"
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks._datasets import dataset_config
+from benchmarks._paths import OUT, add_cache_argument, add_rebuild_argument, benchmark_parser
 
 
 def free_port() -> int:
@@ -39,11 +36,9 @@ def free_port() -> int:
 
 
 def settings_for(nodes: int, model: str, batch: int):
-    import yaml
-
     from llm4tag.config import settings_from_dict
 
-    data = yaml.safe_load((REPO / "configs" / "banking77.yaml").read_text()) or {}
+    data = dataset_config("banking77")
     data["llm"] = {**data.get("llm", {}), "model": model, "batch_size": batch}
     # Per node: one actor of each stage plus Ray Data's file-listing task, which asks for a whole CPU
     # (Ray 2.60): with 0.5 CPU per actor the three stages and that task did not fit 2 logical CPUs and
@@ -104,33 +99,29 @@ def run_once(nodes: int, stages: str, source: Path, store: Path, args, out: Path
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
     parser.add_argument("--nodes", default="1,2,3")
     parser.add_argument("--cpus-per-node", type=int, default=2)
     parser.add_argument("--recall-items", type=int, default=4000, help="0 skips the recall job")
     parser.add_argument("--all-items", type=int, default=24, help="0 skips the full-pipeline job")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", default="out/bulk_scaling/results.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=OUT / "bulk_scaling" / "results.json", help="a JSON file")
+    add_cache_argument(parser)
+    add_rebuild_argument(parser)
+    args = parser.parse_args(argv)
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from bulk import synthetic_items
 
+    from benchmarks._stores import sample_store
+    from benchmarks.bulk import synthetic_items
     from llm4tag.evaluation.tables import format_table
-    from llm4tag.store_builder import build_store_from_files
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "store"
-        rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
-        build_store_from_files(
-            store, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", knowledge_files=[str(rules)]
-        )
+        store = sample_store(args.cache, rebuild=args.rebuild, copy_to=Path(tmp) / "store")
         jobs = [("recall", args.recall_items), ("all", args.all_items)]
         for stages, count in jobs:
             if count <= 0:

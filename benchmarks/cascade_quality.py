@@ -4,8 +4,9 @@ paired differences against the ranker alone, ECE, coverage at 95% precision, the
 to the LLM and LLM seconds per item; writes ``--out/<set>/table.md``, ``results.json`` and
 ``accuracy_coverage.png`` (every method but the fixed-tau sensitivity rows).
 
-One LLM run gives the LLM rows: the store of the train split is built with its ranking (cached in
-``--out/<set>/store``), and the first ``--n`` items of the test split's fixed seed-0 order are tagged
+One LLM run gives the LLM rows: the store of the train split is built with its ranking (cached:
+benchmarks/_stores.py; this script works on a copy in ``--out/<set>/store``, since route: auto's fit is
+saved into it), and the first ``--limit`` items of the test split's fixed seed-0 order are tagged
 with ``pipeline.route: off`` (every item to the LLM, choosing among the ranker's candidates), one row
 per item appended to ``--out/<set>/route_off.jsonl`` as it comes (a rerun tags only the missing ones).
 
@@ -27,29 +28,36 @@ per item appended to ``--out/<set>/route_off.jsonl`` as it comes (a rerun tags o
   the real row, and with every item sent, which shows what the calibrated LLM is worth on its own.
   ``--auto-offline`` skips the real route: auto run where it would send too many items to afford.
 * TagGPT selective: compare.py's rows for the same items (``--taggpt``, its ``--out``), if it has
-  tagged them: ``compare.py --datasets SET --methods taggpt-selective --n N --no-vocab``. Its LLM seconds
+  tagged them: ``compare.py --datasets SET --methods taggpt-selective --limit N --no-vocab``. Its LLM seconds
   per item are compare.py's measured ones (timings.json).
 
 ``--no-llm`` leaves out every row of our LLM (route off, the cascade, route: auto): the ranker's rows
 then come from ``pipeline.route: 0`` (the ranker settles every item; cached in ``ranker.jsonl``), so the
 ranker, the peers and TagGPT's cached rows can be set side by side without hours of route-off runs.
 
-    nice -n 10 .venv/bin/python benchmarks/cascade_quality.py --dataset banking77 --n 500 --cascade-items 200
+    nice -n 10 .venv/bin/python -m benchmarks.cascade_quality --dataset banking77 --limit 500 \
+        --cascade-items 200
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import REPO, add_data_arguments, load_dataset, test_sample
-from _peers import (
+from benchmarks._datasets import dataset_settings, load_dataset, test_sample
+from benchmarks._paths import (
+    OUT,
+    add_data_arguments,
+    add_dataset_argument,
+    add_limit_argument,
+    add_out_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
+from benchmarks._peers import (
     THRESHOLDS,
     Methods,
     add_peers,
@@ -59,9 +67,8 @@ from _peers import (
     read_rows,
     read_timings,
 )
-from pipeline_quality import cached_rows, run_llm, settings_for
-
-from llm4tag import store_builder
+from benchmarks._rows import cached_rows, run_llm
+from benchmarks._stores import dataset_store
 from llm4tag.cascade_fit import fit_store_cascade
 from llm4tag.encoder import Encoder
 from llm4tag.evaluation.plots import accuracy_coverage_plot
@@ -82,18 +89,9 @@ from llm4tag.ranking.models import ScoredTag
 FIXED_TAUS = (0.5, 0.8, 0.9)
 
 
-def build(folder: Path, ds, settings, encoder) -> None:
-    if (folder / "ranking" / "manifest.json").exists():
-        return
-    started = time.perf_counter()
-    parts = store_builder.build_parts(
-        ds.train, ds.tags, settings, encoder, item_vectors=ds.train_vectors, tag_vectors=ds.tag_vectors
-    )
-    store_builder.save_parts(parts, folder)
-    summary = store_builder.fit_store_ranking(
-        folder, parts.store, parts.report.annotated, parts.report.item_vectors, settings, encoder.id
-    )
-    print(f"# built {folder} in {time.perf_counter() - started:.0f} s: {json.dumps(summary)}", flush=True)
+def with_ranking(settings):
+    """The settings of the store this script and precision_cut.py tag with: the ranking always fitted."""
+    return settings.with_overrides({"ranking": {"enabled": "on"}})
 
 
 def scored_candidates(row: dict) -> list[ScoredTag]:
@@ -144,7 +142,7 @@ def where_the_llm_differs(gold: dict, rows: dict) -> dict[str, int]:
 def add_taggpt(add, folder: Path, ids: list[str], emit: int) -> None:
     """TagGPT selective's rows from compare.py's cache (``folder``: its --out/<model>/<set>), with its
     measured LLM seconds per item, if it has tagged these items."""
-    run = f"run compare.py --methods taggpt-selective --n {len(ids)} --no-vocab"
+    run = f"run python -m benchmarks.compare --methods taggpt-selective --limit {len(ids)} --no-vocab"
     rows = read_rows(folder / "taggpt-selective.jsonl", ids, emit, run)
     if rows is None:
         return
@@ -192,23 +190,21 @@ def summarize(gold: dict, found: Methods, ranker_label: str, share: dict, second
     return table, results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--dataset", default="banking77")
-    parser.add_argument("--n", type=int, default=100, help="test items (a fixed seed-0 order's first n)")
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
+    add_dataset_argument(parser)
+    add_limit_argument(parser, 100, "test items (a fixed seeded order's first N; default 100)")
+    add_seed_argument(parser)
     parser.add_argument("--model", default="default")
     parser.add_argument("--chunk", type=int, default=4, help="items per pipeline call (and cache write)")
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "cascade")
-    parser.add_argument(
-        "--annif", type=Path, default=REPO / "out" / "annif", help="Annif rows (annif_peer.py)"
-    )
+    add_rebuild_argument(parser)
+    add_out_argument(parser, OUT / "cascade")
+    parser.add_argument("--annif", type=Path, default=OUT / "annif", help="Annif rows (annif_peer.py)")
     parser.add_argument(
         "--taggpt",
         type=Path,
-        default=REPO / "out" / "compare",
+        default=OUT / "compare",
         help="compare.py's --out: TagGPT selective's rows for these items, if it has tagged them",
     )
     parser.add_argument(
@@ -224,21 +220,19 @@ def main() -> None:
         action="store_true",
         help="with --cascade-items: route: auto only replayed on the route-off rows, not tagged again",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.no_llm and args.cascade_items:
         parser.error("--cascade-items fits and runs route: auto, an LLM row: not with --no-llm")
 
     route = 0.0 if args.no_llm else "off"
-    settings = settings_for(args.dataset, {"route": route}, args.model, None).with_overrides(
-        {"ranking": {"enabled": "on"}}
-    )
+    settings = with_ranking(dataset_settings(args.dataset, {"route": route}, args.model, None))
     encoder = Encoder(settings.encoder)
     ds = load_dataset(args.dataset, args.data, settings, encoder, args.cache)
     folder = args.out / args.dataset
-    build(folder / "store", ds, settings, encoder)
-    pipeline = TaggingPipeline.open(folder / "store", settings)
+    store = dataset_store(ds, settings, encoder, args.cache, rebuild=args.rebuild, copy_to=folder / "store")
+    pipeline = TaggingPipeline.open(store, settings)
     cut = pipeline.ranking.models.precision_cut(0.95)
-    sample = test_sample(ds, args.n)
+    sample = test_sample(ds, args.limit, args.seed)
     rows_path = folder / ("ranker.jsonl" if args.no_llm else "route_off.jsonl")
     cached = set(cached_rows(rows_path))
     if not args.no_llm and pipeline.ranking.cascade is not None and any(i.id not in cached for i in sample):
@@ -281,11 +275,11 @@ def main() -> None:
     if args.cascade_items:
         # One LLM for route off, the fit and route: auto (1-2 GB each otherwise).
         fitted = fit_store_cascade(
-            folder / "store", settings, args.cascade_items, progress=print, engine=pipeline.engine
+            store, settings, args.cascade_items, progress=print, engine=pipeline.engine
         )
         print(f"# cascade fit on {args.cascade_items} held-out train items: {json.dumps(fitted)}", flush=True)
         auto_settings = settings.with_overrides({"pipeline": {"route": "auto"}})
-        auto = TaggingPipeline.open(folder / "store", auto_settings, engine=pipeline.engine)
+        auto = TaggingPipeline.open(store, auto_settings, engine=pipeline.engine)
         if not args.auto_offline:
             auto_rows, auto_stats = run_llm(
                 auto,

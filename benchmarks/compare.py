@@ -1,14 +1,15 @@
 """Our pipeline against the peer taggers on the same items (LLM4Tag table 1), and a vocabulary built
 from raw texts (TagGPT section 2.1).
 
-    python benchmarks/compare.py [--datasets debian_debtags,...] [--n 24] [--model default]
+    python -m benchmarks.compare [--datasets debian_debtags,...] [--limit 24] [--model default]
                                  [--methods match,taggpt-selective,taggpt-generative,betag,llm4tag]
                                  [--vocab banking77 --vocab-items 300 | --no-vocab] [--only-vocab]
 
-Every method tags the same items of each shared data set: the first --n of the fixed seed-0 sample of
-36 test items that benchmarks/pipeline_quality.py scores, so our pipeline's rows cached there
-(out/quality/<model>/<set>/full.jsonl) are reused and extended in place. Peer rows are cached per item
-under out/compare/<model>/<set>/<method>.jsonl: an interrupted run resumes and --n can grow.
+Every method tags the same items of each shared data set: the first --limit of the test split's fixed
+seed-0 order (the 36 items benchmarks/pipeline_quality.py --limit 36 scores are its first 36), so our
+pipeline's rows cached there (out/quality/<model>/<set>/full.jsonl) are reused and extended in place
+(its store: the cached one, benchmarks/_stores.py). Peer rows are cached per item under
+out/compare/<model>/<set>/<method>.jsonl: an interrupted run resumes and --limit can grow.
 All methods see the data set's real vocabulary and the bundled encoder; TagGPT's generative prompt
 gets one fixed worked example (the first train item), as its template has.
 
@@ -21,17 +22,26 @@ with their tags removed: TagGPT's measures beside the real vocabulary's, its cov
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, REPO, add_data_arguments, load_dataset, test_sample
-from pipeline_quality import build_parts, cached_rows, settings_for
-
+from benchmarks._datasets import dataset_settings, load_dataset, test_sample
+from benchmarks._paths import (
+    OUT,
+    add_data_arguments,
+    add_datasets_argument,
+    add_limit_argument,
+    add_out_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+    names,
+)
+from benchmarks._rows import cached_rows
+from benchmarks._stores import dataset_store
+from benchmarks.pipeline_quality import without_ranking
 from graph_store.durable import append_lines
 from llm4tag.baselines import PipelineTagger, TagIndex, make_baseline
 from llm4tag.data import Item, write_records
@@ -51,7 +61,6 @@ LABELS = {
     "betag": "BETag (diverse beams, w/o FT)",
     "llm4tag": "**LLM4Tag (ours)**",
 }
-QUALITY_SAMPLE = 36  # pipeline_quality.py's sample size: our rows exist for these items
 
 
 def _tokens(engine) -> int:
@@ -100,7 +109,7 @@ def fmt(value: float) -> str:
 
 
 def _settings(name: str, args):
-    settings = settings_for(name, {}, args.model, args.engine)
+    settings = dataset_settings(name, {}, args.model, args.engine)
     if args.threads:
         settings.llm.threads = args.threads
     if args.batch_size:
@@ -114,7 +123,7 @@ def compare_dataset(name, args, encoder, engine_box) -> dict:
     example = ds.train[0]
     settings.peers.example_text = example.text
     settings.peers.example_tags = list(example.tags or ())
-    sample = test_sample(ds, args.sizes[name])
+    sample = test_sample(ds, args.sizes[name], args.seed)
     gold = {i.id: set(i.tags or ()) for i in sample}
     max_tags = 1 if settings.pipeline.mode == "single" else settings.pipeline.max_tags
     task = "single" if max_tags == 1 else "multi"
@@ -139,17 +148,11 @@ def compare_dataset(name, args, encoder, engine_box) -> dict:
                 rows, stats = {i.id: have[i.id] for i in sample}, {"items": 0, "seconds": 0.0}
             else:
                 from llm4tag.pipeline import TaggingPipeline
-                from llm4tag.recaller import Recaller
 
-                store, samples, domain = build_parts(ds, settings, encoder)
-                pipeline = TaggingPipeline(
-                    Recaller(store, encoder, settings.texts),
-                    engine(),
-                    settings,
-                    samples,
-                    domain,
-                    max_tags=max_tags,
+                store = dataset_store(
+                    ds, without_ranking(settings), encoder, args.cache, rebuild=args.rebuild
                 )
+                pipeline = TaggingPipeline.open(store, settings, engine=engine())
                 tagger = PipelineTagger(pipeline, with_dropped=True)
                 rows, stats = run_tagger(tagger, sample, path, args.chunk, f"{name}/llm4tag", engine())
         else:
@@ -230,7 +233,7 @@ def wide_table(results: list[dict]) -> str:
 def build_vocabulary(name, args, encoder, engine_box) -> dict:
     settings = _settings(name, args)
     ds = load_dataset(name, args.data, settings, encoder, args.cache)
-    picked = random.Random(0).sample(ds.train, min(args.vocab_items, len(ds.train)))
+    picked = random.Random(args.seed).sample(ds.train, min(args.vocab_items, len(ds.train)))
     raw = [Item(i.id, i.text) for i in picked]  # the tags are removed
     out = args.out / args.model / "vocab" / name
     out.mkdir(parents=True, exist_ok=True)
@@ -347,20 +350,21 @@ def _pop(m: dict) -> list[int]:
     return [h["1"], h["2"], h["3-4"], h["5-9"], h["10-19"], h["20-49"] + h["50-99"] + h["100+"]]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
+    add_datasets_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "compare")
-    parser.add_argument(
-        "--quality", type=Path, default=REPO / "out" / "quality", help="pipeline_quality.py's rows"
+    add_out_argument(parser, OUT / "compare")
+    parser.add_argument("--quality", type=Path, default=OUT / "quality", help="pipeline_quality.py's rows")
+    add_limit_argument(
+        parser,
+        "500",
+        "test items per set (a fixed seeded order's first N): N or NAME=N,NAME=N (default 500)",
+        type=str,
     )
-    parser.add_argument(
-        "--n", default="500", help="test items per set (a fixed seed-0 order's first n): N or NAME=N,NAME=N"
-    )
-    parser.add_argument("--methods", default=",".join(METHODS))
+    add_seed_argument(parser, help="seed of the test order and of the vocabulary's train items (default 0)")
+    add_rebuild_argument(parser)
+    parser.add_argument("--methods", type=names, default=list(METHODS), help=",".join(METHODS))
     parser.add_argument("--model", default="default")
     parser.add_argument("--engine", default=None, help="LLM engine (default: the config's, llamacpp)")
     parser.add_argument("--threads", type=int, help="LLM threads (default: config)")
@@ -370,25 +374,23 @@ def main() -> None:
     parser.add_argument("--vocab-items", type=int, default=300)
     parser.add_argument("--no-vocab", action="store_true")
     parser.add_argument("--only-vocab", action="store_true")
-    args = parser.parse_args()
-    args.methods = [m for m in args.methods.split(",") if m]
+    args = parser.parse_args(argv)
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s): {', '.join(unknown)}")
-    names = args.datasets.split(",")
-    if "=" in args.n:
-        args.sizes = {k: int(v) for k, v in (part.split("=") for part in args.n.split(","))}
+    if "=" in args.limit:
+        args.sizes = {k: int(v) for k, v in (part.split("=") for part in args.limit.split(","))}
     else:
-        args.sizes = dict.fromkeys(names, int(args.n))
-    if set(names) - set(args.sizes) or not all(n >= 1 for n in args.sizes.values()):
-        parser.error("--n must give every data set a size of at least 1")
+        args.sizes = dict.fromkeys(args.datasets, int(args.limit))
+    if set(args.datasets) - set(args.sizes) or not all(n >= 1 for n in args.sizes.values()):
+        parser.error("--limit must give every data set a size of at least 1")
 
-    encoder_settings = settings_for(args.datasets.split(",")[0], {}, args.model, args.engine)
+    encoder_settings = dataset_settings(args.datasets[0], {}, args.model, args.engine)
     encoder = Encoder(encoder_settings.encoder)
     engine_box = [None]
     results = []
     if not args.only_vocab:
-        for name in args.datasets.split(","):
+        for name in args.datasets:
             results.append(compare_dataset(name, args, encoder, engine_box))
     vocab_report = None
     if args.vocab and not args.no_vocab:

@@ -1,6 +1,6 @@
 """Which sentence encoder to use for recall: quality and CPU speed of the candidates, on the shared data.
 
-    python benchmarks/encoders.py [--datasets banking77,flipkart_products] [--data ../shared/data]
+    python -m benchmarks.encoders [--datasets banking77,flipkart_products] [--data ../shared/data]
                                   [--speed-texts 1000] [--train-fraction 0.5] [--models minilm,mpnet]
 
 Candidates:
@@ -17,8 +17,9 @@ fp32, 1 torch thread), after a warm-up batch, the models measured one right afte
 ``--speed-rounds`` interleaved rounds; also the load time, dimension and size on disk.
 
 Quality: per data set, a store is built from the train split (``materialize_similarity=False``) with each
-model's vectors and every test item is scored at k=20: graph recall (``store.recall``) and match recall
-(``store.match``), #Right / HR#n (llm4tag.metrics), and top-1 accuracy (first candidate is a gold tag).
+model's vectors (cached: benchmarks/_stores.py) and every test item is scored at k=20: graph recall
+(``store.recall``) and match recall (``store.match``), #Right / HR#n (llm4tag.metrics), and top-1
+accuracy (first candidate is a gold tag).
 Vectors are cached in ``.bench-cache/encoders/`` keyed by model, data set and texts. By default the store
 holds a seeded random 50% of train (``--train-fraction``; the same items for both models) to keep a
 from-scratch run near 20 minutes on a 2-vCPU machine; the test split is always whole.
@@ -28,7 +29,6 @@ Prints notes, one Markdown table and, last, one JSON line with every figure.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -43,10 +43,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _paths import add_data_arguments
-
-from graph_store import GraphConfig, GraphStore
+from benchmarks._paths import (
+    add_data_arguments,
+    add_datasets_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
+from benchmarks._stores import train_store
+from graph_store import open_store
+from llm4tag.config import Settings
 from llm4tag.data import Item, read_items, read_tags
 from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder, EncoderConfig
@@ -259,7 +265,16 @@ def top1(items: list[Item], candidates) -> float:
     return hits / max(1, len(items))
 
 
-def quality(encoder: Encoder, label: str, dataset: str, data: tuple, fraction: float, seed: int, cache: Path):
+def quality(
+    encoder: Encoder,
+    label: str,
+    dataset: str,
+    data: tuple,
+    fraction: float,
+    seed: int,
+    cache: Path,
+    rebuild: bool = False,
+):
     tags, train, test = data
     if fraction < 1.0:
         rng = np.random.default_rng(seed)
@@ -271,15 +286,25 @@ def quality(encoder: Encoder, label: str, dataset: str, data: tuple, fraction: f
         "test": [item_text(i) for i in test],
     }
     vectors, rate = encode_cached(encoder, label, dataset, groups, cache)
-    store = GraphStore.build(
-        item_ids=[i.id for i in train],
-        item_vectors=vectors["train"],
-        item_tags=[list(i.tags or ()) for i in train],
-        tags=[t.tag for t in tags],
-        tag_vectors=vectors["tags"],
-        encoder_id=encoder.id,
-        config=GraphConfig(materialize_similarity=False),
+    settings = Settings().with_overrides(
+        {
+            "encoder": {"model": encoder.config.model},
+            "graph": {"materialize_similarity": False},
+            "ranking": {"enabled": "off"},
+        }
     )
+    folder = train_store(
+        f"{dataset}-{label}",
+        train,
+        tags,
+        settings,
+        encoder,
+        cache,
+        train_vectors=vectors["train"],
+        tag_vectors=vectors["tags"],
+        rebuild=rebuild,
+    )
+    store = open_store(folder)
     annotated = [n for n, i in enumerate(test) if i.tags]
     test, test_vectors = [test[n] for n in annotated], vectors["test"][annotated]
     gold = {i.id: set(i.tags) for i in test}
@@ -320,8 +345,8 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="banking77,flipkart_products")
+    parser = benchmark_parser(__file__, __doc__)
+    add_datasets_argument(parser, ["banking77", "flipkart_products"])
     add_data_arguments(parser)
     parser.add_argument("--models", default="minilm,mpnet", help="minilm, mpnet or local model folders")
     parser.add_argument("--speed-texts", type=int, default=1000)
@@ -334,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         "0.5 by default: all-mpnet-base-v2 encodes about 20 texts/s here, the full train splits of "
         "banking77 + flipkart_products would take about 30 minutes",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed_argument(parser, help="seed of the share of train (default 0)")
     parser.add_argument("--skip-quality", action="store_true")
+    add_rebuild_argument(parser)
     args = parser.parse_args(argv)
 
     import sentence_transformers  # noqa: F401  (imported before timing loads: not part of a model's load)
@@ -389,12 +415,14 @@ def main(argv: list[str] | None = None) -> int:
             rows[label].setdefault("texts_per_s_rounds", []).append(rate)
             print(f"# {label}: {rate:.1f} texts/s", file=sys.stderr, flush=True)
 
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    datasets = args.datasets
     if not args.skip_quality:
         for dataset in datasets:
             data = load_split(args.data, dataset)
             for label, encoder in encoders.items():
-                result = quality(encoder, label, dataset, data, args.train_fraction, args.seed, args.cache)
+                result = quality(
+                    encoder, label, dataset, data, args.train_fraction, args.seed, args.cache, args.rebuild
+                )
                 rows[label][dataset] = result
                 print(
                     f"# {label} {dataset}: graph right {result['graph']['right']:.4f}, "

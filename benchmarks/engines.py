@@ -1,9 +1,10 @@
 """The LLM engines and prompt layouts on the same test items, in one run: speed per stage, tokens, quality.
 
-    python benchmarks/engines.py [--dataset banking77] [--n 100] [--models default,tiny]
+    python -m benchmarks.engines [--dataset banking77] [--limit 100] [--models default,tiny]
         [--configs transformers,llamacpp-paper,llamacpp] [--threads 1] [--chunk 5]
 
-A store and knowledge bases from the data set's train split; a fixed sample of its test split (seed 0).
+A store and knowledge bases from the data set's train split (cached: benchmarks/_stores.py; no ranking,
+so the LLM tags every item); a fixed sample of its test split (random.Random(--seed).sample, seed 0).
 Every configuration tags the same items, chunk by chunk in turn (item chunk 1 with every configuration,
 then chunk 2, ...), so that whatever else runs on the machine slows them alike; the ratios are the
 figures to read. Configurations (``--configs``, names below; ``+`` joins overrides):
@@ -23,29 +24,35 @@ with the same top tag and the median |difference| of its confidence. Rows and ti
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import REPO, add_data_arguments, load_dataset
-from pipeline_quality import build_parts
-
+from benchmarks._datasets import dataset_config, load_dataset
+from benchmarks._paths import (
+    OUT,
+    add_data_arguments,
+    add_dataset_argument,
+    add_limit_argument,
+    add_out_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+    names,
+)
+from benchmarks._stores import dataset_store
+from benchmarks.pipeline_quality import without_ranking
 from llm4tag.config import settings_from_dict
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
 from llm4tag.evaluation.tables import format_table
 from llm4tag.evaluation.tagging import evaluate_tagging, metric_intervals
 from llm4tag.pipeline import TaggingPipeline
-from llm4tag.recaller import Recaller
 
 BASES = {
     "transformers": {"llm": {"engine": "transformers"}, "prompts": {"layout": "paper"}},
@@ -70,8 +77,7 @@ def config_settings(name: str, dataset: str, model: str, threads: int) -> dict:
     base, *ablations = name.split("-")
     if base == "llamacpp" and ablations and ablations[0] == "paper":
         base, ablations = "llamacpp-paper", ablations[1:]
-    data = yaml.safe_load((REPO / "configs" / f"{dataset}.yaml").read_text()) or {}
-    data = merge(data, BASES[base])
+    data = merge(dataset_config(dataset), BASES[base])
     for ablation in ablations:
         data = merge(data, ABLATIONS[ablation])
     return merge(data, {"llm": {"model": model, "threads": threads, "batch_size": 8}})
@@ -100,34 +106,39 @@ def auc(scores: list[float], labels: list[bool]) -> float:
     return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--dataset", default="banking77")
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
+    add_dataset_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "engines")
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--models", default="default,tiny")
-    parser.add_argument("--configs", default="transformers,llamacpp-paper,llamacpp")
+    add_out_argument(parser, OUT / "engines")
+    add_limit_argument(parser, 100, "test items (a fixed sample; default 100)")
+    add_seed_argument(parser)
+    add_rebuild_argument(parser)
+    parser.add_argument("--models", type=names, default=["default", "tiny"], help="default: default,tiny")
+    parser.add_argument(
+        "--configs",
+        type=names,
+        default=["transformers", "llamacpp-paper", "llamacpp"],
+        help="default: transformers,llamacpp-paper,llamacpp",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    configs = [c for c in args.configs.split(",") if c]
+    configs = args.configs
     first = settings_from_dict(config_settings(configs[0], args.dataset, "tiny", args.threads))
     encoder = Encoder(first.encoder)
     ds = load_dataset(args.dataset, args.data, first, encoder, args.cache)
-    sample = random.Random(0).sample(ds.test, min(args.n, len(ds.test)))
+    sample = random.Random(args.seed).sample(ds.test, min(args.limit, len(ds.test)))
     gold = {i.id: set(i.tags or ()) for i in sample}
-    store, samples, domain = build_parts(ds, first, encoder)
+    store = dataset_store(ds, without_ranking(first), encoder, args.cache, rebuild=args.rebuild)
     max_tags = 1 if first.pipeline.mode == "single" else first.pipeline.max_tags
     task = "single" if max_tags == 1 else "multi"
     print(
         f"# {args.dataset}: {len(sample)} test items (seed 0), {task}-tag, threads {args.threads}", flush=True
     )
 
-    for model in [m for m in args.models.split(",") if m]:
+    for model in args.models:
         folder = args.out / args.dataset / f"{model}-t{args.threads}"
         folder.mkdir(parents=True, exist_ok=True)
         engines: dict[str, object] = {}
@@ -139,15 +150,8 @@ def main() -> None:
                 started = time.perf_counter()
                 engines[key] = make_engine(settings.llm)
                 print(f"# {model}/{key}: loaded in {time.perf_counter() - started:.1f} s", flush=True)
-            recaller = Recaller(store, encoder, settings.texts)
-            if settings.graph.recall != store.config.recall:
-                # A recall ablation needs its own store object over the same graph.
-                recaller = Recaller(copy.copy(store), encoder, settings.texts)
-                recaller.store.config = copy.copy(store.config)
-                recaller.store.config.recall = settings.graph.recall
-            pipelines[name] = TaggingPipeline(
-                recaller, engines[key], settings, samples, domain, max_tags=max_tags
-            )
+            # Each opens the store with its own recall settings (a recall ablation: -c10).
+            pipelines[name] = TaggingPipeline.open(store, settings, engine=engines[key])
         done = {name: read_jsonl(folder / f"{name}.jsonl") for name in configs}
         done_ids = {name: {i for chunk in rows for i in chunk["ids"]} for name, rows in done.items()}
         for start in range(0, len(sample), args.chunk):

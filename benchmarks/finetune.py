@@ -6,43 +6,51 @@ item sees itself); the test sample (seed 0) is scored by a pipeline whose store 
 Prints training time, steps, loss before/after, peak memory, the metrics of the four configurations
 and the calibration ECE before/after.
 
-    flock /tmp/llm4tag-cpu.lock python benchmarks/finetune.py --datasets banking77 --n 50 \
+    flock /tmp/llm4tag-cpu.lock python -m benchmarks.finetune --datasets banking77 --limit 50 \
         --train-items 200 --steps 40 --model default
 
 The three stages can run apart, on different machines (training on a GPU machine that has neither
 the shared data nor faiss/igraph; `--stage train` imports only torch, transformers and peft):
 
-    python benchmarks/finetune.py --stage data  --datasets banking77 --train-items 4000 --model tiny \
+    python -m benchmarks.finetune --stage data  --datasets banking77 --train-items 4000 --model tiny \
         --config configs/finetune_tiny.yaml
-    python benchmarks/finetune.py --stage train --datasets banking77 --model tiny --device cuda \
+    python -m benchmarks.finetune --stage train --datasets banking77 --model tiny --device cuda \
         --base /path/to/hf-folder --steps 250 --calibrator-steps 250
-    python benchmarks/finetune.py --stage eval  --datasets banking77 --model tiny --n 100
+    python -m benchmarks.finetune --stage eval  --datasets banking77 --model tiny --limit 100
 
 `--device cuda` trains with the finetune.gpu settings (bf16, bigger batches, epochs over the data).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import random
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _paths import REPO, add_data_arguments
+from benchmarks._paths import (
+    OUT,
+    REPO,
+    add_data_arguments,
+    add_datasets_argument,
+    add_limit_argument,
+    add_out_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
 
 ROLES = ("generator", "calibrator")
 SETTINGS_FILE = "settings.json"
 
 
 def merged_settings(name: str, args) -> dict:
-    """The data set's benchmark config, then --config over it, then the command line's choices."""
+    """The data set's benchmark config, then --config over it, then the command line's choices (read
+    here, not with _datasets.dataset_config: the train stage runs where only torch, transformers and
+    peft are installed)."""
     data = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()) or {}
     if args.config:
         extra = yaml.safe_load(args.config.read_text()) or {}
@@ -56,8 +64,7 @@ def merged_settings(name: str, args) -> dict:
 
 
 def stage_data(name: str, out: Path, args) -> None:
-    from _datasets import load_dataset
-
+    from benchmarks._datasets import load_dataset
     from llm4tag.config import settings_from_dict
     from llm4tag.encoder import Encoder
     from llm4tag.finetune.examples import write_training_data
@@ -133,8 +140,7 @@ def stage_train(name: str, out: Path, args) -> list[dict]:
 
 
 def stage_eval(name: str, out: Path, args) -> None:
-    from _datasets import load_dataset
-
+    from benchmarks._datasets import load_dataset
     from llm4tag.config import settings_from_dict
     from llm4tag.encoder import Encoder
     from llm4tag.evaluation.tables import format_table
@@ -146,7 +152,7 @@ def stage_eval(name: str, out: Path, args) -> None:
     settings = settings_from_dict(raw)
     encoder = Encoder(settings.encoder)
     ds = load_dataset(name, args.data, settings, encoder, args.cache)
-    sample = random.Random(0).sample(ds.test, min(args.n, len(ds.test)))
+    sample = random.Random(args.seed).sample(ds.test, min(args.limit, len(ds.test)))
     adapters = {role: str(out / f"{role}-adapter") for role in ROLES}
     pipeline, engine = eval_pipeline(settings, ds.train, ds.tags)
     rows = []
@@ -187,15 +193,14 @@ def stage_eval(name: str, out: Path, args) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--datasets", default="banking77")
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
+    add_datasets_argument(parser, ["banking77"])
     parser.add_argument("--stage", default="all", choices=["all", "data", "train", "eval"])
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "finetune")
-    parser.add_argument("--n", type=int, default=100, help="test items (fixed sample, seed 0)")
+    add_out_argument(parser, OUT / "finetune")
+    add_limit_argument(parser, 100, "test items (a fixed sample; default 100)")
+    add_seed_argument(parser)
     parser.add_argument("--train-items", type=int, default=500, help="items to build examples for")
     parser.add_argument("--steps", type=int, help="optimiser steps per adapter (default: config)")
     parser.add_argument("--calibrator-steps", type=int, help="the calibrator's steps (default: --steps)")
@@ -206,9 +211,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--config", type=Path, help="extra settings YAML merged over the data set's")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    for name in args.datasets.split(","):
+    for name in args.datasets:
         out = args.out / args.model / name
         out.mkdir(parents=True, exist_ok=True)
         if args.stage in ("all", "data") and not (out / "data" / "manifest.json").is_file():

@@ -1,6 +1,6 @@
 """Which learned-recall model: measured on a held-out fold of each shared set's TRAIN split.
 
-    python benchmarks/learned_recall.py [--datasets banking77,...] [--folds 5]
+    python -m benchmarks.learned_recall [--datasets banking77,...] [--folds 5]
 
 Fits each candidate model (llm4tag.ranking.learned) on the other folds of train and scores fold 0
 (never the test split): top-1 precision (single-tag sets) or Acc@1/Acc@3 (multi-tag), hit rate of
@@ -9,16 +9,13 @@ the gold tag among the top 20 (what recall needs), fit seconds and ms per item t
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, add_data_arguments, load_dataset
-
+from benchmarks._datasets import load_dataset
+from benchmarks._paths import add_data_arguments, add_datasets_argument, benchmark_parser, names
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder
 from llm4tag.evaluation.recall_metrics import recall_metrics
@@ -35,25 +32,23 @@ VARIANTS = {
 }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_parser(__file__, __doc__)
     add_data_arguments(parser)
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    add_datasets_argument(parser)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    args = parser.parse_args()
+    parser.add_argument("--variants", type=names, default=list(VARIANTS), help=", ".join(VARIANTS))
+    args = parser.parse_args(argv)
     settings = Settings()
     encoder = Encoder(settings.encoder)
     rows = []
-    for name in args.datasets.split(","):
+    for name in args.datasets:
         ds = load_dataset(name, args.data, settings, encoder, args.cache)
         ids = [i.id for i in ds.train]
         fold = assign_folds(ids, args.folds)
         fit_idx, val_idx = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
         gold = {ds.train[i].id: set(ds.train[i].tags or ()) for i in val_idx}
-        for label in args.variants.split(","):
+        for label in args.variants:
             config = VARIANTS[label]
             model = LearnedRecall.fit(
                 ids=[ids[i] for i in fit_idx],

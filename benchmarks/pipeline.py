@@ -1,46 +1,53 @@
 """Pipeline speed on this machine: items/s and LLM tokens per item, per stage, for a model.
 
-    python benchmarks/pipeline.py [--model default|tiny|DIR] [--engine transformers|vllm] [--items 16]
+    python -m benchmarks.pipeline [--model default|tiny|DIR] [--engine transformers|vllm] [--items 16]
 
-Builds a store and knowledge bases from the bundled BANKING77 sample (or --train/--tags/--queries),
+A store and knowledge bases from the bundled BANKING77 sample (or --train/--tags/--queries; built once
+and cached: benchmarks/_stores.py),
 warms the engine up on one batch, then tags --items held-out queries with the full pipeline
 (recall -> generation with retrieved knowledge -> calibration) and prints a Markdown table.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "sample" / "banking77"
+from benchmarks._paths import (
+    REPO,
+    SAMPLE,
+    SAMPLE_RULES,
+    add_cache_argument,
+    add_rebuild_argument,
+    benchmark_parser,
+)
+
+BANKING77 = SAMPLE / "banking77"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
     parser.add_argument("--model", default="default")
     parser.add_argument("--engine", default="transformers")
     parser.add_argument("--items", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--train", default=str(SAMPLE / "train.jsonl"))
-    parser.add_argument("--tags", default=str(SAMPLE / "tags.jsonl"))
-    parser.add_argument("--queries", default=str(SAMPLE / "queries.jsonl"))
+    parser.add_argument("--train", type=Path, default=BANKING77 / "train.jsonl")
+    parser.add_argument("--tags", type=Path, default=BANKING77 / "tags.jsonl")
+    parser.add_argument("--queries", default=str(BANKING77 / "queries.jsonl"))
     parser.add_argument("--config", default=str(REPO / "configs" / "banking77.yaml"))
-    parser.add_argument("--knowledge", default=str(SAMPLE.parent / "knowledge" / "banking77_rules.md"))
-    args = parser.parse_args()
+    parser.add_argument("--knowledge", default=str(SAMPLE_RULES))
+    add_cache_argument(parser)
+    add_rebuild_argument(parser)
+    args = parser.parse_args(argv)
 
     import yaml
 
-    from llm4tag.config import settings_from_dict
+    from benchmarks._stores import file_store
+    from llm4tag.config import Settings, settings_from_dict
     from llm4tag.data import read_items
     from llm4tag.evaluation.tables import format_table
     from llm4tag.pipeline import TaggingPipeline
-    from llm4tag.store_builder import build_store_from_files
 
     data = yaml.safe_load(Path(args.config).read_text()) or {}
     data["llm"] = {
@@ -51,21 +58,21 @@ def main() -> None:
     }
     data.setdefault("pipeline", {})["batch_size"] = args.batch_size
     settings = settings_from_dict(data)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / "store"
-        knowledge = [args.knowledge] if args.knowledge else []
-        build_store_from_files(store, args.train, args.tags, knowledge_files=knowledge)
-        started = time.perf_counter()
-        pipeline = TaggingPipeline.open(store, settings)
-        load_s = time.perf_counter() - started
-        queries = read_items(args.queries).items
-        warm, measured = queries[: args.batch_size], queries[args.batch_size : args.batch_size + args.items]
-        pipeline.tag(warm)
-        pipeline.times = type(pipeline.times)()
-        started = time.perf_counter()
-        for start in range(0, len(measured), args.batch_size):
-            pipeline.tag(measured[start : start + args.batch_size])
-        elapsed = time.perf_counter() - started
+    knowledge = [Path(args.knowledge)] if args.knowledge else []
+    store = file_store(
+        args.train, args.tags, Settings(), args.cache, knowledge_files=knowledge, rebuild=args.rebuild
+    )
+    started = time.perf_counter()
+    pipeline = TaggingPipeline.open(store, settings)
+    load_s = time.perf_counter() - started
+    queries = read_items(args.queries).items
+    warm, measured = queries[: args.batch_size], queries[args.batch_size : args.batch_size + args.items]
+    pipeline.tag(warm)
+    pipeline.times = type(pipeline.times)()
+    started = time.perf_counter()
+    for start in range(0, len(measured), args.batch_size):
+        pipeline.tag(measured[start : start + args.batch_size])
+    elapsed = time.perf_counter() - started
     n = len(measured)
     rows = []
     for stage, seconds in pipeline.times.seconds.items():

@@ -1,9 +1,10 @@
 """Tagging quality of the full pipeline against baselines and ablations (LLM4Tag table 1).
 
-    python benchmarks/pipeline_quality.py [--datasets banking77,...] [--n 300] [--model default]
+    python -m benchmarks.pipeline_quality [--datasets banking77,...] [--limit 300] [--model default]
 
-For each shared data set: a store and knowledge bases from the train split, a fixed random sample of
-the test split (seed 0), and these methods on the same items:
+For each shared data set: a store and knowledge bases from the train split (cached:
+benchmarks/_stores.py; no ranking, so the LLM tags every item), a fixed random sample of the test split
+(random.Random(--seed).sample, seed 0), and these methods on the same items:
   match        top tags by item-tag cosine (the paper's BGE/GTE row)
   recall       top candidates by graph-recall score (no LLM)
   w/o SRKI     LLM on the basic prompt (figure 3), calibrated
@@ -16,20 +17,22 @@ writes reliability and accuracy-coverage PNGs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
-import time
-from pathlib import Path
 
-import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, REPO, add_data_arguments, load_dataset
-
-from llm4tag import store_builder
-from llm4tag.config import settings_from_dict
+from benchmarks._datasets import dataset_settings, load_dataset
+from benchmarks._paths import (
+    OUT,
+    add_data_arguments,
+    add_datasets_argument,
+    add_limit_argument,
+    add_out_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
+from benchmarks._rows import run_llm
+from benchmarks._stores import dataset_store
 from llm4tag.encoder import Encoder
 from llm4tag.engines import make_engine
 from llm4tag.evaluation.plots import accuracy_coverage_plot, reliability_diagram
@@ -41,92 +44,42 @@ from llm4tag.recaller import Recaller
 CONFIGS = {"full": {}, "no_srki": {"num_samples": 0, "num_snippets": 0}}
 
 
-def settings_for(name: str, extra: dict, model: str, engine: str):
-    data = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text()) or {}
-    data.setdefault("pipeline", {}).update(extra)
-    data["llm"] = {**data.get("llm", {}), "model": model, **({"engine": engine} if engine else {})}
-    return settings_from_dict(data)
-
-
-def build_parts(ds, settings, encoder):
-    """The store and knowledge bases of a data set's train split (vectors from the data set's cache)."""
-    parts = store_builder.build_parts(
-        ds.train, ds.tags, settings, encoder, item_vectors=ds.train_vectors, tag_vectors=ds.tag_vectors
-    )
-    return parts.store, parts.samples, parts.domain
-
-
-def cached_rows(path: Path) -> dict[str, dict]:
-    rows = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from an interrupted run: that item is tagged again
-            rows[row["id"]] = row
-    return rows
-
-
-def run_llm(
-    pipeline, items, path: Path, chunk: int, log_every: int = 1, with_candidates: bool = False
-) -> tuple[dict, dict]:
-    rows = cached_rows(path)
-    todo = [i for i in items if i.id not in rows]
-    stats = {"items": 0, "seconds": 0.0}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as sink:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            t0 = time.perf_counter()
-            tagged = pipeline.tag(batch, with_dropped=True, with_candidates=with_candidates)
-            seconds = time.perf_counter() - t0
-            for row in tagged:
-                row["seconds"] = round(seconds / len(batch), 3)  # the chunk's time, shared equally
-                rows[row["id"]] = row
-                sink.write(json.dumps(row) + "\n")
-            sink.flush()
-            stats["items"] += len(batch)
-            stats["seconds"] += seconds
-            if (start // chunk) % log_every == 0:
-                done = len(items) - len(todo) + start + len(batch)
-                rate = stats["items"] / stats["seconds"]
-                print(
-                    f"#   {path.parent.name}/{path.stem}: {done}/{len(items)} ({rate:.3f} items/s)",
-                    flush=True,
-                )
-    return {i.id: rows[i.id] for i in items}, stats
+def without_ranking(settings):
+    """The paper's pipeline: a store without the learned recall and ranker, so the LLM tags every
+    item from graph recall's candidates."""
+    return settings.with_overrides({"ranking": {"enabled": "off"}})
 
 
 def tag_entries(row: dict, key: str = "tags") -> list[dict]:
     return list(row.get(key, []))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
+    add_datasets_argument(parser)
     add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "quality")
-    parser.add_argument("--n", type=int, default=300, help="test items per data set (fixed sample, seed 0)")
+    add_out_argument(parser, OUT / "quality")
+    add_limit_argument(parser, 300, "test items per data set (a fixed sample; default 300)")
+    add_seed_argument(parser)
+    add_rebuild_argument(parser)
     parser.add_argument("--model", default="default")
     parser.add_argument("--engine", default="transformers")
     parser.add_argument("--configs", default="full,no_srki")
     parser.add_argument("--chunk", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     engine = None
     encoder = None
-    for name in args.datasets.split(","):
-        settings = settings_for(name, {}, args.model, args.engine)
+    for name in args.datasets:
+        settings = dataset_settings(name, {}, args.model, args.engine)
         if encoder is None:
             encoder = Encoder(settings.encoder)
         ds = load_dataset(name, args.data, settings, encoder, args.cache)
-        sample = random.Random(0).sample(ds.test, min(args.n, len(ds.test)))
+        sample = random.Random(args.seed).sample(ds.test, min(args.limit, len(ds.test)))
         gold = {i.id: set(i.tags or ()) for i in sample}
-        store, samples, domain = build_parts(ds, settings, encoder)
-        recaller = Recaller(store, encoder, settings.texts)
+        folder = dataset_store(ds, without_ranking(settings), encoder, args.cache, rebuild=args.rebuild)
+        recaller = Recaller.open(folder, settings)
+        store = recaller.store
         max_tags = 1 if settings.pipeline.mode == "single" else settings.pipeline.max_tags
         task = "single" if max_tags == 1 else "multi"
         keys = SINGLE_KEYS if task == "single" else MULTI_KEYS
@@ -145,8 +98,8 @@ def main() -> None:
         if engine is None and args.configs:
             engine = make_engine(settings.llm)
         for config in [c for c in args.configs.split(",") if c]:
-            cs = settings_for(name, CONFIGS[config], args.model, args.engine)
-            pipeline = TaggingPipeline(recaller, engine, cs, samples, domain, max_tags=max_tags)
+            cs = dataset_settings(name, CONFIGS[config], args.model, args.engine)
+            pipeline = TaggingPipeline.open(folder, cs, engine=engine)
             tokens_before = engine.stats.prompt_tokens + engine.stats.generated_tokens
             rows, stats = run_llm(
                 pipeline, sample, args.out / args.model / name / f"{config}.jsonl", args.chunk

@@ -1,32 +1,38 @@
 """Does ``pipeline.target_precision`` hold on test items? Per shared set, the ranker's cut for each
-target is fitted on its held-out train folds (the store ``cascade_quality.py`` builds, or builds it
-here), two ways:
+target is fitted on its held-out train folds (the store ``cascade_quality.py`` tags with: its copy in
+``--out/<set>/store`` of the cached store, benchmarks/_stores.py), two ways:
 
 * observed: the lowest threshold whose held-out precision reaches the target (the rule until December 2026);
 * bound: the lowest threshold whose one-sided 95% Clopper-Pearson lower bound reaches it (shipped);
 
 and each is applied to the ranker's rows for the WHOLE test split (``pipeline.route: 0``, the rows
-cached in ``--out/<set>/ranker.jsonl`` beside cascade_quality.py's). Printed: the cut, the precision of
+cached in ``--out/<set>/ranker.jsonl`` beside cascade_quality.py's; --limit: the first N of the fixed
+seeded order). Printed: the cut, the precision of
 the kept tags on test with a 95% percentile bootstrap interval over the kept tags (multi-tag: the
 shown top-5 tags, so tags of one item are resampled apart), and coverage (share of items whose top
 tag is kept). Nothing is fitted on test.
 
-    python benchmarks/precision_cut.py [--datasets banking77,flipkart_products,debian_debtags]
+    python -m benchmarks.precision_cut [--datasets banking77,flipkart_products,debian_debtags]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, REPO, add_data_arguments, load_dataset, test_sample
-from cascade_quality import build
-from pipeline_quality import run_llm, settings_for
-
+from benchmarks._datasets import dataset_settings, load_dataset, test_sample
+from benchmarks._paths import (
+    OUT,
+    add_data_arguments,
+    add_datasets_argument,
+    add_limit_argument,
+    add_out_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
+from benchmarks._rows import run_llm
+from benchmarks._stores import dataset_store
+from benchmarks.cascade_quality import with_ranking
 from llm4tag.encoder import Encoder
 from llm4tag.evaluation.tables import format_table
 from llm4tag.evaluation.tagging import bootstrap_interval
@@ -49,26 +55,25 @@ def kept_at(rows: dict, gold: dict, emit: int, cut: float | None) -> tuple[list[
     return right, covered / len(gold)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument(
-        "--out", type=Path, default=REPO / "out" / "cascade", help="cascade_quality.py's --out"
-    )
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
+    add_datasets_argument(parser)
+    add_out_argument(parser, OUT / "cascade", "cascade_quality.py's --out")
     add_data_arguments(parser)
-    args = parser.parse_args()
-    for name in args.datasets.split(","):
-        settings = settings_for(name, {"route": 0.0}, "default", None).with_overrides(
-            {"ranking": {"enabled": "on"}}
-        )
+    add_limit_argument(parser, None, "test items per set (default: the whole test split)")
+    add_seed_argument(parser)
+    add_rebuild_argument(parser)
+    args = parser.parse_args(argv)
+    for name in args.datasets:
+        settings = with_ranking(dataset_settings(name, {"route": 0.0}, "default", None))
         encoder = Encoder(settings.encoder)
         ds = load_dataset(name, args.data, settings, encoder, args.cache)
         folder = args.out / name
-        build(folder / "store", ds, settings, encoder)
-        pipeline = TaggingPipeline.open(folder / "store", settings)
-        items = test_sample(ds)
+        store = dataset_store(
+            ds, settings, encoder, args.cache, rebuild=args.rebuild, copy_to=folder / "store"
+        )
+        pipeline = TaggingPipeline.open(store, settings)
+        items = test_sample(ds, args.limit, args.seed)
         rows, _ = run_llm(
             pipeline, items, folder / "ranker.jsonl", chunk=256, log_every=10, with_candidates=True
         )

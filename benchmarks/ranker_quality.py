@@ -1,12 +1,13 @@
 """The learned recall and the fitted ranker against the baselines and Annif, on the WHOLE test split
 of each shared data set (issue 17, bar a: the ranker alone at or above Annif Omikuji on every set).
 
-    .venv-annif/bin/python benchmarks/annif_peer.py     # first: Annif's rows in out/annif/<set>/
-    python benchmarks/ranker_quality.py [--datasets banking77,...] [--folds 5]
+    .venv-annif/bin/python -m benchmarks.annif_peer     # first: Annif's rows in out/annif/<set>/
+    python -m benchmarks.ranker_quality [--datasets banking77,...] [--folds 5] [--limit N] [--rebuild]
 
-Per set: a store from the train split; the ranking models fitted on train only (cross-fitted folds
-for the ranker and its calibration, then the learned recall refitted on all of train); every method
-tags every test item:
+Per set: a store from the train split with the ranking models fitted on train only (cross-fitted folds
+for the ranker and its calibration, then the learned recall refitted on all of train), built once and
+cached (benchmarks/_stores.py); every method tags every test item (--limit: the first N of a fixed
+seeded order):
 
 * match: the tags most similar to the item (cosine), confidence = cosine;
 * kNN vote: similarity-weighted vote of the 10 nearest train items' tags, confidence = vote share;
@@ -18,23 +19,31 @@ Every method shows the same number of tags per item (1 single-tag, 5 multi-tag).
 (single-tag) or Acc@1/2/3 (multi-tag) with 95% percentile bootstrap intervals over items and the
 paired difference against Annif Omikuji; ECE of the shown tags' confidences; coverage at 95%
 precision of the top tag (the best threshold on test, for every method: an oracle), and for the
-ranker its cut fitted on held-out train folds as applied to test; seconds to fit and ms per item.
+ranker its cut fitted on held-out train folds as applied to test; seconds to fit (those of the
+store's build, when it was read from the cache) and ms per item.
 Writes out/ranker_quality/tables.md, results.json and <set>/accuracy_coverage.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, REPO, add_data_arguments, load_dataset
-from _peers import (
+from benchmarks._datasets import limit_test, load_dataset
+from benchmarks._paths import (
+    OUT,
+    add_data_arguments,
+    add_datasets_argument,
+    add_limit_argument,
+    add_out_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
+from benchmarks._peers import (
     BASELINE,
     THRESHOLDS,
     Methods,
@@ -45,7 +54,8 @@ from _peers import (
     fmt_diff,
     precision_and_coverage_at,
 )
-
+from benchmarks._stores import build_record, dataset_store
+from graph_store import open_store
 from llm4tag.config import Settings
 from llm4tag.encoded_text import item_text
 from llm4tag.encoder import Encoder
@@ -59,41 +69,30 @@ from llm4tag.evaluation.tagging import (
     metric_intervals,
     threshold_curve,
 )
-from llm4tag.ranking import Annotated, LearnedConfig, RankerConfig, fit_ranking
-from llm4tag.ranking.crossfit import build_store
+from llm4tag.ranking.store_routing import load_ranking
 
 
 def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
-    ds = load_dataset(name, args.data, settings, encoder, args.cache)
-    texts = [item_text(i, settings.texts.item_fields) for i in ds.train]
-    data = Annotated(
-        ids=[i.id for i in ds.train],
-        texts=texts,
-        vectors=ds.train_vectors,
-        item_tags=[list(i.tags or ()) for i in ds.train],
-        tags=[t.tag for t in ds.tags],
-        tag_vectors=ds.tag_vectors,
-        encoder_id=encoder.id,
-    )
+    ds = limit_test(load_dataset(name, args.data, settings, encoder, args.cache), args.limit, args.seed)
     test_ids = [i.id for i in ds.test]
     test_texts = [item_text(i, settings.texts.item_fields) for i in ds.test]
     gold = {i.id: set(i.tags or ()) for i in ds.test}
-    started = time.perf_counter()
-    store = build_store(data, settings.graph)
-    store_s = time.perf_counter() - started
+    # Recall never reads the similarity edges among stored items: without them the peers' "fit" (the
+    # store's graph) is the seconds a store they need takes.
+    fitted = settings.with_overrides(
+        {
+            "graph": {"materialize_similarity": False},
+            "ranking": {"enabled": "on", "ranker": {"folds": args.folds}},
+        }
+    )
+    folder = dataset_store(ds, fitted, encoder, args.cache, rebuild=args.rebuild)
+    store = open_store(folder)
     leaked = [i for i in test_ids if i in store.graph.content_pos]
     if leaked:
         raise SystemExit(f"{name}: test item {leaked[0]} is in the store")
-
-    started = time.perf_counter()
-    models, held = fit_ranking(
-        data,
-        settings.graph,
-        LearnedConfig(),
-        RankerConfig(folds=args.folds),
-        progress=lambda m: print(f"#   {name}: {m}", flush=True),
-    )
-    ranking_fit_s = time.perf_counter() - started
+    models = load_ranking(folder, encoder.id).models
+    seconds = build_record(folder)["seconds"]
+    store_s, ranking_fit_s = seconds["graph"], seconds["ranking"]
     models.assert_unseen(test_ids)
     multi = models.multi
     emit = models.ranker.emit
@@ -145,8 +144,8 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
         }
     # Where annotations are scarce: test items whose gold tags have no (or few) train annotations.
     counts: dict[str, int] = {}
-    for tags in data.item_tags:
-        for t in tags:
+    for item in ds.train:
+        for t in item.tags or ():
             counts[t] = counts.get(t, 0) + 1
     scarce = {}
     for label_range, lo, hi in (("0", 0, 0), ("1-4", 1, 4)):
@@ -197,23 +196,24 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
         "results": results,
         "cut": {"cut": models.cut, "test_precision": cut_precision, "test_coverage": cut_coverage},
         "held_out": models.metrics,
-        "gold_missed": held.gold_missed,
+        "gold_missed": models.metrics["gold_tags_missed_by_candidates"],
         "scarce": scarce,
         "curves": curves,
         "png": str(png),
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_parser(__file__, __doc__)
     add_data_arguments(parser)
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--annif", type=Path, default=REPO / "out" / "annif")
-    parser.add_argument("--out", type=Path, default=REPO / "out" / "ranker_quality")
+    add_datasets_argument(parser)
+    add_out_argument(parser, OUT / "ranker_quality")
+    add_limit_argument(parser, None, "test items per set (default: the whole test split)")
+    add_seed_argument(parser)
+    add_rebuild_argument(parser)
+    parser.add_argument("--annif", type=Path, default=OUT / "annif", help="Annif's rows (annif_peer.py)")
     parser.add_argument("--folds", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"shared data not found at {args.data}", file=sys.stderr)
         return 2
@@ -221,14 +221,15 @@ def main() -> int:
     encoder = Encoder(settings.encoder)
     args.out.mkdir(parents=True, exist_ok=True)
     sections, everything = [], {}
-    for name in args.datasets.split(","):
+    for name in args.datasets:
         result = run_dataset(name, args, settings, encoder)
         everything[name] = result
         cut = result["cut"]
         held = result["held_out"]
         cut_text = "none reaches it" if cut["cut"] is None else f"{cut['cut']:.3f}"
+        whole = "the whole test split" if args.limit is None else f"the first {args.limit} of a seeded order"
         section = (
-            f"## {name} ({result['task']}-tag, {result['n']} test items = the whole test split, "
+            f"## {name} ({result['task']}-tag, {result['n']} test items = {whole}, "
             f"{result['train']} train items, {result['emit']} tag(s) shown per item)\n\n"
             + format_table(result["table"], list(result["table"][0]))
             + f"\n\nRanker cut fitted on held-out train folds for 95% precision: {cut_text}, on test: "

@@ -1,9 +1,9 @@
 """Graph recall at scale on a synthetic store: build time, peak memory, latency, throughput.
 
-    python benchmarks/recall.py                      # 1,000,000 items, 100,000 tags, 384-d (the issue)
-    python benchmarks/recall.py --small              # 60,000 items, 5,000 tags: under a minute
-    python benchmarks/recall.py --store /tmp/s       # also time save + load and report the size on disk
-    python benchmarks/recall.py --no-similarity --similarity-sample 20000
+    python -m benchmarks.recall                      # 1,000,000 items, 100,000 tags, 384-d (the issue)
+    python -m benchmarks.recall --small              # 60,000 items, 5,000 tags: under a minute
+    python -m benchmarks.recall --store /tmp/s       # also time save + load and report the size on disk
+    python -m benchmarks.recall --no-similarity --similarity-sample 20000
         # build without materialised similarity edges (materialize_similarity=False), then time
         # them for 20,000 items and extrapolate: at 1M items they take ~2 ms/item, over half an hour
 
@@ -31,10 +31,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _synthetic import make_store_data
-
+from benchmarks._paths import add_seed_argument, benchmark_parser
+from benchmarks._synthetic import make_store_data
 from graph_store import GraphConfig, GraphStore, IndexConfig, RecallConfig
 from graph_store.ann import VectorIndex
 from graph_store.graph import ContentTagGraph
@@ -161,12 +159,12 @@ def dir_size_mb(path: Path) -> float:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = benchmark_parser(__file__, __doc__)
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--tags", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--queries", type=int, default=2000, help="query items (not in the store)")
-    p.add_argument("--seed", type=int, default=0)
+    add_seed_argument(p, help="seed of the synthetic store and queries (default 0)")
     p.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads (build and recall)")
     p.add_argument("--store", type=Path, help="also save the store here, load it back, and time both")
     p.add_argument("--small", action="store_true", help=f"preset: {SMALL}")

@@ -1,43 +1,55 @@
 """Graph recall against match-based recall on the shared data sets (LLM4Tag table 2).
 
-    python benchmarks/recall_quality.py [--datasets banking77,...] [--sweep] [--ann]
+    python -m benchmarks.recall_quality [--datasets banking77,...] [--sweep coarse|fine] [--ann] [--limit N]
 
-Builds a store from each set's train split, recalls 20 candidates for every test item, and prints
-#Right and HR#1/2/3 for both methods. --sweep tunes the recall thresholds on a validation slice
+Builds a store from each set's train split (cached: benchmarks/_stores.py), recalls 20 candidates for
+every test item (--limit: the first N of a fixed seeded order), and prints #Right and HR#1/2/3 for both
+methods. --sweep tunes the recall thresholds on a validation slice
 carved from train (never on test); --ann compares an IVF content index with exact search.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _datasets import DATASETS, add_data_arguments, load_dataset
-
-from graph_store import GraphConfig, GraphStore, IndexConfig, RecallConfig
+from benchmarks._datasets import limit_test, load_dataset
+from benchmarks._paths import (
+    add_data_arguments,
+    add_datasets_argument,
+    add_limit_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
+from benchmarks._stores import build_record, train_store
+from graph_store import GraphStore, IndexConfig, RecallConfig, open_store
 from llm4tag.config import Settings
 from llm4tag.encoder import Encoder
 from llm4tag.evaluation.recall_metrics import recall_metrics
 from llm4tag.evaluation.tables import format_table
 
 
-def build(items, vectors, ds, config: GraphConfig) -> GraphStore:
-    return GraphStore.build(
-        item_ids=[i.id for i in items],
-        item_vectors=vectors,
-        item_tags=[list(i.tags or ()) for i in items],
-        tags=[t.tag for t in ds.tags],
+def build(label: str, items, vectors, ds, graph: dict, args, encoder) -> tuple[GraphStore, float]:
+    """The store of ``items`` (with their ``vectors``) and the set's vocabulary, its graph settings
+    overridden by ``graph``, and the seconds its graph took to build."""
+    settings = Settings().with_overrides({"graph": graph, "ranking": {"enabled": "off"}})
+    folder = train_store(
+        label,
+        items,
+        ds.tags,
+        settings,
+        encoder,
+        args.cache,
+        train_vectors=vectors,
         tag_vectors=ds.tag_vectors,
-        encoder_id="benchmark",
-        config=config,
+        rebuild=args.rebuild,
     )
+    return open_store(folder), build_record(folder)["seconds"]["graph"]
 
 
 def score(items, candidates, k=20) -> dict:
@@ -65,14 +77,22 @@ SWEEPS = {
 }
 
 
-def sweep(ds, base: GraphConfig, grid: dict, seed: int = 0) -> list[dict]:
+def sweep(ds, grid: dict, args, encoder) -> list[dict]:
     """Recall settings scored on a validation slice held out of train (10%, seeded)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(ds.train))
     n_val = max(1, len(order) // 10)
     val, fit = order[:n_val], order[n_val:]
-    fit_config = base.with_overrides({"materialize_similarity": False})
-    store = build([ds.train[i] for i in fit], ds.train_vectors[fit], ds, fit_config)
+    fit_items = [ds.train[i] for i in fit]
+    store, _ = build(
+        f"{ds.name}-fit",
+        fit_items,
+        ds.train_vectors[fit],
+        ds,
+        {"materialize_similarity": False},
+        args,
+        encoder,
+    )
     val_items, val_vectors = [ds.train[i] for i in val], ds.train_vectors[val]
     rows = [{"setting": "match", **score(val_items, store.match(val_vectors, 20))}]
     rows.append({"setting": "defaults", **score(val_items, store.recall(val_vectors))})
@@ -99,18 +119,19 @@ def sweep(ds, base: GraphConfig, grid: dict, seed: int = 0) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_parser(__file__, __doc__)
     add_data_arguments(parser)
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    add_datasets_argument(parser)
+    add_limit_argument(parser, None, "test items per set (default: the whole test split)")
+    add_seed_argument(parser, help="seed of the validation slice (--sweep) and of --limit's order")
+    add_rebuild_argument(parser)
     parser.add_argument(
         "--sweep", choices=sorted(SWEEPS), help="tune recall settings on a validation slice of train"
     )
     parser.add_argument("--ann", action="store_true", help="IVF content index vs exact search")
     parser.add_argument("-k", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"shared data not found at {args.data}", file=sys.stderr)
         return 2
@@ -118,18 +139,17 @@ def main() -> int:
     encoder = Encoder(settings.encoder)
     print(f"# encoder {encoder.id}; recall defaults {settings.graph.recall.model_dump()}")
     table, ann_rows, sweeps = [], [], {}
-    for name in args.datasets.split(","):
+    for name in args.datasets:
         ds = load_dataset(name, args.data, settings, encoder, args.cache)
         if args.sweep:
-            rows = sweep(ds, settings.graph, SWEEPS[args.sweep])
+            rows = sweep(ds, SWEEPS[args.sweep], args, encoder)
             rows.sort(key=lambda r: -r["right"])
             print(f"\n## {name}: validation sweep ({rows[0]['items']} items held out of train), best first\n")
             shown = rows[:10] + [r for r in rows[10:] if r["setting"] in ("match", "defaults")]
             print(format_table(shown, ["setting", "right", "hr1", "hr2", "hr3"]))
             sweeps[name] = {r["setting"]: r["right"] for r in rows}
-        started = time.perf_counter()
-        store = build(ds.train, ds.train_vectors, ds, settings.graph)
-        build_s = time.perf_counter() - started
+        store, build_s = build(name, ds.train, ds.train_vectors, ds, {}, args, encoder)
+        ds = limit_test(ds, args.limit, args.seed)
         started = time.perf_counter()
         match = score(ds.test, store.match(ds.test_vectors, args.k), args.k)
         match_s = time.perf_counter() - started
@@ -172,10 +192,8 @@ def main() -> int:
                 IndexConfig(kind="ivf", encoding="flat", nprobe=32),
                 IndexConfig(kind="ivf"),
             ):
-                ivf = settings.graph.with_overrides(
-                    {"content_index": index_config.model_dump(), "materialize_similarity": False}
-                )
-                approx_store = build(ds.train, ds.train_vectors, ds, ivf)
+                ivf = {"content_index": index_config.model_dump(), "materialize_similarity": False}
+                approx_store, _ = build(name, ds.train, ds.train_vectors, ds, ivf, args, encoder)
                 approx = score(ds.test, approx_store.recall(ds.test_vectors), args.k)
                 nlist = approx_store.content_index.index.nlist
                 ann_rows.append(

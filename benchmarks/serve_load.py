@@ -1,11 +1,12 @@
 """Load on the served application next to the in-process pipeline: Serve's overhead, QPS and latency.
 
-    python benchmarks/serve_load.py --model tiny|default [--store DIR] [--requests 64]
+    python -m benchmarks.serve_load --model tiny|default [--store DIR] [--requests 64]
         [--concurrency 1,2,4,8] [--open-rate auto|R] [--duration 300] [--url URL]
 
 Steps, all in one run and on the same items (held-out BANKING77 test queries, shuffled with --seed, from
-../shared/data, else the bundled sample's queries; never train items):
-  1. store      builds the sample store (data/sample/banking77 + its rules) unless --store is given;
+--data, else the bundled sample's queries; never train items):
+  1. store      a copy of the sample store (data/sample/banking77 + its rules; cached:
+                benchmarks/_stores.py) unless --store is given;
   2. in-process TaggingPipeline.tag_rows with the settings the Serve config gives its replicas
                 (the config's `config` file merged with its `settings`, then --model): items/s, alone;
   3. deploy     the Serve config (default serve_config.cpu.yaml) on a private local Ray cluster, on
@@ -23,7 +24,7 @@ Prints the tables and the issue's two targets (served QPS at saturation >= 0.90 
 open-loop p99 <= 2 x p50), and writes everything to out/serve_load/<model>.json. Serve and Ray are
 shut down at the end when this script started them.
 
-    python benchmarks/serve_load.py --model tiny|default --burst 10,40 [--deadline-ms MS]
+    python -m benchmarks.serve_load --model tiny|default --burst 10,40 [--deadline-ms MS]
 
 Burst mode (deadline-aware admission, llm4tag/service/admission.py) instead of steps 2, 5 and 6: after the
 warm-up, a closed loop of --requests 1-item requests at 2 clients per Generator replica measures the
@@ -38,7 +39,6 @@ out/serve_load/<model>-burst.json.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
@@ -46,28 +46,31 @@ import os
 import platform
 import random
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _serve_report import STAGES, checks, print_report  # noqa: E402
+from benchmarks._paths import (
+    OUT,
+    REPO,
+    SAMPLE,
+    add_data_arguments,
+    add_out_argument,
+    add_rebuild_argument,
+    add_seed_argument,
+    benchmark_parser,
+)
+from benchmarks._serve_report import STAGES, checks, print_report
 
-SAMPLE = REPO / "data" / "sample" / "banking77"
-SHARED = REPO.parent / "shared" / "data" / "banking77"
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
     parser.add_argument("--model", default="tiny", help="tiny, default or a model folder")
     parser.add_argument("--config", default=str(REPO / "serve_config.cpu.yaml"), help="Serve config")
-    parser.add_argument("--store", help="a built store (default: build the sample store in a temp folder)")
+    parser.add_argument(
+        "--store", help="a built store (default: a copy of the sample store in a temp folder)"
+    )
     parser.add_argument("--url", help="measure a running service instead of deploying one")
     parser.add_argument("--requests", type=int, default=64, help="requests per load phase (default 64)")
     parser.add_argument("--concurrency", default="1,2,4,8", help="closed-loop client counts")
@@ -80,11 +83,13 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=8130)
     parser.add_argument("--metrics-port", type=int, default=8131)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(REPO / "out" / "serve_load"))
+    add_seed_argument(parser, help="seed of the order of the queries (default 0)")
+    add_out_argument(parser, OUT / "serve_load")
+    add_data_arguments(parser)
+    add_rebuild_argument(parser)
     parser.add_argument("--burst", help="burst mode: multipliers of the deadline's capacity, e.g. 10,40")
     parser.add_argument("--deadline-ms", type=int, help="burst mode: X-Deadline-Ms (default: deadline_s)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.burst:
         try:
             args.burst = [int(m) for m in args.burst.split(",") if m.strip()]
@@ -111,7 +116,7 @@ def main() -> None:
     overrides = {"llm": {"model": args.model}}
     settings = replica_settings(args.config, app_args, overrides)
 
-    pool, source = query_pool(args.seed)
+    pool, source = query_pool(args.data / "banking77", args.seed)
     inprocess_n = args.inprocess_items or args.requests
     report: dict[str, Any] = {
         "model": args.model,
@@ -144,7 +149,7 @@ def main() -> None:
     measured = [pool[(args.warmup + k) % len(pool)] for k in range(max(args.requests, inprocess_n))]
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
-        store = args.store or build_store(Path(tmp) / "store")
+        store = args.store or working_store(args.cache, args.rebuild, Path(tmp) / "store")
         report["store"] = str(Path(store).resolve())
         if not args.burst:
             report["inprocess"] = in_process(store, settings, warm, measured[:inprocess_n])
@@ -205,7 +210,7 @@ def main() -> None:
     report["machine"]["loadavg_end"] = os.getloadavg()
     checks(report)
     print_report(report)
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{Path(args.model).name}.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -227,12 +232,12 @@ def replica_settings(config_path: str, app_args: dict, overrides: dict):
     return settings.with_overrides(app_args.get("settings") or {}).with_overrides(overrides)
 
 
-def query_pool(seed: int) -> tuple[list[dict], str]:
+def query_pool(shared: Path, seed: int) -> tuple[list[dict], str]:
     from llm4tag.data import read_items
 
-    path, split = SHARED / "items.jsonl.gz", "test"
+    path, split = shared / "items.jsonl.gz", "test"
     if not path.exists():
-        path, split = SAMPLE / "queries.jsonl", None
+        path, split = SAMPLE / "banking77" / "queries.jsonl", None
     items = read_items(path, split=split).items
     pool = [{"id": i.id, "text": i.text} for i in items if "-train-" not in i.id]
     random.Random(seed).shuffle(pool)
@@ -241,14 +246,11 @@ def query_pool(seed: int) -> tuple[list[dict], str]:
     )
 
 
-def build_store(store: Path) -> str:
-    from llm4tag.store_builder import build_store_from_files
+def working_store(cache: Path, rebuild: bool, copy_to: Path) -> str:
+    """A copy of the sample store for the served app (which may write into its store)."""
+    from benchmarks._stores import sample_store
 
-    clock = time.perf_counter()
-    rules = SAMPLE.parent / "knowledge" / "banking77_rules.md"
-    build_store_from_files(store, SAMPLE / "train.jsonl", SAMPLE / "tags.jsonl", knowledge_files=[str(rules)])
-    print(f"# built the sample store in {time.perf_counter() - clock:.1f} s: {store}")
-    return str(store)
+    return str(sample_store(cache, rebuild=rebuild, copy_to=copy_to))
 
 
 def machine() -> dict:
@@ -758,7 +760,7 @@ def finish_burst(report: dict, args) -> None:
     print(table(rows, header))
     for phase in burst["phases"]:
         print(f"x{phase['multiplier']} per replica MiB after: {json.dumps(phase['memory_mib_after'])}")
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{Path(args.model).name}-burst.json"
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -13,34 +13,42 @@ Variants, each from one recall of 40 candidates cut to 20:
   siblings  leaves + the hierarchy re-ranks: each candidate gains lambda x the summed recall score of
             the other candidates under the same broader concept (facet co-activation)
 
-    .venv/bin/python benchmarks/skos_hierarchy.py [--n 1000] [--lam 0.25]
+    .venv/bin/python -m benchmarks.skos_hierarchy [--limit 1000] [--lam 0.25]
+
+Both stores are built once and cached (benchmarks/_stores.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEBTAGS = REPO / "data" / "sample" / "debtags"
-SHARED = REPO.parent / "shared" / "data" / "debian_debtags" / "items.jsonl.gz"
+from benchmarks._paths import (
+    SAMPLE,
+    add_data_arguments,
+    add_limit_argument,
+    add_rebuild_argument,
+    benchmark_parser,
+)
+
+DEBTAGS = SAMPLE / "debtags"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="test items (the first N by id)")
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__file__, __doc__)
+    add_limit_argument(parser, 1000, "test items (the first N by id; default 1000)")
     parser.add_argument("--lam", type=float, default=0.25, help="siblings: weight of co-activation")
-    parser.add_argument("--source", default=str(SHARED))
-    args = parser.parse_args()
+    add_data_arguments(parser)
+    parser.add_argument("--source", help="the items file (default: debian_debtags/items.jsonl.gz in --data)")
+    add_rebuild_argument(parser)
+    args = parser.parse_args(argv)
 
-    from llm4tag.cli import main as cli
+    from benchmarks._stores import file_store
+    from llm4tag.config import Settings
     from llm4tag.data import Item, read_tags
     from llm4tag.evaluation.tagging import bootstrap_interval
     from llm4tag.recaller import Recaller
@@ -49,10 +57,11 @@ def main() -> None:
     skos_tags = read_tags(DEBTAGS / "vocabulary.ttl", "en")
     by_notation = aliases(skos_tags)
     plain = {t.tag for t in read_tags(DEBTAGS / "tags.jsonl")}
-    with gzip.open(args.source, "rt") as handle:
+    source = args.source or args.data / "debian_debtags" / "items.jsonl.gz"
+    with gzip.open(source, "rt") as handle:
         test = [r for r in map(json.loads, handle) if r["split"] == "test"]
     test.sort(key=lambda r: r["id"])
-    test = [r for r in test if set(r["tags"]) & plain][: args.n]
+    test = [r for r in test if set(r["tags"]) & plain][: args.limit]
     items = [Item(id=r["id"], text=r["text"]) for r in test]
     gold_plain = {r["id"]: set(r["tags"]) & plain for r in test}
     gold_skos = {i: {by_notation[t] for t in tags} for i, tags in gold_plain.items()}
@@ -62,30 +71,20 @@ def main() -> None:
         broader_of[child].append(parent)
     grouping = {parent for parents in broader_of.values() for parent in parents}
 
-    with tempfile.TemporaryDirectory() as folder:
-        stores = {}
-        for name, vocabulary in (("jsonl", DEBTAGS / "tags.jsonl"), ("skos", DEBTAGS / "vocabulary.ttl")):
-            store = Path(folder) / name
-            assert (
-                cli(
-                    [
-                        "build",
-                        "--items",
-                        str(DEBTAGS / "train.jsonl"),
-                        "--tags",
-                        str(vocabulary),
-                        "--language",
-                        "en",
-                        "--store",
-                        str(store),
-                    ]
-                )
-                == 0
-            )
-            stores[name] = Recaller.open(store)
-        started = time.perf_counter()
-        pools = {name: recaller.recall(items, "graph", 40) for name, recaller in stores.items()}
-        seconds = time.perf_counter() - started
+    stores = {}
+    for name, vocabulary in (("jsonl", DEBTAGS / "tags.jsonl"), ("skos", DEBTAGS / "vocabulary.ttl")):
+        folder = file_store(
+            DEBTAGS / "train.jsonl",
+            vocabulary,
+            Settings(),
+            args.cache,
+            language="en",
+            rebuild=args.rebuild,
+        )
+        stores[name] = Recaller.open(folder)
+    started = time.perf_counter()
+    pools = {name: recaller.recall(items, "graph", 40) for name, recaller in stores.items()}
+    seconds = time.perf_counter() - started
 
     def cut(pool, keep=lambda c: True, score=lambda c, pool: c.score):
         ranked = sorted((c for c in pool if keep(c)), key=lambda c: -score(c, pool))
@@ -119,7 +118,7 @@ def main() -> None:
         return np.mean(cols[0], axis=axis) - np.mean(cols[1], axis=axis)
 
     print(
-        f"debtags test items: n={len(items)} (first {args.n} by id with a gold tag in the vocabulary); "
+        f"debtags test items: n={len(items)} (first {args.limit} by id with a gold tag in the vocabulary); "
         f"recall of 40 candidates, cut to 20; recall took {seconds:.1f} s for both stores"
     )
     print(

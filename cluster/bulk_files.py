@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from graph_store.durable import atomic_file, exclusive_lock
 from llm4tag.data import Item, read_records
 from llm4tag.errors import DataError, LLM4TagError
+from llm4tag.item_rules import ItemProblem, check_id, check_item, check_tags, check_text
 
 LOCK_NAME = ".llm4tag-bulk.lock"
 JSONL_LINE = "__llm4tag_jsonl_line"  # the column that carries a JSONL input line to to_item
@@ -159,10 +160,10 @@ def text_digest(text: str) -> str:
 
 
 def check_input(path: Path, fmt: str, split: str | None) -> InputCheck:
-    """Check every input row before any work starts. A row without a usable ``id`` or ``text``, of a
-    wrong type, repeating an earlier row's id, or without the ``split`` asked for is a reject (named
-    by file and line or row, with the reason); the first row of an id is the one tagged. A file that
-    cannot be read at all, or lacks a column, fails as a whole."""
+    """Check every input row before any work starts. A row that is not a valid item
+    (llm4tag/item_rules.py: its id, text and tags), repeats an earlier row's id, or lacks the ``split``
+    asked for is a reject (named by file and line or row, with the reason); the first row of an id is
+    the one tagged. A file that cannot be read at all, or lacks a column, fails as a whole."""
     bad_lines: list[DataError] = []
     records = _parquet_records(path, split) if fmt == "parquet" else _jsonl_records(path, bad_lines)
     unit = "row" if fmt == "parquet" else "line"
@@ -173,54 +174,55 @@ def check_input(path: Path, fmt: str, split: str | None) -> InputCheck:
     count = 0
     for file, position, record in records:
         count += 1
-        item_id, problem = _usable_id(record.get("id"), int_ok=fmt == "parquet")
-        if problem is None:
-            text = record.get("text")
-            problem = ("text", _string_problem(text))
-            if problem[1] is None:
-                problem = None
+        item_id, problem = _problem(record, numbers=fmt == "parquet")
         if problem is None and item_id in accepted:
             problem = ("id", f"duplicate id '{item_id}' (first on {unit} {accepted[item_id][0]})")
         if problem is None and split is not None and record.get("split") is None:
             problem = ("split", f"missing, but split '{split}' was asked for")
         if problem is not None:
-            if item_id is not None:
-                repeated.add(item_id)
+            seen = _id_as_read(record.get("id"), numbers=fmt == "parquet")
+            text = record.get("text")
+            if seen is not None and isinstance(text, str) and text.strip():  # the read tasks pass it
+                repeated.add(seen)
             rejects.append(Reject(file, position, unit, problem[1], problem[0], item_id))
             continue
         assert item_id is not None
-        accepted[item_id] = (position, text_digest(text))
+        accepted[item_id] = (position, text_digest(record["text"]))
         if split is None or record["split"] == split:
             ids.append(item_id)
     rejects += [Reject(str(path), e.line or 0, unit, e.problem, e.field) for e in bad_lines]
     rejects.sort(key=lambda r: (r.file, r.position))
     if not count and not bad_lines:
         raise DataError(str(path), "no items (the file holds no records)")
-    conflicts = {i: accepted[i][1] for i in repeated if i in accepted}
+    # The read tasks see rows, not positions, and check only that id and text are not blank: a rejected
+    # row they let through must not pass for the accepted row of its id, nor for an item of its own
+    # (its id never accepted; no text has the empty digest).
+    conflicts = {i: accepted[i][1] if i in accepted else REJECTED for i in repeated}
     return InputCheck(ids, rejects, conflicts)
 
 
-def _string_problem(value: Any) -> str | None:
-    if value is None:
-        return "missing (required)"
-    if not isinstance(value, str):
-        return f"must be a string, got {_json_type(value)}"
-    if not value.strip():
-        return "must not be empty"
-    return None
+REJECTED = ""  # the text digest no row has: every row of the id is dropped
 
 
-def _usable_id(value: Any, int_ok: bool) -> tuple[str | None, tuple[str, str] | None]:
-    """The id as a string, or the problem with it."""
-    if int_ok and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    problem = _string_problem(value)
-    return (value, None) if problem is None else (None, ("id", problem))
+def _id_as_read(value: Any, numbers: bool) -> str | None:
+    """The id of a row as the read tasks' filter sees it (select_rows), None where it drops the row."""
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value.strip() else None
 
 
-def _json_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}
-    return names.get(type(value), type(value).__name__)
+def _problem(record: dict, numbers: bool) -> tuple[str | None, tuple[str, str] | None]:
+    """The row's id where it is usable, and what makes the row no valid item (field, reason)."""
+    try:
+        item_id = check_id(record.get("id"), numbers=numbers)
+    except ItemProblem as problem:
+        return None, (problem.field, problem.message)
+    try:
+        check_text(record.get("text"))
+        check_tags(record.get("tags"))
+    except ItemProblem as problem:
+        return item_id, (problem.field, problem.message)
+    return item_id, None
 
 
 def _jsonl_records(path: Path, bad_lines: list[DataError]) -> Iterator[tuple[str, int, dict]]:
@@ -235,15 +237,17 @@ def parquet_files(path: Path) -> list[Path]:
 
 
 def _parquet_records(path: Path, split: str | None) -> Iterator[tuple[str, int, dict]]:
-    """Rows of the id, text (and split) columns, file by file in name order, in batches."""
-    columns = ["id", "text"] + (["split"] if split is not None else [])
+    """Rows of the id, text (and split) columns, and tags where the file has them, file by file in
+    name order, in batches."""
+    required = ["id", "text"] + (["split"] if split is not None else [])
     for file in parquet_files(path):
         try:
             parquet = pq.ParquetFile(file)
             schema = parquet.schema_arrow
-            missing = [c for c in columns if c not in schema.names]
+            missing = [c for c in required if c not in schema.names]
             if missing:
                 raise DataError(str(file), f"no column '{missing[0]}'", field=missing[0])
+            columns = required + (["tags"] if "tags" in schema.names else [])
             text_type = schema.field("text").type
             if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
                 raise DataError(str(file), f"must be strings, got {text_type}", field="text")
@@ -313,17 +317,16 @@ def _nonempty(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def to_item(record: dict, source: str) -> Item:
+    """The item of a row ``check_input`` accepted (checked again: a worker must never tag what the
+    rules refuse)."""
     if record.get(JSONL_LINE) is not None:
         record = json.loads(record[JSONL_LINE])  # parse_jsonl_lines
-    item_id = record.get("id")
-    if isinstance(item_id, int) and not isinstance(item_id, bool):
-        item_id = str(item_id)
-    text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(source, f"item '{item_id}': missing or empty", field="text")
-    tags = record.get("tags")
-    extra = {k: v for k, v in record.items() if k not in ("id", "text", "tags") and v is not None}
-    return Item(id=item_id, text=text, tags=tuple(tags) if tags else None, extra=extra)
+    try:
+        return check_item(record, numbers=True)
+    except ItemProblem as problem:
+        raise DataError(
+            source, f"item {record.get('id')!r}: {problem.message}", field=problem.field
+        ) from None
 
 
 class OutputFolder:

@@ -17,7 +17,6 @@ import gzip
 import io
 import json
 import logging
-import math
 import os
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -27,6 +26,7 @@ from typing import IO, Any
 
 from graph_store.durable import atomic_file
 from llm4tag.errors import DataError
+from llm4tag.item_rules import Item, ItemProblem, check_item, check_string, is_missing, json_type
 from llm4tag.vocabulary_entry import Tag  # read by read_tags; imported from here across the code
 
 __all__ = [
@@ -45,20 +45,9 @@ logger = logging.getLogger("llm4tag.data")
 
 SUPPORTED_EXTENSIONS = (".jsonl", ".jsonl.gz", ".parquet", ".csv", ".csv.gz")
 
-_ITEM_FIELDS = ("id", "text", "tags")
 _TAG_FIELDS = ("tag", "description")
 _MAX_UNKNOWN_EXAMPLES = 5
 _PARQUET_BATCH_ROWS = 4096
-
-
-@dataclass(frozen=True)
-class Item:
-    """One item to tag: its id, its text, its annotation (``None``: not annotated) and every other field."""
-
-    id: str
-    text: str
-    tags: tuple[str, ...] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -103,10 +92,6 @@ def detect_format(path: str | os.PathLike[str]) -> tuple[str, bool]:
         str(path),
         f"unsupported file extension {shown}; use one of {', '.join(SUPPORTED_EXTENSIONS)}",
     )
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _check_readable(path: str) -> None:
@@ -186,27 +171,13 @@ def _read_jsonl(
             problem = DataError(path, "invalid JSON: nested too deeply", line=lineno)
         else:
             if not isinstance(record, dict):
-                problem = DataError(path, f"expected a JSON object, got {_json_type(record)}", line=lineno)
+                problem = DataError(path, f"expected a JSON object, got {json_type(record)}", line=lineno)
         if problem is None:
             yield lineno, record
         elif bad_lines is None:
             raise problem
         else:
             bad_lines.append(problem)
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if value is None:
-        return "null"
-    return type(value).__name__
 
 
 def _read_csv(path: str, gz: bool) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -266,46 +237,27 @@ def _read_parquet(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 # --- items
 
 
-def _check_string(path: str, line: int, name: str, value: Any, *, int_ok: bool) -> str:
-    if _is_missing(value):
-        raise DataError(path, "missing (required)", line=line, field=name)
-    if int_ok and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise DataError(path, f"must be a string, got {_json_type(value)}", line=line, field=name)
-    if not value.strip():
-        raise DataError(path, "must not be empty", line=line, field=name)
-    return value
+def _check_string(path: str, line: int, name: str, value: Any) -> str:
+    try:
+        return check_string(name, value)
+    except ItemProblem as problem:
+        raise DataError(path, problem.message, line=line, field=name) from None
 
 
-def _parse_tags(path: str, line: int, value: Any, fmt: str) -> tuple[str, ...] | None:
-    if _is_missing(value):
-        return None
-    if fmt == "csv" and isinstance(value, str):
-        cell = value.strip()
-        if cell.startswith("["):
-            try:
-                value = json.loads(cell)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    path, f"cell starts with '[' but is not a JSON array: {exc.msg}", line=line, field="tags"
-                ) from exc
-        else:
-            value = [part.strip() for part in cell.split("|")]
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        raise DataError(path, f"must be a list of strings, got {_json_type(value)}", line=line, field="tags")
-    out: dict[str, None] = {}
-    for position, tag in enumerate(value, 1):
-        if not isinstance(tag, str):
-            raise DataError(
-                path, f"tag {position} must be a string, got {_json_type(tag)}", line=line, field="tags"
-            )
-        if not tag.strip():
-            raise DataError(path, f"tag {position} is empty", line=line, field="tags")
-        out.setdefault(tag, None)
-    return tuple(out)
+def _decoded_tags(path: str, line: int, value: Any, fmt: str) -> Any:
+    """A CSV cell's tags as a list (a JSON array, or names separated by ``|``); other formats' as they
+    are."""
+    if fmt != "csv" or not isinstance(value, str):
+        return value
+    cell = value.strip()
+    if not cell.startswith("["):
+        return [part.strip() for part in cell.split("|")]
+    try:
+        return json.loads(cell)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            path, f"cell starts with '[' but is not a JSON array: {exc.msg}", line=line, field="tags"
+        ) from exc
 
 
 def read_items(
@@ -346,8 +298,14 @@ def read_items(
 
     for line, record in read_records(spath):
         records += 1
-        item_id = _check_string(spath, line, "id", record.get("id"), int_ok=fmt != "jsonl")
-        text = _check_string(spath, line, "text", record.get("text"), int_ok=False)
+        try:
+            # Typed columns (CSV, Parquet) may hold integer ids; a JSON id must be a string.
+            item = check_item(
+                record, numbers=fmt != "jsonl", tags=_decoded_tags(spath, line, record.get("tags"), fmt)
+            )
+        except ItemProblem as problem:
+            raise DataError(spath, problem.message, line=line, field=problem.field) from None
+        item_id, tags = item.id, item.tags
         if item_id in first_line:
             raise DataError(
                 spath,
@@ -356,13 +314,12 @@ def read_items(
                 field="id",
             )
         first_line[item_id] = line
-        tags = _parse_tags(spath, line, record.get("tags"), fmt)
         if aliases and tags is not None:
             tags = tuple(dict.fromkeys(aliases.get(t, t) for t in tags))
 
         if split is not None:
             value = record.get("split")
-            if _is_missing(value):
+            if is_missing(value):
                 raise DataError(
                     spath, f"missing, but split '{split}' was asked for", line=line, field="split"
                 )
@@ -389,8 +346,7 @@ def read_items(
                     unknown_examples.setdefault(tag, None)
                 tags = kept
 
-        extra = {k: v for k, v in record.items() if k not in _ITEM_FIELDS and not _is_missing(v)}
-        items.append(Item(id=item_id, text=text, tags=tags, extra=extra))
+        items.append(Item(id=item_id, text=item.text, tags=tags, extra=item.extra))
 
     if records == 0:
         raise DataError(spath, "no items (the file holds no records)")
@@ -430,23 +386,23 @@ def read_tags(path: str | os.PathLike[str], language: str | None = None) -> list
     tags: list[Tag] = []
     first_line: dict[str, int] = {}
     for line, record in read_records(spath):
-        name = _check_string(spath, line, "tag", record.get("tag"), int_ok=False)
+        name = _check_string(spath, line, "tag", record.get("tag"))
         if name in first_line:
             raise DataError(
                 spath, f"duplicate tag '{name}' (first on line {first_line[name]})", line=line, field="tag"
             )
         first_line[name] = line
         description = record.get("description")
-        if _is_missing(description):
+        if is_missing(description):
             description = None
         elif not isinstance(description, str):
             raise DataError(
                 spath,
-                f"must be a string or null, got {_json_type(description)}",
+                f"must be a string or null, got {json_type(description)}",
                 line=line,
                 field="description",
             )
-        extra = {k: v for k, v in record.items() if k not in _TAG_FIELDS and not _is_missing(v)}
+        extra = {k: v for k, v in record.items() if k not in _TAG_FIELDS and not is_missing(v)}
         tags.append(Tag(tag=name, description=description, extra=extra))
     if not tags:
         raise DataError(spath, "no tags (the file holds no records)")
@@ -470,7 +426,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _csv_cell(value: Any) -> str:
-    if _is_missing(value):
+    if is_missing(value):
         return ""
     if isinstance(value, str):
         return value

@@ -4,15 +4,11 @@ these functions, so a wrong share or a wrong cascade would publish wrong bars.""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _peers import coverage_at_precision, precision_and_coverage_at
-from cascade_quality import add_taggpt, cascade, llm_seconds, where_the_llm_differs
-
+from benchmarks._peers import coverage_at_precision, precision_and_coverage_at
+from benchmarks.cascade_quality import add_taggpt, cascade, llm_seconds, where_the_llm_differs
 from llm4tag.ranking.cascade import RoutePlan
 
 
@@ -113,5 +109,5 @@ def test_taggpt_rows_are_read_for_the_same_items_with_their_measured_seconds(tmp
     preds, sent, seconds = added["TagGPT selective (LLM on every item)"]
     assert list(preds) == ["b", "a"] and preds["a"] == [{"tag": "x", "confidence": 0.7}]
     assert sent == 1.0 and seconds == 2.5
-    with pytest.raises(SystemExit, match=r"no row for 1 test items .* --methods taggpt-selective --n 3"):
+    with pytest.raises(SystemExit, match=r"no row for 1 test items .* --methods taggpt-selective --limit 3"):
         add_taggpt(add, tmp_path, ["a", "b", "d"], emit=1)

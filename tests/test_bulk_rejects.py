@@ -46,6 +46,9 @@ def _bad_lines(texts: list[str], good_ids: list[str], rng: random.Random) -> lis
         (json.dumps({"id": f"bad-{rng.random()}", "text": ["a", "list"]}), "text"),
         (json.dumps({"id": f"bad-{rng.random()}", "text": " "}), "text"),
         (json.dumps({"id": rng.choice(good_ids), "text": "another text under an id already used"}), "id"),
+        # A valid id and text, yet no valid item: the read tasks must drop these too.
+        (json.dumps({"id": f"bad-{rng.random()}", "text": some, "tags": 5}), "tags"),
+        (json.dumps({"id": f"bad\u2028{rng.random()}", "text": some}), "id"),
         ('{"id": "broken", "text": ', None),
         ("[1, 2, 3]", None),
     ]
@@ -244,3 +247,30 @@ def test_cli_tags_good_rows_and_exits_non_zero_only_with_strict(
     assert main([*base, "--output", f"{out}/", "--strict"]) == 3
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["skipped_done"], report["tagged"], report["rejected"]) == (5, 0, 3)
+
+
+def test_rows_that_are_no_valid_item_are_set_aside_before_the_workers_see_them(tmp_path):
+    """The item rules (llm4tag/item_rules.py) hold for bulk input as for items files: a row whose
+    tags are no list of strings, or whose id is no one line of printable text, is a reject, and the
+    read tasks' filter drops it (a worker used to fail the whole job on ``"tags": 5``)."""
+    from cluster.bulk_files import check_input, parse_jsonl_lines, select_rows, to_item
+
+    lines = [
+        '{"id": "a", "text": "first", "tags": ["x", "x", "y"]}',
+        '{"id": "b", "text": "tags not a list", "tags": 5}',
+        '{"id": "c", "text": "an empty tag", "tags": ["x", " "]}',
+        '{"id": "d\\u2028e", "text": "a line separator in the id"}',
+        '{"id": "f", "text": "ok"}',
+    ]
+    source = tmp_path / "items.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    checked = check_input(source, "jsonl", None)
+    assert checked.ids == ["a", "f"]
+    assert [(r.position, r.id, r.field, r.reason) for r in checked.rejects] == [
+        (2, "b", "tags", "must be a list of strings, got a number"),
+        (3, "c", "tags", "tag 2 is empty"),
+        (4, None, "id", "must be 1-256 printable characters on one line"),
+    ]
+    kept = select_rows(parse_jsonl_lines(pa.table({"text": lines})), None, None, checked.conflicts)
+    assert kept.column("id").to_pylist() == ["a", "f"]
+    assert [to_item(r, str(source)).tags for r in kept.to_pylist()] == [("x", "y"), None]

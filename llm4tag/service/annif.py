@@ -13,21 +13,36 @@ project; its tags are the project's subjects:
 
 Documents have no id in Annif's ``learn`` and an optional one in ``suggest-batch``, so an item's id is
 derived from its text (``annif-<sha256 prefix>``): suggest and learn on one text name the same item.
-Errors answer as Annif's do: ``application/problem+json`` with ``status``, ``title``, ``detail``.
+
+The bodies (and suggest-batch's query parameters) are validated by the pydantic models below, which
+OpenAPI also documents; errors answer as Annif's do, ``application/problem+json`` with ``status``,
+``title`` and ``detail``: "<what is wrong> - '<where>'", worded as llm4tag/item_rules.py words every
+problem with an item, except where Annif's own tests pin Annif's words (more than 32 documents).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from llm4tag.config_section import Section
+from llm4tag.item_rules import TOO_LARGE, problem_message
 from llm4tag.skos import DERIVED_URI_BASE, tag_uri
 
 # Annif's limits (annif.yaml): at most 32 documents per suggest-batch; limit >= 0; 0 <= threshold <= 1.
@@ -44,9 +59,8 @@ TITLES = {
 }
 
 
-# The request bodies as OpenAPI documents them (Annif's annif.yaml, with the limits we add). The parsers
-# below read the bodies themselves, to answer in Annif's problem details and bound sizes first; the fuzz
-# test (tests/test_fuzz_api.py) holds them to these models.
+# The request bodies as Annif's annif.yaml has them, with the limits we add (the text's characters and
+# learn's documents, from service.limits, come in as validation context: 413).
 def _optional_not_null(schema: dict) -> None:
     # An optional field is absent, not null (as in annif.yaml): its None default stays out of the schema.
     for prop in schema.get("properties", {}).values():
@@ -58,23 +72,59 @@ class _Body(BaseModel):
     model_config = ConfigDict(json_schema_extra=_optional_not_null)
 
 
-class SuggestForm(_Body):
-    """Annif's suggest form (``application/x-www-form-urlencoded``)."""
+def _within_limit(text: str | None, info: ValidationInfo) -> str | None:
+    limit = (info.context or {}).get("max_chars")
+    if text is not None and limit is not None and len(text) > limit:
+        raise PydanticCustomError(
+            TOO_LARGE,
+            "has {count} characters, more than the limit of {limit}",
+            {"count": len(text), "limit": limit},
+        )
+    return text
 
-    text: str = Field(description="input text (an empty or blank text has no suggestions)")
+
+class SuggestParameters(_Body):
+    """``limit``, ``threshold`` and ``language``: suggest's form fields, suggest-batch's query."""
+
     limit: int = Field(DEFAULT_LIMIT, ge=0, description="maximum number of results to return")
     threshold: float = Field(
-        0.0, ge=0.0, le=1.0, description="minimum score, below which results are not returned"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="minimum score, below which results are not returned",
     )
     language: StrictStr = Field(
         None, description="language of the subject labels: the vocabulary's; another is refused (400)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: Any) -> Any:
+        # A form or query string sends "limit=" for a parameter left empty: its default, as in Annif.
+        # (Only the parameters: an empty text is a text, which has no suggestions.)
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if not (k in PARAMETERS and v == "")}
+        return data
+
+
+PARAMETERS = frozenset(SuggestParameters.model_fields)
+
+
+class SuggestForm(SuggestParameters):
+    """Annif's suggest form (``application/x-www-form-urlencoded``)."""
+
+    text: str = Field(description="input text (an empty or blank text has no suggestions)")
+
+    _text_within_limit = field_validator("text")(_within_limit)
 
 
 class Document(_Body):
     text: StrictStr
     document_id: StrictStr | None = None
     metadata: dict[str, StrictStr] = Field(None, description="accepted and not used")
+
+    _text_within_limit = field_validator("text")(_within_limit)
 
 
 class SuggestBatch(_Body):
@@ -95,9 +145,23 @@ class IndexedDocument(_Body):
     metadata: dict[str, StrictStr] = Field(None, description="accepted and not used")
     subjects: list[Subject] = Field(None)
 
+    _text_within_limit = field_validator("text")(_within_limit)
+
 
 class LearnBody(RootModel[list[IndexedDocument]]):
     """Annif's learn body: documents with their subjects, recorded as feedback."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _documents_within_limit(cls, data: Any, info: ValidationInfo) -> Any:
+        limit = (info.context or {}).get("max_documents")
+        if isinstance(data, list) and limit is not None and len(data) > limit:
+            raise PydanticCustomError(
+                TOO_LARGE,
+                "{count} documents, more than the limit of {limit}",
+                {"count": len(data), "limit": limit},
+            )
+        return data
 
 
 class AnnifSettings(Section):
@@ -212,34 +276,9 @@ def suggestions(row: Mapping[str, Any], subjects: Subjects, limit: int, threshol
 # --- requests
 
 
-@dataclass(frozen=True)
-class SuggestParams:
-    limit: int = DEFAULT_LIMIT
-    threshold: float = 0.0
-    language: str | None = None
-
-
-def parse_params(values: Mapping[str, str], subjects: Subjects) -> SuggestParams:
+def parse_params(values: Mapping[str, str], subjects: Subjects) -> SuggestParameters:
     """``limit``, ``threshold`` and ``language`` from a form or a query string."""
-    limit, threshold = DEFAULT_LIMIT, 0.0
-    if values.get("limit") not in (None, ""):
-        try:
-            limit = int(values["limit"])
-        except ValueError:
-            raise Problem(400, f"'{values['limit']}' is not of type 'integer' - 'limit'") from None
-        if limit < 0:
-            raise Problem(400, f"{limit} is less than the minimum of 0 - 'limit'")
-    if values.get("threshold") not in (None, ""):
-        try:
-            threshold = float(values["threshold"])
-        except ValueError:
-            raise Problem(400, f"'{values['threshold']}' is not of type 'number' - 'threshold'") from None
-        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise Problem(400, f"{threshold} is not within [0, 1] - 'threshold'")
-    language = values.get("language") or None
-    if language is not None and language != subjects.language:
-        raise Problem(400, f'language "{language}" not supported by vocabulary')
-    return SuggestParams(limit, threshold, language)
+    return _language(_validated(SuggestParameters, values, {}), subjects)
 
 
 def parse_form(raw: bytes) -> dict[str, str]:
@@ -251,35 +290,17 @@ def parse_form(raw: bytes) -> dict[str, str]:
     return {name: values[-1] for name, values in fields.items()}
 
 
-def parse_suggest(form: Mapping[str, str], subjects: Subjects, max_chars: int) -> tuple[str, SuggestParams]:
-    text = form.get("text")
-    if text is None:
-        raise Problem(400, "'text' is a required property")
-    return _text(text, "text", max_chars), parse_params(form, subjects)
+def parse_suggest(
+    form: Mapping[str, str], subjects: Subjects, max_chars: int
+) -> tuple[str, SuggestParameters]:
+    parsed = _language(_validated(SuggestForm, form, {"max_chars": max_chars}), subjects)
+    return parsed.text, parsed
 
 
 def parse_batch(body: Any, max_chars: int) -> list[tuple[str, str | None]]:
     """(text, document_id) of each document of a suggest-batch body."""
-    if not isinstance(body, dict) or "documents" not in body:
-        raise Problem(400, "'documents' is a required property")
-    documents = body["documents"]
-    if not isinstance(documents, list):
-        raise Problem(400, f"{_json_type(documents)} is not of type 'array' - 'documents'")
-    if len(documents) > MAX_BATCH_DOCUMENTS:
-        raise Problem(400, "too many items - 'documents'")
-    out = []
-    for index, document in enumerate(documents):
-        where = f"documents.{index}"
-        if not isinstance(document, dict):
-            raise Problem(400, f"{_json_type(document)} is not of type 'object' - '{where}'")
-        if "text" not in document:
-            raise Problem(400, f"'text' is a required property - '{where}'")
-        document_id = document.get("document_id")
-        if document_id is not None and not isinstance(document_id, str):
-            raise Problem(400, f"{_json_type(document_id)} is not of type 'string' - '{where}.document_id'")
-        _check_metadata(document, where)
-        out.append((_text(document["text"], f"{where}.text", max_chars), document_id))
-    return out
+    batch = _validated(SuggestBatch, body, {"max_chars": max_chars})
+    return [(document.text, document.document_id) for document in batch.documents]
 
 
 def parse_learn(
@@ -287,38 +308,20 @@ def parse_learn(
 ) -> tuple[list[dict], list[str]]:
     """Feedback items (``id``, ``text``, ``tags``) of a learn body, and the subject URIs outside the
     vocabulary. As Annif does, those URIs are left out (its learn has no 400 answer), and documents
-    without text or without a known subject are skipped."""
-    if not isinstance(body, list):
-        raise Problem(400, f"{_json_type(body)} is not of type 'array'")
-    if len(body) > max_documents:
-        raise Problem(413, f"{len(body)} documents, more than the limit of {max_documents}")
+    without text or without a known subject are skipped (after the whole body is validated: a skipped
+    document is still a valid one)."""
+    documents = _validated(LearnBody, body, {"max_chars": max_chars, "max_documents": max_documents}).root
     items: dict[str, dict] = {}
     unknown: list[str] = []
-    for index, document in enumerate(body):
-        if not isinstance(document, dict):
-            raise Problem(400, f"{_json_type(document)} is not of type 'object' - '{index}'")
-        _check_metadata(document, str(index))
-        # Checked whole before anything is skipped: a skipped document is still a valid one.
-        text = _text(document["text"], f"{index}.text", max_chars) if "text" in document else ""
-        subject_list = document.get("subjects", [])
-        if not isinstance(subject_list, list):
-            raise Problem(400, f"{_json_type(subject_list)} is not of type 'array' - '{index}.subjects'")
-        uris = []
-        for position, subject in enumerate(subject_list):
-            uri = subject.get("uri") if isinstance(subject, dict) else None
-            if not isinstance(uri, str):
-                raise Problem(400, f"'uri' is a required property - '{index}.subjects.{position}'")
-            if "label" in subject and not isinstance(subject["label"], str):
-                label = _json_type(subject["label"])
-                raise Problem(400, f"{label} is not of type 'string' - '{index}.subjects.{position}.label'")
-            uris.append(uri)
+    for document in documents:
+        text = document.text or ""
         if not text.strip():
             continue
         tags = []
-        for uri in uris:
-            tag = subjects.tag_of(uri)
+        for subject in document.subjects or ():
+            tag = subjects.tag_of(subject.uri)
             if tag is None:
-                unknown.append(uri)
+                unknown.append(subject.uri)
             else:
                 tags.append(tag)
         if not tags:
@@ -331,27 +334,26 @@ def parse_learn(
     return list(items.values()), unknown
 
 
-def _check_metadata(document: dict, where: str) -> None:
-    """Metadata is not used, but as in Annif it must be an object of strings."""
-    if "metadata" not in document:
-        return
-    metadata = document["metadata"]
-    if not isinstance(metadata, dict):
-        raise Problem(400, f"{_json_type(metadata)} is not of type 'object' - '{where}.metadata'")
-    for key, value in metadata.items():
-        if not isinstance(value, str):
-            raise Problem(400, f"{_json_type(value)} is not of type 'string' - '{where}.metadata.{key}'")
+def _validated(model: type[BaseModel], data: Any, context: dict) -> Any:
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise annif_problem(exc) from None
 
 
-def _text(value: Any, where: str, max_chars: int) -> str:
-    if not isinstance(value, str):
-        raise Problem(400, f"{_json_type(value)} is not of type 'string' - '{where}'")
-    if len(value) > max_chars:
-        raise Problem(413, f"'{where}' has {len(value)} characters, more than the limit of {max_chars}")
-    return value
+def annif_problem(exc: ValidationError) -> Problem:
+    """The first problem of a validation error as Annif's problem details: 413 for a size limit, else
+    400, the detail "<what is wrong> - '<where>'" (the path dotted, as Connexion writes it)."""
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "too_long" and where == "documents":
+        message = "too many items"  # Annif's words, which its own tests pin
+    else:
+        message = problem_message(error)
+    return Problem(413 if error["type"] == TOO_LARGE else 400, f"{message} - '{where}'" if where else message)
 
 
-def _json_type(value: Any) -> str:
-    return (
-        repr(value) if isinstance(value, str | int | float | bool) or value is None else type(value).__name__
-    )
+def _language(parsed: Any, subjects: Subjects) -> Any:
+    if parsed.language is not None and parsed.language != subjects.language:
+        raise Problem(400, f'language "{parsed.language}" not supported by vocabulary')
+    return parsed

@@ -4,7 +4,8 @@ over this; the rows are those ``llm4tag tag`` writes.
 
 Which item fields a request may carry besides ``id`` and ``text`` is configuration (texts.item_fields),
 and so are the size limits: :class:`RequestSchema` builds the models for one configuration, and the
-limits and the tag vocabulary reach the validators as validation context.
+limits and the tag vocabulary reach the validators as validation context. What makes an item valid,
+and how every problem is worded, is llm4tag/item_rules.py's, as for files and bulk input.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llm4tag.config_section import Section
-from llm4tag.data import Item
-
-# One line of printable text: no C0/C1 controls and no Unicode line or paragraph separators (a reader
-# that splits lines with str.splitlines() would cut a journal or sample-log line at \x85 or \u2028).
-# Anchored for pydantic's (Rust) engine, where $ is the end of the text; Python code uses fullmatch.
-ID_CHARS = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}"
-ID_PATTERN = re.compile(f"^{ID_CHARS}$")
-TOO_LARGE = "too_large"  # the error type the handler answers with 413
+from llm4tag.item_rules import (
+    TOO_LARGE,
+    Item,
+    ItemId,
+    ItemTags,
+    ItemText,
+    json_type,
+    problem_message,
+)
 
 
 class RequestError(ValueError):
@@ -107,9 +109,14 @@ def _too_large(what: str, count: int, limit: int) -> PydanticCustomError:
 # --- the models (the item model is built per configuration: its text fields are declared ones)
 
 # What the validators below check, said in the OpenAPI schema too (so that a client, or a fuzzer, knows a
-# text must have a non-space character and a batch an item): documentation only, the validators answer.
-NOT_BLANK = {"minLength": 1, "pattern": r"\S"}
+# batch must have an item): documentation only, the validators answer.
 NOT_EMPTY = {"minItems": 1}
+
+
+def _an_object(data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise PydanticCustomError("model_type", "must be an object, got {type}", {"type": json_type(data)})
+    return data
 
 
 class _ItemBase(BaseModel):
@@ -118,11 +125,7 @@ class _ItemBase(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _an_object(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise PydanticCustomError(
-                "model_type", "must be a JSON object, got {type}", {"type": json_type(data)}
-            )
-        return data
+        return _an_object(data)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -133,23 +136,11 @@ class _ItemBase(BaseModel):
                 raise _too_large("characters", len(value), limit)
         return value
 
-    @field_validator("text", mode="after", check_fields=False)
-    @classmethod
-    def _text_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise PydanticCustomError("empty", "is empty")
-        return value
-
 
 class TagItemBase(_ItemBase):
-    id: Annotated[StrictStr | None, Field(pattern=ID_PATTERN.pattern)] = Field(
-        None, description="Your id for the item (default: item-<index>)."
-    )
-    text: StrictStr = Field(
-        ...,
-        description="The item's text (non-empty).",
-        examples=["my card has not arrived yet"],
-        json_schema_extra=NOT_BLANK,
+    id: ItemId | None = Field(None, description="Your id for the item (default: item-<index>).")
+    text: ItemText = Field(
+        ..., description="The item's text (non-empty).", examples=["my card has not arrived yet"]
     )
 
 
@@ -171,14 +162,10 @@ def _tag_list(value: list[str], info: ValidationInfo) -> list[str]:
 
 
 class FeedbackItemBase(_ItemBase):
-    id: Annotated[StrictStr, Field(pattern=ID_PATTERN.pattern)] = Field(
-        ..., description="The corrected item's id (feedback must name the item it corrects)."
-    )
-    text: StrictStr = Field(..., description="The item's text.", json_schema_extra=NOT_BLANK)
-    tags: list[StrictStr] = Field(default_factory=list, description="Correct tags (from the vocabulary).")
-    incorrect: list[StrictStr] = Field(
-        default_factory=list, description="Tags that were wrong for this item."
-    )
+    id: ItemId = Field(..., description="The corrected item's id (feedback must name the item it corrects).")
+    text: ItemText = Field(..., description="The item's text.")
+    tags: ItemTags = Field(default_factory=list, description="Correct tags (from the vocabulary).")
+    incorrect: ItemTags = Field(default_factory=list, description="Tags that were wrong for this item.")
 
     @field_validator("tags", "incorrect", mode="after")
     @classmethod
@@ -193,11 +180,7 @@ class _RequestBase(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _batch_or_one(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            raise PydanticCustomError(
-                "model_type", "must be a JSON object, got {type}", {"type": json_type(data)}
-            )
-        if "items" in data:
+        if "items" in _an_object(data):
             return data
         # One item at the top level, possibly with the options beside it.
         return {"items": [{k: v for k, v in data.items() if k not in cls.OPTIONS}]} | {
@@ -209,7 +192,7 @@ class _RequestBase(BaseModel):
     def _items_within_limits(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, list):
             if not value:
-                raise PydanticCustomError("empty", "is empty")
+                raise PydanticCustomError("empty", "must not be empty")
             limit = _limits(info).max_items
             if len(value) > limit:
                 raise _too_large("items", len(value), limit)
@@ -436,21 +419,15 @@ def _validate(model: type[BaseModel], body: Any, context: dict, single: bool) ->
 
 
 def request_error(exc: ValidationError, single: bool = False) -> RequestError:
-    """The first problem of a validation error, as a RequestError naming its field."""
+    """The first problem of a validation error, as a RequestError naming its field (in the wording of
+    llm4tag/item_rules.py)."""
     error = exc.errors(include_url=False)[0]
     loc = list(error["loc"])
     if single and loc[:2] == ["items", 0]:
         loc = ["body", *loc[2:]]
     field = loc_to_field(loc) if loc else "body"
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif error["type"] == "missing":
-        message = "is missing"
-    elif error["type"] == "string_pattern_mismatch":
-        message = "must be a string of 1-256 printable characters on one line"
     status = 413 if error["type"] == TOO_LARGE else 422
-    return RequestError(field, message, status)
+    return RequestError(field, problem_message(error), status)
 
 
 def loc_to_field(loc: Sequence[Any]) -> str:
@@ -482,17 +459,3 @@ def without_paths(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [without_paths(item) for item in value]
     return value
-
-
-def json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object" if isinstance(value, dict) else type(value).__name__
