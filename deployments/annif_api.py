@@ -62,7 +62,7 @@ class AnnifProject:
 
     def check(self, project_id: str) -> None:
         if project_id != self.settings.project_id:
-            raise Problem(404, f"Project '{project_id}' not found", "Project not found")
+            raise Problem(f"Project '{project_id}' not found", status=404, title="Project not found")
 
     async def suggest(self, documents: list[str], limit: int, threshold: float) -> list[list[dict]]:
         """Tag the documents through the service (all judged tags, so that ``threshold`` cuts)."""
@@ -153,9 +153,9 @@ async def annif_learn(ingress: Replica, project_id: str, request: Request):
     ingress.annif.check(project_id)
     if not ingress.annif.settings.learn:
         raise Problem(
-            403,
             f"Project '{project_id}' is not configured to allow learning via API",
-            "Learning not allowed",
+            status=403,
+            title="Learning not allowed",
         )
     items, unknown = parse_learn(
         _annif_json(await ingress.body(request)),
@@ -178,6 +178,6 @@ def _annif_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except RecursionError:
-        raise Problem(400, "Request body is JSON nested too deeply") from None
+        raise Problem("Request body is JSON nested too deeply", status=400) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(400, f"Request body is not valid JSON: {exc}") from exc
+        raise Problem(f"Request body is not valid JSON: {exc}", status=400) from exc

@@ -26,7 +26,7 @@ from deployments.annif_api import AnnifProject
 from deployments.annif_api import router as annif_router
 from deployments.review_api import ReviewDesk
 from deployments.review_api import router as review_router
-from deployments.route_kit import REFUSALS, Refused, answer_refusal, invalid_parameter
+from deployments.route_kit import answer_refusal, invalid_parameter
 from deployments.serve_metrics import ServiceMetrics
 from deployments.stage_calls import StageCalls
 from deployments.tag_api import router as tag_router
@@ -36,7 +36,7 @@ from llm4tag.data import Item
 from llm4tag.ranking.store_routing import FollowedRouting
 from llm4tag.service.admission import DEADLINE_HEADER, Admission
 from llm4tag.service.annif import AnnifSettings
-from llm4tag.service.auth import ApiKeys, AuthError
+from llm4tag.service.auth import ApiKeys
 from llm4tag.service.http_schema import (
     FeedbackRequest,
     RequestError,
@@ -45,6 +45,7 @@ from llm4tag.service.http_schema import (
     require_json,
     without_paths,
 )
+from llm4tag.service.refusal import Refusal
 from llm4tag.service.review_queue import ReviewSettings
 from llm4tag.service.settings import ServiceConfig
 from llm4tag.service.vocabulary_view import VocabularyView
@@ -58,8 +59,7 @@ app = FastAPI(
 for _router in (tag_router, review_router, annif_router):
     app.include_router(_router)
 app.add_exception_handler(RequestValidationError, invalid_parameter)
-for _refusal in REFUSALS:
-    app.add_exception_handler(_refusal, answer_refusal)
+app.add_exception_handler(Refusal, answer_refusal)
 
 
 @serve.deployment(
@@ -96,6 +96,7 @@ class IngressDeployment:
             calibrator,
             settings.graph.recall,
             service.retries,
+            service.retry_after_s,
             self.metrics,
             lambda load: self.admission.observe_replica(load["replica"], load["item_s"], load["queued"]),
         )
@@ -124,11 +125,7 @@ class IngressDeployment:
         name (None when no keys are checked)."""
         if self.keys is None:
             return None
-        try:
-            return self.keys.check(request.headers.get("authorization"), scope)
-        except AuthError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            raise Refused(exc.status, exc.message, "authorization", headers) from None
+        return self.keys.check(request.headers.get("authorization"), scope)
 
     async def json_body(self, request: Request) -> Any:
         require_json(request.headers.get("content-type"))
@@ -139,12 +136,12 @@ class IngressDeployment:
         limit = self.limits.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError("body", f"is {declared} bytes, more than the limit of {limit}", 413)
+            raise RequestError(f"is {declared} bytes, more than the limit of {limit}", "body", 413)
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > limit:
-                raise RequestError("body", f"is more than the limit of {limit} bytes", 413)
+                raise RequestError(f"is more than the limit of {limit} bytes", "body", 413)
         return bytes(raw)
 
     def parse_feedback(self, body: Any) -> FeedbackRequest:
@@ -189,11 +186,11 @@ class IngressDeployment:
                 timings=timings,
             )
         except flow.DeadlinePassed:
-            raise Refused(
-                504,
+            raise Refusal(
                 "the request ran past its deadline; its remaining work was dropped (retry "
                 f"later, or with a longer {DEADLINE_HEADER} up to {self.service.deadline_s:g} s)",
                 DEADLINE_HEADER,
+                504,
                 {"Retry-After": str(self.service.retry_after_s)},
             ) from None
         finally:
@@ -214,18 +211,18 @@ class IngressDeployment:
         """Refuse at once what cannot be answered within its deadline (llm4tag/service/admission.py)."""
         verdict = self.admission.decide(items, budget_s)
         if verdict.too_large:
-            raise Refused(
-                413,
+            raise Refusal(
                 f"{items} item(s) take about {verdict.alone_s:.1f} s here even with nothing ahead, "
                 f"more than the deadline ({budget_s:.1f} s left): send fewer items per request",
                 "items",
+                413,
             )
         if not verdict.admitted:
-            raise Refused(
-                503,
+            raise Refusal(
                 f"the service cannot tag {items} item(s) within the deadline ({budget_s:.1f} s "
                 f"left; about {verdict.wait_s:.1f} s of work is ahead): retry later or elsewhere",
                 DEADLINE_HEADER,
+                503,
                 {"Retry-After": str(verdict.retry_after_s)},
             )
 
@@ -235,16 +232,19 @@ class IngressDeployment:
         """Both writes are fsynced before this returns: the sample log and the owning shard's journal.
         They run concurrently; if one fails the answer is a 503 naming it, and the same request sent
         again converges (both are upserts). The samples record who sent and who reviewed them."""
-        recorded = await flow.run_async(
-            flow.feedback_flow(
-                parsed.items,
-                parsed.incorrect,
-                item_fields=self.settings.texts.item_fields,
-                sender=sender,
-                reviewer=reviewer,
-            ),
-            self.calls.answer,
-        )
+        try:
+            recorded = await flow.run_async(
+                flow.feedback_flow(
+                    parsed.items,
+                    parsed.incorrect,
+                    item_fields=self.settings.texts.item_fields,
+                    sender=sender,
+                    reviewer=reviewer,
+                ),
+                self.calls.answer,
+            )
+        except flow.FeedbackIncomplete as exc:
+            raise Refusal(str(exc), "service", 503, {"Retry-After": str(self.service.retry_after_s)}) from exc
         self.metrics.feedback.inc(recorded.items)
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
 

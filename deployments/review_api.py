@@ -26,7 +26,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
-from deployments.route_kit import LIMIT_BOUNDS, QUERY_BOUNDS, Refused, Replica, refusals
+from deployments.route_kit import LIMIT_BOUNDS, QUERY_BOUNDS, Replica, refusals
+from llm4tag.service.refusal import Refusal
 from llm4tag.service.review_queue import (
     MAX_ROW_NUMBER,
     REVIEW_HEADER,
@@ -86,12 +87,12 @@ class ReviewDesk:
         if header is None:
             return await self.ingress.write_feedback(parsed, sender=sender)
         if not header.strip().isdigit():
-            raise ReviewError(f"must be an entry number, got {header!r}", 422, REVIEW_HEADER)
+            raise ReviewError(f"must be an entry number, got {header!r}", REVIEW_HEADER, 422)
         if len(parsed.items) != 1:
-            raise ReviewError("feedback that decides a review entry carries exactly one item", 422, "items")
+            raise ReviewError("feedback that decides a review entry carries exactly one item", "items", 422)
         reviewer = request.headers.get(REVIEWER_HEADER)
         if reviewer is not None and not REVIEWER.match(reviewer):
-            raise ReviewError("must be 1-100 printable characters", 422, REVIEWER_HEADER)
+            raise ReviewError("must be 1-100 printable characters", REVIEWER_HEADER, 422)
         reviewer = reviewer or sender or UNNAMED_REVIEWER
         number = int(header)
         entry = await asyncio.to_thread(self.queue.get, number)
@@ -158,7 +159,7 @@ async def review_queue(
     offset: Annotated[int, Query(json_schema_extra={"minimum": 0, "maximum": MAX_ROW_NUMBER})] = 0,
 ):
     if not 1 <= limit <= 500 or offset < 0:
-        raise ReviewError("limit must be within 1..500 and offset >= 0", 422, "limit")
+        raise ReviewError("limit must be within 1..500 and offset >= 0", "limit", 422)
     desk = ingress.review
     recovered = await desk.recover()
     entries = await asyncio.to_thread(desk.queue.entries, state, limit, offset, desk.cut)
@@ -202,7 +203,7 @@ async def vocabulary(
     """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
     view = ingress.vocabulary
     if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
-        raise Refused(422, f"must be within 1..{ingress.limits.max_search_results}", "limit")
+        raise Refusal(f"must be within 1..{ingress.limits.max_search_results}", "limit", 422)
     view.search.check_query(q)  # also when ``tag`` is given and q is not searched (as documented)
     calls = ingress.calls
     per_shard = await asyncio.gather(*(calls.call("recall", s.tag_counts) for s in calls.shards))

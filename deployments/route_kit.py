@@ -3,10 +3,10 @@ refusals, and the one handler that answers every refusal.
 
 Routes are module functions on APIRouters (deployments/tag_api.py, review_api.py, annif_api.py) that
 take the ingress replica (``ingress: Replica``) and use its public API (``tag``, ``write_feedback``,
-``json_body``, ``body``, ``authorize``). A refusal is raised, never returned: :func:`answer_refusal` is
-the app's exception handler for all of them, so its mapping exists once. It answers
-``{"error", "field"}`` with the status, or Annif's problem details on Annif's routes (their clients
-read those), and counts the answer.
+``json_body``, ``body``, ``authorize``). A refusal (llm4tag/service/refusal.py: ``Refusal`` and its
+subclasses) is raised, never returned: :func:`answer_refusal` is the app's exception handler for all of
+them, so its mapping exists once. It answers ``{"error", "field"}`` with the status and headers, or
+Annif's problem details on Annif's routes (their clients read those), and counts the answer.
 """
 
 from __future__ import annotations
@@ -17,23 +17,9 @@ from fastapi import Depends, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
-from deployments.stage_calls import Overloaded
-from llm4tag.flow import FeedbackIncomplete
 from llm4tag.service.annif import PROBLEM_MEDIA_TYPE, TITLES, Problem
 from llm4tag.service.http_schema import ErrorOut, Limits, RequestError
-from llm4tag.service.review_queue import ReviewError
-
-
-class Refused(Exception):
-    """An answer other than 200, with the body every refusal has."""
-
-    def __init__(self, status: int, error: str, field: str, headers: dict[str, str] | None = None):
-        super().__init__(error)
-        self.status, self.body, self.headers = status, {"error": error, "field": field}, headers
-
-
-# Everything the one handler answers.
-REFUSALS = (RequestError, Refused, Overloaded, FeedbackIncomplete, ReviewError, Problem)
+from llm4tag.service.refusal import Refusal
 
 
 def current_replica():
@@ -91,46 +77,22 @@ def problems(*statuses: int) -> dict:
     }
 
 
-def refusal_of(exc: Exception, retry_after_s: int) -> tuple[int, str, str, dict[str, str] | None]:
-    """(status, message, field, headers) of a refusal."""
-    retry = {"Retry-After": str(retry_after_s)}
-    if isinstance(exc, Problem):
-        return exc.status, exc.detail, "", retry if exc.status == 503 else None
-    if isinstance(exc, RequestError):
-        return exc.status, exc.message, exc.field, None
-    if isinstance(exc, Refused):
-        return exc.status, exc.body["error"], exc.body["field"], exc.headers
-    if isinstance(exc, ReviewError):
-        return exc.status, str(exc), exc.field, None
-    if isinstance(exc, Overloaded):
-        return 503, f"the service is overloaded (stage {exc}); retry later", "service", retry
-    if isinstance(exc, FeedbackIncomplete):
-        return 503, str(exc), "service", retry
-    raise TypeError(f"not a refusal: {type(exc).__name__}")
-
-
-async def answer_refusal(request: Request, exc: Exception) -> JSONResponse:
-    """The app's one exception handler for :data:`REFUSALS`."""
-    ingress = current_replica()
+async def answer_refusal(request: Request, exc: Refusal) -> JSONResponse:
+    """The app's one exception handler: every :class:`Refusal` is answered here."""
     route = request.scope.get("route")
-    status, message, field, headers = refusal_of(exc, ingress.service.retry_after_s)
+    status, body, media_type = exc.status, exc.body(), None
     if "annif" in (getattr(route, "tags", None) or ()):
-        if isinstance(exc, Problem):
-            title, detail = exc.title, exc.detail
-        elif isinstance(exc, RequestError):
+        if isinstance(exc, RequestError):
             # Annif (Connexion) answers a malformed request 400, a too large one 413, naming the part.
             status = status if status in (400, 413) else 400
-            title = TITLES.get(status, "Error")
-            detail = message if field == "body" else f"{field}: {message}"
-        else:
-            title, detail = TITLES.get(status, "Error"), message
-        body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-        media_type = PROBLEM_MEDIA_TYPE
-    else:
-        body, media_type = {"error": message, "field": field}, None
+            detail = exc.message if exc.field == "body" else f"{exc.field}: {exc.message}"
+            exc = Problem(detail, status=status)
+        elif not isinstance(exc, Problem):
+            exc = Problem(exc.message, status=status)
+        body, media_type = exc.body(), PROBLEM_MEDIA_TYPE
     path = getattr(route, "path", request.url.path)
-    ingress.metrics.requests.inc(tags={"route": path, "status": str(status)})
-    return JSONResponse(body, status_code=status, headers=headers, media_type=media_type)
+    current_replica().metrics.requests.inc(tags={"route": path, "status": str(status)})
+    return JSONResponse(body, status_code=status, headers=exc.headers or None, media_type=media_type)
 
 
 async def invalid_parameter(request, exc) -> JSONResponse:

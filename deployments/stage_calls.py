@@ -22,12 +22,22 @@ from llm4tag import flow
 from llm4tag.errors import PromptTooLong
 from llm4tag.ranking.store_routing import StoredRanking
 from llm4tag.service.http_schema import RequestError
+from llm4tag.service.refusal import Refusal
 
 RETRYABLE = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)
 
 
-class Overloaded(Exception):
-    """A stage refused more work (Serve's back pressure): the ingress answers 503 with Retry-After."""
+class Overloaded(Refusal):
+    """A stage refused more work (Serve's back pressure): 503 with Retry-After."""
+
+    status = 503
+
+    def __init__(self, stage: str, retry_after_s: int):
+        super().__init__(
+            f"the service is overloaded (stage {stage}); retry later",
+            "service",
+            headers={"Retry-After": str(retry_after_s)},
+        )
 
 
 class StageCalls:
@@ -41,12 +51,14 @@ class StageCalls:
         calibrator,
         recall: RecallConfig,
         retries: int,
+        retry_after_s: int,
         metrics,
         observe_load: Callable[[dict], None],
     ):
         """``observe_load``: told each Generator replica's load (its answers carry it; admission)."""
         self.encoder, self.shards, self.generator, self.calibrator = encoder, shards, generator, calibrator
-        self.recall, self.retries, self.metrics, self.observe_load = recall, retries, metrics, observe_load
+        self.recall, self.retries, self.retry_after_s = recall, retries, retry_after_s
+        self.metrics, self.observe_load = metrics, observe_load
 
     async def call(self, stage: str, method, *args):
         """One downstream call, retried on another replica if its replica died."""
@@ -58,7 +70,7 @@ class StageCalls:
                 response.cancel()
                 raise
             except BackPressureError as exc:
-                raise Overloaded(stage) from exc
+                raise Overloaded(stage, self.retry_after_s) from exc
             except RETRYABLE:
                 if attempt == self.retries:
                     raise
@@ -73,8 +85,8 @@ class StageCalls:
             return await self.call(stage, method, *args)
         except PromptTooLong as exc:
             raise RequestError(
-                f"items[{index}].text",
                 "makes a prompt longer than the model's context (llm.max_model_len): shorten it",
+                f"items[{index}].text",
                 413,
             ) from exc
 

@@ -18,7 +18,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from deployments.route_kit import KEYED, LIMIT_BOUNDS, QUERY_BOUNDS, Refused, Replica, refusals
+from deployments.route_kit import KEYED, LIMIT_BOUNDS, QUERY_BOUNDS, Replica, refusals
 from llm4tag.engines.adapters import OutsideAdaptersRoot, check_adapter, under_adapters_root
 from llm4tag.errors import ModelError
 from llm4tag.finetune.registry import write_active
@@ -30,6 +30,7 @@ from llm4tag.service.http_schema import (
     TagResponseOut,
     parse_adapter_request,
 )
+from llm4tag.service.refusal import Refusal
 
 router = APIRouter()
 ERRORS = refusals(400, 401, 403, 409, 413, 415, 422, 503, 504)
@@ -106,20 +107,20 @@ async def set_adapter(ingress: Replica, request: Request):
     if stage is None and settings.judges_with_generation:
         stage = calls.generator  # the Generator replicas judge (and follow the calibrator adapter)
     if stage is None:
-        raise Refused(422, "this app runs no calibrator", "role")
+        raise Refusal("this app runs no calibrator", "role", 422)
     if not settings.llm.adapters_file:
-        raise Refused(409, "set llm.adapters_file to swap adapters over HTTP", "role")
+        raise Refusal("set llm.adapters_file to swap adapters over HTTP", "role", 409)
     if path is not None:
         if service.adapters_root is None:
-            raise Refused(409, "set service.adapters_root to swap adapters over HTTP", "path")
+            raise Refusal("set service.adapters_root to swap adapters over HTTP", "path", 409)
         try:
             path = str(under_adapters_root(service.adapters_root, path))
         except OutsideAdaptersRoot as exc:
-            raise Refused(403, str(exc), "path") from None
+            raise Refusal(str(exc), "path", 403) from None
         try:
             await asyncio.to_thread(check_adapter, role, path)
         except ModelError as exc:
-            raise Refused(422, str(exc), "path") from exc
+            raise Refusal(str(exc), "path", 422) from exc
     await asyncio.to_thread(write_active, settings.llm.adapters_file, {role: path}, "admin")
     # One replica loads it now (and confirms); the others load it before their next batch.
     state = await calls.call(f"adapter-{role}", stage.sync_adapters, role)
@@ -137,7 +138,7 @@ async def search(
     if ingress.service.auth.reads:
         ingress.authorize(request, None)
     if not 1 <= limit <= ingress.limits.max_search_results:
-        raise Refused(422, f"must be within 1..{ingress.limits.max_search_results}", "limit")
+        raise Refusal(f"must be within 1..{ingress.limits.max_search_results}", "limit", 422)
     vocabulary = ingress.vocabulary
     # In a thread: a long vocabulary scan must not hold up the event loop every request shares.
     found = await asyncio.to_thread(vocabulary.search.search, q, limit)

@@ -44,7 +44,7 @@ def request_deadline_s(header: str | None, cap_s: float) -> float:
     text = header.strip()
     if not text.isdigit() or int(text) <= 0:
         raise RequestError(
-            DEADLINE_HEADER, f"is {header[:40]!r}: give a positive integer of milliseconds", 400
+            f"is {header[:40]!r}: give a positive integer of milliseconds", DEADLINE_HEADER, 400
         )
     return min(int(text) / 1000, cap_s)
 

@@ -43,6 +43,7 @@ from pydantic_core import PydanticCustomError
 
 from llm4tag.config_section import Section
 from llm4tag.item_rules import TOO_LARGE, problem_message
+from llm4tag.service.refusal import Refusal
 from llm4tag.skos import DERIVED_URI_BASE, tag_uri
 
 # Annif's limits (annif.yaml): at most 32 documents per suggest-batch; limit >= 0; 0 <= threshold <= 1.
@@ -179,12 +180,24 @@ class AnnifSettings(Section):
     learn: bool = Field(True, description="accept POST .../learn (it becomes feedback)")
 
 
-class Problem(Exception):
-    """An Annif error answer (RFC 7807 problem details, as Connexion writes them for Annif)."""
+class Problem(Refusal):
+    """An Annif error answer (RFC 7807 problem details, as Connexion writes them for Annif): the
+    message is its detail, ``title`` its title (by default the status's)."""
 
-    def __init__(self, status: int, detail: str, title: str | None = None):
-        super().__init__(detail)
-        self.status, self.detail, self.title = status, detail, title or TITLES.get(status, "Error")
+    def __init__(
+        self,
+        message: str,
+        field: str = "",
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        title: str | None = None,
+    ):
+        super().__init__(message, field, status, headers)
+        self.title = title or TITLES.get(self.status, "Error")
+
+    @property
+    def detail(self) -> str:
+        return self.message
 
     def body(self) -> dict:
         return {"type": "about:blank", "title": self.title, "status": self.status, "detail": self.detail}
@@ -286,7 +299,7 @@ def parse_form(raw: bytes) -> dict[str, str]:
     try:
         fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError as exc:
-        raise Problem(400, f"the form is not UTF-8: {exc}") from exc
+        raise Problem(f"the form is not UTF-8: {exc}", status=400) from exc
     return {name: values[-1] for name, values in fields.items()}
 
 
@@ -350,10 +363,12 @@ def annif_problem(exc: ValidationError) -> Problem:
         message = "too many items"  # Annif's words, which its own tests pin
     else:
         message = problem_message(error)
-    return Problem(413 if error["type"] == TOO_LARGE else 400, f"{message} - '{where}'" if where else message)
+    return Problem(
+        f"{message} - '{where}'" if where else message, status=413 if error["type"] == TOO_LARGE else 400
+    )
 
 
 def _language(parsed: Any, subjects: Subjects) -> Any:
     if parsed.language is not None and parsed.language != subjects.language:
-        raise Problem(400, f'language "{parsed.language}" not supported by vocabulary')
+        raise Problem(f'language "{parsed.language}" not supported by vocabulary', status=400)
     return parsed

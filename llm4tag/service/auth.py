@@ -34,6 +34,7 @@ from pydantic import Field
 
 from llm4tag.config_section import Section
 from llm4tag.errors import ConfigError
+from llm4tag.service.refusal import Refusal
 
 SCOPES = ("write", "admin")
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -59,12 +60,16 @@ class Auth(Section):
     reads: bool = Field(False, description="also require a key (any scope) for POST /v1/tag and GET /v1/tags")
 
 
-class AuthError(Exception):
-    """A request without a valid key (401) or with a key lacking the route's scope (403)."""
+class AuthError(Refusal):
+    """A request without a valid key (401, asking for a bearer key) or with a key lacking the route's
+    scope (403)."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+    status = 401
+
+    def __init__(self, message: str, field: str = "authorization", status: int | None = None, headers=None):
+        if (status or type(self).status) == 401:
+            headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
+        super().__init__(message, field, status, headers)
 
 
 @dataclass(frozen=True)
@@ -134,14 +139,15 @@ class ApiKeys:
         """The name of the header's key; AuthError unless it has ``scope`` (None: any valid key)."""
         if not self.digests:
             raise AuthError(
-                401, f"no API keys are configured ({self.source}): this route is closed until there are"
+                f"no API keys are configured ({self.source}): this route is closed until there are",
+                status=401,
             )
         found = self._find(authorization)
         if found is None:
-            raise AuthError(401, "missing or unknown API key: send Authorization: Bearer <key>")
+            raise AuthError("missing or unknown API key: send Authorization: Bearer <key>", status=401)
         scopes, name = found
         if scope is not None and scope not in scopes:
-            raise AuthError(403, f"this key lacks the '{scope}' scope")
+            raise AuthError(f"this key lacks the '{scope}' scope", status=403)
         return name
 
 

@@ -41,19 +41,13 @@ from llm4tag.item_rules import (
     json_type,
     problem_message,
 )
+from llm4tag.service.refusal import Refusal
 
 
-class RequestError(ValueError):
-    """A request the service refuses; ``field`` names the offending part (JSON-path-like)."""
+class RequestError(Refusal):
+    """A malformed (400), invalid (422) or too large (413) request; ``field`` names the offending part."""
 
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
-
-    def body(self) -> dict:
-        return {"error": self.message, "field": self.field}
+    status = 422
 
 
 class Limits(Section):
@@ -78,20 +72,20 @@ def require_json(content_type: str | None) -> None:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in JSON_TYPES and not (media.startswith("application/") and media.endswith("+json")):
         shown = f"'{media}'" if media else "missing"
-        raise RequestError("content-type", f"is {shown}: send the body as application/json", 415)
+        raise RequestError(f"is {shown}: send the body as application/json", "content-type", 415)
 
 
 def decode_json(raw: bytes) -> Any:
     """The body's JSON value; anything else (empty, malformed, nested beyond the parser's depth) is a
     400 naming the body."""
     if not raw.strip():
-        raise RequestError("body", "is empty: send a JSON object", 400)
+        raise RequestError("is empty: send a JSON object", "body", 400)
     try:
         return json.loads(raw)
     except RecursionError:
-        raise RequestError("body", "JSON nested too deeply", 400) from None
+        raise RequestError("JSON nested too deeply", "body", 400) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError("body", f"malformed JSON: {exc}", 400) from exc
+        raise RequestError(f"malformed JSON: {exc}", "body", 400) from exc
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -342,12 +336,12 @@ class RequestSchema:
             where = "body" if single else f"items[{index}]"
             if not raw.tags and not raw.incorrect:
                 raise RequestError(
-                    f"{where}.tags", "feedback needs correct tags ('tags') or wrong ones ('incorrect')"
+                    "feedback needs correct tags ('tags') or wrong ones ('incorrect')", f"{where}.tags"
                 )
             both = sorted(set(raw.tags) & set(raw.incorrect))
             if both:
                 raise RequestError(
-                    f"{where}.incorrect", f"names tag(s) also given as correct: {', '.join(both)}"
+                    f"names tag(s) also given as correct: {', '.join(both)}", f"{where}.incorrect"
                 )
             extra = {f: getattr(raw, f) for f in self.text_fields if getattr(raw, f) is not None}
             items.append(Item(id=raw.id, text=raw.text, tags=tuple(raw.tags), extra=extra))
@@ -427,7 +421,7 @@ def request_error(exc: ValidationError, single: bool = False) -> RequestError:
         loc = ["body", *loc[2:]]
     field = loc_to_field(loc) if loc else "body"
     status = 413 if error["type"] == TOO_LARGE else 422
-    return RequestError(field, problem_message(error), status)
+    return RequestError(problem_message(error), field, status)
 
 
 def loc_to_field(loc: Sequence[Any]) -> str:
@@ -441,7 +435,7 @@ def _no_duplicate_ids(items: Sequence[Item]) -> None:
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         if item.id in seen:
-            raise RequestError(f"items[{index}].id", f"'{item.id}' is also the id of items[{seen[item.id]}]")
+            raise RequestError(f"'{item.id}' is also the id of items[{seen[item.id]}]", f"items[{index}].id")
         seen[item.id] = index
 
 

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from llm4tag.config_section import Section
-from llm4tag.errors import LLM4TagError
+from llm4tag.service.refusal import Refusal
 
 DECISIONS = ("accept", "reject", "replace")
 STATES = ("pending", "applying", "decided")
@@ -80,12 +80,10 @@ CREATE INDEX IF NOT EXISTS entries_by_item ON entries (item_id);
 """
 
 
-class ReviewError(LLM4TagError):
-    """A review request that cannot be carried out; ``status`` is the HTTP answer it gets."""
+class ReviewError(Refusal):
+    """A review request that cannot be carried out (422 by default)."""
 
-    def __init__(self, message: str, status: int = 422, field: str = "review"):
-        super().__init__(message)
-        self.status, self.field = status, field
+    status = 422
 
 
 class AlreadyDecided(ReviewError):
@@ -95,7 +93,7 @@ class AlreadyDecided(ReviewError):
         if entry.get("replacement"):
             what += f" -> {entry['replacement']}"
         state = "is being decided" if entry["state"] == "applying" else "was decided"
-        super().__init__(f"review entry {entry['entry']} {state}{who} ({what})", 409, REVIEW_HEADER)
+        super().__init__(f"review entry {entry['entry']} {state}{who} ({what})", REVIEW_HEADER, 409)
         self.entry = entry
 
 
@@ -187,9 +185,7 @@ def uncertain_tags(
 def feedback_for(entry: Mapping[str, Any], decision: str, replacement: str | None = None) -> dict:
     """The feedback body (``POST /v1/feedback``) that carries a decision on an entry."""
     if decision not in DECISIONS:
-        raise ReviewError(
-            f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}", field="decision"
-        )
+        raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}", "decision")
     body: dict[str, Any] = {
         "id": entry["item_id"],
         "text": entry["text"],
@@ -200,7 +196,7 @@ def feedback_for(entry: Mapping[str, Any], decision: str, replacement: str | Non
     if decision == "reject":
         return {**body, "incorrect": [entry["tag"]]}
     if not replacement or replacement == entry["tag"]:
-        raise ReviewError("replace needs another tag", field="replacement")
+        raise ReviewError("replace needs another tag", "replacement")
     return {**body, "tags": [replacement], "incorrect": [entry["tag"]]}
 
 
@@ -214,7 +210,7 @@ def decision_of(
             f"the feedback is about item {item_id!r}, review entry {entry['entry']} about "
             f"{entry['item_id']!r}"
             " (with its text as queued)",
-            field="id",
+            "id",
         )
     tag, tags, incorrect = entry["tag"], list(tags), list(incorrect)
     if tags == [tag] and not incorrect:
@@ -226,7 +222,7 @@ def decision_of(
     raise ReviewError(
         f"review entry {entry['entry']} is decided by tags=[{tag!r}] (accept), incorrect=[{tag!r}] (reject) "
         f"or tags=[other], incorrect=[{tag!r}] (replace); got tags={tags}, incorrect={incorrect}",
-        field="tags",
+        "tags",
     )
 
 
@@ -302,11 +298,11 @@ class ReviewQueue:
 
     def get(self, entry: int) -> dict:
         if not 0 <= entry <= MAX_ROW_NUMBER:
-            raise ReviewError(f"no review entry {entry}", 404, REVIEW_HEADER)
+            raise ReviewError(f"no review entry {entry}", REVIEW_HEADER, 404)
         with self._connect() as db:
             row = db.execute("SELECT * FROM entries WHERE entry = ?", (entry,)).fetchone()
         if row is None:
-            raise ReviewError(f"no review entry {entry}", 404, REVIEW_HEADER)
+            raise ReviewError(f"no review entry {entry}", REVIEW_HEADER, 404)
         return _entry(row)
 
     def entries(
@@ -319,9 +315,9 @@ class ReviewQueue:
     ) -> list[dict]:
         """Entries in a state; pending ones most uncertain first (closest to the cut), others newest first."""
         if state not in STATES:
-            raise ReviewError(f"state must be one of {', '.join(STATES)}, got {state!r}", field="state")
+            raise ReviewError(f"state must be one of {', '.join(STATES)}, got {state!r}", "state")
         if not 0 <= offset <= MAX_ROW_NUMBER:
-            raise ReviewError(f"must be within 0..{MAX_ROW_NUMBER}", field="offset")
+            raise ReviewError(f"must be within 0..{MAX_ROW_NUMBER}", "offset")
         order = (
             "ABS(confidence - ?), entry" if state == "pending" else "COALESCE(decided, started, created) DESC"
         )
@@ -354,7 +350,7 @@ class ReviewQueue:
         with self._transaction() as db:
             row = db.execute("SELECT * FROM entries WHERE entry = ?", (entry,)).fetchone()
             if row is None:
-                raise ReviewError(f"no review entry {entry}", 404, REVIEW_HEADER)
+                raise ReviewError(f"no review entry {entry}", REVIEW_HEADER, 404)
             if row["state"] != "pending":
                 raise AlreadyDecided(_entry(row))
             db.execute(
@@ -423,7 +419,7 @@ def read_bulk_rows(path: str | os.PathLike[str]) -> Iterator[dict]:
     if target.is_dir():
         files = sorted(p for p in target.glob("*.parquet") if not p.name.startswith("."))
         if not files:
-            raise ReviewError(f"{target} holds no Parquet files of a bulk output", field="output")
+            raise ReviewError(f"{target} holds no Parquet files of a bulk output", "output")
         for file in files:
             yield from pq.read_table(file).to_pylist()
     else:

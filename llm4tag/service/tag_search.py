@@ -33,7 +33,7 @@ class TagSearch:
         """Refuse (422 naming ``q``) a query over the limit, searched or not."""
         if len(query) > self.max_query_chars:
             raise RequestError(
-                "q", f"has {len(query)} characters, more than the limit of {self.max_query_chars}"
+                f"has {len(query)} characters, more than the limit of {self.max_query_chars}", "q"
             )
 
     def search(self, query: str, limit: int = 20) -> list[dict]:
