@@ -85,6 +85,17 @@ def test_cluster_serve_config_is_valid_for_ray_and_for_the_app():
     assert app["args"]["store"].startswith("/mnt/llm4tag/")
 
 
+def test_the_cluster_application_is_the_gpu_configs():
+    """The same application as serve_config.yaml (whose readiness with a ranker store and later routing
+    tests/test_serve_ranked.py serves), but for the store on shared storage and more retries."""
+    shipped = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
+    cluster = serve_app()["args"]
+    for args in (shipped, cluster):
+        args.pop("store")
+        args["service"].pop("retries", None)
+    assert cluster == shipped
+
+
 def test_rayservice_embeds_the_cluster_serve_config(tmp_path):
     service, _ = rayservice()
     assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
