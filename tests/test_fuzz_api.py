@@ -6,7 +6,8 @@ configuration: tests/schemathesis.toml.
 
     python -m pytest -s tests/test_fuzz_api.py     # prints operations, test cases, failures
 
-LLM4TAG_FUZZ_EXAMPLES (default 10; CI time: each case on the LLM path costs a generation) and LLM4TAG_FUZZ_SEED (default 18) change the bound and the seed.
+LLM4TAG_FUZZ_EXAMPLES (default 10; CI time: each case on the LLM path costs a generation) and
+LLM4TAG_FUZZ_SEED (default 18) change the bound and the seed.
 """
 
 from __future__ import annotations
