@@ -7,7 +7,10 @@ so the core's CLI names no Ray layer.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import threading
 import time
 
 from ray import serve
@@ -83,10 +86,37 @@ def run(args) -> int:
         print(f"timings (ms) of that request: {answer['timings_ms']}", flush=True)
     if args.detach:
         return 0
-    print(f"serving at {url} (dashboard {summary['dashboard']}); Ctrl-C stops", flush=True)
+    print(f"serving at {url} (dashboard {summary['dashboard']}); Ctrl-C or SIGTERM stops", flush=True)
+    # Ray's own SIGTERM handler (a local cluster's node) would tear the processes down at once and
+    # exit 1 with a trace; ours lets the requests in flight finish first.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        while True:
-            time.sleep(3600)
+        while not stop.wait(3600):
+            pass
+        cause = "SIGTERM"
     except KeyboardInterrupt:
-        serve.shutdown()
+        cause = "Ctrl-C"
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one does not cut the drain short
+    drained_s = drain()
+    print(
+        f"llm4tag serve: stopped on {cause}; requests in flight answered, shut down in {drained_s:.1f} s",
+        flush=True,
+    )
     return 0
+
+
+def drain() -> float:
+    """Stop serving: every application is deleted, its replicas finishing the requests they hold
+    (Serve's graceful_shutdown_timeout_s, 20 s by default) while the proxies take no new ones, then
+    Serve and Ray shut down. Their progress logs are not shown (one line says it is done)."""
+    import ray
+
+    started = time.perf_counter()
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for application in list(serve.status().applications):
+        serve.delete(application, _blocking=True)
+    serve.shutdown()
+    ray.shutdown()
+    return time.perf_counter() - started
