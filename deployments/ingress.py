@@ -126,6 +126,7 @@ class IngressDeployment:
             num_candidates=settings.graph.recall.num_candidates,
         )
         self.options = flow.FlowOptions.of(settings, self.vocabulary.tags, self.routing.current[1])
+        self.admission.plan_changed(not self.routing.current[1].sends_nothing)
         self.review = ReviewDesk(self, store, review, pipeline.threshold)
         self.annif = AnnifProject(self, annif)
 

@@ -33,23 +33,32 @@ def test_the_deadline_header_may_only_shorten_the_services_deadline():
         assert caught.value.field == "X-Deadline-Ms" and caught.value.status == 400
 
 
-def test_before_any_measure_one_request_per_replica_is_let_in():
+def test_before_any_measure_one_item_per_replica_is_let_in():
     control, _ = admission(llm_replicas=2)
     assert control.capacity() == 0
     assert control.decide(8, 30).admitted  # nothing ahead: a request is let in to measure
     first = control.admit(8)
+    assert not control.decide(1, 30).admitted  # 8 items ahead already
+    control.release(first)
+    one = control.admit(1)
     assert control.decide(1, 30).admitted  # the second replica's
-    second = control.admit(1)
+    two = control.admit(1)
     refused = control.decide(1, 30)
     assert not refused.admitted and refused.retry_after_s >= 1  # a cold burst waits for a measure
-    control.release(first)
+    control.release(one)
     assert control.decide(1, 30).admitted  # a replica is free again
-    control.release(second)
-    assert control.pending == 0 and control.in_flight == 0
+    control.release(two)
+    assert control.pending == 0
     # Scaled to zero (no replica yet): one request starts one and waits for it.
     cold, _ = admission(llm_replicas=0)
     cold.admit(1)
     assert not cold.decide(1, 30).admitted
+    # A plan that sends nothing to the LLM: nothing is expected for it, every request goes in.
+    ranker, _ = admission(llm_replicas=0)
+    ranker.plan_changed(sends_items=False)
+    for _ in range(50):
+        assert ranker.decide(4, 30).admitted
+        ranker.admit(4)
 
 
 def test_a_new_route_plan_is_expected_to_send_every_item_until_measured():

@@ -20,10 +20,11 @@ estimate is
 * **other stages' time** is the recent time of a request outside the LLM.
 
 Before any replica has reported (a cold start, or LLM stages scaled to zero) the capacity is unknown:
-one request per LLM replica is let in, and the first answers measure it. (Letting a batch's worth per
-replica in before any measure admitted bursts that the first, slow batches could not finish in
-time.) When the store's route plan changes, the share routed to the LLM is taken as 1 (or 0 when the
-plan sends nothing) until requests measure it again. Pure logic with an injectable clock: the ingress
+one expected LLM item per LLM replica is let in (or one request, when nothing is ahead), and the
+first answers measure it. (Letting a batch's worth per replica in before any measure admitted bursts
+that the first, slow batches could not finish in time.) The share routed to the LLM starts from the
+store's route plan (1, or 0 when it sends nothing), and again when the plan changes, until requests
+measure it. Pure logic with an injectable clock: the ingress
 holds one per replica and feeds it what the Generator replicas report.
 """
 
@@ -82,7 +83,6 @@ class Admission:
     clock: Callable[[], float] = time.monotonic
     replicas: dict[str, ReplicaLoad] = field(default_factory=dict)
     pending: float = 0.0  # expected LLM items admitted here and not yet through the LLM
-    in_flight: int = 0  # admitted requests expected to reach the LLM, not yet through it
     llm_share: float = 1.0
     other_s: float = 0.0
 
@@ -115,8 +115,9 @@ class Admission:
         if need == 0:
             return Verdict(self.other_s <= budget_s, self.other_s, 1)
         if capacity == 0:
-            # Nothing measured yet: one request per replica (at least one) is let in, to measure.
-            return Verdict(self.in_flight < max(1, self.llm_replicas, len(self.replicas)), math.nan, 1)
+            # Nothing measured yet: one expected item per replica (at least one) is let in, to measure.
+            room = max(1, self.llm_replicas, len(self.replicas))
+            return Verdict(self.pending + need <= room or self.pending == 0, math.nan, 1)
         wait = (ahead + need) / capacity + self.other_s
         retry = max(1, math.ceil(ahead / capacity))
         alone = need / capacity + self.other_s
@@ -127,17 +128,14 @@ class Admission:
         returned amount back to :meth:`release` when its items are through the LLM (or dropped)."""
         need = self.expected_llm_items(items)
         self.pending += need
-        self.in_flight += need > 0
         return need
 
     def release(self, amount: float) -> None:
         self.pending = max(0.0, self.pending - amount)
-        if amount > 0:
-            self.in_flight = max(0, self.in_flight - 1)
 
     def plan_changed(self, sends_items: bool) -> None:
-        """The store's route plan changed: until requests measure it, every item is expected to reach
-        the LLM (none where the plan sends nothing)."""
+        """The store's route plan (at start, or a new one): until requests measure it, every item is
+        expected to reach the LLM (none where the plan sends nothing)."""
         self.llm_share = 1.0 if sends_items else 0.0
 
     def observe_replica(self, replica: str, item_s: float, queued: int) -> None:
