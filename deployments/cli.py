@@ -98,7 +98,7 @@ def run(args) -> int:
     except KeyboardInterrupt:
         cause = "Ctrl-C"
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one does not cut the drain short
-    drained_s = drain()
+    drained_s = drain(local=not (args.address or os.environ.get("RAY_ADDRESS")))
     print(
         f"llm4tag serve: stopped on {cause}; requests in flight answered, shut down in {drained_s:.1f} s",
         flush=True,
@@ -106,17 +106,31 @@ def run(args) -> int:
     return 0
 
 
-def drain() -> float:
-    """Stop serving: every application is deleted, its replicas finishing the requests they hold
-    (Serve's graceful_shutdown_timeout_s, 20 s by default) while the proxies take no new ones, then
-    Serve and Ray shut down. Their progress logs are not shown (one line says it is done)."""
+def drain(local: bool, timeout_s: float = 600) -> float:
+    """Stop serving: every application's ingress takes no new request (503) and finishes those in
+    flight (asked until it says none is left, DRAINED_ANSWERS times in a row, so that every replica
+    of an ingress that has several was asked), then the applications are deleted and Serve shut down
+    (``local``: the whole local cluster, with Ray). Deleting at once would stop the stage deployments
+    under requests still using them. Their progress logs are not shown (one line says it is done)."""
     import ray
 
     started = time.perf_counter()
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for application in list(serve.status().applications):
+    applications = list(serve.status().applications)
+    for application in applications:
+        ingress, quiet = serve.get_app_handle(application), 0
+        while quiet < DRAINED_ANSWERS and time.perf_counter() - started < timeout_s:
+            quiet = quiet + 1 if ingress.drain.remote().result(timeout_s=30) == 0 else 0
+            time.sleep(0.1)
+    for application in applications:
         serve.delete(application, _blocking=True)
-    serve.shutdown()
+    if not local:
+        serve.shutdown()
+    # A local cluster goes whole: stopping Serve's controller first would have its pending calls
+    # reported by the raylet on our output.
     ray.shutdown()
     return time.perf_counter() - started
+
+
+DRAINED_ANSWERS = 5

@@ -13,6 +13,7 @@ route plan sends nothing to the LLM the LLM stages hold none (deployments/app.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -65,6 +66,17 @@ app.add_exception_handler(RequestValidationError, invalid_parameter)
 app.add_exception_handler(Refusal, answer_refusal)
 
 
+def counted(method):
+    """An ingress method whose calls are requests in flight (IngressDeployment.in_flight)."""
+
+    @functools.wraps(method)
+    async def run(self, *args, **kwargs):
+        with self.in_flight():
+            return await method(self, *args, **kwargs)
+
+    return run
+
+
 @serve.deployment(
     name="Ingress",
     ray_actor_options={"num_cpus": 0.25},
@@ -93,6 +105,7 @@ class IngressDeployment:
         ``llm_replicas``: the Generator replicas the app starts with (admission before any measure)."""
         self.settings, self.service, self.limits = settings, service, service.limits
         self.llm_on_demand = llm_on_demand
+        self.working, self.draining = 0, False  # requests in flight; whether new ones are refused
         self.vocabulary = VocabularyView.of(vocabulary, annif, self.limits.max_query_chars)
         self.schema = RequestSchema([f for f in settings.texts.item_fields if f != "text"])
         self.metrics = ServiceMetrics()
@@ -161,6 +174,29 @@ class IngressDeployment:
 
     # -- tagging and feedback
 
+    @contextlib.contextmanager
+    def in_flight(self):
+        """A tag or feedback request, counted while it runs; refused (503) once the service drains."""
+        if self.draining:
+            raise Refusal(
+                "the service is shutting down; retry elsewhere or later",
+                "service",
+                503,
+                {"Retry-After": str(self.service.retry_after_s)},
+            )
+        self.working += 1
+        try:
+            yield
+        finally:
+            self.working -= 1
+
+    async def drain(self) -> int:
+        """Take no new tag or feedback request (503), and say how many are still in flight: `llm4tag
+        serve` stops once every ingress replica says 0 (deployments/cli.py)."""
+        self.draining = True
+        return self.working
+
+    @counted
     async def tag(
         self,
         items: list[Item],
@@ -247,6 +283,7 @@ class IngressDeployment:
                 {"Retry-After": str(verdict.retry_after_s)},
             )
 
+    @counted
     async def write_feedback(
         self, parsed: FeedbackRequest, sender: str | None = None, reviewer: str | None = None
     ) -> dict:

