@@ -1,7 +1,7 @@
 """Load on the served application next to the in-process pipeline: Serve's overhead, QPS and latency.
 
     python -m benchmarks.serve_load --model tiny|default [--store DIR] [--requests 64]
-        [--concurrency 1,2,4,8] [--open-rate auto|R] [--duration 300] [--url URL]
+        [--concurrency 1,2,4,8] [--batched 4x32] [--open-rate auto|R] [--duration 300] [--url URL]
 
 Steps, all in one run and on the same items (held-out BANKING77 test queries, shuffled with --seed, from
 --data, else the bundled sample's queries; never train items):
@@ -15,14 +15,19 @@ Steps, all in one run and on the same items (held-out BANKING77 test queries, sh
   5. closed     per concurrency level, that many clients each send 1-item requests back to back,
                 bounded by --requests and --duration: QPS (items/s), p50/p99 end to end and per stage
                 (the ingress's timings_ms; `http` = end to end minus the ingress's total), non-200s;
+                then --batched CLIENTSxITEMS: that many clients sending requests of that many items
+                (items/s counts items; --requests items in all);
   6. open       Poisson arrivals at --open-rate (auto: half of the best closed-loop QPS), bounded by
                 --requests, --duration and --max-outstanding (an arrival that finds the cap full waits
                 and its latency counts from its scheduled time, so the wait is not hidden).
 When it deployed the app, it also counts the batches each batching stage formed per phase (from
 Serve's metrics on --metrics-port), and the replicas per deployment after each phase.
-Prints the tables and the issue's two targets (served QPS at saturation >= 0.90 x in-process items/s;
-open-loop p99 <= 2 x p50), and writes everything to out/serve_load/<model>.json. Serve and Ray are
-shut down at the end when this script started them.
+With a store whose route plan sends nothing to the LLM (a ranker store), the in-process step and the
+served path are the ranker's. When it deployed the app it reads the Serve replicas' resident memory
+once they are up and idle (before the load). Prints the tables and issue 29's bars (served saturation
+>= 0.80 x in-process items/s; open-loop p99 <= 100 ms at half the saturation rate; one client p50 <=
+20 ms), and writes everything to out/serve_load/<model>.json. Serve and Ray are shut down at the end
+when this script started them.
 
     python -m benchmarks.serve_load --model tiny|default --burst 10,40 [--deadline-ms MS]
 
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", help="measure a running service instead of deploying one")
     parser.add_argument("--requests", type=int, default=64, help="requests per load phase (default 64)")
     parser.add_argument("--concurrency", default="1,2,4,8", help="closed-loop client counts")
+    parser.add_argument("--batched", default="", help="closed loops of multi-item requests, e.g. 4x32")
     parser.add_argument("--open-rate", default="auto", help="open-loop arrivals/s, or auto (saturation/2)")
     parser.add_argument("--duration", type=float, default=300, help="seconds at most per phase")
     parser.add_argument("--max-outstanding", type=int, default=0, help="open loop (default 4 x max clients)")
@@ -107,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError:
             parser.error("--open-rate must be 'auto' or a positive number")
     max_outstanding = args.max_outstanding or 4 * max(levels)
+    try:
+        args.batched = [tuple(int(n) for n in b.split("x")) for b in args.batched.split(",") if b.strip()]
+        if any(len(b) != 2 or min(b) < 1 for b in args.batched):
+            raise ValueError
+    except ValueError:
+        parser.error("--batched takes CLIENTSxITEMS, e.g. 4x32")
 
     from deployments.launch import load_serve_config
 
@@ -185,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"# serving at {url}" + (f" (deployed in {report['deploy_s']:.1f} s)" if started_here else "")
             )
             report["replicas_start"] = replicas() if started_here else None
+            if started_here:
+                time.sleep(10)  # start-up done, nothing sent yet: the idle footprint
+                report["idle_memory_mib"] = replica_memory()
             if args.burst:
                 deadline_ms = args.deadline_ms or int(1000 * float(service_deadline(app_args)))
                 report["burst"] = asyncio.run(
@@ -433,6 +448,18 @@ async def load(
                 f"p50 {phase['e2e_ms']['p50']:.0f} ms, p99 {phase['e2e_ms']['p99']:.0f} ms",
                 flush=True,
             )
+        batched = []
+        for clients, size in args.batched:
+            groups = [measured_batch(items, k, size) for k in range(max(1, len(items) // size))]
+            phase = await closed_loop(client, clients, groups, args.duration)
+            phase["items"] = size
+            phase["qps"] = phase["ok"] * size / phase["wall_s"]  # items/s
+            batched.append(phase)
+            print(
+                f"# closed {clients} clients x {size} items: {phase['ok']}/{phase['sent']} ok, "
+                f"{phase['qps']:.3f} items/s, p50 {phase['e2e_ms']['p50']:.0f} ms",
+                flush=True,
+            )
         saturation = max(closed, key=lambda p: p["qps"])
         rate = saturation["qps"] / 2 if args.open_rate == "auto" else float(args.open_rate)
         opened = await open_loop(client, rate, items, args.duration, max_outstanding, args.seed)
@@ -446,9 +473,15 @@ async def load(
         )
     return {
         "closed": closed,
+        "batched": batched,
         "saturation": {"clients": saturation["clients"], "qps": saturation["qps"]},
         "open": opened,
     }
+
+
+def measured_batch(items: list[dict], k: int, size: int) -> list[dict]:
+    """The k-th request of ``size`` items (the measured items, cycled; ids made unique per request)."""
+    return [dict(items[(k * size + j) % len(items)], id=f"b{k}-{j}") for j in range(size)]
 
 
 class Outcome:
@@ -462,10 +495,11 @@ class Outcome:
         self.error: str | None = None
 
 
-async def send(client, item: dict, scheduled: float) -> Outcome:
+async def send(client, item: dict | list[dict], scheduled: float) -> Outcome:
+    """One request: one item, or a list of items."""
     sample = Outcome(scheduled, time.perf_counter())
     try:
-        response = await client.post("/v1/tag", json={"items": [item]})
+        response = await client.post("/v1/tag", json={"items": item if isinstance(item, list) else [item]})
         sample.done = time.perf_counter()
         sample.status = response.status_code
         body = response.json()
@@ -715,7 +749,7 @@ def burst_summary(samples: list[Outcome], multiplier: int, n: int, wall: float, 
 
 
 def finish_burst(report: dict, args) -> None:
-    from _serve_report import table
+    from benchmarks._serve_report import table
 
     report["machine"]["loadavg_end"] = os.getloadavg()
     burst = report["burst"]

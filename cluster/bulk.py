@@ -1,21 +1,27 @@
 """Bulk offline tagging on Ray Data: Parquet/JSONL in, a folder of Parquet files out, resumable.
 
-    read (Parquet or JSONL) -> RouteStage -> GenerateStage -> JudgeStage (rows) -> driver writes files
+    pass 1: read (Parquet or JSONL) -> RouteStage -> driver: rows the ranker settled -> output files
+                                                               items routed to the LLM -> DIR/.routed/
+    pass 2: read DIR/.routed/ -> GenerateStage -> JudgeStage (rows) -> driver writes output files
 
 Each stage is an actor pool that runs one of the tag flow's sub-flows (llm4tag/flow.py) on the
 pipeline's own stage methods, so its rows equal those of ``TaggingPipeline.tag`` and of the Serve
 ingress under the same settings: ``route_flow`` (encode, search, rank, route), ``generate_flow`` (the
 LLM, for the items routed to it; judging too where the judgments continue its conversations), then
 ``judge_flow`` and the rows (``tagged_rows``). Nothing here orders stages or routes items: the flow
-does. When the store's route plan sends nothing to the LLM, the route stage writes the rows itself
-and no LLM actor starts. ``stages="recall"``: graph recall's candidates only (``llm4tag recall``'s rows).
+does. The route stage writes the rows of the items the ranker settled itself, so only the items
+routed to the LLM reach an LLM actor, and LLM actors start only when some were routed (none at all
+when the store's route plan sends nothing). ``stages="recall"``: graph recall's candidates only
+(``llm4tag recall``'s rows).
 
 Between stages the data are Arrow-friendly columns: the vector as a tensor column of float32, routes,
 generations and verdicts as JSON text (their optional fields make structs awkward).
 
 Output: the driver, not the workers, writes the files. Each file is written under a hidden temporary
 name, fsynced and renamed into place, so a file in the folder is always complete; a rerun reads the ids of
-those files and tags only the rest. Writing on the driver also keeps the output and the resume check on
+those files and tags only the rest. The routed items wait for pass 2 in complete files too
+(``DIR/.routed/``), so a rerun neither routes them again nor loses them; the folder goes once they are
+all in the output. Writing on the driver also keeps the output and the resume check on
 one filesystem when the cluster is remote (``ray://``), where worker-side files would land on the nodes.
 Tagging rows are small next to the LLM work that makes them, so the driver is not the bottleneck.
 The files (output schema, output folder, input) are cluster/bulk_files.py.
@@ -34,12 +40,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cluster.bulk_files import (
     InputCheck,
     OutputFolder,
     check_input,
     input_format,
+    output_files,
     output_schema,
     parquet_files,
     parse_jsonl_lines,
@@ -54,7 +62,7 @@ from llm4tag.errors import DataError, LLM4TagError
 from llm4tag.generator import Generation
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.ranking.cascade import ItemRoute
-from llm4tag.ranking.store_routing import open_routing
+from llm4tag.ranking.store_routing import routes_nothing
 
 STAGES = ("all", "recall")
 Answer = Callable[[flow.Call], Any]
@@ -72,11 +80,29 @@ def routed_columns(routed: flow.Routed) -> dict[str, np.ndarray]:
 
 
 def routed_of(batch: dict[str, np.ndarray]) -> flow.Routed:
+    vectors = batch["vector"]
+    if vectors.dtype == object:  # read back from the routed items' Parquet files: one array per row
+        vectors = np.stack(list(vectors)) if len(vectors) else np.zeros((0, 0), np.float32)
     return flow.Routed(
         [str(i) for i in batch["id"]],
         [str(c) for c in batch["content"]],
-        np.ascontiguousarray(batch["vector"], dtype=np.float32),
+        np.ascontiguousarray(vectors, dtype=np.float32),
         [ItemRoute.from_dict(json.loads(r)) for r in batch["route"]],
+    )
+
+
+def routed_file_table(batch: dict[str, np.ndarray], keep: np.ndarray) -> pa.Table:
+    """The routed columns of the rows ``keep`` selects, as plain Parquet: the vector a fixed-size list
+    of float32 (not Ray Data's tensor type), read back by :func:`routed_of`."""
+    vectors = np.asarray(batch["vector"][keep], np.float32)
+    dim = int(batch["vector"].shape[1]) if batch["vector"].ndim == 2 else 0
+    return pa.table(
+        {
+            "id": pa.array([str(i) for i in batch["id"][keep]], pa.string()),
+            "content": pa.array([str(c) for c in batch["content"][keep]], pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+            "route": pa.array([str(r) for r in batch["route"][keep]], pa.string()),
+        }
     )
 
 
@@ -139,27 +165,39 @@ class RowOptions:
         tagged = flow.tagged_rows(routed, generated, options.plan, self.with_candidates, self.with_dropped)
         return pa.Table.from_pylist(tagged.rows, schema=self.schema)
 
+    def settled(self, rows: np.ndarray) -> pa.Table:
+        """The output rows the route stage wrote (as JSON) for the items the ranker settled."""
+        return pa.Table.from_pylist([json.loads(row) for row in rows if row], schema=self.schema)
+
 
 class RouteStage:
-    """CPU: ``route_flow``; the routed columns for the LLM stages, or the output rows (``rows``) when
-    the route plan sends nothing to the LLM."""
+    """CPU: ``route_flow``, then the output row of every item the ranker settled (column ``row``, the
+    row as JSON) and the routed columns of the items routed to the LLM (``row`` empty). ``only_rows``
+    (the route plan sends nothing to the LLM): the output rows themselves."""
 
-    def __init__(self, store: str, settings: Settings, source: str, rows: RowOptions | None = None):
+    def __init__(self, store: str, settings: Settings, source: str, rows: RowOptions, only_rows: bool):
         self.pipeline = TaggingPipeline.open(store, settings, load_engine=False)
-        self.source, self.rows = source, rows
+        self.source, self.rows, self.only_rows = source, rows, only_rows
 
     def __call__(self, batch: pa.Table) -> pa.Table | dict[str, np.ndarray]:
         items = [to_item(r, self.source) for r in batch.to_pylist()]
         options = self.pipeline.options
         if not items:
-            if self.rows is not None:
+            if self.only_rows:
                 return self.rows.schema.empty_table()
-            return _empty_routed(self.pipeline.recaller.encoder.dim)
+            return _empty_routed(self.pipeline.recaller.encoder.dim) | {"row": np.array([], dtype=object)}
         routed = route_step(items, options, self.pipeline.answer)
-        if self.rows is not None:
-            nothing = flow.Generated([None] * len(items), [None] * len(items))
-            return self.rows.table(routed, nothing, options)
-        return routed_columns(routed)
+        nothing = flow.Generated([None] * len(items), [None] * len(items))
+        tagged = flow.tagged_rows(
+            routed, nothing, options.plan, self.rows.with_candidates, self.rows.with_dropped
+        )
+        if self.only_rows:
+            return pa.Table.from_pylist(tagged.rows, schema=self.rows.schema)
+        settled = [
+            json.dumps(row) if not route.needs_llm else ""
+            for row, route in zip(tagged.rows, routed.routes, strict=True)
+        ]
+        return routed_columns(routed) | {"row": np.array(settled, dtype=object)}
 
 
 class GenerateStage:
@@ -177,7 +215,7 @@ class GenerateStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         routed = routed_of(batch)
         generated = generate_step(routed, self.options, self.pipeline.answer)
-        return {k: batch[k] for k in ("id", "content", "vector", "route")} | generated_columns(generated)
+        return routed_columns(routed) | generated_columns(generated)
 
 
 class JudgeStage:
@@ -246,9 +284,11 @@ def build_dataset(
     stages: str,
     select: tuple[str, frozenset[str]] | None,
     conflicts: dict[str, str],
-    with_candidates: bool,
-    with_dropped: bool,
+    rows: RowOptions,
+    only_rows: bool,
 ):
+    """Pass 1: the input items not done yet, routed (``RouteStage``); ``only_rows`` where the route
+    plan sends nothing to the LLM."""
     import ray.data
 
     bulk = settings.bulk
@@ -280,22 +320,39 @@ def build_dataset(
             batch_format="pyarrow",
             **_stage_args(bulk.recall),
         )
-    rows = RowOptions(with_candidates, with_dropped, with_raw=not settings.pipeline.constrained)
-    # No LLM actor where the route plan sends nothing to the LLM: the route stage writes the rows.
-    llm = routes_to_llm(store, settings)
-    ds = ds.map_batches(
+    return ds.map_batches(
         RouteStage,
         fn_constructor_kwargs={
             "store": store,
             "settings": settings,
             "source": source,
-            "rows": None if llm else rows,
+            "rows": rows,
+            "only_rows": only_rows,
         },
         batch_format="pyarrow",
         **_stage_args(bulk.recall),
     )
-    if not llm:
-        return ds
+
+
+def drop_ids(block: pa.Table, ids: pa.Array) -> pa.Table:
+    return block.filter(pc.invert(pc.fill_null(pc.is_in(block.column("id"), value_set=ids), False)))
+
+
+def llm_dataset(routed: Path, store: str, settings: Settings, rows: RowOptions, skip: frozenset[str]):
+    """Pass 2: the items routed to the LLM (the files pass 1 wrote), less ``skip`` (already in the
+    output), through the LLM stages to their rows."""
+    import ray.data
+
+    bulk = settings.bulk
+    ds = ray.data.read_parquet([str(f) for f in output_files(routed)], num_cpus=bulk.read_num_cpus)
+    if skip:
+        ds = ds.map_batches(
+            drop_ids,
+            fn_kwargs={"ids": pa.array(sorted(skip), pa.string())},
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=bulk.read_num_cpus,
+        )
     ds = ds.repartition(target_num_rows_per_block=bulk.generate.batch_size).map_batches(
         GenerateStage,
         fn_constructor_kwargs={"store": store, "settings": settings},
@@ -310,20 +367,6 @@ def build_dataset(
     )
 
 
-def routes_to_llm(store: str, settings: Settings) -> bool:
-    """Whether the store's route plan (as every way of tagging opens it) sends any item to the LLM."""
-    pipeline = settings.pipeline
-    _, plan = open_routing(
-        store,
-        read_vocabulary(store).encoder_id,
-        route=pipeline.route,
-        threshold=pipeline.threshold,
-        target_precision=pipeline.target_precision,
-        num_candidates=settings.graph.recall.num_candidates,
-    )
-    return not plan.sends_nothing
-
-
 @dataclass
 class BulkReport:
     output: str
@@ -336,6 +379,7 @@ class BulkReport:
     address: str | None
     rejected: int = 0
     rejects: str | None = None  # the file that lists them
+    sent_to_llm: int = 0  # rows this run wrote through the LLM stages
 
     def to_dict(self) -> dict:
         return {
@@ -345,6 +389,7 @@ class BulkReport:
             "rejects": self.rejects,
             "skipped_done": self.skipped_done,
             "tagged": self.tagged,
+            "sent_to_llm": self.sent_to_llm,
             "files": self.files,
             "seconds": round(self.seconds, 2),
             "items_per_s": round(self.tagged / self.seconds, 3) if self.seconds and self.tagged else None,
@@ -353,24 +398,40 @@ class BulkReport:
         }
 
 
+class Regroup:
+    """Regroups a stream of tables into files of ``rows`` rows, or fewer when ``seconds`` passed since
+    the last file (a slow stream still reaches disk, and survives a crash)."""
+
+    def __init__(self, rows: int, seconds: float):
+        self.rows, self.seconds = rows, seconds
+        self.pending: list[pa.Table] = []
+        self.count, self.since = 0, time.monotonic()
+
+    def add(self, table: pa.Table | None) -> Iterator[pa.Table]:
+        if table is not None and table.num_rows:
+            self.pending.append(table)
+            self.count += table.num_rows
+        while self.count >= self.rows:
+            merged = pa.concat_tables(self.pending)
+            yield merged.slice(0, self.rows)
+            rest = merged.slice(self.rows)
+            self.pending, self.count = ([rest] if rest.num_rows else []), rest.num_rows
+            self.since = time.monotonic()
+        if self.pending and time.monotonic() - self.since >= self.seconds:
+            yield from self.rest()
+
+    def rest(self) -> Iterator[pa.Table]:
+        if self.pending:
+            yield pa.concat_tables(self.pending)
+        self.pending, self.count, self.since = [], 0, time.monotonic()
+
+
 def _batches(tables: Iterator[pa.Table], rows: int, seconds: float) -> Iterator[pa.Table]:
     """Regroup the stream into output files of ``rows`` rows, or fewer when ``seconds`` passed."""
-    pending: list[pa.Table] = []
-    count, since = 0, time.monotonic()
+    regroup = Regroup(rows, seconds)
     for table in tables:
-        if table.num_rows:
-            pending.append(table)
-            count += table.num_rows
-        while count >= rows:
-            merged = pa.concat_tables(pending)
-            yield merged.slice(0, rows)
-            rest = merged.slice(rows)
-            pending, count, since = ([rest] if rest.num_rows else []), rest.num_rows, time.monotonic()
-        if pending and time.monotonic() - since >= seconds:
-            yield pa.concat_tables(pending)
-            pending, count, since = [], 0, time.monotonic()
-    if pending:
-        yield pa.concat_tables(pending)
+        yield from regroup.add(table)
+    yield from regroup.rest()
 
 
 def run_bulk(
@@ -406,11 +467,13 @@ def run_bulk(
                 str(source), f"every row was rejected ({len(checked.rejects)}); the reasons are in {rejects}"
             )
         done = folder.done_ids()
-        pending = [i for i in wanted if i not in done]
+        routed = folder.routed_ids()  # routed to the LLM by an earlier run, waiting for pass 2
+        pending = [i for i in wanted if i not in done and i not in routed]
+        waiting = routed - done
         report = BulkReport(
             str(output),
             len(wanted),
-            len(wanted) - len(pending),
+            len(wanted) - len(pending) - len(waiting),
             0,
             0,
             0.0,
@@ -419,33 +482,51 @@ def run_bulk(
             rejected=len(checked.rejects),
             rejects=str(rejects),
         )
-        if pending:
-            report.address = connect(address, local_cpus=_local_cpus(settings, stages))
-            started_ray = report.address != "current"
-            ds = build_dataset(
-                source,
-                fmt,
-                str(Path(store).resolve()),
-                settings,
-                stages,
-                _selection(checked, done, pending, split),
-                checked.conflicts,
-                with_candidates,
-                with_dropped,
-            )
-            stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-            written: set[str] = set()
-            try:
-                for table in _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds):
-                    table = _first_rows(table, written)
-                    if table.num_rows:
-                        folder.write(table)
-                        report.tagged += table.num_rows
-            except Exception as exc:
-                cause = _user_error(exc)
-                if cause is not None:
-                    raise cause from exc
-                raise
+        store = str(Path(store).resolve())
+        rows = RowOptions(with_candidates, with_dropped, with_raw=not settings.pipeline.constrained)
+        # The route plan as every stage opens it: nothing for the LLM, the route stage writes every row.
+        only_rows = stages == "recall" or routes_nothing(
+            store, read_vocabulary(store).encoder_id, route=settings.pipeline.route
+        )
+        written: set[str] = set()
+        try:
+            if pending:
+                report.address = connect(address, local_cpus=_local_cpus(settings, stages, only_rows))
+                started_ray = report.address != "current"
+                ds = build_dataset(
+                    source,
+                    fmt,
+                    store,
+                    settings,
+                    stages,
+                    _selection(checked, done | routed, pending, split),
+                    checked.conflicts,
+                    rows,
+                    only_rows,
+                )
+                if only_rows:
+                    stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+                    report.tagged += _write(folder, stream, settings, written)
+                else:
+                    report.tagged += _route(folder, ds, rows, settings, written)
+                waiting = folder.routed_ids() - done - written
+            if waiting:
+                # Pass 2: LLM actors start now, for the routed items only.
+                if report.address is None:
+                    report.address = connect(address, local_cpus=_local_cpus(settings, stages, False))
+                    started_ray = report.address != "current"
+                skip = frozenset(folder.routed_ids() - waiting)
+                ds = llm_dataset(folder.routed, store, settings, rows, skip)
+                stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+                sent = _write(folder, stream, settings, written)
+                report.tagged += sent
+                report.sent_to_llm = sent
+            folder.drop_routed()  # every routed item is in the output now
+        except Exception as exc:
+            cause = _user_error(exc)
+            if cause is not None:
+                raise cause from exc
+            raise
         report.files = folder.files
         report.seconds = time.perf_counter() - started
         return report
@@ -467,6 +548,45 @@ def _selection(
     if len(excluded) < len(pending):
         return ("skip", frozenset(excluded))
     return ("keep", frozenset(pending))
+
+
+def _write(folder: OutputFolder, stream: Iterator[pa.Table], settings: Settings, written: set[str]) -> int:
+    """Output files of the stream's rows (each id once); the number written."""
+    count = 0
+    for table in _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds):
+        table = _first_rows(table, written)
+        if table.num_rows:
+            folder.write(table)
+            count += table.num_rows
+    return count
+
+
+def _route(folder: OutputFolder, ds, rows: RowOptions, settings: Settings, written: set[str]) -> int:
+    """Pass 1 of a plan that sends items to the LLM: the rows the ranker settled into output files, the
+    items routed to the LLM into the routed files; the number of output rows written."""
+    bulk = settings.bulk
+    settled, routed, count = (
+        Regroup(bulk.rows_per_file, bulk.flush_seconds),
+        Regroup(bulk.rows_per_file, bulk.flush_seconds),
+        0,
+    )
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        sent = np.array([row == "" for row in batch["row"]], bool)
+        for table in settled.add(rows.settled(batch["row"])):
+            table = _first_rows(table, written)
+            if table.num_rows:
+                folder.write(table)
+                count += table.num_rows
+        for table in routed.add(routed_file_table(batch, sent) if sent.any() else None):
+            folder.write_routed(table)
+    for table in settled.rest():
+        table = _first_rows(table, written)
+        if table.num_rows:
+            folder.write(table)
+            count += table.num_rows
+    for table in routed.rest():
+        folder.write_routed(table)
+    return count
 
 
 def _first_rows(table: pa.Table, written: set[str]) -> pa.Table:
@@ -494,13 +614,13 @@ def _user_error(exc: BaseException) -> LLM4TagError | None:
     return None
 
 
-def _local_cpus(settings: Settings, stages: str) -> float:
+def _local_cpus(settings: Settings, stages: str, only_rows: bool) -> float:
     """Logical CPUs for a fresh local cluster: at least the cores, and room for every actor at its
     pool's largest size plus the read. Ray Data's file-listing task asks for a whole CPU that no
     option lowers, so 3 half-CPU actors on a 2-core machine would leave it waiting forever; logical
     CPUs beyond the cores only share them (the stages mostly wait on each other anyway)."""
     bulk = settings.bulk
-    used = [bulk.recall] if stages == "recall" else [bulk.recall, bulk.generate, bulk.calibrate]
+    used = [bulk.recall] if only_rows else [bulk.recall, bulk.generate, bulk.calibrate]
     need = sum(s.num_cpus * (s.max_actors or s.actors) for s in used) + 1 + bulk.read_num_cpus
     return max(float(os.cpu_count() or 1), float(np.ceil(need)))
 

@@ -24,6 +24,7 @@ from llm4tag.errors import DataError, LLM4TagError
 from llm4tag.item_rules import ItemProblem, check_id, check_item, check_tags, check_text
 
 LOCK_NAME = ".llm4tag-bulk.lock"
+ROUTED_NAME = ".routed"  # the items routed to the LLM, waiting for the job's LLM pass
 JSONL_LINE = "__llm4tag_jsonl_line"  # the column that carries a JSONL input line to to_item
 REJECTS_NAME = "rejects.jsonl"  # the input rows the last run set aside, one JSON object a line
 TMP_SUFFIX = ".tmp"
@@ -329,6 +330,16 @@ def to_item(record: dict, source: str) -> Item:
         ) from None
 
 
+def _ids(folder: Path) -> set[str]:
+    ids: set[str] = set()
+    for path in output_files(folder):
+        try:
+            ids.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+        except (pa.ArrowException, OSError, KeyError) as exc:
+            raise DataError(str(path), f"not a readable output file of this job: {exc}") from exc
+    return ids
+
+
 class OutputFolder:
     """Complete Parquet files only: each is written hidden, fsynced, then renamed into place.
 
@@ -351,19 +362,19 @@ class OutputFolder:
             raise LLM4TagError(f"another bulk job is writing to {path}") from exc
         except OSError as exc:
             raise DataError(str(path), f"cannot lock the output folder: {exc.strerror or exc}") from exc
-        for stale in self.path.glob(f".*{TMP_SUFFIX}"):
+        self.routed = self.path / ROUTED_NAME
+        for stale in [*self.path.glob(f".*{TMP_SUFFIX}"), *self.routed.glob(f".*{TMP_SUFFIX}")]:
             stale.unlink()
         self.run = uuid.uuid4().hex[:8]
         self.files = 0
+        self.routed_files = 0
 
     def done_ids(self) -> set[str]:
-        done: set[str] = set()
-        for path in output_files(self.path):
-            try:
-                done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
-            except (pa.ArrowException, OSError, KeyError) as exc:
-                raise DataError(str(path), f"not a readable output file of this job: {exc}") from exc
-        return done
+        return _ids(self.path)
+
+    def routed_ids(self) -> set[str]:
+        """The items an earlier pass routed to the LLM (in complete files)."""
+        return _ids(self.routed) if self.routed.is_dir() else set()
 
     def write_rejects(self, rejects: list[Reject]) -> Path:
         """Replaced whole on every run: the rejects are a property of the input, not of a run."""
@@ -378,6 +389,21 @@ class OutputFolder:
         with atomic_file(self.path / name) as fh:
             pq.write_table(table, fh)
         self.files += 1
+
+    def write_routed(self, table: pa.Table) -> None:
+        """Items routed to the LLM, kept until the LLM pass has written their rows (same durability)."""
+        self.routed.mkdir(exist_ok=True)
+        name = f"routed-{self.run}-{self.routed_files:05d}.parquet"
+        with atomic_file(self.routed / name) as fh:
+            pq.write_table(table, fh)
+        self.routed_files += 1
+
+    def drop_routed(self) -> None:
+        """Once every routed item's row is in the output."""
+        if self.routed.is_dir():
+            for path in self.routed.iterdir():
+                path.unlink()
+            self.routed.rmdir()
 
     def close(self) -> None:
         self._stack.close()

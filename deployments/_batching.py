@@ -1,4 +1,7 @@
-"""A request batcher for the LLM stages: the next batch is gathered only when the model is free.
+"""A request batcher: the next batch is gathered only when the model (or a slot) is free. The LLM
+stages batch their requests with it, and the ingress batches the recall and ranking of concurrent
+requests (deployments/stage_calls.py), so that a batch grows with the load and an idle service adds no
+wait to a lone request (``wait_s`` 0).
 
 Ray Serve 2.60's `@serve.batch` forms batches in a loop that does not wait for the running batch
 (ray/serve/batching.py `_process_batches`: `wait_for_batch`, then a task that queues on the
@@ -11,6 +14,7 @@ takes everything queued (up to the maximum) once the previous batch is done, so 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,8 +31,13 @@ class QueueBatcher:
         max_batch_size: int,
         wait_s: float,
         on_batch: Callable[[int], None] | None = None,
+        concurrency: int = 1,
     ):
-        self.function = function  # blocking; runs in a worker thread
+        """``function``: blocking (it runs in a worker thread) or a coroutine function (awaited on the
+        loop); ``concurrency``: batches in flight at once (each waits for a free slot before it is
+        gathered)."""
+        self.function = function
+        self.slots = max(1, int(concurrency))
         self.on_batch = on_batch  # told each batch's size (the deployments feed a metric)
         self.max_batch_size = max(1, int(max_batch_size))
         self.wait_s = max(0.0, float(wait_s))
@@ -38,6 +47,7 @@ class QueueBatcher:
         # Compute seconds per request of the last batch (its time over its size): what admission
         # control needs of this stage, without the time requests waited in the queue.
         self.item_seconds = 0.0
+        self.running: set[asyncio.Task] = set()  # batches in flight beside the worker (concurrency > 1)
 
     async def submit(self, request: Any) -> Any:
         if self.queue is None:
@@ -50,7 +60,9 @@ class QueueBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.slots)
         while True:
+            await free.acquire()
             batch = [await self.queue.get()]
             deadline = loop.time() + self.wait_s
             while len(batch) < self.max_batch_size:
@@ -66,10 +78,19 @@ class QueueBatcher:
                     break
             live = [(request, future) for request, future in batch if not future.done()]  # cancelled callers
             if not live:
+                free.release()
                 continue
             self.batch_sizes = [*self.batch_sizes[-99:], len(live)]
             if self.on_batch is not None:
                 self.on_batch(len(live))
+            if self.slots == 1:
+                await self._answer(live, loop, free)
+            else:
+                self.running.add(asyncio.create_task(self._answer(live, loop, free)))
+                self.running = {task for task in self.running if not task.done()}
+
+    async def _answer(self, live: list, loop, free: asyncio.Semaphore) -> None:
+        try:
             started = loop.time()
             outcomes = await self._outcomes([request for request, _ in live])
             self.item_seconds = (loop.time() - started) / len(live)
@@ -80,6 +101,8 @@ class QueueBatcher:
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+        finally:
+            free.release()
 
     def check(self) -> None:
         """Raise if the worker stopped on an error (it never should: every batch's error is its
@@ -98,7 +121,10 @@ class QueueBatcher:
         too long for the model) fails that request alone: the batch runs again one request at a time,
         so the others are answered. Any other error is every caller's."""
         try:
-            results = await asyncio.to_thread(self.function, requests)
+            if inspect.iscoroutinefunction(self.function):
+                results = await self.function(requests)
+            else:
+                results = await asyncio.to_thread(self.function, requests)
         except REQUEST_FAULTS as exc:
             if len(requests) == 1:
                 return [exc]

@@ -7,7 +7,10 @@ so the core's CLI names no Ray layer.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import threading
 import time
 
 from ray import serve
@@ -83,10 +86,51 @@ def run(args) -> int:
         print(f"timings (ms) of that request: {answer['timings_ms']}", flush=True)
     if args.detach:
         return 0
-    print(f"serving at {url} (dashboard {summary['dashboard']}); Ctrl-C stops", flush=True)
+    print(f"serving at {url} (dashboard {summary['dashboard']}); Ctrl-C or SIGTERM stops", flush=True)
+    # Ray's own SIGTERM handler (a local cluster's node) would tear the processes down at once and
+    # exit 1 with a trace; ours lets the requests in flight finish first.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        while True:
-            time.sleep(3600)
+        while not stop.wait(3600):
+            pass
+        cause = "SIGTERM"
     except KeyboardInterrupt:
-        serve.shutdown()
+        cause = "Ctrl-C"
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one does not cut the drain short
+    drained_s = drain(local=not (args.address or os.environ.get("RAY_ADDRESS")))
+    print(
+        f"llm4tag serve: stopped on {cause}; requests in flight answered, shut down in {drained_s:.1f} s",
+        flush=True,
+    )
     return 0
+
+
+def drain(local: bool, timeout_s: float = 600) -> float:
+    """Stop serving: every application's ingress takes no new request (503) and finishes those in
+    flight (asked until it says none is left, DRAINED_ANSWERS times in a row, so that every replica
+    of an ingress that has several was asked), then the applications are deleted and Serve shut down
+    (``local``: the whole local cluster, with Ray). Deleting at once would stop the stage deployments
+    under requests still using them. Their progress logs are not shown (one line says it is done)."""
+    import ray
+
+    started = time.perf_counter()
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    applications = list(serve.status().applications)
+    for application in applications:
+        ingress, quiet = serve.get_app_handle(application), 0
+        while quiet < DRAINED_ANSWERS and time.perf_counter() - started < timeout_s:
+            quiet = quiet + 1 if ingress.drain.remote().result(timeout_s=30) == 0 else 0
+            time.sleep(0.1)
+    for application in applications:
+        serve.delete(application, _blocking=True)
+    if not local:
+        serve.shutdown()
+    # A local cluster goes whole: stopping Serve's controller first would have its pending calls
+    # reported by the raylet on our output.
+    ray.shutdown()
+    return time.perf_counter() - started
+
+
+DRAINED_ANSWERS = 5

@@ -1,7 +1,9 @@
 """Generator deployment: the LLM picks tags among the candidates, with retrieved samples and knowledge.
 
-Replicas share the store's knowledge folder: feedback appended by one is followed by all (each
-refreshes before a batch), and the sample is durable before the call returns. When the judgments
+Replicas share the store's knowledge folder: the samples feedback appends (the ingress records them,
+llm4tag/knowledge/store_knowledge.py) are followed by every replica, each refreshing before a batch.
+When the store's route plan sends nothing to the LLM the deployment holds no replica until an item is
+routed to it (deployments/app.py: on_demand). When the judgments
 continue the generation conversations it also runs the calibration stage (``Judging``), on the engine
 that holds them.
 """
@@ -23,7 +25,6 @@ from llm4tag.calibrator import Judged
 from llm4tag.config import Settings
 from llm4tag.flow import judgment_context
 from llm4tag.generator import Generation
-from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
 from llm4tag.service.settings import Batching
 
@@ -43,7 +44,7 @@ class GeneratorDeployment(Judging):
         # Judging here only when the judgments continue this stage's conversations (app.py).
         judges = settings.judges_with_generation
         config = settings.with_overrides({"pipeline": {"calibrate": judges}})
-        self.pipeline = TaggingPipeline.open(store, config, load_graph=False, writable=True)
+        self.pipeline = TaggingPipeline.open(store, config, load_graph=False)
         self.adapter = AdapterFollower(lambda: self.pipeline.engine, "generator", config.llm.adapters_file)
         sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
@@ -90,28 +91,6 @@ class GeneratorDeployment(Judging):
         )
         seconds = time.perf_counter() - started
         return [(g, v, seconds) for g, v in zip(generations, verdicts, strict=True)]
-
-    async def record_samples(self, samples: list[Sample], vectors: np.ndarray) -> int:
-        if self.pipeline.samples is None:
-            return 0
-        await in_thread(self.pipeline.samples.add, samples, vectors)
-        return len(samples)
-
-    def knowledge_entries(self, sample_ids: list[str], snippet_ids: list[str]) -> dict:
-        """Retrieved samples and snippets by id, as their records (what the UI shows of a prompt)."""
-        found: dict[str, dict] = {"samples": {}, "snippets": {}}
-        for key, base, ids in (
-            ("samples", self.pipeline.samples, sample_ids),
-            ("snippets", self.pipeline.knowledge, snippet_ids),
-        ):
-            if base is None:
-                continue
-            base.refresh()
-            for entry_id in ids:
-                entry = base.get(entry_id)
-                if entry is not None:
-                    found[key][entry_id] = entry.to_record()
-        return found
 
     def describe(self, role: str = "generator") -> dict:
         if role == "calibrator" and self.judges:

@@ -5,12 +5,15 @@ feedback flow, ``json_body``/``body`` read a request within its limits, ``author
 Every refusal is raised and answered by the app's one handler (deployments/route_kit.py).
 
 The ingress ranks and routes (it follows the store's ranking), so items the ranker settles never
-reach the Generator deployment.
+reach the Generator deployment; it also holds the store's knowledge bases (feedback's samples, the
+review UI's retrieved entries), so that nothing but routed items needs an LLM replica: where the
+route plan sends nothing to the LLM the LLM stages hold none (deployments/app.py: on_demand).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -33,6 +36,7 @@ from deployments.tag_api import router as tag_router
 from llm4tag import flow
 from llm4tag.config import Settings
 from llm4tag.data import Item
+from llm4tag.knowledge.store_knowledge import StoreKnowledge
 from llm4tag.ranking.store_routing import FollowedRouting
 from llm4tag.service.admission import DEADLINE_HEADER, Admission
 from llm4tag.service.annif import AnnifSettings
@@ -62,6 +66,17 @@ app.add_exception_handler(RequestValidationError, invalid_parameter)
 app.add_exception_handler(Refusal, answer_refusal)
 
 
+def counted(method):
+    """An ingress method whose calls are requests in flight (IngressDeployment.in_flight)."""
+
+    @functools.wraps(method)
+    async def run(self, *args, **kwargs):
+        with self.in_flight():
+            return await method(self, *args, **kwargs)
+
+    return run
+
+
 @serve.deployment(
     name="Ingress",
     ray_actor_options={"num_cpus": 0.25},
@@ -83,17 +98,26 @@ class IngressDeployment:
         review: ReviewSettings,
         annif: AnnifSettings,
         encoder_id: str,
+        llm_on_demand: bool = False,
+        llm_replicas: int = 1,
     ):
+        """``llm_on_demand``: the LLM stages start with no replica and scale to zero when idle;
+        ``llm_replicas``: the Generator replicas the app starts with (admission before any measure)."""
         self.settings, self.service, self.limits = settings, service, service.limits
+        self.llm_on_demand = llm_on_demand
+        self.working, self.draining = 0, False  # requests in flight; whether new ones are refused
         self.vocabulary = VocabularyView.of(vocabulary, annif, self.limits.max_query_chars)
         self.schema = RequestSchema([f for f in settings.texts.item_fields if f != "text"])
         self.metrics = ServiceMetrics()
-        self.admission = Admission(batch_size=service.generator.max_batch_size)
+        self.admission = Admission(llm_replicas=llm_replicas)
+        # Feedback's samples are recorded here, durable before the answer; the LLM replicas follow them.
+        knowledge = StoreKnowledge.open(store, encoder_id, writable=True)
         self.calls = StageCalls(
             encoder,
             shards,
             generator,
             calibrator,
+            knowledge,
             settings.graph.recall,
             service.retries,
             service.retry_after_s,
@@ -115,6 +139,7 @@ class IngressDeployment:
             num_candidates=settings.graph.recall.num_candidates,
         )
         self.options = flow.FlowOptions.of(settings, self.vocabulary.tags, self.routing.current[1])
+        self.admission.plan_changed(not self.routing.current[1].sends_nothing)
         self.review = ReviewDesk(self, store, review, pipeline.threshold)
         self.annif = AnnifProject(self, annif)
 
@@ -149,6 +174,29 @@ class IngressDeployment:
 
     # -- tagging and feedback
 
+    @contextlib.contextmanager
+    def in_flight(self):
+        """A tag or feedback request, counted while it runs; refused (503) once the service drains."""
+        if self.draining:
+            raise Refusal(
+                "the service is shutting down; retry elsewhere or later",
+                "service",
+                503,
+                {"Retry-After": str(self.service.retry_after_s)},
+            )
+        self.working += 1
+        try:
+            yield
+        finally:
+            self.working -= 1
+
+    async def drain(self) -> int:
+        """Take no new tag or feedback request (503), and say how many are still in flight: `llm4tag
+        serve` stops once every ingress replica says 0 (deployments/cli.py)."""
+        self.draining = True
+        return self.working
+
+    @counted
     async def tag(
         self,
         items: list[Item],
@@ -166,8 +214,8 @@ class IngressDeployment:
         budget_s = self.service.deadline_s if budget_s is None else budget_s
         self._admit(len(items), budget_s)
         timings = {} if timings is None else timings
-        if self.routing.due():
-            await asyncio.to_thread(self.routing.refresh)
+        if self.routing.due() and await asyncio.to_thread(self.routing.refresh):
+            self.admission.plan_changed(not self.routing.current[1].sends_nothing)
         ranking, plan = self.routing.current  # one consistent pair for the whole request
         steps = flow.tag_flow(
             items,
@@ -185,7 +233,16 @@ class IngressDeployment:
                 deadline=asyncio.get_running_loop().time() + budget_s,
                 timings=timings,
             )
-        except flow.DeadlinePassed:
+        except flow.DeadlinePassed as passed:
+            if passed.stage in LLM_STAGES and self.llm_on_demand and not self.admission.live():
+                # The items waited for an LLM replica to start (the stage held none): a retry finds it up.
+                raise Refusal(
+                    "the LLM stage is starting (it held no replica while nothing was routed to it) and "
+                    "did not answer within the deadline; retry shortly",
+                    "service",
+                    503,
+                    {"Retry-After": str(self.service.retry_after_s)},
+                ) from None
             raise Refusal(
                 "the request ran past its deadline; its remaining work was dropped (retry "
                 f"later, or with a longer {DEADLINE_HEADER} up to {self.service.deadline_s:g} s)",
@@ -226,6 +283,7 @@ class IngressDeployment:
                 {"Retry-After": str(verdict.retry_after_s)},
             )
 
+    @counted
     async def write_feedback(
         self, parsed: FeedbackRequest, sender: str | None = None, reviewer: str | None = None
     ) -> dict:
@@ -251,7 +309,8 @@ class IngressDeployment:
     # -- readiness
 
     async def readiness(self) -> dict | JSONResponse:
-        """Every stage describes itself within 10 s (what it holds), or 503 with the error."""
+        """Every stage describes itself within 10 s (what it holds), or 503 with the error. An LLM stage
+        scaled to zero is ready without a replica: it says so and why (asking it would start one)."""
         calls = self.calls
         stages: dict[str, Any] = {"encoder": (calls.encoder, ())}
         stages.update({f"recall[{i}]": (shard, ()) for i, shard in enumerate(calls.shards)})
@@ -262,17 +321,57 @@ class IngressDeployment:
             # Judged on the Generator replicas: one of them describes the role.
             stages["calibrator"] = (calls.generator, ("calibrator",))
         try:
+            idle = await asyncio.wait_for(self._scaled_to_zero(stages), timeout=10)
+            asked = {name: stage for name, stage in stages.items() if name not in idle}
             answers = await asyncio.wait_for(
-                asyncio.gather(*(handle.describe.remote(*args) for handle, args in stages.values())),
+                asyncio.gather(*(handle.describe.remote(*args) for handle, args in asked.values())),
                 timeout=10,
             )
         except Exception as exc:
             return JSONResponse(
                 {"ready": False, "error": without_paths(f"{type(exc).__name__}: {exc}")}, status_code=503
             )
+        described = dict(zip(asked, answers, strict=True)) | idle
         return {
             "ready": True,
-            "stages": without_paths(dict(zip(stages, answers, strict=True))),
+            "stages": without_paths({name: described[name] for name in stages}),
             "routing": self.routing.current[1].describe(),
             "admission": self.admission.describe(),
         }
+
+    async def idle_llm_stages(self) -> set[str]:
+        """The LLM deployments that hold no replica now (none unless ``llm_on_demand``): asking one
+        anything would start a replica."""
+        if not self.llm_on_demand:
+            return set()
+        running = await asyncio.to_thread(running_replicas)
+        return {name for name in ("Generator", "Calibrator") if running.get(name, 0) == 0}
+
+    async def _scaled_to_zero(self, stages: dict[str, Any]) -> dict[str, dict]:
+        """What the LLM stages that hold no replica say of themselves."""
+        idle = await self.idle_llm_stages()
+        why = (
+            "route sends nothing to the LLM"
+            if self.routing.current[1].sends_nothing
+            else "no item was routed to the LLM lately"
+        )
+        said = {}
+        for name, (handle, args) in stages.items():
+            deployment = {id(self.calls.generator): "Generator", id(self.calls.calibrator): "Calibrator"}.get(
+                id(handle)
+            )
+            if deployment in idle:
+                state = {"llm": f"scaled to zero: {why} (a replica starts when an item is routed to it)"}
+                if args == ("calibrator",):
+                    state = {"colocated_with": "Generator", **state}
+                said[name] = {"replicas": 0, **state}
+        return said
+
+
+LLM_STAGES = ("generate", "calibrate")
+
+
+def running_replicas() -> dict[str, int]:
+    """Running replicas per deployment of this replica's application (Serve's controller; blocking)."""
+    application = serve.status().applications[serve.get_replica_context().app_name]
+    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in application.deployments.items()}

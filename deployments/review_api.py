@@ -178,14 +178,11 @@ async def review_entry(ingress: Replica, entry: int):
     return await asyncio.to_thread(ingress.review.queue.get, entry)
 
 
-@router.get(
-    "/v1/knowledge", summary="Retrieved samples and knowledge snippets by id", responses=refusals(503)
-)
+@router.get("/v1/knowledge", summary="Retrieved samples and knowledge snippets by id")
 async def knowledge(ingress: Replica, samples: str = "", snippets: str = ""):
     sample_ids = [s for s in samples.split(",") if s][:100]
     snippet_ids = [s for s in snippets.split(",") if s][:100]
-    entries = ingress.calls.generator.knowledge_entries
-    return await ingress.calls.call("knowledge", entries, sample_ids, snippet_ids)
+    return await asyncio.to_thread(ingress.calls.knowledge.entries, sample_ids, snippet_ids)
 
 
 @router.get(

@@ -76,9 +76,9 @@ def adapter_metrics() -> tuple[Gauge, Counter]:
 
 
 def batch_size_histogram() -> Histogram:
-    """Requests per model batch in the LLM stages (each replica records its own)."""
+    """Requests per model batch in the model stages (each replica records its own)."""
     return Histogram(
         "llm4tag_batch_size",
-        description="Requests per LLM batch (Generator, Calibrator).",
+        description="Requests per model batch (Encoder, Generator, Calibrator).",
         boundaries=[1, 2, 4, 8, 16, 32, 64],
     )

@@ -1,18 +1,11 @@
-"""What the stage deployments share: batch sizes, niceness, threads off the event loop. (Their
-settings arrive typed: the app binds llm4tag's Settings and the service's Batching to each one.)"""
+"""What the stage deployments share: niceness, threads off the event loop. (Their settings arrive
+typed: the app binds llm4tag's Settings and the service's Batching to each one; deployments/_batching.py
+batches their requests.)"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-
-from llm4tag.service.settings import Batching
-
-
-def configure_batching(method, batching: Batching) -> None:
-    """Apply the batch size and wait from config to a @serve.batch method (its decorator holds defaults)."""
-    method.set_max_batch_size(batching.max_batch_size)
-    method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
 
 def lower_priority(niceness: int) -> None:

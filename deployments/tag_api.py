@@ -122,8 +122,13 @@ async def set_adapter(ingress: Replica, request: Request):
         except ModelError as exc:
             raise Refusal(str(exc), "path", 422) from exc
     await asyncio.to_thread(write_active, settings.llm.adapters_file, {role: path}, "admin")
-    # One replica loads it now (and confirms); the others load it before their next batch.
-    state = await calls.call(f"adapter-{role}", stage.sync_adapters, role)
+    # One replica loads it now (and confirms); the others load it before their next batch. A stage
+    # scaled to zero is not woken for it: its replicas read the file when they start.
+    deployment = "Generator" if stage is calls.generator else "Calibrator"
+    if deployment in await ingress.idle_llm_stages():
+        state = {"replicas": 0, "llm": "scaled to zero: a replica reads the adapter file when it starts"}
+    else:
+        state = await calls.call(f"adapter-{role}", stage.sync_adapters, role)
     ingress.metrics.requests.inc(tags={"route": "/v1/admin/adapter", "status": "200"})
     return {"role": role, "path": path, "replica": state}
 

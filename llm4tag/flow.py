@@ -404,7 +404,11 @@ def run(flow: Generator[Call, Any, Any], answer: Callable[[Call], Any]) -> Any:
 
 
 class DeadlinePassed(LLM4TagError):
-    """A flow still ran at its deadline: the call in progress was cancelled."""
+    """A flow still ran at its deadline: the call in progress (of ``stage``) was cancelled."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        super().__init__(f"the request ran past its deadline during {stage}")
 
 
 async def run_async(
@@ -435,8 +439,7 @@ async def run_async(
                     answer(call), None if deadline is None else max(0.0, deadline - loop.time())
                 )
             except TimeoutError:
-                stage = STAGE_OF[type(call)]
-                raise DeadlinePassed(f"the request ran past its deadline during {stage}") from None
+                raise DeadlinePassed(STAGE_OF[type(call)]) from None
         split: dict[str, float] = {}
         if isinstance(result, Timed):
             result, split = result.value, result.ms

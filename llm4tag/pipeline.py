@@ -27,13 +27,12 @@ from llm4tag.engines import make_engine
 from llm4tag.engines.base import Engine
 from llm4tag.errors import LLM4TagError
 from llm4tag.generator import Generation, Generator, TagLabels
-from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase
+from llm4tag.knowledge.store_knowledge import StoreKnowledge
 from llm4tag.prompts import Prompts
 from llm4tag.ranking.cascade import RoutePlan
 from llm4tag.ranking.models import ScoredTag
 from llm4tag.ranking.store_routing import StoredRanking, open_routing
 from llm4tag.recaller import Recaller
-from llm4tag.store_builder import KNOWLEDGE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -194,19 +193,11 @@ class TaggingPipeline:
             target_precision=settings.pipeline.target_precision,
             num_candidates=settings.graph.recall.num_candidates,
         )
-        folder = Path(store_dir) / KNOWLEDGE_DIR
-        samples = knowledge = None
-        if (folder / "samples").exists():
-            samples = SampleKnowledgeBase.load(
-                folder / "samples", expected_encoder_id=encoder_id, writable=writable
-            )
-        elif settings.pipeline.num_samples:
+        bases = StoreKnowledge.open(store_dir, encoder_id, writable=writable)
+        samples, knowledge = bases.samples, bases.domain
+        if samples is None and settings.pipeline.num_samples:
             log.warning("store %s has no sample knowledge base: prompts get no retrieved samples", store_dir)
-        if (folder / "domain").exists():
-            knowledge = DomainKnowledgeBase.load(
-                folder / "domain", expected_encoder_id=encoder_id, writable=writable
-            )
-        elif settings.pipeline.num_snippets:
+        if knowledge is None and settings.pipeline.num_snippets:
             log.warning("store %s has no domain knowledge base: prompts get no knowledge snippets", store_dir)
         counts = [len(sample.correct) for sample in samples] if samples is not None else []
         mode = resolve_mode(settings.pipeline.mode, counts)

@@ -19,13 +19,12 @@ from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder
 from llm4tag.errors import LLM4TagError
 from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase, build_knowledge
+from llm4tag.knowledge.store_knowledge import KNOWLEDGE_DIR
 from llm4tag.ranking.crossfit import Annotated
 from llm4tag.ranking.features import TagStats
 from llm4tag.ranking.models import fit_ranking
 from llm4tag.ranking.store_routing import ranking_dir
 from llm4tag.skos import aliases, hierarchy, vocabulary_meta
-
-KNOWLEDGE_DIR = "knowledge"
 
 
 @dataclass

@@ -18,9 +18,9 @@ class Clock:
         return self.now
 
 
-def admission(batch_size: int = 4) -> tuple[Admission, Clock]:
+def admission(llm_replicas: int = 1) -> tuple[Admission, Clock]:
     clock = Clock()
-    return Admission(batch_size=batch_size, clock=clock), clock
+    return Admission(llm_replicas=llm_replicas, clock=clock), clock
 
 
 def test_the_deadline_header_may_only_shorten_the_services_deadline():
@@ -33,15 +33,44 @@ def test_the_deadline_header_may_only_shorten_the_services_deadline():
         assert caught.value.field == "X-Deadline-Ms" and caught.value.status == 400
 
 
-def test_before_any_measure_one_batch_per_replica_is_let_in():
-    control, _ = admission(batch_size=4)
+def test_before_any_measure_one_item_per_replica_is_let_in():
+    control, _ = admission(llm_replicas=2)
     assert control.capacity() == 0
     assert control.decide(8, 30).admitted  # nothing ahead: a request is let in to measure
-    held = control.admit(3)
-    assert control.decide(1, 30).admitted  # 3 + 1 fits one batch
-    assert not control.decide(2, 30).admitted  # 3 + 2 does not
-    control.release(held)
+    first = control.admit(8)
+    assert not control.decide(1, 30).admitted  # 8 items ahead already
+    control.release(first)
+    one = control.admit(1)
+    assert control.decide(1, 30).admitted  # the second replica's
+    two = control.admit(1)
+    refused = control.decide(1, 30)
+    assert not refused.admitted and refused.retry_after_s >= 1  # a cold burst waits for a measure
+    control.release(one)
+    assert control.decide(1, 30).admitted  # a replica is free again
+    control.release(two)
     assert control.pending == 0
+    # Scaled to zero (no replica yet): one request starts one and waits for it.
+    cold, _ = admission(llm_replicas=0)
+    cold.admit(1)
+    assert not cold.decide(1, 30).admitted
+    # A plan that sends nothing to the LLM: nothing is expected for it, every request goes in.
+    ranker, _ = admission(llm_replicas=0)
+    ranker.plan_changed(sends_items=False)
+    for _ in range(50):
+        assert ranker.decide(4, 30).admitted
+        ranker.admit(4)
+
+
+def test_a_new_route_plan_is_expected_to_send_every_item_until_measured():
+    control, _ = admission()
+    control.observe_replica("g1", item_s=1.0, queued=0)
+    for _ in range(30):  # the ranker settled every item
+        control.observe_request(items=4, sent_to_llm=0, other_s=0.0)
+    assert control.decide(40, 10).admitted  # nothing expected for the LLM
+    control.plan_changed(sends_items=True)  # a refit routes items to the LLM now
+    assert not control.decide(40, 10).admitted  # 40 items at 1 item/s: not within 10 s
+    control.plan_changed(sends_items=False)
+    assert control.decide(40, 10).admitted
 
 
 def test_the_wait_is_items_ahead_over_the_replicas_capacity():

@@ -132,3 +132,31 @@ def test_a_cancelled_request_is_dropped_from_the_queue_and_never_computed():
     # The last batch's compute time per request: what the ingress's admission control reads.
     assert 0.1 < batcher.item_seconds < 1.0
     batcher.check()  # the worker is alive: a health check passes
+
+
+def test_a_coroutine_function_batches_on_the_loop_and_slots_run_batches_side_by_side():
+    """The ingress batches recall (awaited Ray calls) with two batches in flight: the requests that
+    arrive while both slots are busy go together as the next batch."""
+    batches: list[list[int]] = []
+    running, most = 0, 0
+
+    async def search(requests):
+        nonlocal running, most
+        batches.append(list(requests))
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.2)
+        running -= 1
+        return [10 * r for r in requests]
+
+    async def scenario():
+        batcher = QueueBatcher(search, max_batch_size=8, wait_s=0.0, concurrency=2)
+        first = [asyncio.create_task(batcher.submit(n)) for n in (0, 1)]
+        await asyncio.sleep(0.05)  # the first batch runs; the second slot is free
+        second = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.05)  # both slots are busy now
+        rest = [asyncio.create_task(batcher.submit(n)) for n in (3, 4, 5)]
+        return await asyncio.gather(*first, second, *rest)
+
+    assert asyncio.run(scenario()) == [0, 10, 20, 30, 40, 50]
+    assert batches == [[0, 1], [2], [3, 4, 5]] and most == 2

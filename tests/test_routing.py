@@ -142,6 +142,9 @@ def test_routing_decisions_equal_in_process_and_in_bulk(ranked_store, ray_cluste
     assert {r["route"] for r in rows} == {"ranker", "llm"}
     for row in rows:
         assert _same(row, local[row["id"]]), (row, local[row["id"]])
+    # Only the routed items went through the LLM actors; the ranker's rows went straight to the output.
+    assert report.sent_to_llm == sum(r["route"] == "llm" for r in rows)
+    assert not (tmp_path / "out" / ".routed").exists()  # kept only until the LLM pass wrote their rows
 
 
 def test_refit_fits_again_on_the_grown_store(ranked_store, tmp_path, capsys):

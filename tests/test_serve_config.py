@@ -50,3 +50,56 @@ def test_a_bad_config_names_the_problem(tmp_path):
         load_serve_config(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_serve_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.cpu.yaml"])
+def test_llm_deployments_on_demand_start_with_no_replica_and_scale_up_to_the_configured_ones(name):
+    """What build_app gives the LLM deployments of a store whose route plan sends nothing to the LLM:
+    Serve's autoscaling from zero, as many replicas at most as the config runs."""
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import DeploymentSchema
+
+    from deployments.app import on_demand
+
+    (app,) = load_serve_config(REPO / name)["applications"]
+    for chosen in (d for d in app["deployments"] if d["name"] in ("Generator", "Calibrator")):
+        options = on_demand({k: v for k, v in chosen.items() if k != "name"})
+        DeploymentSchema.model_validate({"name": chosen["name"], **options})  # valid for Serve
+        autoscaling = AutoscalingConfig(**options["autoscaling_config"])
+        assert (autoscaling.min_replicas, autoscaling.initial_replicas) == (0, 0)
+        most = chosen.get("num_replicas") or chosen["autoscaling_config"]["max_replicas"]
+        assert autoscaling.max_replicas == most and "num_replicas" not in options
+        assert options["ray_actor_options"] == chosen["ray_actor_options"]
+
+
+def test_whether_a_store_routes_nothing_is_read_from_its_manifests(tmp_path):
+    """routes_nothing (what build_app and the bulk job decide on, without loading the models) agrees
+    with route_plan's resolution: no ranking sends everything; route auto without a cascade fit, or
+    with one whose tau is 0, sends nothing; a fitted tau, route off or a number send items; a cascade
+    fit of other models is ignored."""
+    from llm4tag.ranking.provenance import write_manifest
+    from llm4tag.ranking.store_routing import CASCADE_DIR, ranking_dir, routes_nothing
+
+    encoder = "enc@1/d8"
+    store = tmp_path / "store"
+    assert not routes_nothing(store, encoder, route="auto")  # no ranking: the LLM takes every item
+    folder = ranking_dir(store)
+    folder.mkdir(parents=True)
+    write_manifest(folder, kind="ranking", encoder_id=encoder, data_hash="a1", settings={})
+    assert routes_nothing(store, encoder, route="auto")
+    assert not routes_nothing(store, encoder, route="off")
+    assert not routes_nothing(store, encoder, route=0.7) and routes_nothing(store, encoder, route=0.0)
+
+    def cascade(tau: float, data_hash: str = "a1") -> None:
+        (folder / CASCADE_DIR).mkdir(exist_ok=True)
+        fitted = {"tau": tau, "llm_share": 0.1, "accuracy": 0.9, "reason": "test"}
+        write_manifest(
+            folder / CASCADE_DIR, kind="cascade", encoder_id=encoder, data_hash=data_hash, settings=fitted
+        )
+
+    cascade(0.8)
+    assert not routes_nothing(store, encoder, route="auto")
+    cascade(0.0)
+    assert routes_nothing(store, encoder, route="auto")
+    cascade(0.8, data_hash="other models")
+    assert routes_nothing(store, encoder, route="auto")

@@ -1,7 +1,8 @@
 """Serving a store with a fitted ranker, the production case, on every shipped configuration: the app
-becomes ready although no LLM is loaded (route: auto without a cascade fit sends nothing to it), the
-ranker answers, and a later cascade fit that routes items to the LLM is picked up by the running app,
-whose LLM stages load their engine then, with no request failing for it.
+becomes ready with no LLM replica at all (route: auto without a cascade fit sends nothing to it, so
+the LLM stages are scaled to zero), the ranker answers, feedback and the review UI's knowledge work
+without an LLM replica, and a later cascade fit that routes items to the LLM is picked up by the
+running app, whose LLM stages start a replica then, with no request failing for it.
 
 The shipped configs keep their application settings (prompts layout, which LLM stages exist, write-back,
 limits); only what a 2-core test machine cannot give is replaced: resources, the engine (the tiny
@@ -41,6 +42,9 @@ def shipped(name: str, folder) -> tuple[str, bool]:
     app = config["applications"][0]
     app["args"]["config"] = str(DOMAIN)
     app["args"]["service"]["auth"] = "off"
+    # The first routed request waits for an LLM replica to start: on a busy 2-core test machine that
+    # can take longer than the shipped minute.
+    app["args"]["service"]["deadline_s"] = 300
     app["args"]["settings"]["llm"] = {"model": "tiny", "engine": "llamacpp", "threads": 1, "batch_size": 4}
     for deployment in app.get("deployments", []):
         deployment.pop("autoscaling_config", None)
@@ -80,18 +84,31 @@ def test_a_ranker_store_is_ready_on_every_shipped_config(name, ranked_store, ray
         ready = wait_ready(url, timeout=START_S)  # what `llm4tag serve` waits on
         assert ready["ready"] is True, ready
         stages = ready["stages"]
-        assert stages["generator"]["llm"].startswith("not loaded: route sends nothing"), stages
-        assert stages["calibrator"]["llm"].startswith("not loaded: route sends nothing"), stages
+        assert stages["generator"]["llm"].startswith("scaled to zero: route sends nothing"), stages
+        assert stages["calibrator"]["llm"].startswith("scaled to zero: route sends nothing"), stages
         assert ("colocated_with" in stages["calibrator"]) is not separate_calibrator
         assert "nothing is sent to the LLM" in ready["routing"]["reason"]
+        assert llm_replicas() == {"Generator": 0} | ({"Calibrator": 0} if separate_calibrator else {})
         status, _, answer = call(f"{url}/v1/tag", {"items": items})
         assert status == 200, answer
         assert {row["route"] for row in answer["items"]} == {"ranker"}
         assert all(t["by"] == "ranker" for row in answer["items"] for t in row["tags"])
         print(f"{name}: ready after {time.monotonic() - started:.1f} s")
+        # Feedback's sample and the review UI's retrieved entries need no LLM replica either.
+        status, _, recorded = call(
+            f"{url}/v1/feedback", {"id": "fb-ranked", "text": items[0]["text"], "tags": ["card_arrival"]}
+        )
+        assert (status, recorded["samples"]) == (200, 1), recorded
+        status, _, found = call(f"{url}/v1/knowledge?samples=fb-ranked,missing")
+        assert status == 200 and list(found["samples"]) == ["fb-ranked"], found
+        assert found["samples"]["fb-ranked"]["correct"] == ["card_arrival"]
+        time.sleep(2)  # a replica Serve had started for them would show by now
+        assert set(llm_replicas().values()) == {0}, "feedback or the knowledge page started an LLM replica"
+        if name == CONFIGS[-1]:
+            return  # a later fit is checked once, on the CPU config: an LLM replica start is slow
 
-        # A later fit routes every item to the LLM: the ingress follows the store's ranking, the LLM
-        # stages load their engine on the first routed batch, and no request fails meanwhile.
+        # A later fit routes every item to the LLM: the ingress follows the store's ranking, the first
+        # routed request waits for an LLM replica to start (within its deadline), and no request fails.
         route_everything_to_the_llm(store)
         deadline = time.monotonic() + 60
         routes: set[str] = set()
@@ -106,5 +123,20 @@ def test_a_ranker_store_is_ready_on_every_shipped_config(name, ranked_store, ray
         assert all(row["generated"] for row in answer["items"])
         stages = wait_ready(url, timeout=30)["stages"]
         assert stages["generator"]["llm"] == "loaded" and stages["calibrator"]["llm"] == "loaded", stages
+        assert set(llm_replicas().values()) == {1}
+        # The sample written while no LLM replica was up is in the replica that started since.
+        assert stages["generator"]["samples"] == 401, stages
     finally:
         serve.shutdown()
+
+
+def llm_replicas() -> dict[str, int]:
+    """Running replicas of the LLM deployments (Serve's status)."""
+    from ray import serve
+
+    (application,) = serve.status().applications.values()
+    return {
+        name: deployment.replica_states.get("RUNNING", 0)
+        for name, deployment in application.deployments.items()
+        if name in ("Generator", "Calibrator")
+    }

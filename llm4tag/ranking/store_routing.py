@@ -135,15 +135,7 @@ def route_plan(
             )
         return RoutePlan.unranked(num_candidates, threshold)
     models, cascade = ranking.models, ranking.cascade
-    if route == "off":
-        tau, reason = None, "route: off (every item goes to the LLM)"
-    elif route == "auto":
-        if cascade is None:
-            tau, reason = 0.0, "route: auto without held-out LLM outcomes: nothing is sent to the LLM"
-        else:
-            tau, reason = cascade.tau.tau, f"route: auto, fitted on held-out items: {cascade.tau.reason}"
-    else:
-        tau, reason = route, f"route: {route}"
+    tau, reason = _tau(route, cascade.tau if cascade is not None else None)
     ranker_cut = llm_cut = threshold
     if target_precision is not None:
         ranker_cut = _cut(models.precision_cut(target_precision), target_precision, "ranker")
@@ -162,6 +154,36 @@ def route_plan(
         calibration=cascade.calibration if cascade is not None else None,
         reason=reason,
     )
+
+
+def _tau(route: str | float, fitted: TauChoice | None) -> tuple[float | None, str]:
+    """tau (None: route off) and why, for a store with a ranking; ``fitted``: the cascade fit's."""
+    if route == "off":
+        return None, "route: off (every item goes to the LLM)"
+    if route == "auto":
+        if fitted is None:
+            return 0.0, "route: auto without held-out LLM outcomes: nothing is sent to the LLM"
+        return fitted.tau, f"route: auto, fitted on held-out items: {fitted.reason}"
+    return route, f"route: {route}"
+
+
+def routes_nothing(store_dir: str | os.PathLike, encoder_id: str, *, route) -> bool:
+    """Whether the store's route plan sends nothing to the LLM (``RoutePlan.sends_nothing``), read from
+    the manifests alone: what a deployer decides on (whether LLM replicas start) without loading the
+    models. The same resolution as :func:`route_plan`."""
+    route = parse_route(route)
+    folder = ranking_dir(store_dir)
+    if not (folder / "manifest.json").exists():
+        return False  # no ranking: every item goes to the LLM
+    models = check_manifest(folder, kind="ranking", expected_encoder_id=encoder_id)
+    fitted = None
+    if (folder / CASCADE_DIR / "manifest.json").exists():
+        cascade = check_manifest(folder / CASCADE_DIR, kind="cascade", expected_encoder_id=encoder_id)
+        if cascade["data_hash"] == models["data_hash"]:  # as load_cascade: a fit of other models is ignored
+            s = cascade["settings"]
+            fitted = TauChoice(float(s["tau"]), float(s["llm_share"]), float(s["accuracy"]), str(s["reason"]))
+    tau, _ = _tau(route, fitted)
+    return tau is not None and tau <= 0.0
 
 
 def open_routing(
@@ -280,6 +302,7 @@ __all__ = [
     "ranking_dir",
     "ranking_fingerprint",
     "route_plan",
+    "routes_nothing",
     "save_cascade",
     "summary",
 ]

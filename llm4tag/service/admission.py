@@ -19,8 +19,12 @@ estimate is
   (1 until measured: routing off sends every item);
 * **other stages' time** is the recent time of a request outside the LLM.
 
-Before any replica has reported, at most one batch's worth of LLM items per replica is admitted (the
-capacity is unknown; the first batch measures it). Pure logic with an injectable clock: the ingress
+Before any replica has reported (a cold start, or LLM stages scaled to zero) the capacity is unknown:
+one expected LLM item per LLM replica is let in (or one request, when nothing is ahead), and the
+first answers measure it. (Letting a batch's worth per replica in before any measure admitted bursts
+that the first, slow batches could not finish in time.) The share routed to the LLM starts from the
+store's route plan (1, or 0 when it sends nothing), and again when the plan changes, until requests
+measure it. Pure logic with an injectable clock: the ingress
 holds one per replica and feeds it what the Generator replicas report.
 """
 
@@ -73,7 +77,7 @@ class Verdict:
 class Admission:
     """One ingress replica's admission control (see the module's docstring)."""
 
-    batch_size: int  # the Generator's max_batch_size: what one replica takes at once
+    llm_replicas: int = 1  # LLM replicas the app starts with (0: scaled to zero): one request each, cold
     replica_ttl_s: float = 60.0
     smoothing: float = 0.3  # weight of the newest measure in the running averages
     clock: Callable[[], float] = time.monotonic
@@ -111,9 +115,9 @@ class Admission:
         if need == 0:
             return Verdict(self.other_s <= budget_s, self.other_s, 1)
         if capacity == 0:
-            # Nothing measured yet: one batch's worth per replica (at least one) is let in to measure.
-            admitted = ahead + need <= self.batch_size * max(1, len(self.replicas)) or ahead == 0
-            return Verdict(admitted, math.nan, 1)
+            # Nothing measured yet: one expected item per replica (at least one) is let in, to measure.
+            room = max(1, self.llm_replicas, len(self.replicas))
+            return Verdict(self.pending + need <= room or self.pending == 0, math.nan, 1)
         wait = (ahead + need) / capacity + self.other_s
         retry = max(1, math.ceil(ahead / capacity))
         alone = need / capacity + self.other_s
@@ -128,6 +132,11 @@ class Admission:
 
     def release(self, amount: float) -> None:
         self.pending = max(0.0, self.pending - amount)
+
+    def plan_changed(self, sends_items: bool) -> None:
+        """The store's route plan (at start, or a new one): until requests measure it, every item is
+        expected to reach the LLM (none where the plan sends nothing)."""
+        self.llm_share = 1.0 if sends_items else 0.0
 
     def observe_replica(self, replica: str, item_s: float, queued: int) -> None:
         if not (item_s > 0 and math.isfinite(item_s)):

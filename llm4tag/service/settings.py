@@ -28,7 +28,8 @@ class ServiceConfig(Section):
 
     limits: Limits = Field(default_factory=Limits, description="bounds on one request")
     encoder: Batching = Field(
-        default_factory=lambda: Batching(max_batch_size=64, batch_wait_timeout_s=0.005),
+        # No wait: the texts that arrive while a batch encodes form the next one (deployments/_batching.py).
+        default_factory=lambda: Batching(max_batch_size=64, batch_wait_timeout_s=0.0),
         description="the Encoder deployment's batches",
     )
     generator: Batching = Field(default_factory=Batching, description="the Generator deployment's batches")
