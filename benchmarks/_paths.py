@@ -4,6 +4,7 @@ say so. No imports beyond the standard library: annif_peer.py runs it in Annif's
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,3 +20,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, cache: bool = True) -> N
     )
     if cache:
         parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cached encodings")
+
+
+def show_progress() -> None:
+    """The product's progress lines (llm4tag/progress.py: a step's start, end, and where it is) on
+    stderr, as the CLI shows them."""
+    logging.basicConfig(level=logging.WARNING, format="# %(message)s")
+    logging.getLogger("llm4tag.progress").setLevel(logging.INFO)

@@ -49,6 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import REPO, add_data_arguments, load_dataset, test_sample
+from _paths import show_progress
 from _peers import (
     THRESHOLDS,
     Methods,
@@ -225,6 +226,7 @@ def main() -> None:
         help="with --cascade-items: route: auto only replayed on the route-off rows, not tagged again",
     )
     args = parser.parse_args()
+    show_progress()
     if args.no_llm and args.cascade_items:
         parser.error("--cascade-items fits and runs route: auto, an LLM row: not with --no-llm")
 
@@ -280,9 +282,7 @@ def main() -> None:
     auto_stats = None
     if args.cascade_items:
         # One LLM for route off, the fit and route: auto (1-2 GB each otherwise).
-        fitted = fit_store_cascade(
-            folder / "store", settings, args.cascade_items, progress=print, engine=pipeline.engine
-        )
+        fitted = fit_store_cascade(folder / "store", settings, args.cascade_items, engine=pipeline.engine)
         print(f"# cascade fit on {args.cascade_items} held-out train items: {json.dumps(fitted)}", flush=True)
         auto_settings = settings.with_overrides({"pipeline": {"route": "auto"}})
         auto = TaggingPipeline.open(folder / "store", auto_settings, engine=pipeline.engine)

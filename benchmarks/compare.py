@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DATASETS, REPO, add_data_arguments, load_dataset, test_sample
+from _paths import show_progress
 from pipeline_quality import build_parts, cached_rows, settings_for
 
 from graph_store.durable import append_lines
@@ -239,13 +240,7 @@ def build_vocabulary(name, args, encoder, engine_box) -> dict:
     if engine_box[0] is None and cached < len(raw):  # a build from cached answers needs no LLM
         engine_box[0] = make_engine(settings.llm)
     builder = VocabularyBuilder(engine_box[0], encoder, settings)
-    started = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        rate = (time.perf_counter() - started) / max(done - cached, 1)
-        print(f"#   vocab {name}: {done}/{total} answers ({rate:.1f} s/item asked)", flush=True)
-
-    answers, stats = builder.answers(raw, out / "answers.jsonl", progress)
+    answers, stats = builder.answers(raw, out / "answers.jsonl")
     result = builder.build(raw, answers)
     write_records(out / "vocab.jsonl", result.rows)
     real_items = {i.id: list(i.tags or ()) for i in picked}
@@ -371,6 +366,7 @@ def main() -> None:
     parser.add_argument("--no-vocab", action="store_true")
     parser.add_argument("--only-vocab", action="store_true")
     args = parser.parse_args()
+    show_progress()
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:

@@ -53,6 +53,7 @@ from llm4tag.errors import DataError, LLM4TagError
 from llm4tag.flow import result_row
 from llm4tag.generator import Generation
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.progress import step
 from llm4tag.ranking.cascade import ItemRoute, judged_tags
 
 STAGES = ("all", "recall")
@@ -441,11 +442,14 @@ def run_bulk(
             stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
             written: set[str] = set()
             try:
-                for table in _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds):
-                    table = _first_rows(table, written)
-                    if table.num_rows:
-                        folder.write(table)
-                        report.tagged += table.num_rows
+                with step("bulk tag", total=len(wanted), initial=report.skipped_done) as bar:
+                    for table in _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds):
+                        table = _first_rows(table, written)
+                        if table.num_rows:
+                            folder.write(table)
+                            report.tagged += table.num_rows
+                            bar.set_postfix_str(f"{folder.files} files written")
+                            bar.update(table.num_rows)
             except Exception as exc:
                 cause = _user_error(exc)
                 if cause is not None:
