@@ -67,12 +67,19 @@ class Bar:
         total = self.bar.total
         done = f"{self.n:,}/{total:,} {self.unit}s" if total else f"{self.n:,} {self.unit}s"
         rate = (self.n - self.initial) / max(now - self.started, 1e-9)
-        parts = [done, f"{rate:,.1f} {self.unit}s/s"]
+        parts = [done, _rate(rate, self.unit)]
         if total and rate > 0:
             parts.append(f"{_duration((total - self.n) / rate)} left")
         if self.postfix:
             parts.append(self.postfix)
         return ", ".join(parts)
+
+
+def _rate(per_second: float, unit: str) -> str:
+    """Items a second, or seconds an item where that reads better (an LLM's items)."""
+    if 0 < per_second < 1:
+        return f"{1 / per_second:,.1f} s/{unit}"
+    return f"{per_second:,.1f} {unit}s/s"
 
 
 def _duration(seconds: float) -> str:
@@ -118,6 +125,6 @@ def step(
         _outer.reset(token)
         seconds = time.perf_counter() - started
         done = shown.n - initial
-        rate = f", {done / seconds:,.1f} {unit}s/s" if done and seconds > 0 else ""
+        rate = f", {_rate(done / seconds, unit)}" if done and seconds > 0 else ""
         count = f"{done:,} {unit}s in " if done else ""
         log.info("%s: done, %s%.1f s%s", label, count, seconds, rate)
