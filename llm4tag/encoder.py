@@ -46,15 +46,22 @@ class EncoderConfig(Section):
         DEFAULT_ENCODER, description="a bundled name, a local sentence-transformers folder, or a hub id"
     )
     batch_size: int = Field(64, ge=1, description="texts per forward pass")
-    # On CPUs without AVX512-BF16/AMX (the AVX2-only machines we run on) bf16 weights encoded 8x
-    # slower (23 vs 191 texts/s); on CPUs with them bf16 is the faster choice.
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype")
-    device: str = Field("cpu", description="torch device")
-    # One thread beat two on the 2-vCPU machines (they share one core's worth of compute).
+    # torch's bf16 weights encoded 8x slower than fp32 here (23 vs 191 texts/s), although this CPU
+    # (AMD EPYC) has AVX512-BF16; OpenVINO's bf16 inference on it is the fast one (backend openvino).
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights' dtype (backend torch)"
+    )
+    device: str = Field("cpu", description="torch device (backend torch; the others run on the CPU)")
+    # One thread per encoder beat two on the 2-vCPU machine for every backend (docs/performance.md):
+    # the other core serves the other processes (recall, ranking, a second replica).
     threads: int | None = Field(1, ge=1, description="threads per encode (null: the backend's default)")
     max_seq_length: int | None = Field(256, ge=1, description="tokens read per text (null: the model's)")
+    # OpenVINO ran 2.2x torch's texts per CPU-second in batches and 2.6x one text at a time on this
+    # CPU, with vectors at cosine >= 0.99995 to torch fp32's (same encoder id: stores built on torch
+    # are served as they are) and the same top-1 on the three shared sets; onnx int8 is faster still
+    # but makes other vectors (docs/performance.md, "The encoder's backends").
     backend: Literal["torch", "onnx", "openvino"] = Field(
-        "torch",
+        "openvino",
         description="torch: sentence-transformers as the model ships; onnx: onnxruntime over an ONNX "
         "export; openvino: OpenVINO over the same export (exports made locally, once)",
     )
@@ -195,7 +202,12 @@ class Encoder:
                 f"cannot load the {self.config.backend} encoder from {made.path}: {exc}"
             ) from exc
         max_length = self.config.max_seq_length or made.manifest.get("max_seq_length")
-        self._batcher = TextBatcher(tokenizer, made.inputs, max_length, self.config.batch_size)
+        # Dynamic int8 quantizes each run's activations with one range for the whole batch, so a
+        # text's vector moved with the texts beside it (0.026 per component); one text a run keeps
+        # it the text's own, at the same speed here (texts per CPU-s 247-302 a text at a time,
+        # 276-342 in batches of 64).
+        batch = 1 if self.config.quantization == "int8" else self.config.batch_size
+        self._batcher = TextBatcher(tokenizer, made.inputs, max_length, batch)
         self.dim = made.dim
         self._run = lambda texts: self._batcher.encode(texts, self._runtime)
 

