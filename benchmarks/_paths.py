@@ -16,6 +16,7 @@ needs, so that the same flag means the same thing in every script:
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -107,3 +108,10 @@ def add_rebuild_argument(parser: argparse.ArgumentParser) -> None:
 def shown(path: Path) -> str:
     """``path`` relative to the repository root where it is inside it (for messages)."""
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def show_progress() -> None:
+    """The product's progress lines (llm4tag/progress.py: a step's start, end, and where it is) on
+    stderr, as the CLI shows them."""
+    logging.basicConfig(level=logging.WARNING, format="# %(message)s")
+    logging.getLogger("llm4tag.progress").setLevel(logging.INFO)

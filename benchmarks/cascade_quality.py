@@ -56,6 +56,7 @@ from benchmarks._paths import (
     add_rebuild_argument,
     add_seed_argument,
     benchmark_parser,
+    show_progress,
 )
 from benchmarks._peers import (
     THRESHOLDS,
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         help="with --cascade-items: route: auto only replayed on the route-off rows, not tagged again",
     )
     args = parser.parse_args(argv)
+    show_progress()
     if args.no_llm and args.cascade_items:
         parser.error("--cascade-items fits and runs route: auto, an LLM row: not with --no-llm")
 
@@ -274,9 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     auto_stats = None
     if args.cascade_items:
         # One LLM for route off, the fit and route: auto (1-2 GB each otherwise).
-        fitted = fit_store_cascade(
-            store, settings, args.cascade_items, progress=print, engine=pipeline.engine
-        )
+        fitted = fit_store_cascade(store, settings, args.cascade_items, engine=pipeline.engine)
         print(f"# cascade fit on {args.cascade_items} held-out train items: {json.dumps(fitted)}", flush=True)
         auto_settings = settings.with_overrides({"pipeline": {"route": "auto"}})
         auto = TaggingPipeline.open(store, auto_settings, engine=pipeline.engine)

@@ -38,6 +38,7 @@ from benchmarks._paths import (
     add_seed_argument,
     benchmark_parser,
     names,
+    show_progress,
 )
 from benchmarks._rows import cached_rows
 from benchmarks._stores import dataset_store
@@ -242,13 +243,7 @@ def build_vocabulary(name, args, encoder, engine_box) -> dict:
     if engine_box[0] is None and cached < len(raw):  # a build from cached answers needs no LLM
         engine_box[0] = make_engine(settings.llm)
     builder = VocabularyBuilder(engine_box[0], encoder, settings)
-    started = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        rate = (time.perf_counter() - started) / max(done - cached, 1)
-        print(f"#   vocab {name}: {done}/{total} answers ({rate:.1f} s/item asked)", flush=True)
-
-    answers, stats = builder.answers(raw, out / "answers.jsonl", progress)
+    answers, stats = builder.answers(raw, out / "answers.jsonl")
     result = builder.build(raw, answers)
     write_records(out / "vocab.jsonl", result.rows)
     real_items = {i.id: list(i.tags or ()) for i in picked}
@@ -375,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-vocab", action="store_true")
     parser.add_argument("--only-vocab", action="store_true")
     args = parser.parse_args(argv)
+    show_progress()
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s): {', '.join(unknown)}")

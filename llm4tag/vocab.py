@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from llm4tag.baselines import BaselinePrompts, parse_tags
 from llm4tag.config import Settings, VocabConfig
 from llm4tag.data import Item
 from llm4tag.encoded_text import item_text
+from llm4tag.progress import step
 
 POPULARITY_BINS: tuple[tuple[int, int | None], ...] = (
     (1, 1),
@@ -261,9 +262,7 @@ class VocabularyBuilder:
         self.config: VocabConfig = settings.vocab
         self.prompts = BaselinePrompts(settings)
 
-    def answers(
-        self, items: Sequence[Item], cache: Path, progress: Callable[[int, int], None] | None = None
-    ) -> tuple[dict[str, str], dict]:
+    def answers(self, items: Sequence[Item], cache: Path) -> tuple[dict[str, str], dict]:
         """Each item's raw LLM answer; cached answers to the same prompt and model are reused."""
         cached = read_answer_cache(cache)
         fields = self.settings.texts.item_fields
@@ -283,19 +282,19 @@ class VocabularyBuilder:
         if todo and self.engine is None:
             raise ValueError(f"{len(todo)} items have no cached answer and no LLM engine was given")
         cache.parent.mkdir(parents=True, exist_ok=True)
-        for start in range(0, len(todo), self.config.chunk):
-            chunk = todo[start : start + self.config.chunk]
-            started = time.perf_counter()
-            texts = self.engine.generate([messages[i] for i in chunk], self.config.max_new_tokens)
-            lines = []
-            for item_id, text in zip(chunk, texts, strict=True):
-                out[item_id] = text
-                lines.append(json.dumps({"id": item_id, "key": keys[item_id], "raw": text}).encode())
-            append_lines(cache, lines)  # a chunk at a time: an interrupted build resumes after it
-            stats["asked"] += len(chunk)
-            stats["seconds"] += time.perf_counter() - started
-            if progress is not None:
-                progress(len(out), len(items))
+        with step("vocab: LLM answers", total=len(items), initial=len(items) - len(todo)) as bar:
+            for start in range(0, len(todo), self.config.chunk):
+                chunk = todo[start : start + self.config.chunk]
+                started = time.perf_counter()
+                texts = self.engine.generate([messages[i] for i in chunk], self.config.max_new_tokens)
+                lines = []
+                for item_id, text in zip(chunk, texts, strict=True):
+                    out[item_id] = text
+                    lines.append(json.dumps({"id": item_id, "key": keys[item_id], "raw": text}).encode())
+                append_lines(cache, lines)  # a chunk at a time: an interrupted build resumes after it
+                stats["asked"] += len(chunk)
+                stats["seconds"] += time.perf_counter() - started
+                bar.update(len(chunk))
         return out, stats
 
     def build(self, items: Sequence[Item], answers: Mapping[str, str]) -> VocabularyResult:

@@ -30,4 +30,7 @@ if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
         "$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)"
 fi
 .venv/bin/python -m pip install -q -e ".[dev]" 2> >(grep -v -e "Warning" -e "^ " -e "^$" -e "!!" >&2 || true)
+# The default encoder's export for its backend (encoder.backend; llm4tag/encoder_exports.py), made from
+# the bundled weights now rather than by the first process that encodes (under $LLM4TAG_HOME).
+.venv/bin/llm4tag models install encoder >/dev/null
 echo "$want" > "$stamp"

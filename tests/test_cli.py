@@ -224,6 +224,25 @@ def test_store_refuses_another_encoder(built_store, tmp_path, capsys):
     assert "bge-small-en-v1.5" in err and "rebuild" in err
 
 
+def test_a_store_is_served_by_a_float_backend_and_refuses_int8_vectors(built_store, tmp_path, capsys):
+    from llm4tag.config import load_settings
+    from llm4tag.encoder import Encoder
+
+    configs = {}
+    for name, section in (
+        ("openvino", "{backend: openvino}"),
+        ("int8", "{backend: onnx, quantization: int8}"),
+    ):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(f"encoder: {section}\n")
+        Encoder(load_settings(configs[name]).encoder)  # the export made now: its progress lines go here
+    capsys.readouterr()
+    recall = ["recall", "--store", str(built_store), "--input", str(QUERIES), "--output"]
+    assert main([*recall, str(tmp_path / "ov.jsonl"), "--config", str(configs["openvino"])]) == 0
+    err = _error(capsys, [*recall, str(tmp_path / "q.jsonl"), "--config", str(configs["int8"])])
+    assert "int8-ort-dynamic" in err and "rebuild" in err
+
+
 def test_console_script_exit_code(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(

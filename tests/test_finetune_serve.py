@@ -69,7 +69,7 @@ def adapters(sample_store, tmp_path_factory):
         }
     )
     items, tags = read_pool(str(SAMPLE / "train.jsonl"), str(SAMPLE / "tags.jsonl"), None)
-    build_data(settings, items, tags, folder / "data", verbose=False)
+    build_data(settings, items, tags, folder / "data")
     for role in ("generator", "calibrator"):
         train(role, folder / "data", folder / role, settings, progress=False)
     return folder

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from llm4tag import progress
 from llm4tag.progress import step
 
 
@@ -38,3 +39,25 @@ def test_no_bar_is_drawn_when_stderr_is_not_a_terminal(capsys):
     with step("quiet", total=3) as bar:
         bar.update(3)
     assert capsys.readouterr().err == ""
+
+
+def test_off_a_terminal_a_long_step_logs_where_it_is(caplog, monkeypatch):
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="llm4tag.progress")
+    with step("bulk tag", total=100, initial=40) as bar:
+        bar.set_postfix_str("3 files")
+        bar.update(20)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "bulk tag: started (100 items), 40 done before"
+    assert lines[1].startswith("bulk tag: 60/100 items, ") and " left, 3 files" in lines[1]
+    # The rate counts this run's items only, not those a resumed step found done.
+    assert lines[2].startswith("bulk tag: done, 20 items in ")
+
+
+def test_a_step_without_a_total_logs_its_count(caplog, monkeypatch):
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="llm4tag.progress")
+    with step("download", unit="package", bar=False) as bar:
+        bar.update(2)
+    assert caplog.records[1].getMessage().startswith("download: 2 packages, ")
+    assert " left" not in caplog.records[1].getMessage()

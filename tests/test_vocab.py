@@ -229,3 +229,37 @@ def test_vocab_build_cli_writes_a_vocabulary_the_product_reads_and_resumes(tmp_p
     assert (report["cached"], report["asked"]) == (3, 1)
     assert len(read_answer_cache(cache_path)) == 4
     assert main([*argv[:-2], "--limit", "0"]) == 2
+
+
+def test_answers_say_how_far_they_are_and_resume_from_the_cache(tmp_path, caplog):
+    """The LLM's answers are a long step: it logs its start (with what a resumed run found done)
+    and its end with this run's count, and asks only for what the cache lacks."""
+    import logging
+
+    from llm4tag.config import Settings
+    from llm4tag.data import Item
+    from llm4tag.vocab import VocabularyBuilder
+
+    class Engine:  # the LLM's answers are not what this test is about
+        name = "fixed"
+
+        def __init__(self):
+            self.asked: list[int] = []
+
+        def generate(self, messages, max_new_tokens):
+            self.asked.append(len(messages))
+            return ["card arrival, top up"] * len(messages)
+
+    settings = Settings().with_overrides({"vocab": {"chunk": 2}})
+    items = [Item(f"i{n}", f"where is my card number {n}") for n in range(5)]
+    cache = tmp_path / "answers.jsonl"
+    engine = Engine()
+    builder = VocabularyBuilder(engine, None, settings)
+    builder.answers(items[:2], cache)
+    caplog.set_level(logging.INFO, logger="llm4tag.progress")
+    answers, stats = builder.answers(items, cache)
+    assert len(answers) == 5 and (stats["cached"], stats["asked"]) == (2, 3)
+    assert engine.asked == [2, 2, 1]
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "vocab: LLM answers: started (5 items), 2 done before"
+    assert lines[-1].startswith("vocab: LLM answers: done, 3 items in ")

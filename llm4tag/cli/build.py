@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from llm4tag.cascade_fit import fit_store_cascade
@@ -54,8 +53,6 @@ def run(args) -> int:
         language=args.language,
     )
     if settings.ranking.cascade_items and (ranking_dir(Path(args.store)) / "manifest.json").exists():
-        summary["cascade"] = fit_store_cascade(
-            args.store, settings, settings.ranking.cascade_items, progress=logging.getLogger(__name__).info
-        )
+        summary["cascade"] = fit_store_cascade(args.store, settings, settings.ranking.cascade_items)
     print_json(summary)
     return 0

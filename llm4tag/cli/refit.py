@@ -5,15 +5,11 @@ the final calibration fitted on them (``--cascade-only`` keeps the ranking as it
 
 from __future__ import annotations
 
-import logging
-
 from llm4tag.cascade_fit import fit_store_cascade
 from llm4tag.cli.common import add_config, print_json
 from llm4tag.config import load_settings
 from llm4tag.errors import LLM4TagError
 from llm4tag.store_builder import refit_store_ranking
-
-log = logging.getLogger(__name__)
 
 
 def register(verbs) -> None:
@@ -42,6 +38,6 @@ def run(args) -> int:
         raise LLM4TagError("--cascade-only needs --cascade-items N (N > 0)")
     summary = {} if args.cascade_only else refit_store_ranking(args.store, settings)
     if items:
-        summary["cascade"] = fit_store_cascade(args.store, settings, items, seed=args.seed, progress=log.info)
+        summary["cascade"] = fit_store_cascade(args.store, settings, items, seed=args.seed)
     print_json(summary)
     return 0

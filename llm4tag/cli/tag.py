@@ -14,6 +14,7 @@ from llm4tag.data import read_items, write_records
 from llm4tag.engines.config import ENGINES
 from llm4tag.errors import LLM4TagError
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.progress import step
 
 EXIT_REJECTED = 3  # bulk --strict: the good rows were tagged, some input rows were rejected
 
@@ -77,9 +78,9 @@ def run(args) -> int:
         items = items[: args.limit]
     pipeline = TaggingPipeline.open(args.store, settings)
     started = time.perf_counter()
-    count = write_records(
-        args.output, pipeline.tag_rows(items, with_candidates=args.candidates, with_dropped=args.dropped)
-    )
+    with step("tag", total=len(items)) as bar:
+        rows = pipeline.tag_rows(items, with_candidates=args.candidates, with_dropped=args.dropped)
+        count = write_records(args.output, bar.counted(rows))
     elapsed = time.perf_counter() - started
     if settings.pipeline.write_back:
         pipeline.recaller.store.save(args.store)
@@ -150,7 +151,8 @@ def run_baseline(args) -> int:
     items = read_items(args.input, split=args.split).items[: args.limit]
     tagger = open_baseline(args.method, settings, store_dir=args.store, tags_path=args.tags)
     started = time.perf_counter()
-    count = write_records(args.output, tag_rows(tagger, items, settings.pipeline.batch_size))
+    with step(f"tag ({args.method})", total=len(items)) as bar:
+        count = write_records(args.output, bar.counted(tag_rows(tagger, items, settings.pipeline.batch_size)))
     elapsed = time.perf_counter() - started
     summary = {"output": str(args.output), "items": count, "method": args.method}
     summary["max_tags"] = tagger.max_tags

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from llm4tag.cli.common import add_config, llm_settings, print_json, write_report
@@ -42,11 +41,7 @@ def run(args) -> int:
     cache = Path(args.cache) if args.cache else out.with_name(out.name.split(".")[0] + ".answers.jsonl")
     encoder = Encoder(settings.encoder)
     builder = VocabularyBuilder(make_engine(settings.llm), encoder, settings)
-
-    def progress(done: int, total: int) -> None:
-        logging.getLogger("llm4tag.vocab").info("answers: %d/%d items", done, total)
-
-    answers, stats = builder.answers(items, cache, progress)
+    answers, stats = builder.answers(items, cache)
     result = builder.build(items, answers)
     if not result.rows:
         raise LLM4TagError(

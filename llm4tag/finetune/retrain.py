@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from llm4tag.finetune.training_data import (
 )
 from llm4tag.knowledge import Sample
 from llm4tag.pipeline import TaggingPipeline
+from llm4tag.progress import step
 from llm4tag.recaller import Recaller
 from llm4tag.store_builder import build_parts
 
@@ -176,30 +176,28 @@ def retrain(
     if not new and not force:
         report.update(status="nothing new", exit_code=0)
         return report
-    say = (lambda msg: print(f"retrain: {msg}", file=sys.stderr)) if progress else (lambda _m: None)
     data_dir = root / "data" / stamp
-    say(f"training data from {len(train_items)} items ({len(new)} new) -> {data_dir}")
-    data = build_data(
-        settings, train_items, tags, data_dir, knowledge=knowledge, exclude=held_ids, verbose=progress
-    )
+    with step(f"retrain: training data from {len(train_items)} items ({len(new)} new)"):
+        data = build_data(settings, train_items, tags, data_dir, knowledge=knowledge, exclude=held_ids)
     report["data"] = {"path": str(data_dir), "hash": data["hash"], "counts": data["counts"]}
     trained: dict[str, str] = {}
     report["training"] = {}
     for role in config.roles:
         out = root / role / stamp
-        say(f"training the {role} adapter -> {out}")
         manifest = train(role, data_dir, out, settings, progress=progress)
         trained[role] = str(out)
         report["training"][role] = {
             k: manifest.get(k) for k in ("steps", "loss_before", "loss_after", "seconds", "peak_memory_mb")
         }
-    say(f"evaluating on {len(held)} held-out items")
     pipeline, engine = eval_pipeline(settings, train_items, tags, knowledge)
     try:
         old = {r: active.get(r) for r in ("generator", "calibrator")}
         candidate = {**old, **trained}
-        report["old"] = evaluate_adapters(pipeline, engine, held, old)
-        report["new"] = evaluate_adapters(pipeline, engine, held, candidate)
+        with step("retrain: evaluate the adapters", total=2 * len(held)) as bar:
+            report["old"] = evaluate_adapters(pipeline, engine, held, old)
+            bar.update(len(held))
+            report["new"] = evaluate_adapters(pipeline, engine, held, candidate)
+            bar.update(len(held))
     finally:
         engine.close()
     promote = report["new"]["value"] >= report["old"]["value"] - config.tolerance

@@ -28,6 +28,7 @@ from graph_store.durable import atomic_folder
 from llm4tag.config.finetune import FinetuneConfig, TrainerConfig
 from llm4tag.errors import LLM4TagError
 from llm4tag.finetune.examples import ROLES, Example, read_training_data
+from llm4tag.progress import step as progress_step
 
 log = logging.getLogger("llm4tag.finetune")
 
@@ -233,48 +234,44 @@ def train(
     if loss_before is None:
         loss_before = mean_loss(peft_model, torch, eval_rows, pad_id, device)
     peft_model.train()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {role}", unit="step", disable=not progress)
     steps_this_call = 0
-    while step < total_steps:
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro in range(trainer.grad_accum):
-            first = (step * trainer.grad_accum + micro) * trainer.batch_size
-            batch = [rows[i] for i in order[first : first + trainer.batch_size]]
-            ids, labels, mask = _collate(torch, batch, pad_id)
-            out_ = peft_model(
-                input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
-            )
-            (out_.loss / trainer.grad_accum).backward()
-            step_loss += float(out_.loss.detach()) / trainer.grad_accum
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        steps_this_call += 1
-        losses.append(round(step_loss, 5))
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        interrupt = stop_after is not None and steps_this_call >= stop_after and step < total_steps
-        if step % trainer.checkpoint_every == 0 or interrupt:
-            _save_checkpoint(
-                work,
-                step,
-                peft_model,
-                torch,
-                optimizer,
-                scheduler,
-                losses,
-                loss_before,
-                fingerprint,
-                trainer.keep_checkpoints,
-            )
-        if interrupt:
-            bar.close()
-            return {"interrupted_at_step": step, "total_steps": total_steps, "work": str(work)}
-    bar.close()
+    with progress_step(f"train {role}", total=total_steps, unit="step", initial=step, bar=progress) as bar:
+        while step < total_steps:
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(trainer.grad_accum):
+                first = (step * trainer.grad_accum + micro) * trainer.batch_size
+                batch = [rows[i] for i in order[first : first + trainer.batch_size]]
+                ids, labels, mask = _collate(torch, batch, pad_id)
+                out_ = peft_model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+                )
+                (out_.loss / trainer.grad_accum).backward()
+                step_loss += float(out_.loss.detach()) / trainer.grad_accum
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            steps_this_call += 1
+            losses.append(round(step_loss, 5))
+            bar.set_postfix_str(f"loss {step_loss:.4f}")
+            bar.update(1)
+            interrupt = stop_after is not None and steps_this_call >= stop_after and step < total_steps
+            if step % trainer.checkpoint_every == 0 or interrupt:
+                _save_checkpoint(
+                    work,
+                    step,
+                    peft_model,
+                    torch,
+                    optimizer,
+                    scheduler,
+                    losses,
+                    loss_before,
+                    fingerprint,
+                    trainer.keep_checkpoints,
+                )
+            if interrupt:
+                return {"interrupted_at_step": step, "total_steps": total_steps, "work": str(work)}
     loss_after = mean_loss(peft_model, torch, eval_rows, pad_id, device)
     seconds = time.perf_counter() - started
     import peft

@@ -19,9 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +38,7 @@ from llm4tag.errors import LLM4TagError
 from llm4tag.finetune.examples import Example, write_training_data
 from llm4tag.generator import Generator, TagLabels
 from llm4tag.knowledge import Sample, SampleKnowledgeBase, domain_knowledge
+from llm4tag.progress import step
 from llm4tag.prompts import Prompts
 from llm4tag.store_builder import KNOWLEDGE_DIR
 
@@ -175,7 +175,6 @@ def build_examples(
     *,
     knowledge_files: Sequence[str] = (),
     incorrect: dict[str, tuple] | None = None,
-    progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Example], list[Example], BuildStats]:
     """Generator and calibrator examples for the annotated ``items`` (see the module docstring)."""
     started = time.perf_counter()
@@ -194,10 +193,10 @@ def build_examples(
     max_tags = 1 if mode == "single" else settings.pipeline.max_tags
     fields_ = settings.texts.item_fields
     contents = [item_text(i, fields_) for i in pool]
-    say = progress or (lambda _msg: None)
-    say(f"encoding {len(pool)} items and {len(tags)} tags")
-    vectors = encoder.encode(contents)
-    tag_vectors = encoder.encode([tag_text(t, settings.texts.tag_description_chars) for t in tags])
+    with step("training data: encode items and tags", total=len(pool) + len(tags), unit="text") as bar:
+        vectors = encoder.encode(contents)
+        tag_vectors = encoder.encode([tag_text(t, settings.texts.tag_description_chars) for t in tags])
+        bar.update(len(pool) + len(tags))
     selected = select_items([i.tags for i in pool], vectors, config.max_items, config.selection, config.seed)
     stats.selected = len(selected)
     rng = random.Random(config.seed)
@@ -213,114 +212,115 @@ def build_examples(
     descriptions = {t.tag: t.description for t in tags}
     generator_examples: dict[int, Example] = {}
     calibrator_examples: dict[int, list[Example]] = {}
-    for fold in range(config.folds):
-        rows = [i for i in selected if fold_of[i] == fold]
-        if not rows:
-            continue
-        rest = np.flatnonzero(fold_of != fold)
-        say(f"fold {fold + 1}/{config.folds}: store over {len(rest)} items, prompts for {len(rows)}")
-        store = GraphStore.build(
-            item_ids=[pool[i].id for i in rest],
-            item_vectors=vectors[rest],
-            item_tags=[list(pool[i].tags) for i in rest],
-            tags=vocabulary,
-            tag_vectors=tag_vectors,
-            tag_descriptions=[t.description for t in tags],
-            item_texts=[pool[i].text for i in rest],
-            encoder_id=encoder.id,
-            config=settings.graph,
-        )
-        samples = SampleKnowledgeBase.build(
-            [
-                Sample(
-                    pool[i].id,
-                    contents[i],
-                    tuple(pool[i].tags),
-                    incorrect.get(pool[i].id, ()),
-                    "feedback" if pool[i].extra.get("source") == "feedback" else "annotation",
-                )
-                for i in rest
-            ],
-            vectors[rest],
-            encoder.id,
-        )
-        generator = Generator(
-            None,
-            prompts,
-            labels,
-            samples=samples,
-            knowledge=domain,
-            num_samples=settings.pipeline.num_samples,
-            num_snippets=settings.pipeline.num_snippets,
-        )
-        recalled = store.recall(vectors[rows])
-        candidate_lists: list[list[str]] = []
-        extras: list[dict] = []
-        for index, candidates in zip(rows, recalled, strict=True):
-            names = [c.tag for c in candidates]
-            gold = list(pool[index].tags)[:max_tags]
-            missing = [t for t in gold if t not in names]
-            info = {"recalled": list(names), "missing": missing, "injected": []}
-            if missing:
-                stats.gold_not_recalled += 1
-                if config.missing_gold == "inject":
-                    names = inject(names, missing, set(gold), rng, settings.graph.recall.num_candidates)
-                    info["injected"] = missing
-                    stats.injected += 1
-            candidate_lists.append(names)
-            extras.append(info)
-        ids = [pool[i].id for i in rows]
-        messages, sample_ids, snippet_ids = generator.prompts_for(
-            ids, [contents[i] for i in rows], vectors[rows], candidate_lists, max_tags
-        )
-        for pos, index in enumerate(rows):
-            item, names, info = pool[index], candidate_lists[pos], extras[pos]
-            assert item.id not in sample_ids[pos]  # cross-fitting: never its own sample
-            source = item.extra.get("source", "annotation")
-            gold = [t for t in item.tags if t in names][:max_tags]
-            if gold and not (info["missing"] and config.missing_gold == "drop"):
-                generator_examples[index] = Example(
-                    "generator",
-                    item.id,
-                    messages[pos],
-                    CHOICE_SEPARATOR.join(labels.labels(gold)),
-                    {
-                        "gold": list(item.tags),
-                        "candidates": names,
-                        "recalled": info["recalled"],
-                        "injected": info["injected"],
-                        "samples": sample_ids[pos],
-                        "snippets": snippet_ids[pos],
-                        "fold": fold,
-                        "source": source,
-                        "mode": mode,
-                    },
-                )
-            elif info["missing"]:
-                stats.dropped_unrecalled += 1
-            # Calibrator pairs: every gold tag Yes; recalled non-gold candidates No, hardest (highest
-            # ranked) first, and any tag a reviewer marked wrong.
-            pairs = [(t, "Yes", "gold") for t in item.tags]
-            wrong = list(incorrect.get(item.id, ()))
-            negatives = [t for t in info["recalled"] if t not in set(item.tags) and t not in wrong]
-            budget = max(0, round(config.negatives_per_positive * len(item.tags)) - len(wrong))
-            pairs += [(t, "No", "feedback") for t in wrong if t in known]
-            pairs += [(t, "No", "recalled") for t in negatives[:budget]]
-            calibrator_examples[index] = [
-                Example(
-                    "calibrator",
-                    item.id,
-                    prompts.judgment(
-                        contents[index],
-                        labels.label.get(t, t),
-                        descriptions.get(t),
-                        (messages[pos], labels.label.get(t, t)) if in_context else None,
-                    ),
-                    answer,
-                    {"tag": t, "why": why, "fold": fold, "source": source},
-                )
-                for t, answer, why in pairs
-            ]
+    with step("training data: folds", total=config.folds, unit="fold") as bar:
+        for fold in bar.counted(range(config.folds)):
+            rows = [i for i in selected if fold_of[i] == fold]
+            if not rows:
+                continue
+            rest = np.flatnonzero(fold_of != fold)
+            bar.set_postfix_str(f"fold {fold + 1}: store over {len(rest)} items, prompts for {len(rows)}")
+            store = GraphStore.build(
+                item_ids=[pool[i].id for i in rest],
+                item_vectors=vectors[rest],
+                item_tags=[list(pool[i].tags) for i in rest],
+                tags=vocabulary,
+                tag_vectors=tag_vectors,
+                tag_descriptions=[t.description for t in tags],
+                item_texts=[pool[i].text for i in rest],
+                encoder_id=encoder.id,
+                config=settings.graph,
+            )
+            samples = SampleKnowledgeBase.build(
+                [
+                    Sample(
+                        pool[i].id,
+                        contents[i],
+                        tuple(pool[i].tags),
+                        incorrect.get(pool[i].id, ()),
+                        "feedback" if pool[i].extra.get("source") == "feedback" else "annotation",
+                    )
+                    for i in rest
+                ],
+                vectors[rest],
+                encoder.id,
+            )
+            generator = Generator(
+                None,
+                prompts,
+                labels,
+                samples=samples,
+                knowledge=domain,
+                num_samples=settings.pipeline.num_samples,
+                num_snippets=settings.pipeline.num_snippets,
+            )
+            recalled = store.recall(vectors[rows])
+            candidate_lists: list[list[str]] = []
+            extras: list[dict] = []
+            for index, candidates in zip(rows, recalled, strict=True):
+                names = [c.tag for c in candidates]
+                gold = list(pool[index].tags)[:max_tags]
+                missing = [t for t in gold if t not in names]
+                info = {"recalled": list(names), "missing": missing, "injected": []}
+                if missing:
+                    stats.gold_not_recalled += 1
+                    if config.missing_gold == "inject":
+                        names = inject(names, missing, set(gold), rng, settings.graph.recall.num_candidates)
+                        info["injected"] = missing
+                        stats.injected += 1
+                candidate_lists.append(names)
+                extras.append(info)
+            ids = [pool[i].id for i in rows]
+            messages, sample_ids, snippet_ids = generator.prompts_for(
+                ids, [contents[i] for i in rows], vectors[rows], candidate_lists, max_tags
+            )
+            for pos, index in enumerate(rows):
+                item, names, info = pool[index], candidate_lists[pos], extras[pos]
+                assert item.id not in sample_ids[pos]  # cross-fitting: never its own sample
+                source = item.extra.get("source", "annotation")
+                gold = [t for t in item.tags if t in names][:max_tags]
+                if gold and not (info["missing"] and config.missing_gold == "drop"):
+                    generator_examples[index] = Example(
+                        "generator",
+                        item.id,
+                        messages[pos],
+                        CHOICE_SEPARATOR.join(labels.labels(gold)),
+                        {
+                            "gold": list(item.tags),
+                            "candidates": names,
+                            "recalled": info["recalled"],
+                            "injected": info["injected"],
+                            "samples": sample_ids[pos],
+                            "snippets": snippet_ids[pos],
+                            "fold": fold,
+                            "source": source,
+                            "mode": mode,
+                        },
+                    )
+                elif info["missing"]:
+                    stats.dropped_unrecalled += 1
+                # Calibrator pairs: every gold tag Yes; recalled non-gold candidates No, hardest (highest
+                # ranked) first, and any tag a reviewer marked wrong.
+                pairs = [(t, "Yes", "gold") for t in item.tags]
+                wrong = list(incorrect.get(item.id, ()))
+                negatives = [t for t in info["recalled"] if t not in set(item.tags) and t not in wrong]
+                budget = max(0, round(config.negatives_per_positive * len(item.tags)) - len(wrong))
+                pairs += [(t, "No", "feedback") for t in wrong if t in known]
+                pairs += [(t, "No", "recalled") for t in negatives[:budget]]
+                calibrator_examples[index] = [
+                    Example(
+                        "calibrator",
+                        item.id,
+                        prompts.judgment(
+                            contents[index],
+                            labels.label.get(t, t),
+                            descriptions.get(t),
+                            (messages[pos], labels.label.get(t, t)) if in_context else None,
+                        ),
+                        answer,
+                        {"tag": t, "why": why, "fold": fold, "source": source},
+                    )
+                    for t, answer, why in pairs
+                ]
     gen = [generator_examples[i] for i in selected if i in generator_examples]
     cal = _balanced([e for i in selected for e in calibrator_examples.get(i, [])], rng)
     stats.generator = len(gen)
@@ -396,7 +396,7 @@ def read_pool(items_path: str, tags_path: str, split: str | None) -> tuple[list[
     return items, tags
 
 
-def build_data(settings, items, tags, out, *, store=None, knowledge=(), exclude=(), verbose=True) -> dict:
+def build_data(settings, items, tags, out, *, store=None, knowledge=(), exclude=()) -> dict:
     """Examples for ``items`` (feedback of ``store`` mixed in, ``exclude``'s ids left out), written to
     ``out``; returns the manifest."""
     excluded = set(exclude)
@@ -404,15 +404,8 @@ def build_data(settings, items, tags, out, *, store=None, knowledge=(), exclude=
     if store and settings.finetune.data.use_feedback:
         items, incorrect, reviewed = merge_feedback(items, load_feedback(store))
     items = [i for i in items if i.id not in excluded and i.tags]
-    say = (lambda msg: print(f"train-data: {msg}", file=sys.stderr)) if verbose else None
     gen, cal, stats = build_examples(
-        items,
-        tags,
-        settings,
-        Encoder(settings.encoder),
-        knowledge_files=list(knowledge),
-        incorrect=incorrect,
-        progress=say,
+        items, tags, settings, Encoder(settings.encoder), knowledge_files=list(knowledge), incorrect=incorrect
     )
     return write_training_data(
         out,

@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from graph_store.durable import append_lines
+from llm4tag.progress import step
 from llm4tag.ranking.cascade import HeldOutOutcome
 from llm4tag.ranking.models import HeldOutItem
 from llm4tag.ranking.provenance import LeakError
@@ -65,36 +66,40 @@ def run_held_out(
     num_candidates: int,
     log_path: str | Path,
     chunk: int = 8,
-    progress: Callable[[str], None] | None = None,
 ) -> list[HeldOutOutcome]:
     """The LLM's outcome on each item (those already in ``log_path`` are read, not run again)."""
     done = read_outcomes(log_path)
     todo = [i for i in items if i.id not in done and i.id in texts]
-    for start in range(0, len(todo), chunk):
-        batch = todo[start : start + chunk]
-        ids = [i.id for i in batch]
-        contents = [texts[i] for i in ids]
-        candidates = [[s.tag for s in i.scored[:num_candidates]] for i in batch]
-        clock = time.perf_counter()
-        generations = pipeline.generate(ids, contents, np.stack([vectors[i] for i in ids]), candidates)
-        verdicts = pipeline.calibrate(contents, [list(g.tags) for g in generations], generations)
-        seconds = (time.perf_counter() - clock) / len(batch)
-        rows = []
-        for item, generation, judged in zip(batch, generations, verdicts, strict=True):
-            outcome = HeldOutOutcome(
-                item.id,
-                item.scored[:num_candidates],
-                list(item.gold),
-                list(generation.tags),
-                {v.tag: float(v.confidence) for v in judged if v.confidence == v.confidence},
-                seconds,
-                list(generation.sample_ids),
-            )
-            if item.id in outcome.samples:  # the generator excludes it: never fit on an item that saw itself
-                raise LeakError(f"held-out item {item.id!r} was shown itself among the retrieved samples")
-            done[item.id] = outcome
-            rows.append(json.dumps(outcome.to_dict()).encode())
-        append_lines(log_path, rows)
-        if progress:
-            progress(f"held-out LLM outcomes: {len(items) - len(todo) + start + len(batch)}/{len(items)}")
+    with step("held-out LLM outcomes", total=len(items), initial=len(items) - len(todo)) as bar:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start : start + chunk]
+            _run_chunk(pipeline, batch, texts, vectors, num_candidates, log_path, done)
+            bar.update(len(batch))
     return [done[i.id] for i in items if i.id in done]
+
+
+def _run_chunk(pipeline, batch, texts, vectors, num_candidates, log_path, done) -> None:
+    """One chunk of items through generation and calibration, appended to the log as it ends."""
+    ids = [i.id for i in batch]
+    contents = [texts[i] for i in ids]
+    candidates = [[s.tag for s in i.scored[:num_candidates]] for i in batch]
+    clock = time.perf_counter()
+    generations = pipeline.generate(ids, contents, np.stack([vectors[i] for i in ids]), candidates)
+    verdicts = pipeline.calibrate(contents, [list(g.tags) for g in generations], generations)
+    seconds = (time.perf_counter() - clock) / len(batch)
+    rows = []
+    for item, generation, judged in zip(batch, generations, verdicts, strict=True):
+        outcome = HeldOutOutcome(
+            item.id,
+            item.scored[:num_candidates],
+            list(item.gold),
+            list(generation.tags),
+            {v.tag: float(v.confidence) for v in judged if v.confidence == v.confidence},
+            seconds,
+            list(generation.sample_ids),
+        )
+        if item.id in outcome.samples:  # the generator excludes it: never fit on an item that saw itself
+            raise LeakError(f"held-out item {item.id!r} was shown itself among the retrieved samples")
+        done[item.id] = outcome
+        rows.append(json.dumps(outcome.to_dict()).encode())
+    append_lines(log_path, rows)
