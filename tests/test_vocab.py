@@ -257,6 +257,7 @@ def test_answers_say_how_far_they_are_and_resume_from_the_cache(tmp_path, caplog
     builder = VocabularyBuilder(engine, None, settings)
     builder.answers(items[:2], cache)
     caplog.set_level(logging.INFO, logger="llm4tag.progress")
+    caplog.clear()  # the first run's lines, where an earlier test left the logger at INFO
     answers, stats = builder.answers(items, cache)
     assert len(answers) == 5 and (stats["cached"], stats["asked"]) == (2, 3)
     assert engine.asked == [2, 2, 1]
