@@ -181,6 +181,7 @@ class IngressDeployment(ReviewRoutes, AnnifRoutes):
                 encoder_id,
                 route=pipeline.route,
                 threshold=pipeline.threshold,
+                threshold_set="threshold" in pipeline.model_fields_set,
                 target_precision=pipeline.target_precision,
                 num_candidates=self.settings.graph.recall.num_candidates,
             )

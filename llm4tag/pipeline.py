@@ -188,6 +188,7 @@ class TaggingPipeline:
             encoder_id,
             route=settings.pipeline.route,
             threshold=settings.pipeline.threshold,
+            threshold_set="threshold" in settings.pipeline.model_fields_set,
             target_precision=settings.pipeline.target_precision,
             num_candidates=settings.graph.recall.num_candidates,
         )

@@ -105,6 +105,9 @@ class RoutePlan:
     llm_cut: float  # judged tags under it are dropped
     calibration: FinalCalibration | None = None
     reason: str = ""
+    # The ranker's first min_tags tags of an item it settles alone are kept under ranker_cut too (the
+    # store's fitted output rule, ranking/shown_tags.py; 0 with an explicit threshold).
+    min_tags: int = 0
 
     @property
     def sends_nothing(self) -> bool:
@@ -117,6 +120,7 @@ class RoutePlan:
             "multi": self.multi,
             "emit": self.emit,
             "ranker_cut": self.ranker_cut,
+            "min_tags": self.min_tags,
             "llm_cut": self.llm_cut,
             "final_calibration": self.calibration is not None,
             "reason": self.reason,
@@ -204,12 +208,13 @@ class FinalTag:
         return row
 
 
-def ranker_tag(scored: ScoredTag, plan: RoutePlan) -> FinalTag:
-    """A tag the ranker decides: its calibrated probability is the confidence."""
+def ranker_tag(scored: ScoredTag, plan: RoutePlan, rank: int | None = None) -> FinalTag:
+    """A tag the ranker decides: its calibrated probability is the confidence. ``rank``: its place
+    among the item's tags where the ranker settles the item alone (``plan.min_tags`` keep the first)."""
     return FinalTag(
         scored.tag,
         scored.probability,
-        scored.probability >= plan.ranker_cut,
+        scored.probability >= plan.ranker_cut or (rank is not None and rank < plan.min_tags),
         "ranker",
         scored.probability,
         scored.provenance,
@@ -248,8 +253,8 @@ def final_tags(
             provenance = by_tag[tag].provenance if tag in by_tag else ()
             out.append(FinalTag(tag, conf, kept, "llm", rp if tag in by_tag else None, provenance, y))
     else:
-        for s in route.accepted if not plan.multi else route.scored[: plan.emit]:
-            out.append(ranker_tag(s, plan))
+        for rank, s in enumerate(route.accepted if not plan.multi else route.scored[: plan.emit]):
+            out.append(ranker_tag(s, plan, rank))
     order = sorted(
         range(len(out)),
         key=lambda i: (

@@ -53,6 +53,13 @@ class LearnedConfig(Section):
         True, description="append the item's unit embedding to the TF-IDF (slower fit, better on 2 of 3 sets)"
     )
     embedding_weight: float = Field(1.0, gt=0, description="scale of the appended embedding")
+    embedding_dims: int | None = Field(
+        None,
+        ge=1,
+        description="append the embedding's projection on its first this many singular directions "
+        "(fitted on the training items) instead of all of it; null: all. Parabel's cost grows with "
+        "the dense columns",
+    )
     n_trees: int = Field(3, ge=1, description="Parabel's ensemble of trees (omikuji's default)")
     cluster_k: int = Field(2, ge=2, description="Parabel: children per tree node")
     max_depth: int = Field(20, ge=1, description="Parabel: tree depth")
@@ -77,6 +84,7 @@ class LearnedRecall:
     data_hash: str
     fit_seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
+    projection: np.ndarray | None = None  # (embedding_dims, dim): the embedding's kept directions
 
     # -- fitting ----------------------------------------------------------------------------------
     @classmethod
@@ -118,7 +126,9 @@ class LearnedRecall:
             dtype=np.float32,
         )
         words = vectorizer.fit_transform([texts[i] for i in keep])
-        features = _features(words, np.asarray(vectors, np.float32)[keep], config)
+        kept_vectors = np.asarray(vectors, np.float32)[keep]
+        projection = _projection(kept_vectors, config)
+        features = _features(words, kept_vectors, config, projection)
         kept_labels = [labels[i] for i in keep]
         if config.kind == "omikuji":
             model = _fit_omikuji(features, kept_labels, len(tags), config)
@@ -133,6 +143,7 @@ class LearnedRecall:
             trained_ids=frozenset(ids),
             data_hash=data_hash(ids, texts, item_tags),
             fit_seconds=time.perf_counter() - started,
+            projection=projection,
         )
 
     # -- prediction -------------------------------------------------------------------------------
@@ -145,7 +156,10 @@ class LearnedRecall:
         if not len(texts):
             return []
         features = _features(
-            self.vectorizer.transform(list(texts)), np.asarray(vectors, np.float32), self.config
+            self.vectorizer.transform(list(texts)),
+            np.asarray(vectors, np.float32),
+            self.config,
+            self.projection,
         )
         if self.config.kind == "omikuji":
             out = []
@@ -183,6 +197,8 @@ class LearnedRecall:
             else:
                 joblib.dump(self.model, tmp / "linear.joblib")
             (tmp / "trained_ids.json").write_text(json.dumps(sorted(self.trained_ids)))
+            if self.projection is not None:
+                np.save(tmp / "projection.npy", self.projection)
             write_manifest(
                 tmp,
                 kind="learned_recall",
@@ -216,16 +232,32 @@ class LearnedRecall:
             data_hash=manifest["data_hash"],
             fit_seconds=float(manifest.get("fit_seconds", 0.0)),
             metrics=dict(manifest.get("metrics") or {}),
+            projection=np.load(folder / "projection.npy") if (folder / "projection.npy").exists() else None,
         )
 
 
 __all__ = ["DEFAULT_KIND", "KINDS", "LearnedConfig", "LearnedRecall"]
 
 
-def _features(words: sp.csr_matrix, vectors: np.ndarray, config: LearnedConfig) -> sp.csr_matrix:
+def _projection(vectors: np.ndarray, config: LearnedConfig) -> np.ndarray | None:
+    """The embedding's first ``embedding_dims`` right singular directions (uncentred, so dot products
+    keep their meaning), or None to append the embedding whole."""
+    if not config.embeddings or not config.embedding_dims or config.embedding_dims >= vectors.shape[1]:
+        return None
+    from sklearn.decomposition import TruncatedSVD
+
+    svd = TruncatedSVD(n_components=config.embedding_dims, random_state=config.seed).fit(vectors)
+    return svd.components_.astype(np.float32)
+
+
+def _features(
+    words: sp.csr_matrix, vectors: np.ndarray, config: LearnedConfig, projection: np.ndarray | None
+) -> sp.csr_matrix:
     words = sp.csr_matrix(words, dtype=np.float32)
     if not config.embeddings:
         return words
+    if projection is not None:
+        vectors = vectors @ projection.T
     dense = sp.csr_matrix(vectors * np.float32(config.embedding_weight))
     return sp.hstack([words, dense], format="csr", dtype=np.float32)
 
