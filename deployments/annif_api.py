@@ -30,6 +30,7 @@ from llm4tag.service.annif import (
     SuggestBatch,
     SuggestForm,
     item_id,
+    output_rule,
     parse_batch,
     parse_form,
     parse_learn,
@@ -75,8 +76,9 @@ class AnnifRoutes:
         if project_id != self.annif.project_id:
             raise Problem(404, f"Project '{project_id}' not found", "Project not found")
 
-    async def _suggest(self, documents: list[str], limit: int, threshold: float) -> list[list[dict]]:
-        """Tag the documents through the service (all judged tags, so that ``threshold`` cuts)."""
+    async def _suggest(self, documents: list[str], limit: int, threshold: float | None) -> list[list[dict]]:
+        """Tag the documents through the service (all judged tags, so that ``threshold`` cuts; None:
+        the tags the store keeps)."""
         texts = [d for d in documents if d.strip()]
         results: dict[str, list[dict]] = {}
         if texts:
@@ -111,7 +113,8 @@ async def annif_projects(ingress: Replica):
 @answered("/v1/projects/{id}", annif=True)
 async def annif_project(ingress: Replica, project_id: str):
     ingress._project_or_404(project_id)
-    return project(ingress.annif, ingress.subjects, ingress.annif_modified)
+    plan = ingress.routing.current[1] if ingress.routing is not None else None
+    return project(ingress.annif, ingress.subjects, ingress.annif_modified, output_rule(plan))
 
 
 @router.post(

@@ -8,8 +8,11 @@ project; its tags are the project's subjects:
 * ``uri``: the SKOS concept's URI for a vocabulary built from SKOS, else one derived from the tag name
   (``urn:llm4tag:tag:<percent-encoded name>``, stable across builds);
 * ``label``: the prefLabel (SKOS) or the tag name; ``notation``: the SKOS notation or null;
-* ``score``: the calibrated confidence of the tag (all judged tags, kept or dropped by the cut, so that
-  Annif's ``threshold`` chooses the cut; Annif's default threshold 0 returns them all).
+* ``score``: the calibrated confidence of the tag. Without a ``threshold`` a suggestion is the store's
+  own output: the tags it keeps (for a multi-tag store, as many as its output rule fitted on held-out
+  folds shows, from its fitted cut: ``GET /v1/projects/{id}`` reports the rule under ``output``).
+  With one (Annif's clients send 0 to get everything), all judged tags, kept or dropped by the cut, at
+  or above it: the caller chooses the cut.
 
 Documents have no id in Annif's ``learn`` and an optional one in ``suggest-batch``, so an item's id is
 derived from its text (``annif-<sha256 prefix>``): suggest and learn on one text name the same item.
@@ -64,7 +67,11 @@ class SuggestForm(_Body):
     text: str = Field(description="input text (an empty or blank text has no suggestions)")
     limit: int = Field(DEFAULT_LIMIT, ge=0, description="maximum number of results to return")
     threshold: float = Field(
-        0.0, ge=0.0, le=1.0, description="minimum score, below which results are not returned"
+        None,
+        ge=0.0,
+        le=1.0,
+        description="minimum score, below which results are not returned; absent: the project's own "
+        "output (the tags it keeps: its fitted number and cut, see output in GET /v1/projects/{id})",
     )
     language: StrictStr = Field(
         None, description="language of the subject labels: the vocabulary's; another is refused (400)"
@@ -170,7 +177,11 @@ class Subjects:
         return None if i is None else self.tags[i]
 
 
-def project(settings: AnnifSettings, subjects: Subjects, modified: str | None) -> dict:
+def project(
+    settings: AnnifSettings, subjects: Subjects, modified: str | None, output: dict | None = None
+) -> dict:
+    """Annif's project description; ``output``: what a suggest without ``threshold`` returns (see
+    :func:`output_rule`), an llm4tag field Annif's clients ignore."""
     return {
         "project_id": settings.project_id,
         "name": settings.name,
@@ -180,6 +191,21 @@ def project(settings: AnnifSettings, subjects: Subjects, modified: str | None) -
         "vocab_language": subjects.language,
         "is_trained": True,
         "modification_time": modified,
+        **({"output": output} if output is not None else {}),
+    }
+
+
+def output_rule(plan: Any) -> dict | None:
+    """The tags a store keeps per item, from its route plan (llm4tag.ranking.cascade.RoutePlan): at most
+    ``limit``, those at or above ``threshold``, at least ``min_tags`` (None: the store has no ranker)."""
+    if plan is None:
+        return None
+    reachable = math.isfinite(plan.ranker_cut)  # an unreachable target precision keeps nothing
+    return {
+        "limit": (plan.emit if plan.multi else 1) if reachable else 0,
+        "threshold": plan.ranker_cut if reachable else None,
+        "min_tags": plan.min_tags,
+        "rule": plan.reason,
     }
 
 
@@ -196,11 +222,20 @@ def item_id(text: str) -> str:
     return "annif-" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def suggestions(row: Mapping[str, Any], subjects: Subjects, limit: int, threshold: float) -> list[dict]:
-    """A tag row's judged tags as Annif results: best ``limit`` first, score >= threshold (as Annif's
-    filter_suggestion), zero scores left out (Annif's results are sparse)."""
+def suggestions(
+    row: Mapping[str, Any], subjects: Subjects, limit: int, threshold: float | None
+) -> list[dict]:
+    """A tag row as Annif results, best ``limit`` first, zero scores left out (Annif's results are
+    sparse): its kept tags (``threshold`` None: the store's own output), or all its judged tags, kept
+    or dropped, with score >= threshold (as Annif's filter_suggestion)."""
+    judged = (
+        [*(row.get("tags") or ()), *(row.get("dropped") or ())]
+        if threshold is not None
+        else row.get("tags") or ()
+    )
+    threshold = threshold or 0.0
     scored = {}
-    for tag in [*(row.get("tags") or ()), *(row.get("dropped") or ())]:
+    for tag in judged:
         score = tag.get("confidence")
         if score is None or score != score:  # calibration off: the recall score stands in
             score = min(1.0, max(0.0, float(tag.get("recall_score") or 0.0)))
@@ -215,13 +250,13 @@ def suggestions(row: Mapping[str, Any], subjects: Subjects, limit: int, threshol
 @dataclass(frozen=True)
 class SuggestParams:
     limit: int = DEFAULT_LIMIT
-    threshold: float = 0.0
+    threshold: float | None = None  # None: the store's own output (the tags it keeps)
     language: str | None = None
 
 
 def parse_params(values: Mapping[str, str], subjects: Subjects) -> SuggestParams:
     """``limit``, ``threshold`` and ``language`` from a form or a query string."""
-    limit, threshold = DEFAULT_LIMIT, 0.0
+    limit, threshold = DEFAULT_LIMIT, None
     if values.get("limit") not in (None, ""):
         try:
             limit = int(values["limit"])
