@@ -61,9 +61,11 @@ def load_sample(
     encoder: Encoder | None = None,
     settings: Settings | None = None,
     cache_dir: Path | None = None,
+    encode_train: bool = True,
 ) -> YsoSample:
     """The first ``train_items`` of the seeded train order (None: all) and ``test_items`` of the test
-    split; with ``encoder``, their vectors from the chunked cache (encoding what is missing)."""
+    split; with ``encoder``, their vectors from the chunked cache (encoding what is missing; the
+    train items' only with ``encode_train``)."""
     tags, train, test = _ordered(data_dir, seed)
     sample = YsoSample(tags, train[:train_items], test[:test_items])
     if encoder is None:
@@ -74,7 +76,10 @@ def load_sample(
     sample.tag_vectors = cache.vectors("tags", [tag_text(t, chars) for t in tags])
     # Whole chunks of the full order are encoded, so every sample size reads the same files.
     sample.test_vectors = cache.vectors("test", [item_text(i, fields) for i in test], len(sample.test))
-    sample.train_vectors = cache.vectors("train", [item_text(i, fields) for i in train], len(sample.train))
+    if encode_train:
+        sample.train_vectors = cache.vectors(
+            "train", [item_text(i, fields) for i in train], len(sample.train)
+        )
     return sample
 
 

@@ -177,7 +177,13 @@ def main() -> int:
     settings = Settings()
     encoder = Encoder(settings.encoder)
     sample = load_sample(
-        args.data, args.train_items, args.test_items, seed=args.seed, encoder=encoder, cache_dir=args.cache
+        args.data,
+        args.train_items,
+        args.test_items,
+        seed=args.seed,
+        encoder=encoder,
+        cache_dir=args.cache,
+        encode_train=False,  # the store is built by `llm4tag build`, which encodes them itself
     )
     config = ["--config", args.config] if args.config else []
     store = args.work / "stores" / name

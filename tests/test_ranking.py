@@ -25,6 +25,7 @@ from llm4tag.ranking import (
 )
 from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
 from llm4tag.ranking.crossfit import FoldPlan, build_store, fold_parts, held_out_candidates
+from llm4tag.ranking.learned import for_store
 from llm4tag.ranking.models import ScoredTag
 from llm4tag.ranking.ranker import Ranker, top_rows
 from llm4tag.ranking.shown_tags import ShownTags, fit_shown_tags, single_tag_rule
@@ -319,6 +320,33 @@ def queries():
 @pytest.fixture(scope="module")
 def fitted(banking):
     return fit_ranking(banking, GraphConfig(), LearnedConfig(), RankerConfig(folds=4))
+
+
+def test_large_stores_append_a_projection_of_the_embedding_to_every_fit():
+    config = LearnedConfig()
+    assert for_store(config, config.embedding_dims_above).embedding_dims is None  # the whole embedding
+    assert for_store(config, config.embedding_dims_above + 1).embedding_dims == config.embedding_dims
+    assert for_store(LearnedConfig(embedding_dims=None), 10**6).embedding_dims is None
+
+
+@pytest.mark.slow
+def test_a_projected_embedding_persists_with_the_learned_recall(banking, tmp_path):
+    config = LearnedConfig(embedding_dims=16, embedding_dims_above=0)
+    model = LearnedRecall.fit(
+        ids=banking.ids,
+        texts=banking.texts,
+        vectors=banking.vectors,
+        item_tags=banking.item_tags,
+        tags=banking.tags,
+        encoder_id=banking.encoder_id,
+        config=config,
+    )
+    assert model.projection.shape == (16, banking.vectors.shape[1])
+    before = model.predict(banking.texts[:20], banking.vectors[:20], 5)
+    model.save(tmp_path / "learned")
+    loaded = LearnedRecall.load(tmp_path / "learned", expected_encoder_id=banking.encoder_id)
+    assert np.array_equal(loaded.projection, model.projection)
+    assert loaded.predict(banking.texts[:20], banking.vectors[:20], 5) == before
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from llm4tag.evaluation.tagging import expected_calibration_error
 from llm4tag.progress import step
 from llm4tag.ranking.crossfit import Annotated, HeldOut, fit_learned, held_out_candidates
 from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
-from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
+from llm4tag.ranking.learned import LearnedConfig, LearnedRecall, for_store
 from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
 from llm4tag.ranking.routing import CUT_CONFIDENCE, precision_cut
@@ -288,7 +288,7 @@ def fit_ranking(
     ``stats``: the vocabulary statistics of the store the models serve beside (default: those of
     the annotated items); ``threshold``: the configured cut the fitted rule is compared with."""
     graph = graph or GraphConfig()
-    learned = learned or LearnedConfig()
+    learned = for_store(learned or LearnedConfig(), len(data.ids))
     ranker = ranker or RankerConfig()
     multi = is_multi(data.item_tags) if multi is None else multi
     emit = ranker.emit or (max_tags if multi else 1)

@@ -36,7 +36,7 @@ class RankerConfig(Section):
 
     folds: int = Field(5, ge=2, description="cross-fitting folds of the annotated items")
     max_held_out: int | None = Field(
-        30_000,
+        20_000,
         ge=2,
         description="annotated items held out, at most (a stable sample above it, in fewer folds: each "
         "fold costs a fit of the learned recall); null: every item",
