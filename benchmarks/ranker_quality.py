@@ -65,11 +65,14 @@ from llm4tag.evaluation.tagging import (
     MULTI_KEYS,
     SINGLE_KEYS,
     calibration_pairs,
+    coverage_at_k,
     expected_calibration_error,
     metric_intervals,
+    subject_scores,
     threshold_curve,
 )
-from llm4tag.ranking.store_routing import load_ranking
+from llm4tag.ranking.cascade import final_tags, route_items
+from llm4tag.ranking.store_routing import StoredRanking, load_ranking, route_plan
 
 
 def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
@@ -110,11 +113,36 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
         models.learned.fit_seconds,
     )
 
+    scored: list = []
+
     def ranker_rows():
-        scored = models.score(store, test_texts, ds.test_vectors, test_ids)
+        scored.extend(models.score(store, test_texts, ds.test_vectors, test_ids))
         return [[{"tag": s.tag, "confidence": s.probability} for s in item[:emit]] for item in scored]
 
     found.timed("**ranker**", ranker_rows, ranking_fit_s)
+    # What `llm4tag tag` keeps with route: auto (nothing sent to the LLM without held-out LLM
+    # outcomes): the store's fitted output rule, and the fixed pipeline.threshold it replaces.
+    for label, threshold_set in (
+        ("shipped default (fitted output rule)", False),
+        ("ranker at pipeline.threshold", True),
+    ):
+        plan = route_plan(
+            StoredRanking(models),
+            route="auto",
+            threshold=settings.pipeline.threshold,
+            target_precision=None,
+            num_candidates=settings.graph.recall.num_candidates,
+            threshold_set=threshold_set,
+        )
+        found.add(
+            label,
+            {
+                item_id: [{"tag": t.tag, "confidence": t.confidence} for t in final_tags(r, plan) if t.kept]
+                for item_id, r in zip(test_ids, route_items(scored, plan), strict=True)
+            },
+            ranking_fit_s,
+            found.item_ms["**ranker**"],
+        )
     methods, fit_s, item_ms = found.rows, found.fit_s, found.item_ms
 
     baseline = methods.get(BASELINE)
@@ -129,6 +157,11 @@ def run_dataset(name: str, args, settings: Settings, encoder: Encoder) -> dict:
             row[key] = fmt_ci(intervals[key])
         first = keys[0] if multi else "f1"
         row[f"{first} − Annif Omikuji"] = fmt_diff(intervals[first])
+        if multi:
+            subject = subject_scores(gold, preds)
+            row["F1@5"] = f"{subject['f1@5']:.4f}"
+            row["Acc@1 (all items)"] = f"{subject['acc@1_all']:.4f}"
+            row["coverage@1"] = f"{coverage_at_k(gold, preds, 1):.3f}"
         row["ECE"] = f"{ece['ece']:.4f}"
         row["coverage @95% precision"] = f"{coverage:.3f}"
         row["fit s"] = f"{fit_s[label]:.1f}"

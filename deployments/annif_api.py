@@ -29,6 +29,7 @@ from llm4tag.service.annif import (
     SuggestBatch,
     SuggestForm,
     item_id,
+    output_rule,
     parse_batch,
     parse_form,
     parse_learn,
@@ -58,14 +59,16 @@ class AnnifProject:
         return self.ingress.vocabulary.subjects
 
     def describe(self) -> dict:
-        return project(self.settings, self.subjects, self.ingress.vocabulary.modified)
+        plan = self.ingress.routing.current[1]
+        return project(self.settings, self.subjects, self.ingress.vocabulary.modified, output_rule(plan))
 
     def check(self, project_id: str) -> None:
         if project_id != self.settings.project_id:
             raise Problem(f"Project '{project_id}' not found", status=404, title="Project not found")
 
-    async def suggest(self, documents: list[str], limit: int, threshold: float) -> list[list[dict]]:
-        """Tag the documents through the service (all judged tags, so that ``threshold`` cuts)."""
+    async def suggest(self, documents: list[str], limit: int, threshold: float | None) -> list[list[dict]]:
+        """Tag the documents through the service: with ``threshold``, all judged tags (so that it cuts);
+        None: the tags the store keeps."""
         texts = [d for d in documents if d.strip()]
         results: dict[str, list[dict]] = {}
         if texts:

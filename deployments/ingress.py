@@ -129,18 +129,10 @@ class IngressDeployment:
         self.keys = ApiKeys.load(service.auth) if service.auth.enabled else None
         # The store's ranking and routing plan, as the in-process pipeline opens them, followed: a refit
         # or cascade fit of the served store is picked up without a redeploy.
-        pipeline = settings.pipeline
-        self.routing = FollowedRouting(
-            store,
-            encoder_id,
-            route=pipeline.route,
-            threshold=pipeline.threshold,
-            target_precision=pipeline.target_precision,
-            num_candidates=settings.graph.recall.num_candidates,
-        )
+        self.routing = FollowedRouting(store, encoder_id, **settings.plan_args)
         self.options = flow.FlowOptions.of(settings, self.vocabulary.tags, self.routing.current[1])
         self.admission.plan_changed(not self.routing.current[1].sends_nothing)
-        self.review = ReviewDesk(self, store, review, pipeline.threshold)
+        self.review = ReviewDesk(self, store, review, settings.pipeline.threshold)
         self.annif = AnnifProject(self, annif)
 
     # -- reading and checking a request

@@ -90,8 +90,10 @@ class ConfigModel(BaseModel):
             raise cls.error(describe_error(exc, where)) from None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Self:
-        """A validated copy with ``overrides`` (nested mappings for nested sections) laid over it."""
-        return type(self).load(merged(self.model_dump(), overrides))
+        """A validated copy with ``overrides`` (nested mappings for nested sections) laid over it. The
+        copy knows which settings were given (``model_fields_set``), as the original did: a default
+        left alone stays a default (``pipeline.threshold`` unset means the store's fitted cut)."""
+        return type(self).load(merged(self.model_dump(exclude_unset=True), overrides))
 
 
 class IndexConfig(ConfigModel):

@@ -185,14 +185,7 @@ class TaggingPipeline:
             described = read_vocabulary(store_dir)
             vocabulary, encoder_id = (described.tags, described.descriptions), described.encoder_id
         # Every stage process opens the plan (the bulk job's last stage writes routed rows by it).
-        ranking, plan = open_routing(
-            store_dir,
-            encoder_id,
-            route=settings.pipeline.route,
-            threshold=settings.pipeline.threshold,
-            target_precision=settings.pipeline.target_precision,
-            num_candidates=settings.graph.recall.num_candidates,
-        )
+        ranking, plan = open_routing(store_dir, encoder_id, **settings.plan_args)
         bases = StoreKnowledge.open(store_dir, encoder_id, writable=writable)
         samples, knowledge = bases.samples, bases.domain
         if samples is None and settings.pipeline.num_samples:

@@ -20,6 +20,7 @@ from llm4tag.encoder import Encoder
 from llm4tag.errors import LLM4TagError
 from llm4tag.knowledge import DomainKnowledgeBase, SampleKnowledgeBase, build_knowledge
 from llm4tag.knowledge.store_knowledge import KNOWLEDGE_DIR
+from llm4tag.progress import step
 from llm4tag.ranking.crossfit import Annotated
 from llm4tag.ranking.features import TagStats
 from llm4tag.ranking.models import fit_ranking
@@ -65,11 +66,40 @@ def build_store(
         raise LLM4TagError(f"--shards must be at least 1, got {shards}")
     started = time.perf_counter()
     if tag_vectors is None:
-        tag_vectors = encoder.encode([tag_text(t, settings.texts.tag_description_chars) for t in tags])
+        with step("encode the tags", total=len(tags), unit="tag") as bar:
+            tag_vectors = encoder.encode([tag_text(t, settings.texts.tag_description_chars) for t in tags])
+            bar.update(len(tags))
     if item_vectors is None:
-        item_vectors = encoder.encode([item_text(i, settings.texts.item_fields) for i in annotated])
+        with step("encode the annotated items", total=len(annotated)) as bar:
+            item_vectors = encoder.encode([item_text(i, settings.texts.item_fields) for i in annotated])
+            bar.update(len(annotated))
     encoded = time.perf_counter()
-    store: GraphStore | ShardedStore = GraphStore.build(
+    with step(f"content-tag graph and its indexes ({len(annotated):,} items, {len(tags):,} tags)"):
+        store = _graph(annotated, tags, settings, encoder, item_vectors, tag_vectors)
+    if shards > 1:
+        store = ShardedStore(store.split(shards))
+    report = BuildReport(
+        contents=len(annotated),
+        tags=len(tags),
+        skipped_unannotated=len(items) - len(annotated),
+        encode_seconds=encoded - started,
+        build_seconds=time.perf_counter() - encoded,
+        stats=store.stats(),
+        annotated=annotated,
+        item_vectors=item_vectors,
+    )
+    return store, report
+
+
+def _graph(
+    annotated: Sequence[Item],
+    tags: Sequence[Tag],
+    settings: Settings,
+    encoder: Encoder,
+    item_vectors: np.ndarray,
+    tag_vectors: np.ndarray,
+) -> GraphStore:
+    return GraphStore.build(
         item_ids=[i.id for i in annotated],
         item_vectors=item_vectors,
         item_tags=[list(i.tags or ()) for i in annotated],
@@ -87,19 +117,6 @@ def build_store(
         },
         tag_broader=hierarchy(tags),
     )
-    if shards > 1:
-        store = ShardedStore(store.split(shards))
-    report = BuildReport(
-        contents=len(annotated),
-        tags=len(tags),
-        skipped_unannotated=len(items) - len(annotated),
-        encode_seconds=encoded - started,
-        build_seconds=time.perf_counter() - encoded,
-        stats=store.stats(),
-        annotated=annotated,
-        item_vectors=item_vectors,
-    )
-    return store, report
 
 
 @dataclass
@@ -135,14 +152,15 @@ def build_parts(
         items, tags, settings, encoder, shards, item_vectors=item_vectors, tag_vectors=tag_vectors
     )
     started = time.perf_counter()
-    samples, domain = build_knowledge(
-        report.annotated,
-        tags,
-        encoder,
-        files,
-        settings.texts.item_fields,
-        item_vectors=report.item_vectors,
-    )
+    with step("knowledge bases (samples, domain knowledge)"):
+        samples, domain = build_knowledge(
+            report.annotated,
+            tags,
+            encoder,
+            files,
+            settings.texts.item_fields,
+            item_vectors=report.item_vectors,
+        )
     return StoreParts(store, report, samples, domain, time.perf_counter() - started)
 
 
@@ -191,19 +209,21 @@ def fit_store_ranking(
     )
     mode = settings.pipeline.mode
     started = time.perf_counter()
-    models, _ = fit_ranking(
-        data,
-        settings.graph,
-        config.learned,
-        config.ranker,
-        multi=None if mode == "auto" else mode == "multi",
-        max_tags=settings.pipeline.max_tags,
-        learned_k=config.learned_k,
-        target_precision=config.target_precision,
-        stats=stats,
-    )
-    models.save(folder)
-    keys = ("held_out_items", "top1_precision", "target_precision", "cut", "cut_coverage")
+    with step(f"learned recall and ranker ({len(annotated):,} annotated items)"):
+        models, _ = fit_ranking(
+            data,
+            settings.graph,
+            config.learned,
+            config.ranker,
+            multi=None if mode == "auto" else mode == "multi",
+            max_tags=settings.pipeline.max_tags,
+            learned_k=config.learned_k,
+            target_precision=config.target_precision,
+            stats=stats,
+            threshold=settings.pipeline.threshold,
+        )
+        models.save(folder)
+    keys = ("held_out_items", "top1_precision", "target_precision", "cut", "cut_coverage", "shown")
     return {
         "ranking": {k: models.metrics.get(k) for k in keys}
         | {"multi": models.multi, "fit_s": round(time.perf_counter() - started, 2)}
@@ -226,7 +246,8 @@ def build_store_folder(
     encoder = encoder or Encoder(settings.encoder)
     parts = build_parts(items, tags, settings, encoder, shards=shards, knowledge_files=knowledge_files)
     started = time.perf_counter()
-    save_parts(parts, store_dir)
+    with step(f"save the store to {store_dir}"):
+        save_parts(parts, store_dir)
     saved = time.perf_counter() - started
     report = parts.report
     ranking = fit_store_ranking(

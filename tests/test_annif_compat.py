@@ -12,6 +12,7 @@ from llm4tag.service.annif import (
     Problem,
     Subjects,
     item_id,
+    output_rule,
     parse_batch,
     parse_form,
     parse_learn,
@@ -49,6 +50,8 @@ def test_suggestions_rank_all_judged_tags_then_limit_then_threshold():
     assert [s["score"] for s in suggestions(row, SUBJECTS, 1, 0.0)] == [0.9]
     assert [s["label"] for s in suggestions(row, SUBJECTS, 10, 0.5)] == ["Cards"]
     assert suggestions(row, SUBJECTS, 0, 0.0) == []
+    # Without a threshold: the tags the store keeps (its fitted number and cut), with their scores.
+    assert [(s["label"], s["score"]) for s in suggestions(row, SUBJECTS, 10, None)] == [("Cards", 0.9)]
     no_calibration = {"id": "x", "tags": [{"tag": "Cards", "confidence": None, "recall_score": 1.7}]}
     assert suggestions(no_calibration, SUBJECTS, 10, 0.0)[0]["score"] == 1.0
 
@@ -60,7 +63,9 @@ def test_suggest_form_and_parameters_follow_annifs_schema():
     assert parse_params({}, SUBJECTS).limit == 10  # Annif's default
     # A parameter left empty takes its default; an empty text is a text (it has no suggestions).
     text, params = parse_suggest({"text": "", "limit": "", "threshold": "", "language": ""}, SUBJECTS, 100)
-    assert text == "" and (params.limit, params.threshold, params.language) == (10, 0.0, None)
+    assert text == "" and (params.limit, params.threshold, params.language) == (10, None, None)
+    assert parse_params({}, SUBJECTS).threshold is None  # the store's own output
+    assert parse_params({"threshold": "0"}, SUBJECTS).threshold == 0.0
     for values, detail in [
         ({"limit": "-1"}, "must be at least 0 - 'limit'"),
         ({"limit": "many"}, "must be an integer, got a string - 'limit'"),
@@ -141,6 +146,31 @@ def test_the_project_describes_the_vocabulary():
     assert described["language"] == described["vocab_language"] == "en"
     with pytest.raises(ValueError):
         AnnifSettings(project_id="has space")
+    assert "output" not in described  # no ranker: nothing fitted to report
+
+
+def test_the_project_reports_the_fitted_output_rule():
+    import math
+
+    from llm4tag.ranking.cascade import RoutePlan
+
+    plan = RoutePlan(
+        tau=0.0,
+        multi=True,
+        emit=3,
+        num_candidates=20,
+        ranker_cut=0.27,
+        llm_cut=0.5,
+        reason="fitted",
+        min_tags=1,
+    )
+    described = project(AnnifSettings(), SUBJECTS, None, output_rule(plan))
+    assert described["output"] == {"limit": 3, "threshold": 0.27, "min_tags": 1, "rule": "fitted"}
+    single = RoutePlan(tau=0.0, multi=False, emit=1, num_candidates=20, ranker_cut=0.5, llm_cut=0.5)
+    assert output_rule(single)["limit"] == 1
+    unreachable = RoutePlan(tau=0.0, multi=True, emit=5, num_candidates=20, ranker_cut=math.inf, llm_cut=0.5)
+    assert (output_rule(unreachable)["limit"], output_rule(unreachable)["threshold"]) == (0, None)
+    assert output_rule(RoutePlan.unranked(20, 0.5)) is None  # no ranker: the LLM keeps what it judges
 
 
 def _refused_where(parse, body) -> str | None:

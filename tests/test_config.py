@@ -61,6 +61,15 @@ def test_overrides_give_a_validated_copy_and_keep_the_nested_defaults():
         base.with_overrides({"llm": {"batch_size": 0}})
 
 
+def test_overrides_keep_which_settings_were_given():
+    # An unset pipeline.threshold means the store's fitted cut; a copy must not make it explicit.
+    base = settings_from_dict({"pipeline": {"max_tags": 3}})
+    copy = base.with_overrides({"llm": {"model": "tiny"}})
+    assert "threshold" not in copy.pipeline.model_fields_set
+    assert "max_tags" in copy.pipeline.model_fields_set
+    assert "threshold" in copy.with_overrides({"pipeline": {"threshold": 0.5}}).pipeline.model_fields_set
+
+
 def test_the_graph_section_is_the_store_s_and_round_trips_through_a_manifest():
     config = GraphConfig.load({"recall": {"num_candidates": 10}, "content_index": {"kind": "flat"}})
     assert GraphConfig.load(config.model_dump()) == config

@@ -24,9 +24,11 @@ from llm4tag.ranking import (
     precision_cut,
 )
 from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
-from llm4tag.ranking.crossfit import build_store, fold_parts, held_out_candidates
+from llm4tag.ranking.crossfit import FoldPlan, build_store, fold_parts, held_out_candidates
+from llm4tag.ranking.learned import for_store
 from llm4tag.ranking.models import ScoredTag
 from llm4tag.ranking.ranker import Ranker, top_rows
+from llm4tag.ranking.shown_tags import ShownTags, fit_shown_tags, single_tag_rule
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
@@ -184,6 +186,102 @@ def test_folds_are_stable_and_balanced():
     assert np.bincount(folds).min() > 900
 
 
+def test_fold_plan_holds_out_every_item_up_to_the_cap_and_a_stable_sample_above():
+    ids = [f"item-{i}" for i in range(10_000)]
+    small = FoldPlan.of(ids[:1000], 5, max_held_out=2000)
+    assert small.folds == 5 and (small.fold_of >= 0).all()
+    assert small.fold_of.tolist() == assign_folds(ids[:1000], 5).tolist()  # as without a cap
+    big = FoldPlan.of(ids, 5, max_held_out=2000)
+    # 2,000 of 10,000 held out: one fold, fitted on the other 8,000 (the share 5 folds give).
+    assert big.folds == 1 and len(big.held_rows) == 2000 and len(big.rest(0)) == 8000
+    middle = FoldPlan.of(ids[:5000], 5, max_held_out=2000)
+    assert middle.folds == 2 and len(middle.held_rows) == 2000
+    assert set(middle.held(0)) | set(middle.held(1)) == set(middle.held_rows.tolist())
+    assert len(middle.rest(0)) == 5000 - len(middle.held(0))  # never-held items are always fitted on
+    # Growing the data keeps most of the sample (a stable hash picks it).
+    grown = FoldPlan.of([*ids, *(f"new-{i}" for i in range(1000))], 5, max_held_out=2000)
+    kept = {ids[i] for i in big.held_rows} & {f"item-{i}" for i in range(10_000) if grown.fold_of[i] >= 0}
+    assert len(kept) > 0.85 * 2000
+
+
+def _brute_f1(probabilities, right, gold, limit, threshold, min_tags):
+    total = 0.0
+    for probs, rights, g in zip(probabilities, right, gold, strict=True):
+        shown = [
+            r
+            for k, (p, r) in enumerate(zip(probs, rights, strict=True))
+            if k < limit and (p >= threshold or k < min_tags)
+        ]
+        # A prefix: once a tag is under the threshold (past min_tags) the rest are too.
+        total += 2 * sum(shown) / (len(shown) + g)
+    return total / len(gold)
+
+
+def test_the_shown_tags_rule_is_the_f1_optimum_on_held_out_items():
+    rng = np.random.default_rng(0)
+    probabilities, right, gold = [], [], []
+    for _ in range(400):
+        if rng.random() < 0.5:  # a sure item with two right tags
+            probs = [0.9, 0.8, 0.1]
+            rights = [True, bool(rng.random() < 0.8), bool(rng.random() < 0.1)]
+            g = 2
+        else:  # an unsure one: its best tag right 3 times in 10, nothing else
+            probs = [0.3, 0.05]
+            rights = [bool(rng.random() < 0.3), False]
+            g = 1
+        probabilities.append(probs)
+        right.append(rights)
+        gold.append(g)
+    rule = fit_shown_tags(probabilities, right, gold, max_limit=5, compare_threshold=0.5)
+    # The unsure items still show their best tag (better than nothing under F1), the 0.1 tags do not.
+    assert rule.min_tags == 1 and 0.1 < rule.threshold <= 0.8 and rule.limit >= 2
+    got = _brute_f1(probabilities, right, gold, rule.limit, rule.threshold, rule.min_tags)
+    assert rule.held_out["f1@5"] == pytest.approx(got)
+    for limit in range(1, 6):
+        for threshold in (0.0, 0.05, 0.1, 0.3, 0.8, 0.9, 1.0):
+            for min_tags in (0, 1):
+                assert got >= _brute_f1(probabilities, right, gold, limit, threshold, min_tags) - 1e-12
+    fixed = rule.held_out["fixed_top5_at_0.5"]
+    assert fixed["coverage@1"] == pytest.approx(np.mean([p[0] >= 0.5 for p in probabilities]))
+    assert ShownTags.from_dict(rule.to_dict()) == rule
+
+
+def test_min_tags_keeps_the_first_tags_of_an_item_the_ranker_settles():
+    plan = RoutePlan(tau=0.0, multi=True, emit=3, num_candidates=20, ranker_cut=0.5, llm_cut=0.5, min_tags=2)
+    route = route_items([_scored(["a", "b", "c", "d"], [0.6, 0.3, 0.2, 0.1])], plan)[0]
+    assert [(t.tag, t.kept) for t in final_tags(route, plan)] == [("a", True), ("b", True), ("c", False)]
+    strict = RoutePlan(tau=0.0, multi=True, emit=3, num_candidates=20, ranker_cut=0.5, llm_cut=0.5)
+    assert [t.kept for t in final_tags(route, strict)] == [True, False, False]
+
+
+def _stored(shown: ShownTags | None, multi: bool = True):
+    from types import SimpleNamespace
+
+    from llm4tag.ranking.store_routing import StoredRanking
+
+    metrics = {"shown": shown.to_dict()} if shown is not None else {}
+    models = RankingModels(
+        learned=None, ranker=SimpleNamespace(emit=5), stats=None, multi=multi, metrics=metrics
+    )
+    return StoredRanking(models)
+
+
+def test_the_route_plan_takes_the_fitted_rule_unless_the_threshold_was_set():
+    from llm4tag.ranking.store_routing import route_plan
+
+    rule = ShownTags(limit=3, threshold=0.27, min_tags=1, rule="fitted")
+    args = {"route": "auto", "threshold": 0.5, "target_precision": None, "num_candidates": 20}
+    fitted = route_plan(_stored(rule), **args, threshold_set=False)
+    assert (fitted.emit, fitted.ranker_cut, fitted.min_tags, fitted.llm_cut) == (3, 0.27, 1, 0.5)
+    assert "fitted" in fitted.reason
+    explicit = route_plan(_stored(rule), **args, threshold_set=True)
+    assert (explicit.emit, explicit.ranker_cut, explicit.min_tags) == (5, 0.5, 0)
+    # Models fitted before the rule existed, and single-tag stores, keep the threshold.
+    for stored in (_stored(None), _stored(single_tag_rule(), multi=False)):
+        plan = route_plan(stored, **args, threshold_set=False)
+        assert (plan.emit, plan.ranker_cut, plan.min_tags) == (5, 0.5, 0)
+
+
 # ------------------------------------------------------------------------------ real small fits
 @pytest.fixture(scope="module")
 def encoder():
@@ -222,6 +320,33 @@ def queries():
 @pytest.fixture(scope="module")
 def fitted(banking):
     return fit_ranking(banking, GraphConfig(), LearnedConfig(), RankerConfig(folds=4))
+
+
+def test_large_stores_append_a_projection_of_the_embedding_to_every_fit():
+    config = LearnedConfig()
+    assert for_store(config, config.embedding_dims_above).embedding_dims is None  # the whole embedding
+    assert for_store(config, config.embedding_dims_above + 1).embedding_dims == config.embedding_dims
+    assert for_store(LearnedConfig(embedding_dims=None), 10**6).embedding_dims is None
+
+
+@pytest.mark.slow
+def test_a_projected_embedding_persists_with_the_learned_recall(banking, tmp_path):
+    config = LearnedConfig(embedding_dims=16, embedding_dims_above=0)
+    model = LearnedRecall.fit(
+        ids=banking.ids,
+        texts=banking.texts,
+        vectors=banking.vectors,
+        item_tags=banking.item_tags,
+        tags=banking.tags,
+        encoder_id=banking.encoder_id,
+        config=config,
+    )
+    assert model.projection.shape == (16, banking.vectors.shape[1])
+    before = model.predict(banking.texts[:20], banking.vectors[:20], 5)
+    model.save(tmp_path / "learned")
+    loaded = LearnedRecall.load(tmp_path / "learned", expected_encoder_id=banking.encoder_id)
+    assert np.array_equal(loaded.projection, model.projection)
+    assert loaded.predict(banking.texts[:20], banking.vectors[:20], 5) == before
 
 
 @pytest.mark.slow

@@ -332,3 +332,39 @@ def test_paired_difference_interval_excludes_zero_only_for_a_real_gap():
     assert better["diff_low"] > 0
     same = metric_intervals(gold, weak, baseline=weak)["f1"]
     assert same["diff"] == 0 and same["diff_low"] <= 0 <= same["diff_high"]
+
+
+def test_subject_scores_average_over_every_item_and_count_an_empty_answer_as_zero():
+    from llm4tag.evaluation.tagging import subject_scores
+
+    gold = {"a": {"x", "y"}, "b": {"z"}, "c": {"w"}}
+    pred = {"a": ["x", "q", "y"], "b": ["z"], "c": []}
+    got = subject_scores(gold, pred)
+    # a: 2 right of 3 shown, 2 gold; b: 1 of 1; c: nothing shown.
+    assert got["p@5"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert got["r@5"] == pytest.approx((1 + 1 + 0) / 3)
+    assert got["f1@5"] == pytest.approx((2 * 2 / 5 + 1 + 0) / 3)
+    ideal_a = 1 + 1 / math.log2(3)
+    assert got["ndcg@10"] == pytest.approx(((1 + 1 / math.log2(4)) / ideal_a + 1 + 0) / 3)
+    assert got["acc@1_all"] == pytest.approx(2 / 3)
+
+
+def test_subject_scores_read_only_the_first_five_tags_for_f1():
+    from llm4tag.evaluation.tagging import subject_scores
+
+    gold = {"a": {"t5"}}
+    late = {"a": ["t0", "t1", "t2", "t3", "t4", "t5"]}
+    assert subject_scores(gold, late)["f1@5"] == 0.0
+    assert subject_scores(gold, late)["ndcg@10"] == pytest.approx(1 / math.log2(7))
+
+
+def test_metric_intervals_take_subject_keys_and_refuse_unknown_ones():
+    from llm4tag.evaluation.tagging import metric_intervals, subject_scores
+
+    gold = {str(i): {"a", "b"} for i in range(40)}
+    pred = {str(i): (["a", "c"] if i % 2 else ["c"]) for i in range(40)}
+    got = metric_intervals(gold, pred, keys=["f1@5", "ndcg@10"])
+    assert got["f1@5"]["value"] == pytest.approx(subject_scores(gold, pred)["f1@5"])
+    assert got["f1@5"]["low"] <= got["f1@5"]["value"] <= got["f1@5"]["high"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        metric_intervals(gold, pred, keys=["f1@7"])

@@ -218,6 +218,21 @@ class Settings(Section):
         generate actors judge), since another one would have to compute the conversation again."""
         return self.pipeline.calibrate and self.judgments_in_context
 
+    @property
+    def plan_args(self) -> dict[str, Any]:
+        """What a store's route plan is resolved from (``ranking.store_routing.open_routing``'s
+        keywords), read one way for every driver: the in-process pipeline, the Serve ingress, the bulk
+        stages. ``threshold_set``: the user gave ``pipeline.threshold`` (else a store's fitted output
+        rule cuts the ranker's tags)."""
+        pipeline = self.pipeline
+        return {
+            "route": pipeline.route,
+            "threshold": pipeline.threshold,
+            "threshold_set": "threshold" in pipeline.model_fields_set,
+            "target_precision": pipeline.target_precision,
+            "num_candidates": self.graph.recall.num_candidates,
+        }
+
 
 def settings_from_dict(data: dict[str, Any] | None) -> Settings:
     return Settings.load(data)

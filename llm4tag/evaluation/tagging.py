@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "MULTI_KEYS",
     "SINGLE_KEYS",
+    "SUBJECT_KEYS",
     "acc_at_k",
     "bootstrap_interval",
     "calibration_pairs",
@@ -45,6 +46,7 @@ __all__ = [
     "predictions_from_rows",
     "relative_improvement",
     "single_tag_prf",
+    "subject_scores",
     "task_type",
     "threshold_curve",
 ]
@@ -52,6 +54,10 @@ __all__ = [
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(10))  # 0.0, 0.1, ..., 0.9
 MULTI_KEYS: tuple[str, ...] = ("acc@1", "acc@2", "acc@3")  # the paper's table 1 metrics, multi-tag tasks
 SINGLE_KEYS: tuple[str, ...] = ("precision", "recall", "f1")  # ... and single-tag tasks
+# Subject indexing (Annif's eval, SemEval-2025 Task 5): document-averaged precision, recall and F1 of
+# the first 5 tags shown (an item shown nothing scores 0 on all three), nDCG of the first 10 with binary
+# relevance, and the top tag's accuracy over ALL items (Acc@1 of formula 12 skips items shown nothing).
+SUBJECT_KEYS: tuple[str, ...] = ("p@5", "r@5", "f1@5", "ndcg@10", "acc@1_all")
 _NAN = float("nan")
 
 # A prepared item: its ranked, de-duplicated predicted tags as (tag, confidence or None).
@@ -263,9 +269,40 @@ def bootstrap_interval(
     return value, float(low), float(high)
 
 
+def _subject_scores(
+    gold_set: frozenset[str], preds: _Ranked, k: int = 5, ndcg_k: int = 10
+) -> dict[str, float]:
+    """One item's P@k, R@k, F1@k (of its first ``k`` tags; 0 when it has none) and nDCG@``ndcg_k``."""
+    first = [tag in gold_set for tag, _ in preds[:k]]
+    right = sum(first)
+    gains = [1.0 / math.log2(rank + 2) for rank, (tag, _) in enumerate(preds[:ndcg_k]) if tag in gold_set]
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(len(gold_set), ndcg_k)))
+    return {
+        f"p@{k}": right / len(first) if first else 0.0,
+        f"r@{k}": right / len(gold_set),
+        f"f1@{k}": 2 * right / (len(first) + len(gold_set)),
+        f"ndcg@{ndcg_k}": sum(gains) / ideal,
+    }
+
+
+def subject_scores(
+    gold: Mapping[Any, Collection[str]], predictions: Mapping[Any, Sequence[Any]]
+) -> dict[str, float]:
+    """Document-averaged P@5, R@5, F1@5, nDCG@10 and Acc@1 over all scored items (:data:`SUBJECT_KEYS`):
+    an item shown nothing counts, with 0."""
+    return _subject_means(*_prepare(gold, predictions))
+
+
+def _subject_means(scored: dict[Any, frozenset[str]], ranked: dict[Any, _Ranked]) -> dict[str, float]:
+    columns = _item_columns(scored, ranked)
+    return {key: _mean(float(columns[key].sum()), len(scored)) for key in SUBJECT_KEYS}
+
+
 def _item_columns(scored: dict[Any, frozenset[str]], ranked: dict[Any, _Ranked]) -> dict[str, np.ndarray]:
-    """Per scored item: whether it has a prediction, its top tag is right, and its accuracy at k=1..3."""
+    """Per scored item: whether it has a prediction, its top tag is right, its accuracy at k=1..3, and
+    its subject-indexing scores (:data:`SUBJECT_KEYS`)."""
     predicted, top_right, acc = [], [], {k: [] for k in (1, 2, 3)}
+    subject: dict[str, list[float]] = {key: [] for key in SUBJECT_KEYS}
     for item_id, gold_set in scored.items():
         preds = ranked[item_id]
         predicted.append(1.0 if preds else 0.0)
@@ -273,8 +310,12 @@ def _item_columns(scored: dict[Any, frozenset[str]], ranked: dict[Any, _Ranked])
         for k in acc:
             k_eff = min(k, len(preds))
             acc[k].append(sum(tag in gold_set for tag, _ in preds[:k_eff]) / k_eff if preds else 0.0)
+        for key, value in _subject_scores(gold_set, preds).items():
+            subject[key].append(value)
+        subject["acc@1_all"].append(top_right[-1])
     columns = {"predicted": np.asarray(predicted), "top_right": np.asarray(top_right)}
     columns.update({f"acc@{k}": np.asarray(v) for k, v in acc.items()})
+    columns.update({key: np.asarray(v, np.float64) for key, v in subject.items()})
     return columns
 
 
@@ -297,6 +338,9 @@ def _metric_statistics() -> dict[str, tuple[Any, tuple[str, ...]]]:
     for k in (1, 2, 3):
         # Acc@k averages over the items with a prediction (formula 12).
         stats[f"acc@{k}"] = (_ratio, (f"acc@{k}", "predicted"))
+    for key in SUBJECT_KEYS:
+        # Averaged over every scored item: showing nothing scores 0.
+        stats[key] = (lambda values, axis=-1: np.mean(values, axis=axis), (key,))
     return stats
 
 
@@ -308,11 +352,13 @@ def metric_intervals(
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The task's table-1 metrics with percentile bootstrap intervals over the scored items:
-    ``{metric: {"value", "low", "high"}}``. With ``baseline`` (another method's predictions on the same
-    items) each metric also gets ``diff``, ``diff_low``, ``diff_high``: the paired interval of
-    predictions minus baseline, which is what says whether one method beats the other."""
+    """The task's table-1 metrics (or ``keys``, any of them and :data:`SUBJECT_KEYS`) with percentile
+    bootstrap intervals over the scored items: ``{metric: {"value", "low", "high"}}``. With
+    ``baseline`` (another method's predictions on the same items) each metric also gets ``diff``,
+    ``diff_low``, ``diff_high``: the paired interval of predictions minus baseline, which is what says
+    whether one method beats the other."""
     task = _check_task(task, allow_auto=True)
     if task == "auto":
         task = task_type(gold)
@@ -321,7 +367,12 @@ def metric_intervals(
     base = _item_columns(*_prepare(gold, baseline)) if baseline is not None else None
     out: dict[str, dict[str, float]] = {}
     statistics = _metric_statistics()
-    for name in MULTI_KEYS if task == "multi" else SINGLE_KEYS:
+    if keys is None:
+        keys = MULTI_KEYS if task == "multi" else SINGLE_KEYS
+    unknown = [k for k in keys if k not in statistics]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: choose among {sorted(statistics)}")
+    for name in keys:
         statistic, inputs = statistics[name]
         value, low, high = bootstrap_interval(
             statistic, *(columns[c] for c in inputs), confidence=confidence, resamples=resamples, seed=seed
@@ -478,7 +529,8 @@ def evaluate_tagging(
     ``missing_predictions`` (scored items whose id is absent from ``predictions``), ``empty_predictions``
     (scored items present with no tag), ``acc@1..3``, ``precision``/``recall``/``f1`` (from the top
     prediction; the paper's metrics for single-tag tasks, also given for multi-tag ones),
-    ``coverage@1..3``, ``tags_per_item`` (mean predicted tags per scored item), ``metrics`` (the paper's
+    ``coverage@1..3``, ``tags_per_item`` (mean predicted tags per scored item), the subject-indexing
+    scores :data:`SUBJECT_KEYS` (P/R/F1@5, nDCG@10, Acc@1 over all items), ``metrics`` (the paper's
     table-1 keys for the task, see :data:`MULTI_KEYS` / :data:`SINGLE_KEYS`), ``calibration`` (the
     :func:`expected_calibration_error` dict, or ``None`` when no predicted tag has a confidence) and
     ``threshold_curve`` (:func:`threshold_curve`, default thresholds 0.0, 0.1, ..., 0.9).
@@ -500,6 +552,7 @@ def evaluate_tagging(
     report.update(_prf(scored, ranked))
     report.update({f"coverage@{k}": _coverage(ranked, k) for k in (1, 2, 3)})
     report["tags_per_item"] = _mean(sum(len(preds) for preds in ranked.values()), len(ranked))
+    report.update(_subject_means(scored, ranked))
     report["metrics"] = list(MULTI_KEYS if task == "multi" else SINGLE_KEYS)
     pairs = [
         (conf, tag in gold_set)

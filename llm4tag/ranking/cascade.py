@@ -125,6 +125,10 @@ class RoutePlan:
             ranked=False,
         )
 
+    # The ranker's first min_tags tags of an item it settles alone are kept under ranker_cut too (the
+    # store's fitted output rule, ranking/shown_tags.py; 0 with an explicit threshold).
+    min_tags: int = 0
+
     @property
     def sends_nothing(self) -> bool:
         """Every item takes the ranker's tags (no LLM is needed)."""
@@ -143,6 +147,7 @@ class RoutePlan:
             "multi": self.multi,
             "emit": self.emit,
             "ranker_cut": self.ranker_cut,
+            "min_tags": self.min_tags,
             "llm_cut": self.llm_cut,
             "final_calibration": self.calibration is not None,
             "reason": self.reason,
@@ -257,12 +262,13 @@ def _ranker_probability(scored: ScoredTag | None) -> float | None:
     return scored.probability
 
 
-def ranker_tag(scored: ScoredTag, plan: RoutePlan) -> FinalTag:
-    """A tag the ranker decides: its calibrated probability is the confidence."""
+def ranker_tag(scored: ScoredTag, plan: RoutePlan, rank: int | None = None) -> FinalTag:
+    """A tag the ranker decides: its calibrated probability is the confidence. ``rank``: its place
+    among the item's tags where the ranker settles the item alone (``plan.min_tags`` keep the first)."""
     return FinalTag(
         scored.tag,
         scored.probability,
-        scored.probability >= plan.ranker_cut,
+        scored.probability >= plan.ranker_cut or (rank is not None and rank < plan.min_tags),
         "ranker",
         scored.probability,
         scored.provenance,
@@ -315,8 +321,8 @@ def final_tags(
                 )
             )
     else:
-        for s in route.accepted if not plan.multi else route.scored[: plan.emit]:
-            out.append(ranker_tag(s, plan))
+        for rank, s in enumerate(route.accepted if not plan.multi else route.scored[: plan.emit]):
+            out.append(ranker_tag(s, plan, rank))
     order = sorted(
         range(len(out)),
         key=lambda i: (

@@ -9,6 +9,7 @@ Every training row of the ranker thus describes an item as new to the store as a
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from graph_store import GraphConfig, GraphStore
+from llm4tag.progress import step
 from llm4tag.ranking.features import FEATURES, CandidateFeatures, CandidateSet, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import LeakError
+
+_FEATURE_BATCH = 2048  # held-out items searched and featurised at a time (the bar moves per batch)
 
 
 def assign_folds(ids: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
@@ -29,6 +33,48 @@ def assign_folds(ids: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
     return np.fromiter(
         (zlib.crc32(f"{seed}:{item_id}".encode()) % folds for item_id in ids), np.int64, len(ids)
     )
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """Which annotated items are held out, and in which fold: each fold's items get their candidates
+    from a store and a learned recall fitted on every other item (the items never held out included).
+
+    Up to ``max_held_out`` items, every item is held out once, in ``folds`` folds (each fit reads
+    (folds - 1) / folds of the items). Above, a stable sample of ``max_held_out`` items is held out,
+    in as few folds as keep each fit's share of the items at least what ``folds`` gives (one fold
+    from ``folds * max_held_out`` items on): the fits are what a build's time goes to, and the
+    ranker, its calibration and the output rule learn as well from that many held-out items.
+    """
+
+    fold_of: np.ndarray  # per item: its fold, or -1 if it is never held out
+    folds: int
+
+    @classmethod
+    def of(cls, ids: Sequence[str], folds: int, seed: int = 0, max_held_out: int | None = None) -> FoldPlan:
+        n = len(ids)
+        if max_held_out is None or n <= max_held_out:
+            return cls(assign_folds(ids, folds, seed), folds)
+        if max_held_out < folds:
+            raise ValueError(f"max_held_out ({max_held_out}) must allow one item per fold ({folds})")
+        fewer = max(1, math.ceil(folds * max_held_out / n))
+        # A stable hash picks the sample, as it picks folds: growing the data keeps most of it.
+        keys = np.fromiter((zlib.crc32(f"held:{seed}:{i}".encode()) for i in ids), np.int64, n)
+        chosen = np.sort(np.argsort(keys, kind="stable")[:max_held_out])
+        fold_of = np.full(n, -1, np.int64)
+        fold_of[chosen] = assign_folds([ids[i] for i in chosen], fewer, seed) if fewer > 1 else 0
+        return cls(fold_of, fewer)
+
+    @property
+    def held_rows(self) -> np.ndarray:
+        """Every held-out item's position, in data order."""
+        return np.flatnonzero(self.fold_of >= 0)
+
+    def held(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.fold_of == fold)
+
+    def rest(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.fold_of != fold)
 
 
 @dataclass
@@ -62,15 +108,17 @@ class Annotated:
 
 @dataclass
 class HeldOut:
-    """Held-out candidates of every annotated item: one row per (item, candidate)."""
+    """Held-out candidates of the held-out items (every annotated item, or the plan's sample of them):
+    one row per (item, candidate)."""
 
-    item_ids: list[str]  # per item
-    folds: np.ndarray  # per item
-    sets: list[CandidateSet]  # per item
+    item_ids: list[str]  # per held-out item
+    folds: np.ndarray  # per held-out item
+    sets: list[CandidateSet]  # per held-out item
     x: np.ndarray  # rows
     y: np.ndarray  # rows: candidate in the item's gold tags
     groups: np.ndarray  # rows: item id
     gold_missed: int  # gold tags of held-out items that no candidate covered
+    rows: np.ndarray | None = None  # per held-out item: its position among the annotated items
 
 
 def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
@@ -123,41 +171,52 @@ def held_out_candidates(
     learned_k: int = 10,
     progress: Callable[[str], None] | None = None,
     parts: Callable[..., tuple[GraphStore, LearnedRecall]] = fold_parts,
+    max_held_out: int | None = None,
+    plan: FoldPlan | None = None,
 ) -> HeldOut:
-    fold_of = assign_folds(data.ids, folds, seed)
-    sets: list[CandidateSet | None] = [None] * len(data.ids)
-    for fold in range(folds):
-        held = np.flatnonzero(fold_of == fold)
-        rest = np.flatnonzero(fold_of != fold)
+    """Out-of-fold candidates and features of the held-out items of ``plan`` (default:
+    ``FoldPlan.of(data.ids, folds, seed, max_held_out)``), fold by fold."""
+    plan = plan or FoldPlan.of(data.ids, folds, seed, max_held_out)
+    sets: dict[int, CandidateSet] = {}
+    for fold in range(plan.folds):
+        held, rest = plan.held(fold), plan.rest(fold)
         if not len(held) or not len(rest):
             raise ValueError(
-                f"fold {fold} of {folds} is empty or holds every item: too few items to cross-fit"
+                f"fold {fold} of {plan.folds} is empty or holds every item: too few items to cross-fit"
             )
-        held_ids = [data.ids[i] for i in held]
-        store, model = parts(data.subset(rest), held_ids, graph, learned)
-        vectors = data.vectors[held]
-        computed = CandidateFeatures(TagStats.from_store(store), model, graph.recall, learned_k).compute(
-            [data.texts[i] for i in held], vectors, search_hits(store, vectors, graph.recall)
-        )
-        for i, candidate_set in zip(held.tolist(), computed, strict=True):
-            sets[i] = candidate_set
+        with step(f"fold {fold + 1}/{plan.folds}: fit on {len(rest):,} items, score {len(held):,}"):
+            held_ids = [data.ids[i] for i in held]
+            with step("graph store and learned recall"):
+                store, model = parts(data.subset(rest), held_ids, graph, learned)
+            with step("candidates and features", total=len(held)) as bar:
+                features = CandidateFeatures(TagStats.from_store(store), model, graph.recall, learned_k)
+                for start in range(0, len(held), _FEATURE_BATCH):
+                    part = held[start : start + _FEATURE_BATCH]
+                    vectors = data.vectors[part]
+                    computed = features.compute(
+                        [data.texts[i] for i in part], vectors, search_hits(store, vectors, graph.recall)
+                    )
+                    sets.update(zip(part.tolist(), computed, strict=True))
+                    bar.update(len(part))
         if progress:
-            progress(f"fold {fold + 1}/{folds}: {len(rest)} items fitted, {len(held)} held out")
+            progress(f"fold {fold + 1}/{plan.folds}: {len(rest)} items fitted, {len(held)} held out")
+    rows = plan.held_rows
     xs, ys, groups = [], [], []
     missed = 0
-    for item_id, gold, candidate_set in zip(data.ids, data.item_tags, sets, strict=True):
-        assert candidate_set is not None
+    for i in rows.tolist():
+        candidate_set, gold = sets[i], data.item_tags[i]
         xs.append(candidate_set.features)
         right = np.asarray([t in gold for t in candidate_set.tags], bool)
         ys.append(right)
-        groups.append(np.full(len(right), item_id, dtype=object))
+        groups.append(np.full(len(right), data.ids[i], dtype=object))
         missed += len(set(gold) - set(candidate_set.tags))
     return HeldOut(
-        item_ids=list(data.ids),
-        folds=fold_of,
-        sets=sets,  # type: ignore[arg-type]
+        item_ids=[data.ids[i] for i in rows],
+        folds=plan.fold_of[rows],
+        sets=[sets[i] for i in rows.tolist()],
         x=np.concatenate(xs) if xs else np.zeros((0, len(FEATURES)), np.float32),
         y=np.concatenate(ys) if ys else np.zeros(0, bool),
         groups=np.concatenate(groups) if groups else np.zeros(0, object),
         gold_missed=missed,
+        rows=rows,
     )

@@ -29,12 +29,14 @@ from graph_store.durable import durable_file
 from graph_store.metapaths import Hits
 from llm4tag.errors import LLM4TagError
 from llm4tag.evaluation.tagging import expected_calibration_error
+from llm4tag.progress import step
 from llm4tag.ranking.crossfit import Annotated, HeldOut, fit_learned, held_out_candidates
 from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
-from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
+from llm4tag.ranking.learned import LearnedConfig, LearnedRecall, for_store
 from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
 from llm4tag.ranking.routing import CUT_CONFIDENCE, precision_cut
+from llm4tag.ranking.shown_tags import ShownTags, fit_shown_tags, single_tag_rule
 from llm4tag.tag_mode import resolve_mode
 
 HELD_OUT = "heldout.jsonl.gz"
@@ -143,6 +145,12 @@ class RankingModels:
         """The held-out cut for the target precision the models were fitted with (None: unreachable);
         :meth:`precision_cut` gives it for any other target."""
         return self.metrics.get("cut")
+
+    @property
+    def shown(self) -> ShownTags | None:
+        """The store's output rule fitted on held-out folds (None: models fitted before it existed)."""
+        data = self.metrics.get("shown")
+        return ShownTags.from_dict(data) if data else None
 
     def assert_unseen(self, ids: Sequence[str]) -> None:
         self.learned.assert_unseen(ids)
@@ -260,7 +268,8 @@ def is_multi(item_tags: Sequence[Sequence[str]]) -> bool:
 def held_out_items(
     held: HeldOut, raw: np.ndarray, probability: np.ndarray, gold: Sequence[Sequence[str]]
 ) -> list:
-    """Each annotated item's out-of-fold candidates, best first by the out-of-fold raw score."""
+    """Each held-out item's out-of-fold candidates, best first by the out-of-fold raw score
+    (``gold``: per held-out item)."""
     out, start = [], 0
     for item_id, fold, candidate_set, item_gold in zip(
         held.item_ids, held.folds, held.sets, gold, strict=True
@@ -293,25 +302,42 @@ def fit_ranking(
     target_precision: float = 0.95,
     progress: Callable[[str], None] | None = None,
     stats: TagStats | None = None,
+    threshold: float = 0.5,
 ) -> tuple[RankingModels, HeldOut]:
     """Cross-fit held-out candidates, fit and calibrate the ranker on them, measure the precision cut
+    and fit the output rule (how many tags are shown, from what probability: ranking/shown_tags.py)
     on its out-of-fold probabilities, and fit the learned recall that serves on all the items.
     ``stats``: the vocabulary statistics of the store the models serve beside (default: those of
-    the annotated items)."""
+    the annotated items); ``threshold``: the configured cut the fitted rule is compared with."""
     graph = graph or GraphConfig()
-    learned = learned or LearnedConfig()
+    learned = for_store(learned or LearnedConfig(), len(data.ids))
     ranker = ranker or RankerConfig()
     multi = is_multi(data.item_tags) if multi is None else multi
     emit = ranker.emit or (max_tags if multi else 1)
     started = time.perf_counter()
-    held = held_out_candidates(
-        data, graph, learned, folds=ranker.folds, seed=ranker.seed, learned_k=learned_k, progress=progress
-    )
+    with step("cross-fit: held-out candidates"):
+        held = held_out_candidates(
+            data,
+            graph,
+            learned,
+            folds=ranker.folds,
+            seed=ranker.seed,
+            learned_k=learned_k,
+            progress=progress,
+            max_held_out=ranker.max_held_out,
+        )
     crossfit_s = time.perf_counter() - started
     digest = data_hash(data.ids, data.texts, data.item_tags)
-    fitted, raw_oof = Ranker.fit(
-        held.x, held.y, held.groups, emit=emit, encoder_id=data.encoder_id, data_hash=digest, config=ranker
-    )
+    with step(f"ranker and its calibration ({len(held.y):,} held-out rows)"):
+        fitted, raw_oof = Ranker.fit(
+            held.x,
+            held.y,
+            held.groups,
+            emit=emit,
+            encoder_id=data.encoder_id,
+            data_hash=digest,
+            config=ranker,
+        )
     oof = fitted.probability(raw_oof)
     shown = top_rows(raw_oof, held.groups, emit)
     top1 = top_rows(raw_oof, held.groups, 1)
@@ -334,7 +360,8 @@ def fit_ranking(
     }
     if progress:
         progress(f"ranker fitted on {len(held.y)} held-out rows: {json.dumps(fitted.metrics)}")
-    final = fit_learned(data, learned)
+    with step(f"learned recall on all {len(data.ids):,} items"):
+        final = fit_learned(data, learned)
     if stats is None:
         counts = np.zeros(len(data.tags), np.float64)
         pos = {t: i for i, t in enumerate(data.tags)}
@@ -358,8 +385,25 @@ def fit_ranking(
             "learned": learned.model_dump(),
         },
     )
-    models._held_out = held_out_items(held, raw_oof, oof, data.item_tags)
+    held_gold = [data.item_tags[i] for i in held.rows] if held.rows is not None else data.item_tags
+    models._held_out = held_out_items(held, raw_oof, oof, held_gold)
+    with step("output rule: tags shown and their cut, on the held-out items"):
+        models.metrics["shown"] = _shown_rule(models._held_out, multi, emit, threshold).to_dict()
     return models, held
+
+
+def _shown_rule(held_out: Sequence[HeldOutItem], multi: bool, emit: int, threshold: float) -> ShownTags:
+    return (
+        fit_shown_tags(
+            [[s.probability for s in item.scored] for item in held_out],
+            [[s.tag in item.gold for s in item.scored] for item in held_out],
+            [len(set(item.gold)) for item in held_out],
+            emit,
+            compare_threshold=threshold,
+        )
+        if multi
+        else single_tag_rule()
+    )
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from llm4tag.config_section import Section
 from llm4tag.errors import LLM4TagError
+from llm4tag.progress import step
 from llm4tag.ranking.features import FEATURES
 from llm4tag.ranking.provenance import LeakError, check_manifest, new_folder, write_manifest
 
@@ -34,6 +35,12 @@ class RankerConfig(Section):
     section: ClassVar[str] = "ranking.ranker"
 
     folds: int = Field(5, ge=2, description="cross-fitting folds of the annotated items")
+    max_held_out: int | None = Field(
+        20_000,
+        ge=2,
+        description="annotated items held out, at most (a stable sample above it, in fewer folds: each "
+        "fold costs a fit of the learned recall); null: every item",
+    )
     calibration_folds: int = Field(
         3, ge=2, description="folds of the held-out rows the calibration is fitted on"
     )
@@ -95,12 +102,16 @@ class Ranker:
         started = time.perf_counter()
         raw_oof = np.zeros(len(y), np.float64)
         splitter = GroupKFold(n_splits=config.calibration_folds)
-        for fit_rows, held_rows in splitter.split(x, y, groups):
-            model = _model(config).fit(x[fit_rows], y[fit_rows])
-            raw_oof[held_rows] = model.predict_proba(x[held_rows])[:, 1]
+        for part, (fit_rows, held_rows) in enumerate(splitter.split(x, y, groups)):
+            with step(
+                f"calibration fold {part + 1}/{config.calibration_folds}: fit on {len(fit_rows):,} rows"
+            ):
+                model = _model(config).fit(x[fit_rows], y[fit_rows])
+                raw_oof[held_rows] = model.predict_proba(x[held_rows])[:, 1]
         shown = top_rows(raw_oof, groups, emit)
         calibrator = _calibrator(config, len(shown)).fit(raw_oof[shown], y[shown])
-        model = _model(config).fit(x, y)
+        with step(f"ranker on all {len(y):,} rows"):
+            model = _model(config).fit(x, y)
         ranker = cls(
             config=config,
             emit=emit,

@@ -122,10 +122,15 @@ def route_plan(
     threshold: float,
     target_precision: float | None,
     num_candidates: int,
+    threshold_set: bool = True,
 ) -> RoutePlan:
     """The plan for a store's items; without a ranking, :meth:`RoutePlan.unranked` (recall's own
     candidates go to the LLM, the paper's pipeline). ``route: auto`` without a cascade fit sends
-    nothing to the LLM (nothing says it adds accuracy), and says so."""
+    nothing to the LLM (nothing says it adds accuracy), and says so. The ranker's tags are cut at
+    ``target_precision``'s cut if one is asked for, else at ``threshold`` if it was set
+    (``threshold_set``: the user gave ``pipeline.threshold``), else by the store's fitted output rule (how
+    many tags, from what probability: ranking/shown_tags.py) where it has one (multi-tag), else at
+    ``threshold``."""
     route = parse_route(route)
     if ranking is None:
         if isinstance(route, float):
@@ -137,6 +142,11 @@ def route_plan(
     models, cascade = ranking.models, ranking.cascade
     tau, reason = _tau(route, cascade.tau if cascade is not None else None)
     ranker_cut = llm_cut = threshold
+    emit, min_tags = models.emit, 0
+    shown = models.shown
+    if target_precision is None and not threshold_set and shown is not None and shown.threshold is not None:
+        ranker_cut, emit, min_tags = shown.threshold, shown.limit, shown.min_tags
+        reason += f"; ranker's tags: {shown.rule}"
     if target_precision is not None:
         ranker_cut = _cut(models.precision_cut(target_precision), target_precision, "ranker")
         if cascade is not None:
@@ -147,12 +157,13 @@ def route_plan(
     return RoutePlan(
         tau=tau,
         multi=models.multi,
-        emit=models.emit,
+        emit=emit,
         num_candidates=num_candidates,
         ranker_cut=ranker_cut,
         llm_cut=llm_cut,
         calibration=cascade.calibration if cascade is not None else None,
         reason=reason,
+        min_tags=min_tags,
     )
 
 
@@ -194,6 +205,7 @@ def open_routing(
     threshold: float,
     target_precision: float | None,
     num_candidates: int,
+    threshold_set: bool = True,
 ) -> tuple[StoredRanking | None, RoutePlan]:
     """The store's ranking (refused under another encoder) and the plan every way of tagging routes
     its items by: the in-process pipeline and the Serve ingress both open it through here."""
@@ -204,6 +216,7 @@ def open_routing(
         threshold=threshold,
         target_precision=target_precision,
         num_candidates=num_candidates,
+        threshold_set=threshold_set,
     )
     log.info("routing for %s: %s", store_dir, plan.reason)
     return ranking, plan

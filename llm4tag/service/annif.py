@@ -8,8 +8,11 @@ project; its tags are the project's subjects:
 * ``uri``: the SKOS concept's URI for a vocabulary built from SKOS, else one derived from the tag name
   (``urn:llm4tag:tag:<percent-encoded name>``, stable across builds);
 * ``label``: the prefLabel (SKOS) or the tag name; ``notation``: the SKOS notation or null;
-* ``score``: the calibrated confidence of the tag (all judged tags, kept or dropped by the cut, so that
-  Annif's ``threshold`` chooses the cut; Annif's default threshold 0 returns them all).
+* ``score``: the calibrated confidence of the tag. Without a ``threshold`` a suggestion is the store's
+  own output: the tags it keeps (for a multi-tag store, as many as its output rule fitted on held-out
+  folds shows, from its fitted cut: ``GET /v1/projects/{id}`` reports the rule under ``output``).
+  With one (Annif's clients send 0 to get everything), all judged tags, kept or dropped by the cut, at
+  or above it: the caller chooses the cut.
 
 Documents have no id in Annif's ``learn`` and an optional one in ``suggest-batch``, so an item's id is
 derived from its text (``annif-<sha256 prefix>``): suggest and learn on one text name the same item.
@@ -23,6 +26,7 @@ problem with an item, except where Annif's own tests pin Annif's words (more tha
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -89,11 +93,12 @@ class SuggestParameters(_Body):
 
     limit: int = Field(DEFAULT_LIMIT, ge=0, description="maximum number of results to return")
     threshold: float = Field(
-        0.0,
+        None,
         ge=0.0,
         le=1.0,
         allow_inf_nan=False,
-        description="minimum score, below which results are not returned",
+        description="minimum score, below which results are not returned; absent: the project's own "
+        "output (the tags it keeps: its fitted number and cut, see output in GET /v1/projects/{id})",
     )
     language: StrictStr = Field(
         None, description="language of the subject labels: the vocabulary's; another is refused (400)"
@@ -247,7 +252,11 @@ class Subjects:
         return None if i is None else self.tags[i]
 
 
-def project(settings: AnnifSettings, subjects: Subjects, modified: str | None) -> dict:
+def project(
+    settings: AnnifSettings, subjects: Subjects, modified: str | None, output: dict | None = None
+) -> dict:
+    """Annif's project description; ``output``: what a suggest without ``threshold`` returns (see
+    :func:`output_rule`), an llm4tag field Annif's clients ignore."""
     return {
         "project_id": settings.project_id,
         "name": settings.name,
@@ -257,6 +266,22 @@ def project(settings: AnnifSettings, subjects: Subjects, modified: str | None) -
         "vocab_language": subjects.language,
         "is_trained": True,
         "modification_time": modified,
+        **({"output": output} if output is not None else {}),
+    }
+
+
+def output_rule(plan: Any) -> dict | None:
+    """The tags a store keeps per item, from its route plan (llm4tag.ranking.cascade.RoutePlan): at most
+    ``limit``, those at or above ``threshold``, at least ``min_tags`` (None: the store has no ranker;
+    the LLM keeps what its judgment reaches the threshold with)."""
+    if not plan.ranked:
+        return None
+    reachable = math.isfinite(plan.ranker_cut)  # an unreachable target precision keeps nothing
+    return {
+        "limit": (plan.emit if plan.multi else 1) if reachable else 0,
+        "threshold": plan.ranker_cut if reachable else None,
+        "min_tags": plan.min_tags,
+        "rule": plan.reason,
     }
 
 
@@ -273,11 +298,20 @@ def item_id(text: str) -> str:
     return "annif-" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def suggestions(row: Mapping[str, Any], subjects: Subjects, limit: int, threshold: float) -> list[dict]:
-    """A tag row's judged tags as Annif results: best ``limit`` first, score >= threshold (as Annif's
-    filter_suggestion), zero scores left out (Annif's results are sparse)."""
+def suggestions(
+    row: Mapping[str, Any], subjects: Subjects, limit: int, threshold: float | None
+) -> list[dict]:
+    """A tag row as Annif results, best ``limit`` first, zero scores left out (Annif's results are
+    sparse): its kept tags (``threshold`` None: the store's own output), or all its judged tags, kept
+    or dropped, with score >= threshold (as Annif's filter_suggestion)."""
+    judged = (
+        [*(row.get("tags") or ()), *(row.get("dropped") or ())]
+        if threshold is not None
+        else row.get("tags") or ()
+    )
+    threshold = threshold or 0.0
     scored = {}
-    for tag in [*(row.get("tags") or ()), *(row.get("dropped") or ())]:
+    for tag in judged:
         score = tag.get("confidence")
         if score is None or score != score:  # calibration off: the recall score stands in
             score = min(1.0, max(0.0, float(tag.get("recall_score") or 0.0)))
