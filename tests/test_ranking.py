@@ -346,7 +346,12 @@ def test_a_projected_embedding_persists_with_the_learned_recall(banking, tmp_pat
     model.save(tmp_path / "learned")
     loaded = LearnedRecall.load(tmp_path / "learned", expected_encoder_id=banking.encoder_id)
     assert np.array_equal(loaded.projection, model.projection)
-    assert loaded.predict(banking.texts[:20], banking.vectors[:20], 5) == before
+    after = loaded.predict(banking.texts[:20], banking.vectors[:20], 5)
+    # The same tags in the same order; omikuji's reloaded weights may move a score in its 8th digit.
+    assert [[t for t, _ in item] for item in after] == [[t for t, _ in item] for item in before]
+    assert np.allclose(
+        [s for item in after for _, s in item], [s for item in before for _, s in item], rtol=1e-6
+    )
 
 
 @pytest.mark.slow
