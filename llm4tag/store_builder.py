@@ -202,6 +202,7 @@ def fit_store_ranking(
         learned_k=config.learned_k,
         target_precision=config.target_precision,
         stats=stats,
+        few=config.few_tags,
     )
     models.save(folder)
     keys = ("held_out_items", "top1_precision", "target_precision", "cut", "cut_coverage")

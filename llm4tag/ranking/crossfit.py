@@ -4,6 +4,12 @@ The annotated items are split into folds; for each fold a graph store and a lear
 built from the other folds only, and the fold's items get their candidates and features from them.
 Every training row of the ranker thus describes an item as new to the store as a real one will be
 (the same scheme as ``llm4tag train-data``).
+
+Tags are held out as well (``held_out_tags``): each fold's store and learned recall are also built
+without any annotation of a seeded random share of the tags (:func:`plan_held_out_tags`), which stay
+in the vocabulary. The fold's items of those tags then have their right answer among tags nobody
+has annotated, as an item of a tag added to the vocabulary yesterday has; without such rows the
+ranker only ever sees unannotated tags being wrong, and learns that they always are.
 """
 
 from __future__ import annotations
@@ -16,7 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from graph_store import GraphConfig, GraphStore
-from llm4tag.ranking.features import FEATURES, CandidateFeatures, CandidateSet, TagStats, search_hits
+from llm4tag.ranking.features import (
+    FEATURES,
+    LEARNED,
+    CandidateFeatures,
+    CandidateSet,
+    FewTags,
+    TagStats,
+    search_hits,
+)
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import LeakError
 
@@ -29,6 +43,20 @@ def assign_folds(ids: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
     return np.fromiter(
         (zlib.crc32(f"{seed}:{item_id}".encode()) % folds for item_id in ids), np.int64, len(ids)
     )
+
+
+def plan_held_out_tags(
+    item_tags: Sequence[Sequence[str]], folds: int, share: float, seed: int = 0
+) -> list[frozenset[str]]:
+    """Per fold, the tags whose every annotation that fold's store and learned recall are built
+    without: an independent seeded draw of ``share`` of the annotated tags for each fold (so every
+    tag is held out somewhere with probability ``1 - (1 - share) ** folds``)."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"the share of tags held out must be in [0, 1), got {share}")
+    annotated = sorted({t for row in item_tags for t in row})
+    count = round(share * len(annotated))
+    rng = np.random.default_rng([seed, folds, count])
+    return [frozenset(rng.choice(annotated, count, replace=False).tolist()) for _ in range(folds)]
 
 
 @dataclass
@@ -59,6 +87,15 @@ class Annotated:
             item_tags=[self.item_tags[i] for i in rows],
         )
 
+    def without_tags(self, tags: frozenset[str]) -> Annotated:
+        """Every annotation of ``tags`` removed (they stay in the vocabulary); items left without a
+        tag are left out."""
+        if not tags:
+            return self
+        kept = [[t for t in row if t not in tags] for row in self.item_tags]
+        rows = np.asarray([i for i, row in enumerate(kept) if row], np.int64)
+        return dataclasses.replace(self.subset(rows), item_tags=[kept[i] for i in rows])
+
 
 @dataclass
 class HeldOut:
@@ -71,6 +108,7 @@ class HeldOut:
     y: np.ndarray  # rows: candidate in the item's gold tags
     groups: np.ndarray  # rows: item id
     gold_missed: int  # gold tags of held-out items that no candidate covered
+    held_tags: list[frozenset[str]] = dataclasses.field(default_factory=list)  # per fold
 
 
 def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
@@ -114,6 +152,30 @@ def fold_parts(
     return store, model
 
 
+def check_tags_held_out(stats: TagStats, computed: Sequence[CandidateSet], held_tags: frozenset[str]) -> None:
+    """A held-out tag must have no annotation in the fold's store and never be proposed by the fold's
+    learned recall (which only proposes tags it was trained on): LeakError otherwise, for the fold's
+    rows of such a tag would not be those of a new tag."""
+    pos = {t: i for i, t in enumerate(stats.tag_names)}
+    annotated = sorted(t for t in held_tags if stats.popularity[pos[t]] > 0)
+    if annotated:
+        raise LeakError(
+            f"{len(annotated)} held-out tag(s) are annotated in the fold's store, e.g. {annotated[0]!r}"
+        )
+    learned = sorted(
+        {
+            tag
+            for candidate_set in computed
+            for tag, paths in zip(candidate_set.tags, candidate_set.provenance, strict=True)
+            if tag in held_tags and LEARNED in paths
+        }
+    )
+    if learned:
+        raise LeakError(
+            f"{len(learned)} held-out tag(s) are proposed by the fold's learned recall, e.g. {learned[0]!r}"
+        )
+
+
 def held_out_candidates(
     data: Annotated,
     graph: GraphConfig,
@@ -123,8 +185,13 @@ def held_out_candidates(
     learned_k: int = 10,
     progress: Callable[[str], None] | None = None,
     parts: Callable[..., tuple[GraphStore, LearnedRecall]] = fold_parts,
+    held_out_tags: float = 0.0,
+    few: FewTags | None = None,
 ) -> HeldOut:
+    """``held_out_tags``: the share of the tags each fold is also built without (see the module's
+    docstring); ``few``: the candidate slots of tags with few annotations."""
     fold_of = assign_folds(data.ids, folds, seed)
+    held_tags = plan_held_out_tags(data.item_tags, folds, held_out_tags, seed)
     sets: list[CandidateSet | None] = [None] * len(data.ids)
     for fold in range(folds):
         held = np.flatnonzero(fold_of == fold)
@@ -134,15 +201,20 @@ def held_out_candidates(
                 f"fold {fold} of {folds} is empty or holds every item: too few items to cross-fit"
             )
         held_ids = [data.ids[i] for i in held]
-        store, model = parts(data.subset(rest), held_ids, graph, learned)
+        store, model = parts(data.subset(rest).without_tags(held_tags[fold]), held_ids, graph, learned)
+        stats = TagStats.from_store(store)
         vectors = data.vectors[held]
-        computed = CandidateFeatures(TagStats.from_store(store), model, graph.recall, learned_k).compute(
+        computed = CandidateFeatures(stats, model, graph.recall, learned_k, few).compute(
             [data.texts[i] for i in held], vectors, search_hits(store, vectors, graph.recall)
         )
+        check_tags_held_out(stats, computed, held_tags[fold])
         for i, candidate_set in zip(held.tolist(), computed, strict=True):
             sets[i] = candidate_set
         if progress:
-            progress(f"fold {fold + 1}/{folds}: {len(rest)} items fitted, {len(held)} held out")
+            progress(
+                f"fold {fold + 1}/{folds}: {len(rest)} items fitted, {len(held)} held out, "
+                f"{len(held_tags[fold])} tags held out"
+            )
     xs, ys, groups = [], [], []
     missed = 0
     for item_id, gold, candidate_set in zip(data.ids, data.item_tags, sets, strict=True):
@@ -160,4 +232,5 @@ def held_out_candidates(
         y=np.concatenate(ys) if ys else np.zeros(0, bool),
         groups=np.concatenate(groups) if groups else np.zeros(0, object),
         gold_missed=missed,
+        held_tags=held_tags,
     )

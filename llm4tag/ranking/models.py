@@ -30,7 +30,7 @@ from graph_store.metapaths import Hits
 from llm4tag.errors import LLM4TagError
 from llm4tag.evaluation.tagging import expected_calibration_error
 from llm4tag.ranking.crossfit import Annotated, HeldOut, fit_learned, held_out_candidates
-from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
+from llm4tag.ranking.features import CandidateFeatures, FewTags, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
@@ -107,6 +107,7 @@ class RankingModels:
     stats: TagStats
     multi: bool
     learned_k: int = 10
+    few: FewTags = field(default_factory=FewTags)
     metrics: dict = field(default_factory=dict)
     folder: Path | None = None  # where it was loaded from (held-out candidates are read on demand)
     _held_out: list[HeldOutItem] | None = field(default=None, repr=False, compare=False)
@@ -129,7 +130,9 @@ class RankingModels:
     def features(self, recall: RecallConfig) -> CandidateFeatures:
         key = recall.model_dump_json()
         if key not in self._features:
-            self._features[key] = CandidateFeatures(self.stats, self.learned, recall, self.learned_k)
+            self._features[key] = CandidateFeatures(
+                self.stats, self.learned, recall, self.learned_k, self.few
+            )
         return self._features[key]
 
     def rank(
@@ -209,7 +212,11 @@ class RankingModels:
                 kind="ranking",
                 encoder_id=self.ranker.encoder_id,
                 data_hash=self.ranker.data_hash,
-                settings={"multi": self.multi, "learned_k": self.learned_k},
+                settings={
+                    "multi": self.multi,
+                    "learned_k": self.learned_k,
+                    "few_tags": self.few.model_dump(),
+                },
                 extra={"metrics": self.metrics},
             )
         self.folder, self._held_out = Path(folder), held_out
@@ -226,6 +233,7 @@ class RankingModels:
             stats=TagStats.load(folder / TAG_STATS),
             multi=bool(settings["multi"]),
             learned_k=int(settings["learned_k"]),
+            few=FewTags.load(settings.get("few_tags")),
             metrics=dict(manifest.get("metrics") or {}),
             folder=folder,
         )
@@ -271,11 +279,13 @@ def fit_ranking(
     target_precision: float = 0.95,
     progress: Callable[[str], None] | None = None,
     stats: TagStats | None = None,
+    few: FewTags | None = None,
 ) -> tuple[RankingModels, HeldOut]:
     """Cross-fit held-out candidates, fit and calibrate the ranker on them, measure the precision cut
     on its out-of-fold probabilities, and fit the learned recall that serves on all the items.
     ``stats``: the vocabulary statistics of the store the models serve beside (default: those of
-    the annotated items)."""
+    the annotated items); ``few``: the candidate slots of tags with few annotations."""
+    few = few or FewTags()
     graph = graph or GraphConfig()
     learned = learned or LearnedConfig()
     ranker = ranker or RankerConfig()
@@ -283,7 +293,15 @@ def fit_ranking(
     emit = ranker.emit or (max_tags if multi else 1)
     started = time.perf_counter()
     held = held_out_candidates(
-        data, graph, learned, folds=ranker.folds, seed=ranker.seed, learned_k=learned_k, progress=progress
+        data,
+        graph,
+        learned,
+        folds=ranker.folds,
+        seed=ranker.seed,
+        learned_k=learned_k,
+        progress=progress,
+        held_out_tags=ranker.held_out_tags,
+        few=few,
     )
     crossfit_s = time.perf_counter() - started
     digest = data_hash(data.ids, data.texts, data.item_tags)
@@ -327,6 +345,7 @@ def fit_ranking(
         stats=stats,
         multi=multi,
         learned_k=learned_k,
+        few=few,
         metrics={
             **fitted.metrics,
             "crossfit_seconds": crossfit_s,
