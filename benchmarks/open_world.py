@@ -32,7 +32,8 @@ and with ``--llm`` the LLM on every item (``route: off``) over the default varia
 Per group: top-1 (the first ranked tag before any cut; Acc@1 before the cut on multi-tag sets), P/R/F1
 at the default threshold (Acc@1-3 on multi-tag sets, and the share of new-tag items with a new tag
 among the shown ones), ECE of the ranked tags' confidences (top 1, or top 5 multi-tag; all wrong on
-unknown-tag items), HR@20 of the candidates (for new-tag items: a NEW gold tag among them), rejection
+unknown-tag items), HR@20 of the candidates (for new-tag items: a NEW gold tag among them; Annif's
+are its 10 suggestions, annif_peer.py's limit), rejection
 ("no tag" kept at the threshold) on unknown-tag items, coverage (a tag kept) on known-tag items, the
 share sent to the LLM and seconds per item; 95% percentile bootstrap intervals over items, and the
 paired difference of top-1 against the first variant (today's ranker). Peers without a calibrated cut
@@ -89,9 +90,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "default": ("ranker + few-tag slots + held-out-tag cross-fit (default)", {}),
 }
 DEFAULT_VARIANT = "default"
+MAIN_VARIANTS = tuple(VARIANTS)
+# Sensitivity of the defaults (run with --variants ... --holdout dev, never chosen on test items).
+VARIANTS.update(
+    {
+        "tags-0.1": ("held-out-tag cross-fit, 10% of the tags", {"ranker": {"held_out_tags": 0.1}}),
+        "tags-0.4": ("held-out-tag cross-fit, 40% of the tags", {"ranker": {"held_out_tags": 0.4}}),
+        "slots-10": ("held-out-tag cross-fit, 10 few-tag slots", {"few_tags": {"slots": 10}}),
+    }
+)
 ANNIF_LABEL = "Annif Omikuji"
 HR_K = 20
-CANDIDATES_NOTE = {"match": HR_K, "graph recall (today's order)": HR_K, ANNIF_LABEL: 10}
 
 
 # ----------------------------------------------------------------------------------------- the split
@@ -544,7 +553,7 @@ def run_set(name: str, args, encoder) -> dict:
     items = {g: [i for i in split.test if split.group[i.id] == g] for g in GROUPS}
     methods: dict[str, Rows] = {}
     multi = emit = threshold = None
-    variants = [v for v in VARIANTS if v in args.variants] if args.variants else list(VARIANTS)
+    variants = args.variants
     for variant in variants:
         label, overrides = VARIANTS[variant]
         store = folder / variant / "store"
@@ -614,8 +623,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"which of {', '.join(VARIANTS)} (the ranking's settings)",
+        default=",".join(MAIN_VARIANTS),
+        help=f"which of {', '.join(VARIANTS)} (the ranking's settings; the first is the reference)",
     )
     parser.add_argument("--no-annif", dest="annif", action="store_false", help="leave Annif out")
     parser.add_argument("--annif-python", default=str(REPO / ".venv-annif" / "bin" / "python"))
@@ -625,7 +634,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.new + args.unknown < 1:
         parser.error("--new and --unknown must be shares that leave some tags known")
-    args.variants = [v for v in args.variants.split(",") if v] or list(VARIANTS)
+    args.variants = [v for v in args.variants.split(",") if v] or list(MAIN_VARIANTS)
     unknown_variants = [v for v in args.variants if v not in VARIANTS]
     if unknown_variants:
         parser.error(f"unknown variant(s) {unknown_variants}; choose among {list(VARIANTS)}")
