@@ -116,8 +116,9 @@ class Split:
     train_vectors: np.ndarray
     tags: list[Tag]
     tag_vectors: np.ndarray
-    test: list[Item]  # gold: the item's tags minus the unknown ones
+    test: list[Item]  # the sample; gold: the item's tags minus the unknown ones
     test_vectors: np.ndarray
+    pool: list[Item]  # every test item, gold as in ``test`` (Annif tags them all once)
     group: dict[str, str]
     report: dict
 
@@ -175,6 +176,7 @@ def make_split(ds: Dataset, args) -> Split:
     chosen = {g: pool[g][: quota[g]] for g in GROUPS}
     position = {row: k for k, row in enumerate(order)}
     rows = sorted((r for g in GROUPS for r in chosen[g]), key=position.__getitem__)
+    pool_items = [dataclasses.replace(ds.test[r], tags=gold_of[r] or None) for r in order]
     test, group = [], {}
     for row in rows:
         item = ds.test[row]
@@ -210,6 +212,7 @@ def make_split(ds: Dataset, args) -> Split:
         tag_vectors=ds.tag_vectors[tag_rows],
         test=test,
         test_vectors=ds.test_vectors[rows],
+        pool=pool_items,
         group=group,
         report=report,
     )
@@ -284,10 +287,11 @@ def peer_rows(store, split: Split, emit: int, threshold: float) -> dict[str, Row
 
 
 def write_split_folder(split: Split, folder: Path) -> None:
-    """The split as a shared-data folder (items.jsonl.gz, tags.jsonl.gz), for annif_peer.py."""
+    """The split as a shared-data folder (items.jsonl.gz, tags.jsonl.gz), for annif_peer.py: its
+    reduced train split, and every test item (so that any sample of them has Annif's rows)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [{"id": i.id, "text": i.text, "tags": list(i.tags or ()), "split": "train"} for i in split.train]
-    rows += [{"id": i.id, "text": i.text, "tags": list(i.tags or ()), "split": "test"} for i in split.test]
+    rows += [{"id": i.id, "text": i.text, "tags": list(i.tags or ()), "split": "test"} for i in split.pool]
     for name, records in (
         ("items.jsonl.gz", rows),
         ("tags.jsonl.gz", [{"tag": t.tag, "description": t.description} for t in split.tags]),
@@ -299,6 +303,11 @@ def write_split_folder(split: Split, folder: Path) -> None:
         os.replace(tmp, folder / name)
 
 
+def read_ids(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line)["id"] for line in fh if line.strip()]
+
+
 def annif_rows(split: Split, args, folder: Path, emit: int, threshold: float) -> Rows | None:
     """Annif Omikuji trained on the split's reduced train split (annif_peer.py in .venv-annif)."""
     python = Path(args.annif_python)
@@ -307,7 +316,8 @@ def annif_rows(split: Split, args, folder: Path, emit: int, threshold: float) ->
         return None
     out = folder / "annif"
     rows_path = out / split.name / "omikuji.jsonl"
-    if not rows_path.exists():
+    ids = [item.id for item in split.test]
+    if not rows_path.exists() or not {i.id for i in split.test} <= set(read_ids(rows_path)):
         data = args.cache / "open_world" / split.key
         write_split_folder(split, data / split.name)
         command = [
@@ -326,7 +336,6 @@ def annif_rows(split: Split, args, folder: Path, emit: int, threshold: float) ->
         ]
         print(f"# Annif: {' '.join(command)}", flush=True)
         subprocess.run(command, check=True)
-    ids = [item.id for item in split.test]
     found = read_rows(rows_path, ids, emit, "annif_peer.py")
     assert found is not None
     timing = read_timings(out / split.name, "omikuji")
