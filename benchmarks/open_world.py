@@ -43,7 +43,7 @@ LLM rows cost seconds per item: they are cached per item in ``route_off-<key>.js
 keyed by the store's ranking manifest, the settings and the model (a rerun tags only what is missing;
 a rebuilt store starts a new file); they run last, at nice 19.
 
-Writes ``--out/<set>/<split>/tables.md`` and ``results.json``.
+Writes ``--out/<set>/<split>/tables-n<items>[-llm].md`` and ``results-...json``.
 """
 
 from __future__ import annotations
@@ -607,8 +607,10 @@ def run_set(name: str, args, encoder) -> dict:
         f"Split: {json.dumps(split.report)}\n\n" + tables(results, multi, split)
     )
     print("\n" + markdown, flush=True)
-    (folder / "tables.md").write_text(markdown)
-    (folder / "results.json").write_text(
+    # Named by the sample, so that a smaller run (the LLM rows on fewer items) keeps the larger one's.
+    sample = f"n{len(split.test)}" + ("-llm" if args.llm else "")
+    (folder / f"tables-{sample}.md").write_text(markdown)
+    (folder / f"results-{sample}.json").write_text(
         json.dumps({"split": split.report, "results": results}, indent=1, default=str)
     )
     return results
