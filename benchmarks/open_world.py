@@ -466,8 +466,40 @@ def calibration_by_kind(rows: Rows, split: Split) -> dict:
     return out
 
 
+def summary(results: dict, multi: bool, split: Split) -> str:
+    """One row per method: the figures the issue's bars read."""
+    table = []
+    top1 = "Acc@1 before the cut" if multi else "top-1"
+    for method, per_group in results.items():
+        new, known, unknown = (per_group.get(g) for g in GROUPS)
+        by_kind = per_group["calibration_by_kind"]
+        row = {"method": method}
+        if new:
+            row[f"new: {top1}"] = fmt(new["top1"])
+            row["new: " + ("new tag shown" if multi else "recall at the cut")] = fmt(
+                new["new_tag_shown"] if multi else new["at_cut"]["recall"]
+            )
+            row["new: HR@20"] = fmt(new.get("hr20"))
+        if known:
+            row[f"known: {top1}"] = fmt(known["top1"])
+            row["known: − today's ranker"] = fmt_diff(known.get("top1_vs_reference"))
+            row["known: coverage"] = fmt(known["coverage"])
+        if unknown:
+            row["unknown: rejected"] = fmt(unknown["rejected"])
+        row["ECE: few-annotation / annotated tags"] = (
+            f"{by_kind['few']['ece']:.3f} / {by_kind['annotated']['ece']:.3f}"
+        )
+        row["s/item"] = f"{(known or new)['seconds_per_item']:.3f}"
+        table.append(row)
+    return (
+        f"#### {split.name}: summary (n = {split.report['sampled']})\n\n"
+        + format_table(table, list(dict.fromkeys(k for r in table for k in r)))
+        + "\n"
+    )
+
+
 def tables(results: dict, multi: bool, split: Split) -> str:
-    lines = []
+    lines = [summary(results, multi, split)]
     for group in GROUPS:
         table = []
         for method, per_group in results.items():
