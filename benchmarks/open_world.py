@@ -68,7 +68,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _datasets import DATASETS, REPO, Dataset, add_data_arguments, load_dataset
 from _peers import KNN, clip, knn_rows, read_rows, read_timings
-from pipeline_quality import run_llm, settings_for
+from pipeline_quality import cached_rows, run_llm, settings_for
 
 from llm4tag import store_builder
 from llm4tag.data import Item, Tag
@@ -582,6 +582,32 @@ def llm_key(store: Path, settings, model: str) -> str:
     ).hexdigest()[:10]
 
 
+def llm_rows_path(folder: Path, name: str, args) -> Path:
+    """Where the LLM rows of the default variant's store are cached (keyed by its ranking manifest,
+    the settings and the model)."""
+    store = folder / DEFAULT_VARIANT / "store"
+    settings = variant_settings(name, VARIANTS[DEFAULT_VARIANT][1], args.model, "off")
+    return store.parent / f"route_off-{args.model}-{llm_key(store, settings, args.model)}.jsonl"
+
+
+def tagged_only(split: Split, path: Path) -> Split:
+    """The sample cut to the items the LLM has tagged (a prefix of its seeded order, so still a random
+    sample of each group), for a table of every method on them while the LLM run goes on."""
+    tagged = set(cached_rows(path))
+    keep = [k for k, item in enumerate(split.test) if item.id in tagged]
+    if not keep:
+        raise SystemExit(f"--llm-tagged-only: no LLM rows in {path} yet")
+    test = [split.test[k] for k in keep]
+    sampled = {g: sum(split.group[i.id] == g for i in test) for g in GROUPS}
+    report = {
+        **split.report,
+        "sampled": sampled,
+        "sample_share": {g: round(sampled[g] / len(test), 4) for g in GROUPS},
+        "llm_tagged_only": True,
+    }
+    return dataclasses.replace(split, test=test, test_vectors=split.test_vectors[keep], report=report)
+
+
 def run_set(name: str, args, encoder) -> dict:
     base_settings = settings_for(name, {}, args.model, None)
     ds = load_dataset(name, args.data, base_settings, encoder, args.cache)
@@ -590,6 +616,8 @@ def run_set(name: str, args, encoder) -> dict:
     split = make_split(ds, args)
     folder = args.out / name / split.key
     folder.mkdir(parents=True, exist_ok=True)
+    if args.llm_tagged_only:
+        split = tagged_only(split, llm_rows_path(folder, name, args))
     print(f"## {name} ({split.key}): {json.dumps(split.report)}", flush=True)
     items = {g: [i for i in split.test if split.group[i.id] == g] for g in GROUPS}
     methods: dict[str, Rows] = {}
@@ -615,10 +643,9 @@ def run_set(name: str, args, encoder) -> dict:
             methods[ANNIF_LABEL] = annif
     if args.llm:
         os.nice(max(0, 19 - os.nice(0)))  # the LLM rows run last, at the lowest priority
-        store = folder / DEFAULT_VARIANT / "store"
         settings = variant_settings(name, VARIANTS[DEFAULT_VARIANT][1], args.model, "off")
-        pipeline = TaggingPipeline.open(store, settings)
-        path = store.parent / f"route_off-{args.model}-{llm_key(store, settings, args.model)}.jsonl"
+        pipeline = TaggingPipeline.open(folder / DEFAULT_VARIANT / "store", settings)
+        path = llm_rows_path(folder, name, args)
         rows, stats = run_llm(pipeline, split.test, path, args.chunk, with_candidates=True)
         seconds = float(np.mean([r.get("seconds", float("nan")) for r in rows.values()]))
         methods[f"LLM on every item (route: off, {args.model})"] = pipeline_rows(rows, emit, seconds)
@@ -672,6 +699,11 @@ def main() -> None:
     parser.add_argument("--no-annif", dest="annif", action="store_false", help="leave Annif out")
     parser.add_argument("--annif-python", default=str(REPO / ".venv-annif" / "bin" / "python"))
     parser.add_argument("--llm", action="store_true", help="also the LLM on every item (route: off; slow)")
+    parser.add_argument(
+        "--llm-tagged-only",
+        action="store_true",
+        help="with --llm: every method on only the sampled items the LLM has tagged so far (tags no more)",
+    )
     parser.add_argument("--model", default="default")
     parser.add_argument("--chunk", type=int, default=4, help="items per LLM pipeline call (and cache write)")
     args = parser.parse_args()
