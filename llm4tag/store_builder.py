@@ -221,6 +221,7 @@ def fit_store_ranking(
             target_precision=config.target_precision,
             stats=stats,
             threshold=settings.pipeline.threshold,
+            few=config.few_tags,
         )
         models.save(folder)
     keys = ("held_out_items", "top1_precision", "target_precision", "cut", "cut_coverage", "shown")

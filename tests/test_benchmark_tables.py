@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks._peers import coverage_at_precision, precision_and_coverage_at
@@ -111,3 +112,55 @@ def test_taggpt_rows_are_read_for_the_same_items_with_their_measured_seconds(tmp
     assert sent == 1.0 and seconds == 2.5
     with pytest.raises(SystemExit, match=r"no row for 1 test items .* --methods taggpt-selective --limit 3"):
         add_taggpt(add, tmp_path, ["a", "b", "d"], emit=1)
+
+
+# ------------------------------------------------------------------- the open-world split (issue 27)
+def _open_world_dataset():
+    from _datasets import Dataset
+
+    from llm4tag.data import Item, Tag
+
+    tags = [Tag(f"t{k}", f"tag {k}") for k in range(20)]
+    train = [
+        Item(f"tr{i}", f"text {i}", (f"t{i % 20}",) + ((f"t{(i + 1) % 20}",) if i % 3 == 0 else ()))
+        for i in range(400)
+    ]
+    test = [
+        Item(f"te{i}", f"query {i}", (f"t{i % 20}",) + ((f"t{(i + 7) % 20}",) if i % 4 == 0 else ()))
+        for i in range(300)
+    ]
+    rng = np.random.default_rng(0)
+    return Dataset("toy", tags, train, test, rng.random((20, 4)), rng.random((400, 4)), rng.random((300, 4)))
+
+
+def _split_args(**changes):
+    from types import SimpleNamespace
+
+    settings = {"seed": 0, "new": 0.2, "unknown": 0.1, "holdout": "test", "n_new": 40, "n_unknown": 10}
+    return SimpleNamespace(**{**settings, "n_known": 50, **changes})
+
+
+def test_the_open_world_split_keeps_new_tags_unannotated_and_unknown_tags_out_of_the_vocabulary():
+    from benchmarks.open_world import make_split
+
+    ds = _open_world_dataset()
+    split = make_split(ds, _split_args())
+    assert len(split.new) == 4 and len(split.unknown) == 2 and not split.new & split.unknown
+    vocabulary = {t.tag for t in split.tags}
+    assert split.new <= vocabulary and not split.unknown & vocabulary  # new kept by name, unknown gone
+    assert not any((split.new | split.unknown) & set(item.tags) for item in split.train)
+    assert all(item.tags for item in split.train)
+    assert not {i.id for i in split.train} & {i.id for i in split.test}
+    for item in split.test:
+        gold = set(item.tags or ())
+        assert not gold & split.unknown
+        expected = "unknown" if not gold else "new" if gold & split.new else "known"
+        assert split.group[item.id] == expected
+    assert split.report["sampled"] == {
+        g: min(q, split.report["test_pool"][g]) for g, q in (("new", 40), ("known", 50), ("unknown", 10))
+    }
+    assert len(split.test_vectors) == len(split.test)
+    # A larger quota keeps the items already drawn (per-item LLM caches stay valid).
+    larger = make_split(ds, _split_args(n_new=60))
+    assert {i.id for i in split.test} <= {i.id for i in larger.test}
+    assert make_split(ds, _split_args(seed=1)).new != split.new

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from llm4tag.config_section import Section
+from llm4tag.ranking.features import FewTags
 from llm4tag.ranking.learned import LearnedConfig
 from llm4tag.ranking.ranker import RankerConfig
 
@@ -29,6 +30,9 @@ class RankingConfig(Section):
         description="annotated items the ranker needs (auto); its figures were measured on 10,000-27,000",
     )
     learned_k: int = Field(10, ge=1, description="learned-recall tags added to graph recall's candidates")
+    few_tags: FewTags = Field(
+        default_factory=FewTags, description="candidate slots reserved for tags with few annotations"
+    )
     target_precision: float = Field(
         0.95,
         gt=0,

@@ -4,6 +4,12 @@ The annotated items are split into folds; for each fold a graph store and a lear
 built from the other folds only, and the fold's items get their candidates and features from them.
 Every training row of the ranker thus describes an item as new to the store as a real one will be
 (the same scheme as ``llm4tag train-data``).
+
+Tags are held out as well (``held_out_tags``): each fold's store and learned recall are also built
+without any annotation of a seeded random share of the tags (:func:`plan_held_out_tags`), which stay
+in the vocabulary. The fold's items of those tags then have their right answer among tags nobody
+has annotated, as an item of a tag added to the vocabulary yesterday has; without such rows the
+ranker only ever sees unannotated tags being wrong, and learns that they always are.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import numpy as np
 
 from graph_store import GraphConfig, GraphStore
 from llm4tag.progress import step
-from llm4tag.ranking.features import FEATURES, CandidateFeatures, CandidateSet, TagStats, search_hits
+from llm4tag.ranking.features import (
+    FEATURES,
+    LEARNED,
+    CandidateFeatures,
+    CandidateSet,
+    FewTags,
+    TagStats,
+    search_hits,
+)
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import LeakError
 
@@ -77,6 +91,20 @@ class FoldPlan:
         return np.flatnonzero(self.fold_of != fold)
 
 
+def plan_held_out_tags(
+    item_tags: Sequence[Sequence[str]], folds: int, share: float, seed: int = 0
+) -> list[frozenset[str]]:
+    """Per fold, the tags whose every annotation that fold's store and learned recall are built
+    without: an independent seeded draw of ``share`` of the annotated tags for each fold (so every
+    tag is held out somewhere with probability ``1 - (1 - share) ** folds``)."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"the share of tags held out must be in [0, 1), got {share}")
+    annotated = sorted({t for row in item_tags for t in row})
+    count = round(share * len(annotated))
+    rng = np.random.default_rng([seed, folds, count])
+    return [frozenset(rng.choice(annotated, count, replace=False).tolist()) for _ in range(folds)]
+
+
 @dataclass
 class Annotated:
     """Annotated items with their vectors, and the vocabulary (the inputs every fit reads)."""
@@ -105,6 +133,15 @@ class Annotated:
             item_tags=[self.item_tags[i] for i in rows],
         )
 
+    def without_tags(self, tags: frozenset[str]) -> Annotated:
+        """Every annotation of ``tags`` removed (they stay in the vocabulary); items left without a
+        tag are left out."""
+        if not tags:
+            return self
+        kept = [[t for t in row if t not in tags] for row in self.item_tags]
+        rows = np.asarray([i for i, row in enumerate(kept) if row], np.int64)
+        return dataclasses.replace(self.subset(rows), item_tags=[kept[i] for i in rows])
+
 
 @dataclass
 class HeldOut:
@@ -119,6 +156,7 @@ class HeldOut:
     groups: np.ndarray  # rows: item id
     gold_missed: int  # gold tags of held-out items that no candidate covered
     rows: np.ndarray | None = None  # per held-out item: its position among the annotated items
+    held_tags: list[frozenset[str]] = dataclasses.field(default_factory=list)  # per fold
 
 
 def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
@@ -162,6 +200,30 @@ def fold_parts(
     return store, model
 
 
+def check_tags_held_out(stats: TagStats, computed: Sequence[CandidateSet], held_tags: frozenset[str]) -> None:
+    """A held-out tag must have no annotation in the fold's store and never be proposed by the fold's
+    learned recall (which only proposes tags it was trained on): LeakError otherwise, for the fold's
+    rows of such a tag would not be those of a new tag."""
+    pos = {t: i for i, t in enumerate(stats.tag_names)}
+    annotated = sorted(t for t in held_tags if stats.popularity[pos[t]] > 0)
+    if annotated:
+        raise LeakError(
+            f"{len(annotated)} held-out tag(s) are annotated in the fold's store, e.g. {annotated[0]!r}"
+        )
+    learned = sorted(
+        {
+            tag
+            for candidate_set in computed
+            for tag, paths in zip(candidate_set.tags, candidate_set.provenance, strict=True)
+            if tag in held_tags and LEARNED in paths
+        }
+    )
+    if learned:
+        raise LeakError(
+            f"{len(learned)} held-out tag(s) are proposed by the fold's learned recall, e.g. {learned[0]!r}"
+        )
+
+
 def held_out_candidates(
     data: Annotated,
     graph: GraphConfig,
@@ -173,10 +235,15 @@ def held_out_candidates(
     parts: Callable[..., tuple[GraphStore, LearnedRecall]] = fold_parts,
     max_held_out: int | None = None,
     plan: FoldPlan | None = None,
+    held_out_tags: float = 0.0,
+    few: FewTags | None = None,
 ) -> HeldOut:
     """Out-of-fold candidates and features of the held-out items of ``plan`` (default:
-    ``FoldPlan.of(data.ids, folds, seed, max_held_out)``), fold by fold."""
+    ``FoldPlan.of(data.ids, folds, seed, max_held_out)``), fold by fold. ``held_out_tags``: the share
+    of the tags each fold is also built without (see the module's docstring); ``few``: the candidate
+    slots of tags with few annotations."""
     plan = plan or FoldPlan.of(data.ids, folds, seed, max_held_out)
+    held_tags = plan_held_out_tags(data.item_tags, plan.folds, held_out_tags, seed)
     sets: dict[int, CandidateSet] = {}
     for fold in range(plan.folds):
         held, rest = plan.held(fold), plan.rest(fold)
@@ -187,19 +254,26 @@ def held_out_candidates(
         with step(f"fold {fold + 1}/{plan.folds}: fit on {len(rest):,} items, score {len(held):,}"):
             held_ids = [data.ids[i] for i in held]
             with step("graph store and learned recall"):
-                store, model = parts(data.subset(rest), held_ids, graph, learned)
+                store, model = parts(
+                    data.subset(rest).without_tags(held_tags[fold]), held_ids, graph, learned
+                )
             with step("candidates and features", total=len(held)) as bar:
-                features = CandidateFeatures(TagStats.from_store(store), model, graph.recall, learned_k)
+                stats = TagStats.from_store(store)
+                features = CandidateFeatures(stats, model, graph.recall, learned_k, few)
                 for start in range(0, len(held), _FEATURE_BATCH):
                     part = held[start : start + _FEATURE_BATCH]
                     vectors = data.vectors[part]
                     computed = features.compute(
                         [data.texts[i] for i in part], vectors, search_hits(store, vectors, graph.recall)
                     )
+                    check_tags_held_out(stats, computed, held_tags[fold])
                     sets.update(zip(part.tolist(), computed, strict=True))
                     bar.update(len(part))
         if progress:
-            progress(f"fold {fold + 1}/{plan.folds}: {len(rest)} items fitted, {len(held)} held out")
+            progress(
+                f"fold {fold + 1}/{plan.folds}: {len(rest)} items fitted, {len(held)} held out, "
+                f"{len(held_tags[fold])} tags held out"
+            )
     rows = plan.held_rows
     xs, ys, groups = [], [], []
     missed = 0
@@ -219,4 +293,5 @@ def held_out_candidates(
         groups=np.concatenate(groups) if groups else np.zeros(0, object),
         gold_missed=missed,
         rows=rows,
+        held_tags=held_tags,
     )

@@ -1,5 +1,7 @@
 """Candidates of an item and their features: graph recall's candidates (C2T, C2C2T) together with the
-learned recall's top tags, each described by what the ranker needs to say how likely it is right.
+learned recall's top tags and the tags with few annotations closest to the item (reserved slots, so
+that a tag nobody has annotated yet can be chosen), each described by what the ranker needs to say
+how likely it is right.
 
 Everything here is computed from the store and the learned model the caller passes in; for training
 rows these were built without the item (crossfit.py), so a feature never contains the item's own
@@ -11,15 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from graph_store import GraphStore, RecallConfig, ShardedStore
 from graph_store.durable import durable_file
 from graph_store.metapaths import Hits, merge_hits, select
+from llm4tag.config_section import Section
 from llm4tag.ranking.learned import LearnedRecall
 
 LEARNED = "learned"  # provenance of a tag the learned recall proposed
+FEW = "few"  # provenance of a tag with few annotations proposed by its cosine to the item (slots)
 
 FEATURES: tuple[str, ...] = (
     # graph recall
@@ -35,10 +41,15 @@ FEATURES: tuple[str, ...] = (
     # the item as a whole
     "item_nb_top_sim", "item_nb_mean_sim", "item_nb_mean_tags", "item_learned_top", "item_graph_top",
     "item_candidates",
+    # tags with few annotations: whether the tag is one, its cosine's rank among them and how far it
+    # stands out of the vocabulary's cosines to the item; the item's best cosine to such a tag and to
+    # an annotated one (is the item about something the annotations do not cover?)
+    "few", "in_few", "few_rank", "cosine_z", "item_few_top", "item_known_top",
 )  # fmt: skip
 _INDEX = {name: i for i, name in enumerate(FEATURES)}
 _ABSENT_RANK = 50.0  # rank of a tag a path did not propose
 _ITEM_NEIGHBOURS = 10  # neighbours the item-level similarity and tag-count features look at
+_FEW_CHUNK = 1024  # items per matrix product with the few-annotation tags' vectors
 
 
 @dataclass
@@ -48,6 +59,22 @@ class CandidateSet:
     tags: list[str]
     provenance: list[tuple[str, ...]]  # paths that proposed each tag: c2t, c2c2t, learned
     features: np.ndarray  # (len(tags), len(FEATURES)) float32
+
+
+class FewTags(Section):
+    """Reserved candidate slots for tags with few annotations (``ranking.few_tags``)."""
+
+    section: ClassVar[str] = "ranking.few_tags"
+
+    annotations: int = Field(
+        3, ge=0, description="a tag with fewer annotations than this counts as one with few annotations"
+    )
+    slots: int = Field(
+        5,
+        ge=0,
+        description="candidates reserved per item for the tags with few annotations closest to it "
+        "(cosine of the item to the tag's name and description), beside graph and learned recall's",
+    )
 
 
 def contents_of(store: GraphStore | ShardedStore) -> int:
@@ -119,6 +146,7 @@ class CandidateFeatures:
         learned: LearnedRecall | None,
         recall: RecallConfig,
         learned_k: int = 10,
+        few: FewTags | None = None,
     ):
         self.learned = learned
         self.recall = recall
@@ -128,6 +156,9 @@ class CandidateFeatures:
         self.tag_vectors = stats.tag_vectors
         self.popularity = stats.popularity
         self.contents = max(stats.contents, 1)
+        self.few = few or FewTags()
+        self.is_few = self.popularity < self.few.annotations
+        self.few_pos = np.flatnonzero(self.is_few)
         if learned is not None and learned.tags != self.tag_names:
             raise ValueError("the learned recall and the store have different tag vocabularies")
 
@@ -143,12 +174,30 @@ class CandidateFeatures:
             if self.learned is not None
             else [[] for _ in texts]
         )
+        few = self._few_cosines(vectors)
         return [
-            self._one(h, select(h, self.tag_names, self.recall), lr, v)
-            for h, lr, v in zip(hits, learned, vectors, strict=True)
+            self._one(h, select(h, self.tag_names, self.recall), lr, v, f)
+            for h, lr, v, f in zip(hits, learned, vectors, few, strict=True)
         ]
 
-    def _one(self, hits: Hits, graph, learned: list[tuple[str, float]], vector: np.ndarray) -> CandidateSet:
+    def _few_cosines(self, vectors: np.ndarray) -> list[np.ndarray]:
+        """Each item's cosine to every tag with few annotations (ordered as ``few_pos``)."""
+        if not len(self.few_pos):
+            return [np.zeros(0, np.float32)] * len(vectors)
+        few_vectors = self.tag_vectors[self.few_pos]
+        out: list[np.ndarray] = []
+        for start in range(0, len(vectors), _FEW_CHUNK):
+            out.extend(vectors[start : start + _FEW_CHUNK] @ few_vectors.T)
+        return out
+
+    def _one(
+        self,
+        hits: Hits,
+        graph,
+        learned: list[tuple[str, float]],
+        vector: np.ndarray,
+        few_sims: np.ndarray,
+    ) -> CandidateSet:
         order: list[str] = [c.tag for c in graph]
         paths: dict[str, list[str]] = {c.tag: list(c.paths) for c in graph}
         for tag, _ in learned:
@@ -156,6 +205,15 @@ class CandidateFeatures:
                 order.append(tag)
                 paths[tag] = []
             paths[tag].append(LEARNED)
+        # Reserved slots: the few-annotation tags closest to the item. Graph recall reaches such a
+        # tag only through C2T's few slots, where every annotated tag competes; nothing else does.
+        few_order = np.argsort(-few_sims, kind="stable")
+        for k in few_order[: self.few.slots].tolist():
+            tag = self.tag_names[int(self.few_pos[k])]
+            if tag not in paths:
+                order.append(tag)
+                paths[tag] = []
+            paths[tag].append(FEW)
         n = len(order)
         x = np.zeros((n, len(FEATURES)), np.float32)
         pos = np.asarray([self.tag_pos[t] for t in order], np.int64)
@@ -224,4 +282,19 @@ class CandidateFeatures:
         x[:, _INDEX["item_learned_top"]] = learned_top
         x[:, _INDEX["item_graph_top"]] = graph_top
         x[:, _INDEX["item_candidates"]] = n
+
+        few = self.is_few[pos]
+        x[:, _INDEX["few"]] = few
+        x[:, _INDEX["in_few"]] = [FEW in paths[t] for t in order]
+        # Rank among the few-annotation tags: how many of them are closer to the item (the tolerance
+        # absorbs the last bits by which the batched product differs from this one).
+        ranked = np.sort(few_sims)[::-1]
+        closer = np.searchsorted(-ranked, -(cosine + 1e-5), side="right")
+        x[:, _INDEX["few_rank"]] = np.where(few, closer, _ABSENT_RANK)
+        searched = np.asarray(hits.tag_sims, np.float64)
+        spread = searched.std() if len(searched) > 1 else 0.0
+        x[:, _INDEX["cosine_z"]] = (cosine - searched.mean()) / spread if spread > 0 else 0.0
+        x[:, _INDEX["item_few_top"]] = ranked[0] if len(ranked) else 0.0
+        annotated = searched[~self.is_few[np.asarray(hits.tag_pos, np.int64)]]
+        x[:, _INDEX["item_known_top"]] = annotated[0] if len(annotated) else 0.0
         return CandidateSet(tags=order, provenance=[tuple(paths[t]) for t in order], features=x)

@@ -31,7 +31,7 @@ from llm4tag.errors import LLM4TagError
 from llm4tag.evaluation.tagging import expected_calibration_error
 from llm4tag.progress import step
 from llm4tag.ranking.crossfit import Annotated, HeldOut, fit_learned, held_out_candidates
-from llm4tag.ranking.features import CandidateFeatures, TagStats, search_hits
+from llm4tag.ranking.features import CandidateFeatures, FewTags, TagStats, search_hits
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall, for_store
 from llm4tag.ranking.provenance import check_manifest, data_hash, new_folder, write_manifest
 from llm4tag.ranking.ranker import Ranker, RankerConfig, top_rows
@@ -131,6 +131,7 @@ class RankingModels:
     stats: TagStats
     multi: bool
     learned_k: int = 10
+    few: FewTags = field(default_factory=FewTags)
     metrics: dict = field(default_factory=dict)
     folder: Path | None = None  # where it was loaded from (held-out candidates are read on demand)
     _held_out: list[HeldOutItem] | None = field(default=None, repr=False, compare=False)
@@ -159,7 +160,9 @@ class RankingModels:
     def features(self, recall: RecallConfig) -> CandidateFeatures:
         key = recall.model_dump_json()
         if key not in self._features:
-            self._features[key] = CandidateFeatures(self.stats, self.learned, recall, self.learned_k)
+            self._features[key] = CandidateFeatures(
+                self.stats, self.learned, recall, self.learned_k, self.few
+            )
         return self._features[key]
 
     def rank(
@@ -239,7 +242,11 @@ class RankingModels:
                 kind="ranking",
                 encoder_id=self.ranker.encoder_id,
                 data_hash=self.ranker.data_hash,
-                settings={"multi": self.multi, "learned_k": self.learned_k},
+                settings={
+                    "multi": self.multi,
+                    "learned_k": self.learned_k,
+                    "few_tags": self.few.model_dump(),
+                },
                 extra={"metrics": self.metrics},
             )
         self.folder, self._held_out = Path(folder), held_out
@@ -256,6 +263,7 @@ class RankingModels:
             stats=TagStats.load(folder / TAG_STATS),
             multi=bool(settings["multi"]),
             learned_k=int(settings["learned_k"]),
+            few=FewTags.load(settings.get("few_tags")),
             metrics=dict(manifest.get("metrics") or {}),
             folder=folder,
         )
@@ -303,12 +311,15 @@ def fit_ranking(
     progress: Callable[[str], None] | None = None,
     stats: TagStats | None = None,
     threshold: float = 0.5,
+    few: FewTags | None = None,
 ) -> tuple[RankingModels, HeldOut]:
     """Cross-fit held-out candidates, fit and calibrate the ranker on them, measure the precision cut
     and fit the output rule (how many tags are shown, from what probability: ranking/shown_tags.py)
     on its out-of-fold probabilities, and fit the learned recall that serves on all the items.
     ``stats``: the vocabulary statistics of the store the models serve beside (default: those of
-    the annotated items); ``threshold``: the configured cut the fitted rule is compared with."""
+    the annotated items); ``threshold``: the configured cut the fitted rule is compared with; ``few``:
+    the candidate slots of tags with few annotations."""
+    few = few or FewTags()
     graph = graph or GraphConfig()
     learned = for_store(learned or LearnedConfig(), len(data.ids))
     ranker = ranker or RankerConfig()
@@ -325,6 +336,8 @@ def fit_ranking(
             learned_k=learned_k,
             progress=progress,
             max_held_out=ranker.max_held_out,
+            held_out_tags=ranker.held_out_tags,
+            few=few,
         )
     crossfit_s = time.perf_counter() - started
     digest = data_hash(data.ids, data.texts, data.item_tags)
@@ -376,6 +389,7 @@ def fit_ranking(
         stats=stats,
         multi=multi,
         learned_k=learned_k,
+        few=few,
         metrics={
             **fitted.metrics,
             "crossfit_seconds": crossfit_s,

@@ -41,6 +41,13 @@ class RankerConfig(Section):
         description="annotated items held out, at most (a stable sample above it, in fewer folds: each "
         "fold costs a fit of the learned recall); null: every item",
     )
+    held_out_tags: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="share of the annotated tags each cross-fitting fold is also built without, so the "
+        "ranker sees right answers among tags nobody has annotated (new tags); 0: items only",
+    )
     calibration_folds: int = Field(
         3, ge=2, description="folds of the held-out rows the calibration is fitted on"
     )
