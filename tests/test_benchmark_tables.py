@@ -116,8 +116,7 @@ def test_taggpt_rows_are_read_for_the_same_items_with_their_measured_seconds(tmp
 
 # ------------------------------------------------------------------- the open-world split (issue 27)
 def _open_world_dataset():
-    from _datasets import Dataset
-
+    from benchmarks._datasets import Dataset
     from llm4tag.data import Item, Tag
 
     tags = [Tag(f"t{k}", f"tag {k}") for k in range(20)]
