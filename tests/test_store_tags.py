@@ -1,0 +1,143 @@
+"""Tags added to a built store: durable through the journal, followed by every process, folded into the
+next version, recallable at once; and what is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import HAND_RECALL, TAG_ORDER, build_hand_store, vec
+
+from graph_store import EncoderMismatchError, GraphStore, ShardedStore, StoreError, read_vocabulary
+from graph_store.journal import JOURNAL
+from graph_store.metapaths import select
+
+THETA = vec(0, 0, 0, 0, 0, 0, 1.0)  # e6: a direction no tag had, only contents
+
+
+@pytest.fixture
+def folder(tmp_path):
+    build_hand_store().save(tmp_path / "s")
+    return tmp_path / "s"
+
+
+def theta_c2t(store) -> float | None:
+    """Theta's C2T score for a query along theta (None: not a candidate)."""
+    found = {c.tag: c for c in store.recall(THETA[None])[0]}
+    return found["theta"].c2t_score if "theta" in found else None
+
+
+def test_an_added_tag_is_recalled_at_once_by_every_process_and_survives_a_save(folder):
+    one, two = GraphStore.load(folder), GraphStore.load(folder)
+    assert theta_c2t(one) is None
+    one.add_tags(["theta"], THETA[None], ["about theta"], encoder_id="hand-encoder")
+    assert one.graph.tag_names == [*TAG_ORDER, "theta"]
+    assert theta_c2t(one) == 1.0  # C2T: the query is the tag's own vector
+    assert "theta" not in two.graph.tag_pos  # until it syncs (a replica syncs before each search)
+    assert two.sync() == 1 and theta_c2t(two) == 1.0
+    # An item annotated with the new tag after the add replays after it (journal order).
+    one.record(["n1"], vec(0, 0, 0, 0, 0, 0, 0.8, 0.6)[None], [["theta"]], ["a theta item"])
+    fresh = GraphStore.load(folder)
+    assert fresh.graph.tag_names == [*TAG_ORDER, "theta"]
+    assert fresh.graph.tag_descriptions[-1] == "about theta"
+    assert [fresh.graph.tag_names[t] for t in fresh.graph.det_tags(fresh.graph.content_pos["n1"])] == [
+        "theta"
+    ]
+    # The next save folds it into the version: its journal starts empty, the vocabulary lists it.
+    fresh.save(folder)
+    assert not [line for line in (folder / JOURNAL).read_text().splitlines()[1:] if line.strip()]
+    vocabulary = read_vocabulary(folder)
+    assert vocabulary.tags == [*TAG_ORDER, "theta"] and vocabulary.descriptions[-1] == "about theta"
+    saved = GraphStore.load(folder)
+    assert saved.tag_index.size == 7 and theta_c2t(saved) == 1.0
+    assert two.sync() == 0 and theta_c2t(two) == 1.0  # two reloaded the new version
+
+
+def test_replaying_a_tag_record_again_changes_nothing(folder):
+    store = GraphStore.load(folder)
+    store.add_tags(["theta"], THETA[None])
+    record = {"kind": "tag", "tag": "theta", "description": None, "vector": THETA.tolist()}
+    store._upsert([record])
+    assert store.graph.num_tags == 7 and store.tag_index.size == 7
+
+
+def test_an_in_memory_store_takes_tags_and_saves_them(tmp_path):
+    store = build_hand_store()
+    store.add_tags(["theta"], THETA[None], ["about theta"])
+    assert theta_c2t(store) == 1.0
+    store.save(tmp_path / "s")
+    assert read_vocabulary(tmp_path / "s").tags == [*TAG_ORDER, "theta"]
+
+
+@pytest.mark.parametrize(
+    ("names", "vectors", "kwargs", "message"),
+    [
+        (["gamma"], THETA[None], {}, "tag 'gamma' is already in the store's vocabulary"),
+        (["  "], THETA[None], {}, "a tag name must be a string with a non-space character"),
+        (["theta", "theta"], np.stack([THETA, THETA]), {}, "tag 'theta' is given twice"),
+        (["theta"], np.ones((1, 4), np.float32) / 2, {}, "tag vectors must have shape (1, 8)"),
+        (["theta"], 2 * THETA[None], {}, "the vector of tag 'theta' is not a unit vector"),
+        (["theta"], THETA[None], {"descriptions": ["a", "b"]}, "2 descriptions for 1 tags"),
+        ([], np.zeros((0, 8), np.float32), {}, "no tags to add"),
+    ],
+)
+def test_a_tag_that_cannot_be_added_is_refused_and_nothing_is_written(
+    folder, names, vectors, kwargs, message
+):
+    store = GraphStore.load(folder)
+    before = (folder / JOURNAL).read_bytes()
+    with pytest.raises(StoreError) as error:
+        store.add_tags(names, vectors, **kwargs)
+    assert message in str(error.value)
+    assert (folder / JOURNAL).read_bytes() == before and store.graph.num_tags == len(TAG_ORDER)
+
+
+def test_vectors_of_another_encoder_are_refused(folder):
+    with pytest.raises(EncoderMismatchError, match=r"encoder 'other'.*'hand-encoder'"):
+        GraphStore.load(folder).add_tags(["theta"], THETA[None], encoder_id="other")
+
+
+def test_a_version_that_is_not_live_refuses_tags(folder):
+    first = (folder / "CURRENT").read_text().strip()
+    GraphStore.load(folder).save(folder)
+    with pytest.raises(StoreError, match="read-only view"):
+        GraphStore.load(folder, version=first).add_tags(["theta"], THETA[None])
+
+
+def test_a_caller_that_read_the_vocabulary_before_the_add_is_not_given_the_new_tag(folder):
+    store = GraphStore.load(folder)
+    old_names = list(store.graph.tag_names)
+    store.add_tags(["theta"], THETA[None])
+    store.record(["n1"], THETA[None], [["theta", "zeta"]], [None])
+    hits = store.search(THETA[None], HAND_RECALL)[0]
+    assert 6 in hits.tag_pos.tolist()
+    tags = [c.tag for c in select(hits, old_names, HAND_RECALL)]  # no IndexError on position 6
+    assert "theta" not in tags and "zeta" in tags  # n1's other tag still votes
+
+
+def sharded(tmp_path) -> ShardedStore:
+    ShardedStore(build_hand_store().split(2)).save(tmp_path / "sh")
+    return ShardedStore.load(tmp_path / "sh")
+
+
+def test_a_sharded_store_adds_the_tag_to_every_shard(tmp_path):
+    store = sharded(tmp_path)
+    store.add_tags(["theta"], THETA[None], ["about theta"])
+    again = ShardedStore.load(tmp_path / "sh")
+    assert [s.graph.tag_names[-1] for s in again.shards] == ["theta", "theta"]
+    assert theta_c2t(again) == 1.0
+    with pytest.raises(StoreError, match="already in the store's vocabulary"):
+        again.add_tags(["theta"], THETA[None])
+
+
+def test_an_add_cut_short_between_shards_is_completed_by_adding_the_tag_again(tmp_path):
+    store = sharded(tmp_path)
+    store.shards[0].add_tags(["theta"], THETA[None])  # as if the process died before shard 1
+    cut = ShardedStore.load(tmp_path / "sh")
+    assert cut.incomplete_tags() == ["theta"] and cut.tag_names[-1] == "theta"
+    other = vec(0, 0, 0, 0, 0, 0, 0, 1.0)
+    with pytest.raises(StoreError, match="cut short: tags 'theta' are in some shards only"):
+        cut.add_tags(["omega"], other[None])
+    cut.add_tags(["theta", "omega"], np.stack([THETA, other]))
+    done = ShardedStore.load(tmp_path / "sh")
+    assert done.incomplete_tags() == []
+    assert [s.graph.tag_names[-2:] for s in done.shards] == [["theta", "omega"]] * 2
