@@ -67,10 +67,31 @@ class ShardedStore:
         is written to the others by adding it again, before any other tag, so that every shard
         holds the tags in the same positions.
         """
-        names = list(names)
-        vectors = np.asarray(vectors, np.float32)
-        descriptions = list(descriptions) if descriptions is not None else [None] * len(names)
         self.sync()
+        names = list(names)
+        vectors, descriptions = np.asarray(vectors, np.float32), list(descriptions or [None] * len(names))
+        for shard, rows in zip(
+            self.shards, self.check_new_tags(names, vectors, descriptions, encoder_id), strict=True
+        ):
+            if rows:
+                shard.add_tags(
+                    [names[i] for i in rows],
+                    vectors[rows],
+                    [descriptions[i] for i in rows],
+                    encoder_id=encoder_id,
+                )
+
+    def check_new_tags(self, names, vectors, descriptions=None, encoder_id=None) -> list[list[int]]:
+        """Refuse tags that cannot be added (:meth:`GraphStore.check_new_tags`, a tag already in every
+        shard, an add cut short that they do not complete); returns the rows each shard lacks."""
+        names = list(names)
+        vectors, descriptions = np.asarray(vectors, np.float32), list(descriptions or [None] * len(names))
+        if not names:
+            raise StoreError("no tags to add")
+        if len(vectors) != len(names) or len(descriptions) != len(names):
+            raise StoreError(
+                f"{len(vectors)} vectors and {len(descriptions)} descriptions for {len(names)} tags"
+            )
         lacking = self.incomplete_tags()
         if lacking and names[: len(lacking)] != lacking:
             raise StoreError(
@@ -81,20 +102,12 @@ class ShardedStore:
         known = [name for i, name in enumerate(names) if not any(i in r for r in rows)]
         if known:
             raise StoreError(f"tag '{known[0]}' is already in the store's vocabulary")
-        # Every shard's part checked before any is written.
         for shard, part in zip(self.shards, rows, strict=True):
             if part:
                 shard.check_new_tags(
                     [names[i] for i in part], vectors[part], [descriptions[i] for i in part], encoder_id
                 )
-        for shard, part in zip(self.shards, rows, strict=True):
-            if part:
-                shard.add_tags(
-                    [names[i] for i in part],
-                    vectors[part],
-                    [descriptions[i] for i in part],
-                    encoder_id=encoder_id,
-                )
+        return rows
 
     def recall(self, vectors: np.ndarray, recall: RecallConfig | None = None) -> list[list[Candidate]]:
         rc = recall or self.config.recall

@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 from conftest import HAND_RECALL, TAG_ORDER, build_hand_store, vec
 
-from graph_store import EncoderMismatchError, GraphStore, ShardedStore, StoreError, read_vocabulary
+from graph_store import (
+    EncoderMismatchError,
+    GraphStore,
+    RecallConfig,
+    ShardedStore,
+    StoreError,
+    read_vocabulary,
+)
 from graph_store.journal import JOURNAL
-from graph_store.metapaths import select
+from graph_store.metapaths import Hits, select
+from llm4tag.ranking.features import FEW, CandidateFeatures, FewTags, TagStats
 
 THETA = vec(0, 0, 0, 0, 0, 0, 1.0)  # e6: a direction no tag had, only contents
 
@@ -141,3 +149,33 @@ def test_an_add_cut_short_between_shards_is_completed_by_adding_the_tag_again(tm
     done = ShardedStore.load(tmp_path / "sh")
     assert done.incomplete_tags() == []
     assert [s.graph.tag_names[-2:] for s in done.shards] == [["theta", "omega"]] * 2
+
+
+# ------------------------------------------------------------------ a ranking fitted before the add
+def test_the_ranking_statistics_follow_a_grown_vocabulary_and_offer_the_added_tag_in_the_few_slots():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(7, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    fitted = TagStats([f"t{i}" for i in range(6)], vectors[:6], np.full(6, 20.0), contents=100)
+    assert fitted.following(fitted.tag_names, vectors[:6]) is fitted
+    grown = fitted.following([*fitted.tag_names, "new"], vectors)
+    assert (
+        grown.tag_names[-1] == "new" and grown.popularity[-1] == 0 and np.allclose(grown.tag_vectors, vectors)
+    )
+    with pytest.raises(ValueError, match="not the one its ranking was fitted on"):
+        fitted.following(["t1", "t0", "t2", "t3", "t4", "t5", "new"], vectors)
+    # An item along the new tag: the searching store knew 7 tags; features over the grown statistics
+    # propose it in a few slot, those over the fitted ones leave it out (no position past their end).
+    item = vectors[6]
+    sims = vectors @ item
+    order = np.argsort(-sims, kind="stable")
+    hits = Hits(tag_pos=order.astype(np.int64), tag_sims=sims[order].astype(np.float64), num_tags=7)
+    recall = RecallConfig(max_c2t=1, min_c2t=1, num_candidates=1, fill=False, c2c_search_k=0)
+    ranked = CandidateFeatures(grown, None, recall, few=FewTags(slots=1)).compute(["x"], item[None], [hits])[
+        0
+    ]
+    assert "new" in ranked.tags and FEW in ranked.provenance[ranked.tags.index("new")]
+    stale = CandidateFeatures(fitted, None, recall, few=FewTags(slots=1)).compute(["x"], item[None], [hits])[
+        0
+    ]
+    assert "new" not in stale.tags
