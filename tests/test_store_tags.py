@@ -40,6 +40,9 @@ def test_an_added_tag_is_recalled_at_once_by_every_process_and_survives_a_save(f
     one.add_tags(["theta"], THETA[None], ["about theta"], encoder_id="hand-encoder")
     assert one.graph.tag_names == [*TAG_ORDER, "theta"]
     assert theta_c2t(one) == 1.0  # C2T: the query is the tag's own vector
+    # A process that reads only the vocabulary (an LLM stage) lists it from the journal.
+    assert read_vocabulary(folder).tags == [*TAG_ORDER, "theta"]
+    assert read_vocabulary(folder).descriptions[-1] == "about theta"
     assert "theta" not in two.graph.tag_pos  # until it syncs (a replica syncs before each search)
     assert two.sync() == 1 and theta_c2t(two) == 1.0
     # An item annotated with the new tag after the add replays after it (journal order).
@@ -132,6 +135,7 @@ def test_a_sharded_store_adds_the_tag_to_every_shard(tmp_path):
     store.add_tags(["theta"], THETA[None], ["about theta"])
     again = ShardedStore.load(tmp_path / "sh")
     assert [s.graph.tag_names[-1] for s in again.shards] == ["theta", "theta"]
+    assert read_vocabulary(tmp_path / "sh").tags[-1] == "theta"
     assert theta_c2t(again) == 1.0
     with pytest.raises(StoreError, match="already in the store's vocabulary"):
         again.add_tags(["theta"], THETA[None])
@@ -179,3 +183,9 @@ def test_the_ranking_statistics_follow_a_grown_vocabulary_and_offer_the_added_ta
         0
     ]
     assert "new" not in stale.tags
+
+
+def test_the_vocabulary_read_follows_a_journal_kept_outside_the_store(folder, tmp_path):
+    GraphStore.load(folder, journal_dir=tmp_path / "shared").add_tags(["theta"], THETA[None])
+    assert read_vocabulary(folder).tags == TAG_ORDER  # the store folder's own journal has no record
+    assert read_vocabulary(folder, tmp_path / "shared").tags == [*TAG_ORDER, "theta"]
