@@ -141,6 +141,14 @@ def test_a_sharded_store_adds_the_tag_to_every_shard(tmp_path):
         again.add_tags(["theta"], THETA[None])
 
 
+def test_shards_whose_vocabularies_are_not_one_grown_list_are_refused():
+    shards = build_hand_store().split(2)
+    shards[0].add_tags(["theta"], THETA[None])
+    shards[1].add_tags(["omega"], vec(0, 0, 0, 0, 0, 0, 0, 1.0)[None])
+    with pytest.raises(StoreError, match="shards disagree on the tag vocabulary"):
+        ShardedStore(shards)
+
+
 def test_an_add_cut_short_between_shards_is_completed_by_adding_the_tag_again(tmp_path):
     store = sharded(tmp_path)
     store.shards[0].add_tags(["theta"], THETA[None])  # as if the process died before shard 1
@@ -189,3 +197,22 @@ def test_the_vocabulary_read_follows_a_journal_kept_outside_the_store(folder, tm
     GraphStore.load(folder, journal_dir=tmp_path / "shared").add_tags(["theta"], THETA[None])
     assert read_vocabulary(folder).tags == TAG_ORDER  # the store folder's own journal has no record
     assert read_vocabulary(folder, tmp_path / "shared").tags == [*TAG_ORDER, "theta"]
+
+
+# ------------------------------------------------------------------------------ `llm4tag vocab add`
+def test_vocab_add_refuses_a_blank_name_and_a_description_beside_a_tags_file_before_opening_the_store(
+    tmp_path, capsys
+):
+    from llm4tag.cli import main
+
+    missing = str(tmp_path / "no-store")  # never opened: the refusals come first
+    assert main(["vocab", "add", "--store", missing, "--tag", "  "]) == 2
+    assert "llm4tag vocab: error: tag 1: must not be empty" in capsys.readouterr().err
+    (tmp_path / "t.jsonl").write_text('{"tag": "x"}\n')
+    assert (
+        main(["vocab", "add", "--store", missing, "--tags", str(tmp_path / "t.jsonl"), "--description", "d"])
+        == 2
+    )
+    assert "--description goes with --tag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one of --tag and --tags is required
+        main(["vocab", "add", "--store", missing])
