@@ -53,6 +53,10 @@ def tag_record_line(record: dict) -> bytes:
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+# How every tag record's line starts ("kind" is its first key): a reader of tags alone parses no other.
+TAG_LINE_START = json.dumps({"kind": TAG_RECORD})[:-1].encode("utf-8")
+
+
 def record_line(item_id: str, tags: Sequence[str], text: str | None, vector: np.ndarray) -> bytes:
     record = {"id": item_id, "tags": list(tags), "text": text, "vector": [float(x) for x in vector]}
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")

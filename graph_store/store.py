@@ -397,8 +397,9 @@ class GraphStore:
         descriptions: Sequence[str | None] | None = None,
         encoder_id: str | None = None,
     ) -> tuple[np.ndarray, list[str | None]]:
-        """Refuse tags that cannot be added (named, blank or known, or vectors not of this store's
-        encoder); returns the vectors as float32 rows and the descriptions (None where not given)."""
+        """Refuse tags that cannot be added (a blank name, one already in the vocabulary or given twice,
+        vectors not of this store's encoder); returns the vectors as float32 rows and the descriptions
+        (None where not given)."""
         if encoder_id is not None and encoder_id != self.encoder_id:
             raise EncoderMismatchError(
                 f"the tag vectors come from encoder '{encoder_id}', but the store was built with "

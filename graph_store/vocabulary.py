@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from graph_store.durable import Carry, VersionMoved
 from graph_store.errors import StoreError
 from graph_store.graph import BROADER, TAG
-from graph_store.journal import TAG_RECORD, Journal
+from graph_store.journal import TAG_LINE_START, Journal
 from graph_store.persistence import current_version, read_manifest
 from graph_store.shards import SHARDS_FILE
 
@@ -80,8 +80,8 @@ def _read_vocabulary(root: Path, journal_dir: str | os.PathLike | None) -> Store
     ]
     names, descriptions = tags.column("key").to_pylist(), tags.column("text").to_pylist()
     journal = Journal(root, folder.name, journal_dir, Carry.from_dict(manifest.get("journal_carry")))
-    for _, record in journal.read_new():
-        if record.get("kind") == TAG_RECORD and record["tag"] not in names:
+    for _, record in journal.read_new(only=TAG_LINE_START):
+        if record["tag"] not in names:
             names.append(record["tag"])
             descriptions.append(record.get("description"))
     return StoreVocabulary(

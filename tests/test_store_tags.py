@@ -47,6 +47,7 @@ def test_an_added_tag_is_recalled_at_once_by_every_process_and_survives_a_save(f
     assert two.sync() == 1 and theta_c2t(two) == 1.0
     # An item annotated with the new tag after the add replays after it (journal order).
     one.record(["n1"], vec(0, 0, 0, 0, 0, 0, 0.8, 0.6)[None], [["theta"]], ["a theta item"])
+    assert read_vocabulary(folder).tags == [*TAG_ORDER, "theta"]  # item records are skipped unparsed
     fresh = GraphStore.load(folder)
     assert fresh.graph.tag_names == [*TAG_ORDER, "theta"]
     assert fresh.graph.tag_descriptions[-1] == "about theta"
