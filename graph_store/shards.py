@@ -99,7 +99,7 @@ class ShardedStore:
                 "only; add them again, first, to complete it"
             )
         rows = [[i for i, name in enumerate(names) if name not in s.graph.tag_pos] for s in self.shards]
-        known = [name for i, name in enumerate(names) if not any(i in r for r in rows)]
+        known = [name for name in names if all(name in s.graph.tag_pos for s in self.shards)]
         if known:
             raise StoreError(f"tag '{known[0]}' is already in the store's vocabulary")
         for shard, part in zip(self.shards, rows, strict=True):
