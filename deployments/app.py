@@ -36,7 +36,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     settings = args.load_settings()
     if service.auth.enabled:
         ApiKeys.load(service.auth)  # a malformed or world-readable key file is refused before start-up
-    vocabulary = read_vocabulary(store)
+    vocabulary = read_vocabulary(store, args.journal)
     options = args.deployment_options
     # A store whose route plan sends nothing to the LLM starts its LLM stages with no replica: one
     # starts when an item is routed to them (a refit, a cascade fit, a new tag), and they go back to

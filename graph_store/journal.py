@@ -2,11 +2,15 @@
 
     STORE/journal.jsonl   {"format": "llm4tag-graph-journal-1", "version": "v000002"}
                           {"id": "q17", "tags": ["card_arrival"], "text": "...", "vector": [...]}
+                          {"kind": "tag", "tag": "card_swallowed", "description": "...", "vector": [...]}
 
-Every record is an upsert: a new item is inserted with its vector and tags, a known item gets its tags
-as deterministic edges. Applying a record twice changes nothing, so a reader may replay from any earlier
-point. Appends take an exclusive lock and are fsynced before they return; several processes (the
-replicas of one shard) append to and follow the same journal (:class:`graph_store.durable.VersionLog`).
+An item record is an upsert: a new item is inserted with its vector and tags, a known item gets its
+tags as deterministic edges. A tag record adds a tag to the vocabulary (its vertex, and its vector to
+the tag index) after every tag before it, so that the tag positions agree in every process that
+replays the journal; a record of a tag already there changes nothing. Applying a record twice changes
+nothing, so a reader may replay from any earlier point. Appends take an exclusive lock and are fsynced
+before they return; several processes (the replicas of one shard) append to and follow the same
+journal (:class:`graph_store.durable.VersionLog`).
 A save that makes a new version of the folder starts the new version's journal with the records
 appended while it was written.
 
@@ -31,6 +35,26 @@ from graph_store.errors import StoreError
 JOURNAL = "journal.jsonl"
 LOCK = "journal.lock"  # a separate file: a save replaces the journal, and a lock on it would go too
 FORMAT = "llm4tag-graph-journal-1"
+
+
+TAG_RECORD = "tag"  # the "kind" of a tag record (an item record has none)
+
+
+def tag_record(name: str, description: str | None, vector: np.ndarray) -> dict:
+    return {
+        "kind": TAG_RECORD,
+        "tag": name,
+        "description": description,
+        "vector": [float(x) for x in vector],
+    }
+
+
+def tag_record_line(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+# How every tag record's line starts ("kind" is its first key): a reader of tags alone parses no other.
+TAG_LINE_START = json.dumps({"kind": TAG_RECORD})[:-1].encode("utf-8")
 
 
 def record_line(item_id: str, tags: Sequence[str], text: str | None, vector: np.ndarray) -> bytes:

@@ -58,6 +58,21 @@ class Hits:
     neighbour_ids: list[str] = field(default_factory=list)
     neighbour_sims: list[float] = field(default_factory=list)
     neighbour_tags: list[np.ndarray] = field(default_factory=list)  # tag positions per neighbour
+    num_tags: int = 0  # the vocabulary size of the store that searched (0: not known)
+
+    def within(self, num_tags: int) -> Hits:
+        """These hits without the tags at position ``num_tags`` or beyond: tags added to the store
+        after the caller read its vocabulary, which it cannot name until it reads it again."""
+        if self.num_tags <= num_tags:
+            return self
+        return Hits(
+            tag_pos=self.tag_pos[self.tag_pos < num_tags],
+            tag_sims=self.tag_sims[self.tag_pos < num_tags],
+            neighbour_ids=self.neighbour_ids,
+            neighbour_sims=self.neighbour_sims,
+            neighbour_tags=[tags[tags < num_tags] for tags in self.neighbour_tags],
+            num_tags=num_tags,
+        )
 
 
 def round_sims(sims: np.ndarray) -> np.ndarray:
@@ -102,6 +117,7 @@ def merge_hits(parts: Sequence[Hits], neighbours_k: int) -> Hits:
         neighbour_ids=[r[1] for r in rows],
         neighbour_sims=[r[0] for r in rows],
         neighbour_tags=[r[2] for r in rows],
+        num_tags=max(part.num_tags for part in parts),
     )
 
 
@@ -115,6 +131,7 @@ def linked(sims: Sequence[float], threshold: float, minimum: int, cap: int | Non
 
 def select(hits: Hits, tag_names: Sequence[str], config: RecallConfig) -> list[Candidate]:
     """Meta-path candidates for one item, best first, at most config.num_candidates."""
+    hits = hits.within(len(tag_names))
     c2t: dict[int, float] = {}
     n_ct = linked(hits.tag_sims, config.delta_ct, config.min_c2t)
     for pos, sim in zip(hits.tag_pos[:n_ct].tolist(), hits.tag_sims[:n_ct].tolist(), strict=True):
@@ -178,6 +195,7 @@ def select(hits: Hits, tag_names: Sequence[str], config: RecallConfig) -> list[C
 
 def select_match(hits: Hits, tag_names: Sequence[str], k: int) -> list[Candidate]:
     """The paper's match-based baseline: the k tags most similar to the item."""
+    hits = hits.within(len(tag_names))
     return [
         Candidate(tag=tag_names[pos], score=float(sim), paths=(MATCH,), c2t_score=float(sim))
         for pos, sim in zip(hits.tag_pos[:k].tolist(), hits.tag_sims[:k].tolist(), strict=True)

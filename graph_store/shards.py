@@ -34,13 +34,80 @@ class ShardedStore:
         count = len(shards)
         if sorted(s.shard for s in shards) != [(i, count) for i in range(count)]:
             raise StoreError(f"shards {[s.shard for s in shards]} are not a complete set of {count}")
-        if len({s.encoder_id for s in shards}) != 1 or len({tuple(s.graph.tag_names) for s in shards}) != 1:
-            raise StoreError("shards disagree on the encoder or the tag vocabulary")
+        if len({s.encoder_id for s in shards}) != 1:
+            raise StoreError("shards disagree on the encoder")
         self.shards = sorted(shards, key=lambda s: s.shard[0])
+        self._vocabulary()
         self.config = self.shards[0].config
         self.encoder_id = self.shards[0].encoder_id
-        self.tag_names = self.shards[0].graph.tag_names
         self.meta = self.shards[0].meta
+
+    @property
+    def tag_names(self) -> list[str]:
+        return self._vocabulary()
+
+    def _vocabulary(self) -> list[str]:
+        """The vocabulary: the longest of the shards' (each shard's is a prefix of it, as tags are only
+        ever appended; a shard lacks the last ones while an add is written or after it was cut short).
+        Read from the shards each time, so it follows their syncs and reloads."""
+        vocabularies = [s.graph.tag_names for s in self.shards]
+        longest = max(vocabularies, key=len)
+        if any(v != longest[: len(v)] for v in vocabularies):
+            raise StoreError("shards disagree on the tag vocabulary")
+        return longest
+
+    def incomplete_tags(self) -> list[str]:
+        """Tags some shard lacks (an add cut short between shards), in vocabulary order."""
+        return self.tag_names[min(s.graph.num_tags for s in self.shards) :]
+
+    def add_tags(self, names, vectors, descriptions=None, *, encoder_id=None) -> None:
+        """Add tags to every shard, through each shard's journal (:meth:`GraphStore.add_tags`).
+
+        The shards are written one after another: a tag that an add cut short left in some shards only
+        is written to the others by adding it again, before any other tag, so that every shard
+        holds the tags in the same positions.
+        """
+        self.sync()
+        names = list(names)
+        vectors, descriptions = np.asarray(vectors, np.float32), list(descriptions or [None] * len(names))
+        for shard, rows in zip(
+            self.shards, self.check_new_tags(names, vectors, descriptions, encoder_id), strict=True
+        ):
+            if rows:
+                shard.add_tags(
+                    [names[i] for i in rows],
+                    vectors[rows],
+                    [descriptions[i] for i in rows],
+                    encoder_id=encoder_id,
+                )
+
+    def check_new_tags(self, names, vectors, descriptions=None, encoder_id=None) -> list[list[int]]:
+        """Refuse tags that cannot be added (:meth:`GraphStore.check_new_tags`, a tag already in every
+        shard, an add cut short that they do not complete); returns the rows each shard lacks."""
+        names = list(names)
+        vectors, descriptions = np.asarray(vectors, np.float32), list(descriptions or [None] * len(names))
+        if not names:
+            raise StoreError("no tags to add")
+        if len(vectors) != len(names) or len(descriptions) != len(names):
+            raise StoreError(
+                f"{len(vectors)} vectors and {len(descriptions)} descriptions for {len(names)} tags"
+            )
+        lacking = self.incomplete_tags()
+        if lacking and names[: len(lacking)] != lacking:
+            raise StoreError(
+                f"an earlier add was cut short: tags {', '.join(map(repr, lacking))} are in some shards "
+                "only; add them again, first, to complete it"
+            )
+        rows = [[i for i, name in enumerate(names) if name not in s.graph.tag_pos] for s in self.shards]
+        known = [name for name in names if all(name in s.graph.tag_pos for s in self.shards)]
+        if known:
+            raise StoreError(f"tag '{known[0]}' is already in the store's vocabulary")
+        for shard, part in zip(self.shards, rows, strict=True):
+            if part:
+                shard.check_new_tags(
+                    [names[i] for i in part], vectors[part], [descriptions[i] for i in part], encoder_id
+                )
+        return rows
 
     def recall(self, vectors: np.ndarray, recall: RecallConfig | None = None) -> list[list[Candidate]]:
         rc = recall or self.config.recall
@@ -105,7 +172,7 @@ class ShardedStore:
             k: sum(p[k] for p in per)
             for k in ("contents", "deterministic_edges", "similarity_edges_ct", "similarity_edges_cc")
         }
-        return {**total, "tags": per[0]["tags"], "shards": len(per)}
+        return {**total, "tags": len(self.tag_names), "shards": len(per)}
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Save every shard, then switch to the new set with one atomic write of shards.json.

@@ -29,7 +29,7 @@ from graph_store.graph import (
     SIMILAR_CT,
     ContentTagGraph,
 )
-from graph_store.journal import Journal, record_line
+from graph_store.journal import TAG_RECORD, Journal, record_line, tag_record, tag_record_line
 from graph_store.metapaths import Candidate, Hits, round_sims, select, select_match
 from graph_store.persistence import StoreSave, current_version, read_manifest, read_version, store_folder
 
@@ -257,6 +257,7 @@ class GraphStore:
                     neighbour_ids=neighbour_ids,
                     neighbour_sims=neighbour_sims,
                     neighbour_tags=neighbour_tags,
+                    num_tags=self.graph.num_tags,
                 )
             )
         return out
@@ -361,6 +362,78 @@ class GraphStore:
             append_to_live(lambda: self.journal, lines, self.reload)
             self.sync()
 
+    def add_tags(
+        self,
+        names: Sequence[str],
+        vectors: np.ndarray,
+        descriptions: Sequence[str | None] | None = None,
+        *,
+        encoder_id: str | None = None,
+    ) -> None:
+        """Add tags to the vocabulary, after every tag it holds; the next recall can return them.
+
+        ``vectors``: the tags' unit vectors from the store's encoder (``encoder_id``, checked when
+        given). With a journal the tags are on disk before this returns, every process holding the
+        folder adds them at its next :meth:`sync`, and the next save folds them into its version.
+        """
+        names = list(names)
+        with self._write_lock:
+            if self.read_only is not None:
+                raise StoreError(f"cannot write to {self.read_only}")
+            self.sync()  # the tags other processes added count as already in the vocabulary
+            vectors, descriptions = self.check_new_tags(names, vectors, descriptions, encoder_id)
+            records = [tag_record(*row) for row in zip(names, descriptions, vectors, strict=True)]
+            if self.journal is None:
+                self._upsert(records)
+                return
+            lines = [tag_record_line(r) for r in records]
+            append_to_live(lambda: self.journal, lines, self.reload)
+            self.sync()
+
+    def check_new_tags(
+        self,
+        names: Sequence[str],
+        vectors: np.ndarray,
+        descriptions: Sequence[str | None] | None = None,
+        encoder_id: str | None = None,
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """Refuse tags that cannot be added (a blank name, one already in the vocabulary or given twice,
+        vectors not of this store's encoder); returns the vectors as float32 rows and the descriptions
+        (None where not given)."""
+        if encoder_id is not None and encoder_id != self.encoder_id:
+            raise EncoderMismatchError(
+                f"the tag vectors come from encoder '{encoder_id}', but the store was built with "
+                f"'{self.encoder_id}': encode the tags with the store's encoder"
+            )
+        if not names:
+            raise StoreError("no tags to add")
+        descriptions = list(descriptions) if descriptions is not None else [None] * len(names)
+        if len(descriptions) != len(names):
+            raise StoreError(f"{len(descriptions)} descriptions for {len(names)} tags")
+        seen: set[str] = set()
+        for name in names:
+            if not isinstance(name, str) or not name.strip():
+                raise StoreError(f"a tag name must be a string with a non-space character, got {name!r}")
+            if name in self.graph.tag_pos:
+                raise StoreError(f"tag '{name}' is already in the store's vocabulary")
+            if name in seen:
+                raise StoreError(f"tag '{name}' is given twice")
+            seen.add(name)
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.shape != (len(names), self.dim):
+            raise StoreError(
+                f"tag vectors must have shape ({len(names)}, {self.dim}) (the store's encoder is "
+                f"{self.dim}-d), got {tuple(vectors.shape)}"
+            )
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1.0) > 1e-3))
+        if len(bad):
+            raise StoreError(
+                f"the vector of tag '{names[bad[0]]}' is not a unit vector (norm {norms[bad[0]]:.4g}): "
+                "the indexes compare unit vectors, encode the tag with the store's encoder"
+            )
+        return vectors, descriptions
+
     def sync(self) -> int:
         """Apply journal records written since the last sync (by any process); returns how many.
 
@@ -402,6 +475,24 @@ class GraphStore:
             self._replaying = False
 
     def _upsert_records(self, records: Sequence[dict]) -> None:
+        # In journal order: an item record after a tag record may carry that tag.
+        items: list[dict] = []
+        for record in records:
+            if record.get("kind") == TAG_RECORD:
+                self._upsert_items(items)
+                items = []
+                self._add_tag(record)
+            else:
+                items.append(record)
+        self._upsert_items(items)
+
+    def _add_tag(self, record: dict) -> None:
+        if record["tag"] in self.graph.tag_pos:
+            return  # replayed from an earlier point, or added by another process meanwhile
+        self.graph.add_tags([record["tag"]], [record.get("description")])
+        self.tag_index.add(np.asarray([record["vector"]], np.float32))
+
+    def _upsert_items(self, records: Sequence[dict]) -> None:
         pending: dict[str, dict] = {}
         for record in records:
             item_id, item_tags = record["id"], list(record.get("tags") or ())

@@ -1,4 +1,5 @@
-"""A store's tag vocabulary and encoder, read without loading the graph or its indexes.
+"""A store's tag vocabulary and encoder, read without loading the graph or its indexes: the live
+version's tags, then those added since (the journal's tag records, graph_store/journal.py).
 
 The generation and calibration stages need only this; a GPU replica should not hold the graph.
 """
@@ -14,8 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from graph_store.durable import Carry, VersionMoved
 from graph_store.errors import StoreError
 from graph_store.graph import BROADER, TAG
+from graph_store.journal import TAG_LINE_START, Journal
 from graph_store.persistence import current_version, read_manifest
 from graph_store.shards import SHARDS_FILE
 
@@ -32,8 +35,20 @@ class StoreVocabulary:
     broader: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_vocabulary(directory: str | os.PathLike) -> StoreVocabulary:
-    root = Path(directory)
+def read_vocabulary(
+    directory: str | os.PathLike, journal_dir: str | os.PathLike | None = None
+) -> StoreVocabulary:
+    """``journal_dir``: where the journal is, when not in the store folder (of a sharded store: the
+    folder holding the shards' journal folders)."""
+    for _ in range(3):
+        try:
+            return _read_vocabulary(Path(directory), journal_dir)
+        except VersionMoved:
+            continue  # a save made a new version live while this read: read that one
+    return _read_vocabulary(Path(directory), journal_dir)
+
+
+def _read_vocabulary(root: Path, journal_dir: str | os.PathLike | None) -> StoreVocabulary:
     num_shards = 1
     if (root / SHARDS_FILE).exists():
         try:
@@ -43,6 +58,7 @@ def read_vocabulary(directory: str | os.PathLike) -> StoreVocabulary:
             raise StoreError(f"{root} is not a sharded store: {exc}") from exc
         num_shards = len(listing)
         root = root / first
+        journal_dir = Path(journal_dir) / first if journal_dir is not None else None
     folder = current_version(root)
     manifest = read_manifest(folder)
     try:
@@ -62,9 +78,15 @@ def read_vocabulary(directory: str | os.PathLike) -> StoreVocabulary:
         (key_of[a], key_of[b])
         for a, b in zip(edges.column("src").to_pylist(), edges.column("dst").to_pylist(), strict=True)
     ]
+    names, descriptions = tags.column("key").to_pylist(), tags.column("text").to_pylist()
+    journal = Journal(root, folder.name, journal_dir, Carry.from_dict(manifest.get("journal_carry")))
+    for _, record in journal.read_new(only=TAG_LINE_START):
+        if record["tag"] not in names:
+            names.append(record["tag"])
+            descriptions.append(record.get("description"))
     return StoreVocabulary(
-        tags=tags.column("key").to_pylist(),
-        descriptions=tags.column("text").to_pylist(),
+        tags=names,
+        descriptions=descriptions,
         encoder_id=manifest["encoder_id"],
         num_shards=num_shards,
         meta=dict(manifest.get("meta") or {}),

@@ -39,8 +39,14 @@ log = logging.getLogger(__name__)
 Vocabulary = tuple[list[str], list[str | None]]
 
 
+def _fullest_shard(store):
+    """The store, or its shard holding the most tags (a shard lacks the last ones while an add is
+    written to the shards one after another)."""
+    return max(store.shards, key=lambda s: s.graph.num_tags) if hasattr(store, "shards") else store
+
+
 def store_vocabulary(store) -> Vocabulary:
-    graph = (store.shards[0] if hasattr(store, "shards") else store).graph
+    graph = _fullest_shard(store).graph
     return list(graph.tag_names), list(graph.tag_descriptions)
 
 
@@ -97,6 +103,9 @@ class TaggingPipeline:
                 raise LLM4TagError("a pipeline without a graph store needs the tag vocabulary")
             vocabulary = store_vocabulary(recaller.store)
         names, descriptions = vocabulary
+        if ranking is not None and recaller is not None and len(names) > len(ranking.models.stats.tag_names):
+            # Tags added to the store after the ranking's fit are ranked too (with 0 annotations).
+            ranking.models.follow(names, _fullest_shard(recaller.store).tag_index.reconstruct_all())
         self.tag_names = list(names)
         self.labels = TagLabels(names)
         self.descriptions = dict(zip(names, descriptions, strict=True))

@@ -337,9 +337,10 @@ class VersionLog:
 
     # -- following
 
-    def read_new(self) -> list[tuple[int, dict]]:
+    def read_new(self, only: bytes | None = None) -> list[tuple[int, dict]]:
         """(line number, record) of the records appended since the last call (all on the first);
-        complete lines only. Raises :class:`VersionMoved` when the folder moved on."""
+        complete lines only. Raises :class:`VersionMoved` when the folder moved on. ``only``: just the
+        lines that start with these bytes are parsed and returned (a reader of one kind of record)."""
         inode, start, data, incomplete = self.log.read_tail(self._inode, self._offset)
         if start == 0 and incomplete:
             # Left by a writer that died mid-append (the next append cuts it off), or being written.
@@ -377,7 +378,7 @@ class VersionLog:
         for raw in data.splitlines(keepends=True):
             self._lines += 1
             line_start, position = position, position + len(raw)
-            if line_start < skip_to or not raw.strip():
+            if line_start < skip_to or not raw.strip() or (only is not None and not raw.startswith(only)):
                 continue
             try:
                 record = json.loads(raw)

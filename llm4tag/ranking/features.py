@@ -107,6 +107,26 @@ class TagStats:
                 counts += np.bincount(flat.astype(np.int64), minlength=len(names))
         return cls(names, shards[0].tag_index.reconstruct_all(), counts, contents_of(store))
 
+    def following(self, tag_names: Sequence[str], tag_vectors: np.ndarray) -> TagStats:
+        """These statistics over the store's vocabulary as it has grown since the fit (``tag_names`` and
+        ``tag_vectors``: all of its tags, in position order): the tags added after the fit join with 0
+        annotations, so that the few-tag slots offer them."""
+        fitted = len(self.tag_names)
+        if list(tag_names[:fitted]) != self.tag_names:
+            raise ValueError(
+                "the store's vocabulary is not the one its ranking was fitted on (tags are only ever "
+                "appended to it): refit the ranking (llm4tag refit)"
+            )
+        added = len(tag_names) - fitted
+        if not added:
+            return self
+        return TagStats(
+            list(tag_names),
+            np.concatenate([self.tag_vectors, np.asarray(tag_vectors, np.float32)[fitted:]]),
+            np.concatenate([self.popularity, np.zeros(added)]),
+            self.contents,
+        )
+
     def save(self, path: Path) -> None:
         with durable_file(path) as fh:
             np.savez(
@@ -159,7 +179,8 @@ class CandidateFeatures:
         self.few = few or FewTags()
         self.is_few = self.popularity < self.few.annotations
         self.few_pos = np.flatnonzero(self.is_few)
-        if learned is not None and learned.tags != self.tag_names:
+        # The learned recall proposes the tags of its fit; tags added to the store since come after them.
+        if learned is not None and learned.tags != self.tag_names[: len(learned.tags)]:
             raise ValueError("the learned recall and the store have different tag vocabularies")
 
     def compute(self, texts: Sequence[str], vectors: np.ndarray, hits: Sequence[Hits]) -> list[CandidateSet]:
@@ -169,6 +190,7 @@ class CandidateFeatures:
             raise ValueError("texts, vectors and hits must have the same length")
         if not len(texts):
             return []
+        hits = [h.within(len(self.tag_names)) for h in hits]
         learned = (
             self.learned.predict(texts, vectors, self.learned_k)
             if self.learned is not None

@@ -157,6 +157,13 @@ class RankingModels:
         self.learned.assert_unseen(ids)
         self.ranker.assert_unseen(ids)
 
+    def follow(self, tag_names: Sequence[str], tag_vectors: np.ndarray) -> None:
+        """Rank among the store's vocabulary as it is now: tags added since the fit are candidates with
+        0 annotations (:meth:`TagStats.following`)."""
+        stats = self.stats.following(tag_names, tag_vectors)
+        if stats is not self.stats:
+            self.stats, self._features = stats, {}
+
     def features(self, recall: RecallConfig) -> CandidateFeatures:
         key = recall.model_dump_json()
         if key not in self._features:

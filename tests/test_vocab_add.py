@@ -1,0 +1,47 @@
+"""`llm4tag vocab add` on the ranked sample store: the new tag is recalled at once, in a pipeline opened
+after the add and in a store opened before it (after its sync), and the ranking fitted before the
+add scores it. Loads the real encoder (marker ``model``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from graph_store import open_store
+from llm4tag.cli import main
+from llm4tag.config import load_settings
+from llm4tag.data import Item
+from llm4tag.pipeline import TaggingPipeline
+from llm4tag.ranking.features import FEW
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "banking77.yaml"
+NEW = "mortgage_application"
+ABOUT = "Applying for a mortgage or a home loan to buy a house."
+ITEM = Item("q1", "I want to buy a house: how do I apply for a mortgage with you?")
+
+
+def test_a_tag_added_with_vocab_add_is_recalled_at_once_and_ranked(ranked_store, tmp_path, capsys):
+    folder = tmp_path / "store"
+    shutil.copytree(ranked_store[0], folder)
+    replica = open_store(folder)  # a process that follows the store, opened before the add
+    capsys.readouterr()
+    assert main(["vocab", "add", "--store", str(folder), "--tag", NEW, "--description", ABOUT]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["added"] == [NEW] and summary["tags"] == 78 and summary["snippets"] == 1
+
+    pipeline = TaggingPipeline.open(folder, load_settings(CONFIG), load_engine=False)
+    assert pipeline.tag_names[-1] == NEW
+    contents, vectors = pipeline.encode([ITEM])
+    recalled = {c.tag: c for c in pipeline.recall(vectors)[0]}
+    assert NEW in recalled and recalled[NEW].c2t_score is not None  # C2T: the tag's own text
+    scored = {s.tag: s for s in pipeline.ranking.models.score(pipeline.recaller.store, contents, vectors)[0]}
+    assert NEW in scored and FEW in scored[NEW].provenance  # 0 annotations: a few-tag slot offers it
+    assert 0.0 < scored[NEW].probability < 1.0
+    assert pipeline.knowledge.get(f"tag:{NEW}") is not None  # its description is a domain snippet
+
+    assert NEW not in [c.tag for c in replica.recall(vectors)[0]]
+    assert replica.sync() == 1 and NEW in [c.tag for c in replica.recall(vectors)[0]]
+
+    assert main(["vocab", "add", "--store", str(folder), "--tag", NEW]) == 2
+    assert f"tag '{NEW}' is already in the store's vocabulary" in capsys.readouterr().err
