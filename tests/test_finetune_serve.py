@@ -113,6 +113,9 @@ def test_adapters_swap_under_load_without_failing_a_request(served, adapters):
         ready["stages"]["generator"]["adapter"] is None and ready["stages"]["calibrator"]["adapter"] is None
     )
 
+    # One request first: a cold app admits one LLM request per replica until its first answers
+    # measure the replicas' pace (llm4tag/service/admission.py); the swap is tested under load after.
+    assert call(f"{url}/v1/tag", {"id": "warm-up", "text": QUERIES[0]})[0] == 200
     results: list[int] = []
     stop = threading.Event()
 

@@ -1,26 +1,29 @@
-"""Schemathesis against the served OpenAPI (issue 18, item 3): the app of tests/test_serve.py (tiny LLM,
-BANKING77 sample store, auth on) on a private local Ray cluster, every operation with a bounded number of
-examples, every check (no 5xx; statuses, content types, headers and bodies as documented; schema-valid
-requests accepted, invalid ones refused; the keyed routes answer 401 without the key). Schemathesis's
-configuration: tests/schemathesis.toml.
+"""Schemathesis against the served OpenAPI (issue 18, item 3): the app of tests/test_serve.py (its config:
+auth on, limits, queues) serving the production shape, a store with a fitted ranker (the bundled
+BANKING77 sample built with `ranking.enabled: on`; the LLM stages scaled to zero: nothing is routed
+to them), on the session's local Ray cluster; every operation with a bounded number of examples, every
+check (no 5xx; statuses, content types, headers and bodies as documented; schema-valid requests
+accepted, invalid ones refused; the keyed routes answer 401 without the key). The LLM path's bodies
+are the same schema; tests/test_serve.py checks them on the LLM. Schemathesis's configuration:
+tests/schemathesis.toml.
 
     python -m pytest -s tests/test_fuzz_api.py     # prints operations, test cases, failures
 
-LLM4TAG_FUZZ_EXAMPLES (default 10; CI time: each case on the LLM path costs a generation) and
-LLM4TAG_FUZZ_SEED (default 18) change the bound and the seed.
+LLM4TAG_FUZZ_EXAMPLES (default 10) and LLM4TAG_FUZZ_SEED (default 18) change the bound and the seed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_serve import ADMIN, served  # noqa: F401  (the served app, a module fixture)
+from tests.test_serve import ADMIN, free_port, start, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +47,18 @@ def schemathesis_run(url: str, key: str, report: Path, examples: int, seed: int)
     return done.returncode, done.stdout + done.stderr, json.loads(report.read_text())
 
 
-def test_every_operation_answers_as_documented(served, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def served(ray_cluster, ranked_store, tmp_path_factory):
+    from ray import serve
+
+    folder = tmp_path_factory.mktemp("fuzz")
+    store = folder / "store"
+    shutil.copytree(ranked_store[0], store)  # feedback and learn write to it
+    yield {"url": start(write_config(folder, free_port()), store)}
+    serve.shutdown()
+
+
+def test_every_operation_answers_as_documented(served, tmp_path):
     code, output, report = schemathesis_run(served["url"], ADMIN, tmp_path / "run.json", EXAMPLES, SEED)
     cases = report["test_cases"]
     print(

@@ -251,7 +251,10 @@ def tag_in_ui(page, text: str, item: str) -> None:
     page.fill("#tag-text", text)
     page.fill("#tag-id", item)
     page.click("#tag-button")
-    page.wait_for_selector(f"#tag-status:has-text('item {item}')", timeout=240_000)
+    # Done, or failed (the UI says why in an error toast): either ends the wait, a failure at once.
+    page.wait_for_selector(f"#tag-status:has-text('item {item}'), #toast.error", timeout=240_000)
+    failed = page.locator("#toast.error")
+    assert not failed.is_visible(), failed.inner_text()
 
 
 @pytest.mark.browser

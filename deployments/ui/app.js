@@ -178,7 +178,7 @@ function renderTagging(row, timings, knowledge, vocabulary) {
   candidates.replaceChildren();
   for (const c of row.candidates || []) {
     candidates.append(el("tr", {}, el("td", {}, c.tag), el("td", {}, c.score.toFixed(3)),
-      el("td", {}, c.paths.join(" + ")), el("td", {}, (c.via || []).join(", ") || "–")));
+      el("td", {}, c.source), el("td", {}, (c.via || []).join(", ") || "–")));
   }
 }
 
