@@ -95,19 +95,19 @@ def _rejects(folder: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_one_percent_bad_rows_in_10000_recall_only(ray_cluster, sample_store, tmp_path):
+def test_one_percent_bad_rows_in_4000_recall_only(ray_cluster, sample_store, tmp_path):
     from cluster.bulk import run_bulk
     from cluster.bulk_files import output_files
     from llm4tag.config import settings_from_dict
 
     source = tmp_path / "items.jsonl"
-    good, bad = _malformed_input(source, 10_000, 100)
-    assert len(bad) == 100
+    good, bad = _malformed_input(source, 4_000, 100)
+    assert len(bad) == 40
     settings = settings_from_dict(SETTINGS)
     out = tmp_path / "out"
 
     report = run_bulk(source, out, sample_store, settings, stages="recall")
-    assert (report.input, report.rejected, report.tagged) == (len(good), 100, len(good))
+    assert (report.input, report.rejected, report.tagged) == (len(good), 40, len(good))
     ids = _output_ids(out)
     assert len(ids) == len(set(ids)), "a row was tagged twice"
     assert set(ids) == good
@@ -115,7 +115,7 @@ def test_one_percent_bad_rows_in_10000_recall_only(ray_cluster, sample_store, tm
     assert {r["line"]: r["field"] for r in rejects} == bad
     assert all(r["reason"] and r["file"] == str(source) for r in rejects)
     by_line = {r["line"]: r for r in rejects}
-    assert by_line[5000]["reason"] == "duplicate id 'q00001' (first on line 1)"
+    assert by_line[2000]["reason"] == "duplicate id 'q00001' (first on line 1)"
 
     # Resume: lose some files, rerun; what was written is skipped, nothing is repeated.
     files = output_files(out)
@@ -123,7 +123,7 @@ def test_one_percent_bad_rows_in_10000_recall_only(ray_cluster, sample_store, tm
         lost.unlink()
     left = len(_output_ids(out))
     again = run_bulk(source, out, sample_store, settings, stages="recall")
-    assert (again.skipped_done, again.tagged, again.rejected) == (left, len(good) - left, 100)
+    assert (again.skipped_done, again.tagged, again.rejected) == (left, len(good) - left, 40)
     ids = _output_ids(out)
     assert len(ids) == len(set(ids)) and set(ids) == good
     assert _rejects(out) == rejects
