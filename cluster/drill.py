@@ -262,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         "--join-after", type=float, default=15.0, help="seconds from the kill to the new node"
     )
     parser.add_argument("--settle", type=float, default=8.0, help="load kept after every replica is back")
-    parser.add_argument("--max-load", type=float, default=120.0)
+    parser.add_argument(
+        "--max-load", type=float, default=240.0, help="seconds of load at most (the recovery ends it sooner)"
+    )
     args = parser.parse_args(argv)
 
     import tempfile
