@@ -44,10 +44,10 @@ def test_directory(tmp_path, fmt, reader):
     [
         ("e.jsonl", b""),
         ("e.jsonl", b"\n  \n\n"),
-        ("e.jsonl.gz", gzip.compress(b"")),
+        ("e.jsonl.gz", gzip.compress(b"", mtime=0)),
         ("e.csv", b""),
         ("e.csv", b"id,text,tags\n"),
-        ("e.csv.gz", gzip.compress(b"id,text\n\n")),
+        ("e.csv.gz", gzip.compress(b"id,text\n\n", mtime=0)),
     ],
 )
 def test_empty_files(tmp_path, name, content):
