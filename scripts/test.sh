@@ -11,5 +11,7 @@ bash scripts/setup.sh
 bash scripts/setup_browser.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports  # layer contracts (pyproject.toml [tool.importlinter])
-.venv/bin/python -m pytest -q "$@"
+# Two workers (pytest-xdist), a test file each at a time: most of the suite's wall time is its Ray tests
+# waiting (deployments starting, replicas recovering), so two files overlap on two cores.
+.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
 bash scripts/test_vllm.sh

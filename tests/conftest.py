@@ -102,6 +102,7 @@ MARKED_BY = {
     "ray_cluster": "ray",
     "ray_multinode": "ray",
     "encoder": "model",
+    "torch_encoder": "model",  # tests/test_encoder.py: the encoder on torch, beside its exports
     "tiny_llm": "model",
     "default_llm": "model",
 }
