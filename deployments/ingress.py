@@ -166,16 +166,15 @@ class IngressDeployment:
 
     # -- tagging and feedback
 
+    def retry_later(self, message: str, field: str = "service", status: int = 503) -> Refusal:
+        """A refusal the client retries after the service's ``retry_after_s`` (Retry-After)."""
+        return Refusal(message, field, status, {"Retry-After": str(self.service.retry_after_s)})
+
     @contextlib.contextmanager
     def in_flight(self):
         """A tag or feedback request, counted while it runs; refused (503) once the service drains."""
         if self.draining:
-            raise Refusal(
-                "the service is shutting down; retry elsewhere or later",
-                "service",
-                503,
-                {"Retry-After": str(self.service.retry_after_s)},
-            )
+            raise self.retry_later("the service is shutting down; retry elsewhere or later")
         self.working += 1
         try:
             yield
@@ -228,19 +227,15 @@ class IngressDeployment:
         except flow.DeadlinePassed as passed:
             if passed.stage in LLM_STAGES and self.llm_on_demand and not self.admission.live():
                 # The items waited for an LLM replica to start (the stage held none): a retry finds it up.
-                raise Refusal(
+                raise self.retry_later(
                     "the LLM stage is starting (it held no replica while nothing was routed to it) and "
-                    "did not answer within the deadline; retry shortly",
-                    "service",
-                    503,
-                    {"Retry-After": str(self.service.retry_after_s)},
+                    "did not answer within the deadline; retry shortly"
                 ) from None
-            raise Refusal(
+            raise self.retry_later(
                 "the request ran past its deadline; its remaining work was dropped (retry "
                 f"later, or with a longer {DEADLINE_HEADER} up to {self.service.deadline_s:g} s)",
                 DEADLINE_HEADER,
                 504,
-                {"Retry-After": str(self.service.retry_after_s)},
             ) from None
         finally:
             self.admission.release(held)
@@ -294,7 +289,7 @@ class IngressDeployment:
                 self.calls.answer,
             )
         except flow.FeedbackIncomplete as exc:
-            raise Refusal(str(exc), "service", 503, {"Retry-After": str(self.service.retry_after_s)}) from exc
+            raise self.retry_later(str(exc)) from exc
         self.metrics.feedback.inc(recorded.items)
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
 

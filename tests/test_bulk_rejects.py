@@ -82,6 +82,15 @@ def _malformed_input(path: Path, n: int, bad_every: int) -> tuple[set[str], dict
     return set(good), bad
 
 
+def _checked_jsonl(tmp_path: Path, lines: list[str]):
+    """The lines as a JSONL input file, and the driver's check of it (cluster.bulk_files.check_input)."""
+    from cluster.bulk_files import check_input
+
+    source = tmp_path / "items.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    return source, check_input(source, "jsonl", None)
+
+
 def _output_ids(folder: Path) -> list[str]:
     from cluster.bulk_files import output_files
 
@@ -195,7 +204,7 @@ def test_check_input_names_each_bad_row(tmp_path):
 
 
 def test_select_rows_keeps_what_check_input_accepted(tmp_path):
-    from cluster.bulk_files import check_input, parse_jsonl_lines, select_rows
+    from cluster.bulk_files import parse_jsonl_lines, select_rows
 
     lines = [
         '{"id": "a", "text": "first"}',
@@ -205,9 +214,7 @@ def test_select_rows_keeps_what_check_input_accepted(tmp_path):
         '{"id": "b", "text": ""}',
         '{"id": "c", "text": "ok", "title": "kept for the prompt"}',
     ]
-    source = tmp_path / "items.jsonl"
-    source.write_text("\n".join(lines) + "\n")
-    checked = check_input(source, "jsonl", None)
+    _, checked = _checked_jsonl(tmp_path, lines)
     block = parse_jsonl_lines(pa.table({"text": lines}))
     kept = select_rows(block, None, None, checked.conflicts)
     assert kept.column("id").to_pylist() == checked.ids == ["a", "c"]
@@ -253,7 +260,7 @@ def test_rows_that_are_no_valid_item_are_set_aside_before_the_workers_see_them(t
     """The item rules (llm4tag/item_rules.py) hold for bulk input as for items files: a row whose
     tags are no list of strings, or whose id is no one line of printable text, is a reject, and the
     read tasks' filter drops it (a worker used to fail the whole job on ``"tags": 5``)."""
-    from cluster.bulk_files import check_input, parse_jsonl_lines, select_rows, to_item
+    from cluster.bulk_files import parse_jsonl_lines, select_rows, to_item
 
     lines = [
         '{"id": "a", "text": "first", "tags": ["x", "x", "y"]}',
@@ -262,9 +269,7 @@ def test_rows_that_are_no_valid_item_are_set_aside_before_the_workers_see_them(t
         '{"id": "d\\u2028e", "text": "a line separator in the id"}',
         '{"id": "f", "text": "ok"}',
     ]
-    source = tmp_path / "items.jsonl"
-    source.write_text("\n".join(lines) + "\n")
-    checked = check_input(source, "jsonl", None)
+    source, checked = _checked_jsonl(tmp_path, lines)
     assert checked.ids == ["a", "f"]
     assert [(r.position, r.id, r.field, r.reason) for r in checked.rejects] == [
         (2, "b", "tags", "must be a list of strings, got a number"),

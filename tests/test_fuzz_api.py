@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_serve import ADMIN, free_port, start, write_config
+from tests.test_serve import ADMIN, serve_copy
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +50,7 @@ def schemathesis_run(url: str, key: str, report: Path, examples: int, seed: int)
 def served(ray_cluster, ranked_store, tmp_path_factory):
     from ray import serve
 
-    folder = tmp_path_factory.mktemp("fuzz")
-    store = folder / "store"
-    shutil.copytree(ranked_store[0], store)  # feedback and learn write to it
-    yield {"url": start(write_config(folder, free_port()), store)}
+    yield serve_copy(ranked_store[0], tmp_path_factory.mktemp("fuzz"))
     serve.shutdown()
 
 

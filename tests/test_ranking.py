@@ -24,7 +24,7 @@ from llm4tag.ranking import (
     precision_cut,
 )
 from llm4tag.ranking.cascade import RoutePlan, final_tags, route_items
-from llm4tag.ranking.crossfit import FoldPlan, build_store, fold_parts, held_out_candidates
+from llm4tag.ranking.crossfit import FoldPlan, build_store, fit_learned, fold_parts, held_out_candidates
 from llm4tag.ranking.learned import for_store
 from llm4tag.ranking.models import ScoredTag
 from llm4tag.ranking.ranker import Ranker, top_rows
@@ -331,16 +331,7 @@ def test_large_stores_append_a_projection_of_the_embedding_to_every_fit():
 
 @pytest.mark.slow
 def test_a_projected_embedding_persists_with_the_learned_recall(banking, tmp_path):
-    config = LearnedConfig(embedding_dims=16, embedding_dims_above=0)
-    model = LearnedRecall.fit(
-        ids=banking.ids,
-        texts=banking.texts,
-        vectors=banking.vectors,
-        item_tags=banking.item_tags,
-        tags=banking.tags,
-        encoder_id=banking.encoder_id,
-        config=config,
-    )
+    model = fit_learned(banking, LearnedConfig(embedding_dims=16, embedding_dims_above=0))
     assert model.projection.shape == (16, banking.vectors.shape[1])
     before = model.predict(banking.texts[:20], banking.vectors[:20], 5)
     model.save(tmp_path / "learned")

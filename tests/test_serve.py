@@ -105,17 +105,19 @@ def start(config: Path, store: Path) -> str:
     return url
 
 
+def serve_copy(source: Path, folder: Path) -> dict:
+    """This module's app serving a copy of the store ``source`` (feedback writes to it)."""
+    store = folder / "store"
+    shutil.copytree(source, store)
+    config = write_config(folder, free_port())
+    return {"url": start(config, store), "config": config, "store": store}
+
+
 @pytest.fixture(scope="module")
 def served(ray_cluster, sample_store, tmp_path_factory):
     from ray import serve
 
-    folder = tmp_path_factory.mktemp("serve")
-    store = folder / "store"
-    shutil.copytree(sample_store, store)  # feedback writes to it
-    config = write_config(folder, free_port())
-    url = start(config, store)
-    state = {"url": url, "config": config, "store": store}
-    yield state
+    yield serve_copy(sample_store, tmp_path_factory.mktemp("serve"))
     serve.shutdown()
 
 
