@@ -82,6 +82,40 @@ def test_routing_in_process_sends_only_the_unsure_items(ranked_store):
     assert auto.times.sent_to_llm == 0
 
 
+def test_tag_prints_one_json_document_on_a_ranked_store(ranked_store, tmp_path):
+    """Omikuji's Rust core logs to file descriptor 1 when it loads a model; that must not reach the
+    summary that scripts read from `llm4tag tag`'s stdout (a benchmark's parse broke on it)."""
+    import json
+    import subprocess
+    import sys
+
+    store, _ = ranked_store
+    out = tmp_path / "rows.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm4tag",
+            "tag",
+            "--store",
+            str(store),
+            "--input",
+            str(QUERIES),
+            "--limit",
+            "3",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=True,
+    )
+    assert json.loads(done.stdout)["items"] == 3
+    assert len(out.read_text().splitlines()) == 3
+
+
 def test_routing_decisions_equal_in_process_and_in_serve(ranked_store, ray_cluster, tmp_path):
     from ray import serve
 

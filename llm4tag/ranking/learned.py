@@ -235,8 +235,8 @@ class LearnedRecall:
         if config.kind == "omikuji":
             import omikuji
 
-            model = omikuji.Model.load(str(folder / "omikuji"))
             with _quiet_output():
+                model = omikuji.Model.load(str(folder / "omikuji"))
                 _densify(model)
         else:
             model = joblib.load(folder / "linear.joblib")
