@@ -198,7 +198,7 @@ async def vocabulary(
     tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ):
     """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
-    view = ingress.vocabulary
+    view = await ingress.follow_vocabulary()
     if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
         raise Refusal(f"must be within 1..{ingress.limits.max_search_results}", "limit", 422)
     view.search.check_query(q)  # also when ``tag`` is given and q is not searched (as documented)

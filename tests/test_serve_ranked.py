@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import yaml
 from test_routing import ITEMS
-from test_serve import DOMAIN, QUERIES, REPO, call, free_port
+from test_serve import ADMIN, DOMAIN, QUERIES, REPO, WRITER, call, free_port, start, write_config
+from test_vocab_add import ABOUT, ITEM, NEW
 
+from graph_store import open_store
 from llm4tag.data import read_items
 from llm4tag.ranking.cascade import CascadeFit
 from llm4tag.ranking.routing import TauChoice
@@ -140,3 +142,43 @@ def llm_replicas() -> dict[str, int]:
         for name, deployment in application.deployments.items()
         if name in ("Generator", "Calibrator")
     }
+
+
+def test_a_tag_added_over_http_is_recalled_at_once_by_every_replica(ranked_store, ray_cluster, tmp_path):
+    """POST /v1/admin/tags on the ranked store (the production shape) with two ingress and two recall
+    replicas: the next tagging on any of them ranks the new tag; it is durable in the store."""
+    from ray import serve
+
+    store = tmp_path / "store"
+    shutil.copytree(ranked_store[0], store)
+    config = write_config(tmp_path, free_port())
+    written = yaml.safe_load(config.read_text())
+    ingress = next(d for d in written["applications"][0]["deployments"] if d["name"] == "Ingress")
+    ingress["num_replicas"] = 2
+    config.write_text(yaml.safe_dump(written))
+    url = start(config, store)
+    body = {"id": ITEM.id, "text": ITEM.text, "candidates": True}
+    try:
+        status, _, before = call(f"{url}/v1/tag", body)
+        assert status == 200 and NEW not in [c["tag"] for c in before["items"][0]["candidates"]], before
+        new = [{"tag": NEW, "description": ABOUT}]
+        assert call(f"{url}/v1/admin/tags", new, key=WRITER)[0] == 403  # a write key is not an admin's
+        status, _, added = call(f"{url}/v1/admin/tags", new)
+        assert status == 200, added
+        assert added["added"] == [NEW] and added["tags"] == 78 and added["snippets"] == 1
+        assert "/" not in added["store"]  # no server path in an answer
+        for _ in range(8):  # the proxy spreads them over both ingress replicas
+            status, _, answer = call(f"{url}/v1/tag", body)
+            (row,) = answer["items"]
+            assert status == 200 and row["route"] == "ranker", answer
+            assert NEW in [c["tag"] for c in row["candidates"]], row["candidates"]
+        status, _, found = call(f"{url}/v1/vocabulary?tag={NEW}")
+        assert status == 200 and [t["tag"] for t in found["tags"]] == [NEW], found
+        status, _, again = call(f"{url}/v1/admin/tags", [*new, {"tag": "another"}])
+        assert (status, again["field"]) == (409, "[0].tag") and NEW in again["error"], again
+        status, _, blank = call(f"{url}/v1/admin/tags", [{"tag": " "}], key=ADMIN)
+        assert (status, blank["field"]) == (422, "[0].tag"), blank
+    finally:
+        serve.shutdown()
+    reopened = open_store(store)
+    assert reopened.graph.tag_names[-1] == NEW and "another" not in reopened.graph.tag_pos
