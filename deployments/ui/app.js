@@ -330,7 +330,8 @@ async function loadVocabulary(reset) {
       if (t.broader.length) hierarchy.push(el("div", {}, "broader: ", chips(t.broader)));
       if (t.narrower.length) hierarchy.push(el("div", {}, `narrower: ${t.narrower.length} tags`));
       body.append(el("tr", { "data-tag": t.tag },
-        el("td", {}, el("div", {}, t.tag), el("div", { class: "uri" }, t.uri), t.notation ? el("div", { class: "meta" }, t.notation) : null),
+        el("td", {}, el("div", {}, t.tag, t.new ? el("span", { class: "new", title: "no stored item carries it yet: recall offers it from its name and description" }, "new") : null),
+          el("div", { class: "uri" }, t.uri), t.notation ? el("div", { class: "meta" }, t.notation) : null),
         el("td", {}, t.description || "–"), el("td", {}, hierarchy.length ? hierarchy : "–"),
         el("td", { class: "count" }, String(t.count))));
     }

@@ -72,6 +72,25 @@ class VocabularyView:
             position={t: i for i, t in enumerate(tags)},
         )
 
+    def row(self, tag: str, annotations: int, synthetic: int | None = None) -> dict:
+        """The review UI's vocabulary row of ``tag``: its description, URI, hierarchy and examples.
+        ``annotations``: stored items carrying it; a tag with none (added after the build, or never
+        annotated) is ``new``: recall offers it from its name and description alone. ``synthetic``:
+        the LLM-written examples stored for it (None: none are counted)."""
+        subject = self.subjects.subject(tag, 0.0)
+        return {
+            "tag": tag,
+            "description": self.descriptions[self.position[tag]],
+            "uri": subject["uri"],
+            "label": subject["label"],
+            "notation": subject["notation"],
+            "broader": self.broader.get(tag, []),
+            "narrower": self.narrower.get(tag, []),
+            "count": annotations,
+            "new": annotations == 0,
+            "synthetic": synthetic,
+        }
+
 
 def store_modified(store: str | os.PathLike) -> str | None:
     """When the store's live version was made (Annif's project modification_time)."""
