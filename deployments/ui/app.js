@@ -145,7 +145,7 @@ function renderTagging(row, timings, knowledge, vocabulary) {
       el("td", {}, tag.tag), confidenceCell(tag.confidence, cut), el("td", {}, tag.source),
       el("td", {}, vias.length ? vias : "–"), el("td", {}, broader.length ? chips(broader) : "–")));
   }
-  if (!judged.length) body.append(el("tr", {}, el("td", { colspan: 5 }, "No tag was generated.")));
+  if (!row.tags.length) body.prepend(el("tr", { class: "no-tag" }, el("td", { colspan: 5 }, `No tag: ${row.no_tag || "none was kept"}.`)));
   $("#generated").textContent = row.generated.join(", ") || "–";
 
   const samples = $("#samples");

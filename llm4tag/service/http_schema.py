@@ -224,6 +224,9 @@ class RowOut(BaseModel):
         None, description="With a ranker (pipeline.route): ranker (settled without the LLM) or llm."
     )
     generated: list[str] = Field(..., description="The LLM's choice in its own order, before calibration.")
+    no_tag: str | None = Field(
+        None, description="Only when tags is empty: why no tag of the vocabulary was kept for the item."
+    )
     knowledge: dict = Field(..., description="Ids of the retrieved samples and knowledge snippets.")
     dropped: list[TagOut] | None = None
     candidates: list[dict] | None = None
