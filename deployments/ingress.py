@@ -117,6 +117,7 @@ class IngressDeployment:
         self.tag_watch = TagWatch(store, journal)
         self.vocabulary = VocabularyView.read(store, journal, annif, self.limits.max_query_chars)
         self.following = asyncio.Lock()  # one re-read of the vocabulary or ranking at a time
+        self.vocabulary_stale = False  # a change was seen, and the vocabulary not yet read again
         self.tag_writer = asyncio.Lock()  # one tag add at a time from this replica
         self.schema = RequestSchema([f for f in settings.texts.item_fields if f != "text"])
         self.metrics = ServiceMetrics()
@@ -312,17 +313,23 @@ class IngressDeployment:
         """The served vocabulary, read again first if tags were added to the store since (a tail read
         of its journal per call: microseconds when nothing changed)."""
         async with self.following:
-            if self.tag_watch.moved():
-                view = await asyncio.to_thread(
-                    VocabularyView.read,
-                    self.store,
-                    self.journal,
-                    self.annif_settings,
-                    self.limits.max_query_chars,
-                )
-                self.vocabulary = view
-                self.options = dataclasses.replace(self.options, tag_names=tuple(view.tags))
-                log.info("the store's vocabulary changed: %s tags", len(view.tags))
+            try:
+                self.vocabulary_stale = self.vocabulary_stale or self.tag_watch.moved()
+                if self.vocabulary_stale:
+                    view = await asyncio.to_thread(
+                        VocabularyView.read,
+                        self.store,
+                        self.journal,
+                        self.annif_settings,
+                        self.limits.max_query_chars,
+                    )
+                    self.vocabulary, self.vocabulary_stale = view, False
+                    self.options = dataclasses.replace(self.options, tag_names=tuple(view.tags))
+                    log.info("the store's vocabulary changed: %s tags", len(view.tags))
+            except (
+                Exception
+            ) as exc:  # keep answering with the vocabulary in memory; the next call reads again
+                log.error("the store's vocabulary could not be read again, the previous one stays: %s", exc)
         return self.vocabulary
 
     async def follow_ranking(self, ranking) -> None:
@@ -362,9 +369,9 @@ class IngressDeployment:
             try:
                 summary = await asyncio.to_thread(add_tags, self.store, tags)
             except StoreError as exc:  # added by another writer meanwhile
-                raise Refusal(str(exc), "tags", 409) from exc
+                raise Refusal(str(exc), "body", 409) from exc
             except LLM4TagError as exc:
-                raise Refusal(str(exc), "tags", 422) from exc
+                raise Refusal(str(exc), "body", 422) from exc
         await self.follow_vocabulary()
         return without_paths(summary)
 
