@@ -24,6 +24,7 @@ from test_serve import ADMIN, DOMAIN, QUERIES, REPO, WRITER, call, free_port, st
 from test_vocab_add import ABOUT, ITEM, NEW
 
 from graph_store import open_store
+from llm4tag.cli import main
 from llm4tag.data import read_items
 from llm4tag.ranking.cascade import CascadeFit
 from llm4tag.ranking.routing import TauChoice
@@ -31,6 +32,7 @@ from llm4tag.ranking.store_routing import load_ranking, ranking_dir, save_cascad
 
 pytestmark = pytest.mark.slow
 
+HOUSE = "house_purchase"  # a second tag the test item fits, added with `llm4tag vocab add`
 # What `llm4tag serve` waits for (deployments/launch.py:wait_ready); a ready app answers well within it.
 START_S = 300
 # The cluster manifests' application is serve_config.yaml's but for the store's path and retries
@@ -196,6 +198,21 @@ def test_a_tag_added_over_http_is_recalled_at_once_by_every_replica(served_ranke
         (row,) = answer["items"]
         assert status == 200 and row["route"] == "ranker", answer
         assert NEW in [c["tag"] for c in row["candidates"]], row["candidates"]
+    # `llm4tag vocab add` against the store the service runs on: the same, from the next request on.
+    argv = [
+        "vocab",
+        "add",
+        "--store",
+        str(store),
+        "--tag",
+        HOUSE,
+        "--description",
+        "Buying a house or a home.",
+    ]
+    assert main(argv) == 0
+    for _ in range(4):
+        status, _, answer = call(f"{url}/v1/tag", body)
+        assert status == 200 and HOUSE in [c["tag"] for c in answer["items"][0]["candidates"]], answer
     status, _, found = call(f"{url}/v1/vocabulary?tag={NEW}")
     assert status == 200 and [(t["tag"], t["new"]) for t in found["tags"]] == [(NEW, True)], found
     status, _, again = call(f"{url}/v1/admin/tags", [*new, {"tag": "another"}])
@@ -203,4 +220,4 @@ def test_a_tag_added_over_http_is_recalled_at_once_by_every_replica(served_ranke
     status, _, blank = call(f"{url}/v1/admin/tags", [{"tag": " "}], key=ADMIN)
     assert (status, blank["field"]) == (422, "[0].tag"), blank
     reopened = open_store(store)  # durable: in the store as a new process opens it
-    assert reopened.graph.tag_names[-1] == NEW and "another" not in reopened.graph.tag_pos
+    assert reopened.graph.tag_names[-2:] == [NEW, HOUSE] and "another" not in reopened.graph.tag_pos
