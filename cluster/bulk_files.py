@@ -69,7 +69,7 @@ CANDIDATE = pa.struct(
 KNOWLEDGE = pa.struct([("samples", pa.list_(pa.string())), ("snippets", pa.list_(pa.string()))])
 # Keys that the rows (tagged_row, FinalTag/ScoredTag/Candidate.to_dict) leave out when empty are nulls
 # in Parquet.
-_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw", "ranker", "yes"}
+_OPTIONAL = {"recall_score", "via", "c2t_score", "c2c2t_score", "raw", "ranker", "yes", "no_tag"}
 
 
 def output_schema(stages: str, with_candidates: bool, with_dropped: bool, with_raw: bool) -> pa.Schema:
@@ -83,6 +83,7 @@ def output_schema(stages: str, with_candidates: bool, with_dropped: bool, with_r
         ("route", pa.string()),
         ("knowledge", KNOWLEDGE),
         ("generated", pa.list_(pa.string())),
+        ("no_tag", pa.string()),  # null unless tags is empty: why no tag was kept
     ]
     if with_dropped:
         fields.append(("dropped", pa.list_(TAG)))

@@ -89,6 +89,7 @@ async def annif_info():
 
 @router.get("/v1/vocabs", summary="Annif: vocabularies", tags=["annif"])
 async def annif_vocabs(ingress: Replica):
+    await ingress.follow_vocabulary()  # tags added to the store since are subjects too
     return {"vocabs": [vocabulary(ingress.annif.settings, ingress.annif.subjects)]}
 
 
@@ -113,6 +114,7 @@ async def annif_project(ingress: Replica, project_id: str):
     openapi_extra=RequestSchema.body(SuggestForm, FORM_MEDIA_TYPE),
 )
 async def annif_suggest(ingress: Replica, project_id: str, request: Request):
+    await ingress.follow_vocabulary()  # tags added to the store since are subjects too
     ingress.annif.check(project_id)
     text, params = parse_suggest(
         parse_form(await ingress.body(request)), ingress.annif.subjects, ingress.limits.max_text_chars
@@ -132,6 +134,7 @@ async def annif_suggest(ingress: Replica, project_id: str, request: Request):
     },
 )
 async def annif_suggest_batch(ingress: Replica, project_id: str, request: Request):
+    await ingress.follow_vocabulary()  # tags added to the store since are subjects too
     ingress.annif.check(project_id)
     params = parse_params(dict(request.query_params), ingress.annif.subjects)
     documents = parse_batch(_annif_json(await ingress.body(request)), ingress.limits.max_text_chars)
@@ -152,6 +155,7 @@ async def annif_suggest_batch(ingress: Replica, project_id: str, request: Reques
     openapi_extra=RequestSchema.body(LearnBody),
 )
 async def annif_learn(ingress: Replica, project_id: str, request: Request):
+    await ingress.follow_vocabulary()  # tags added to the store since are subjects too
     sender = ingress.authorize(request, "write")  # learning writes feedback
     ingress.annif.check(project_id)
     if not ingress.annif.settings.learn:

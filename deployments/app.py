@@ -8,8 +8,6 @@ resources) come from its `deployments` list (Serve applies them by name) or, for
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -75,13 +73,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         shards,
         generator,
         calibrator,
-        {
-            "tags": vocabulary.tags,
-            "descriptions": vocabulary.descriptions,
-            "meta": vocabulary.meta,
-            "broader": vocabulary.broader,
-            "modified": _modified(store),
-        },
+        args.journal,
         settings,
         service,
         store,
@@ -118,12 +110,3 @@ def on_demand(options: dict[str, Any]) -> dict[str, Any]:
     autoscaling.update(min_replicas=0, initial_replicas=0, max_replicas=max(1, int(most)))
     chosen["autoscaling_config"] = autoscaling
     return chosen
-
-
-def _modified(store: str) -> str | None:
-    """When the store's live version was made (Annif's project modification_time)."""
-    for pointer in (Path(store) / "CURRENT", Path(store) / "shards.json"):
-        if pointer.exists():
-            stamp = datetime.fromtimestamp(pointer.stat().st_mtime, tz=UTC)
-            return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return None

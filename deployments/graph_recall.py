@@ -73,6 +73,12 @@ class GraphRecallDeployment:
         self.store.sync()
         return self.store.graph.det_tag_counts().tolist()
 
+    def tags_from(self, start: int) -> tuple[list[str], np.ndarray]:
+        """The names and vectors of the tags at position ``start`` and after (tags added since a
+        ranking's fit: the ingress's ranking follows them)."""
+        self.store.sync()
+        return list(self.store.graph.tag_names[start:]), self.store.tag_index.reconstruct_all()[start:]
+
     def check_health(self) -> None:
         # Serve calls this every health_check_period_s: an idle replica keeps following the journal,
         # and one that can no longer read it (shared volume gone, damaged file) raises, so that Serve

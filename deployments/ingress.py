@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -33,9 +34,11 @@ from deployments.route_kit import answer_refusal, invalid_parameter
 from deployments.serve_metrics import ServiceMetrics
 from deployments.stage_calls import StageCalls
 from deployments.tag_api import router as tag_router
+from graph_store import StoreError, TagWatch
 from llm4tag import flow
 from llm4tag.config import Settings
-from llm4tag.data import Item
+from llm4tag.data import Item, Tag
+from llm4tag.errors import LLM4TagError
 from llm4tag.knowledge.store_knowledge import StoreKnowledge
 from llm4tag.ranking.store_routing import FollowedRouting
 from llm4tag.service.admission import DEADLINE_HEADER, Admission
@@ -53,6 +56,7 @@ from llm4tag.service.refusal import Refusal
 from llm4tag.service.review_queue import ReviewSettings
 from llm4tag.service.settings import ServiceConfig
 from llm4tag.service.vocabulary_view import VocabularyView
+from llm4tag.store_tags import add_tags
 
 log = logging.getLogger("ray.serve")
 app = FastAPI(
@@ -91,7 +95,7 @@ class IngressDeployment:
         shards: list,
         generator,
         calibrator,
-        vocabulary: dict,
+        journal: str | None,
         settings: Settings,
         service: ServiceConfig,
         store: str,
@@ -106,7 +110,15 @@ class IngressDeployment:
         self.settings, self.service, self.limits = settings, service, service.limits
         self.llm_on_demand = llm_on_demand
         self.working, self.draining = 0, False  # requests in flight; whether new ones are refused
-        self.vocabulary = VocabularyView.of(vocabulary, annif, self.limits.max_query_chars)
+        # The served vocabulary, followed: a tag added to the store (POST /v1/admin/tags, `llm4tag vocab
+        # add`) is in it from the next request on (follow_vocabulary). The watch opens first: a tag
+        # added while the vocabulary is read shows as a change, never as one missed.
+        self.store, self.journal, self.annif_settings = store, journal, annif
+        self.tag_watch = TagWatch(store, journal)
+        self.vocabulary = VocabularyView.read(store, journal, annif, self.limits.max_query_chars)
+        self.following = asyncio.Lock()  # one re-read of the vocabulary or ranking at a time
+        self.vocabulary_stale = False  # a change was seen, and the vocabulary not yet read again
+        self.tag_writer = asyncio.Lock()  # one tag add at a time from this replica
         self.schema = RequestSchema([f for f in settings.texts.item_fields if f != "text"])
         self.metrics = ServiceMetrics()
         self.admission = Admission(llm_replicas=llm_replicas)
@@ -207,7 +219,9 @@ class IngressDeployment:
         timings = {} if timings is None else timings
         if self.routing.due() and await asyncio.to_thread(self.routing.refresh):
             self.admission.plan_changed(not self.routing.current[1].sends_nothing)
+        await self.follow_vocabulary()
         ranking, plan = self.routing.current  # one consistent pair for the whole request
+        await self.follow_ranking(ranking)
         steps = flow.tag_flow(
             items,
             dataclasses.replace(self.options, plan=plan),
@@ -292,6 +306,74 @@ class IngressDeployment:
             raise self.retry_later(str(exc)) from exc
         self.metrics.feedback.inc(recorded.items)
         return {"recorded": recorded.items, "ids": [i.id for i in parsed.items], "samples": recorded.samples}
+
+    # -- the vocabulary, followed
+
+    async def follow_vocabulary(self) -> VocabularyView:
+        """The served vocabulary, read again first if tags were added to the store since (a tail read
+        of its journal per call: microseconds when nothing changed)."""
+        async with self.following:
+            try:
+                self.vocabulary_stale = self.vocabulary_stale or self.tag_watch.moved()
+                if self.vocabulary_stale:
+                    view = await asyncio.to_thread(
+                        VocabularyView.read,
+                        self.store,
+                        self.journal,
+                        self.annif_settings,
+                        self.limits.max_query_chars,
+                    )
+                    self.vocabulary, self.vocabulary_stale = view, False
+                    self.options = dataclasses.replace(self.options, tag_names=tuple(view.tags))
+                    log.info("the store's vocabulary changed: %s tags", len(view.tags))
+            except (
+                Exception
+            ) as exc:  # keep answering with the vocabulary in memory; the next call reads again
+                log.error("the store's vocabulary could not be read again, the previous one stays: %s", exc)
+        return self.vocabulary
+
+    async def follow_ranking(self, ranking) -> None:
+        """Let ``ranking`` rank the tags added to the store after its fit (with 0 annotations:
+        RankingModels.follow), from their vectors as the recall shards hold them."""
+        if ranking is None or len(ranking.models.stats.tag_names) >= len(self.vocabulary.tags):
+            return
+        async with self.following:
+            models = ranking.models
+            fitted = len(models.stats.tag_names)
+            if fitted >= len(self.vocabulary.tags):
+                return  # another request followed it meanwhile
+            answers = await asyncio.gather(
+                *(self.calls.call("recall", shard.tags_from, fitted) for shard in self.calls.shards)
+            )
+            # A sharded add reaches the shards one after the other: the fullest shard has them all.
+            names, vectors = max(answers, key=lambda answer: len(answer[0]))
+            if names:
+                await asyncio.to_thread(
+                    models.follow,
+                    [*models.stats.tag_names, *names],
+                    np.concatenate([models.stats.tag_vectors, vectors]),
+                )
+
+    async def add_tags(self, tags: list[Tag]) -> dict:
+        """Add ``tags`` to the store through the core (llm4tag/store_tags.py, as `llm4tag vocab add`):
+        durable before this returns, and in this replica's vocabulary at once; every other replica
+        and recall shard reads it from the store's journal before its next answer. A tag already in
+        the vocabulary is refused (409) naming it."""
+        async with self.tag_writer:
+            view = await self.follow_vocabulary()
+            for index, tag in enumerate(tags):
+                if tag.tag in view.names:
+                    raise Refusal(
+                        f"tag '{tag.tag}' is already in the store's vocabulary", f"[{index}].tag", 409
+                    )
+            try:
+                summary = await asyncio.to_thread(add_tags, self.store, tags)
+            except StoreError as exc:  # added by another writer meanwhile
+                raise Refusal(str(exc), "body", 409) from exc
+            except LLM4TagError as exc:
+                raise Refusal(str(exc), "body", 422) from exc
+        await self.follow_vocabulary()
+        return without_paths(summary)
 
     # -- readiness
 

@@ -7,6 +7,7 @@ GET  /v1/review/entries/{n}     one entry
 POST /v1/feedback + header X-Review-Entry: n   decides entry n (ingress.py; llm4tag/service/review_queue.py)
 GET  /v1/knowledge?samples=&snippets=          retrieved samples and snippets by id
 GET  /v1/vocabulary?q=&limit=&offset=          tags with description, URI, hierarchy, stored-item count
+                                               (none: the tag is new)
 
 The queue logic is llm4tag/service/review_queue.py; here are the routes and the replica's desk
 (ReviewDesk: the queue and its two hooks, queueing uncertain tags of a tagging and letting a feedback
@@ -16,6 +17,7 @@ write decide an entry).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -198,35 +200,18 @@ async def vocabulary(
     tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults per request)
 ):
     """Tags matching ``q`` (as GET /v1/tags), or exactly the ``tag`` names given (repeatable)."""
-    view = ingress.vocabulary
+    view = await ingress.follow_vocabulary()
     if not 1 <= limit <= ingress.limits.max_search_results or offset < 0:
         raise Refusal(f"must be within 1..{ingress.limits.max_search_results}", "limit", 422)
     view.search.check_query(q)  # also when ``tag`` is given and q is not searched (as documented)
     calls = ingress.calls
     per_shard = await asyncio.gather(*(calls.call("recall", s.tag_counts) for s in calls.shards))
-    counts = [sum(c) for c in zip(*per_shard, strict=True)]
+    # A shard may hold a tag more than another while a tag is being added to every shard.
+    counts = [sum(c) for c in itertools.zip_longest(*per_shard, fillvalue=0)]
     if tag:
-        found = [
-            {"tag": t, "description": view.descriptions[view.position[t]]}
-            for t in dict.fromkeys(tag)
-            if t in view.position
-        ][:limit]
+        found = [t for t in dict.fromkeys(tag) if t in view.position][:limit]
     else:
-        found = (await asyncio.to_thread(view.search.search, q, offset + limit))[offset:]
-    rows = []
-    for hit in found:
-        tag = hit["tag"]
-        subject = view.subjects.subject(tag, 0.0)
-        rows.append(
-            {
-                "tag": tag,
-                "description": hit["description"],
-                "uri": subject["uri"],
-                "label": subject["label"],
-                "notation": subject["notation"],
-                "broader": view.broader.get(tag, []),
-                "narrower": view.narrower.get(tag, []),
-                "count": counts[view.position[tag]],
-            }
-        )
+        hits = await asyncio.to_thread(view.search.search, q, offset + limit)
+        found = [hit["tag"] for hit in hits[offset:]]
+    rows = [view.row(t, counts[view.position[t]]) for t in found]
     return {"query": q, "tags": rows, "vocabulary_size": len(view.tags)}

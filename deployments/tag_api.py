@@ -6,6 +6,8 @@ POST /v1/tag           one item or {"items": [...]}: tags with confidence and pr
                        (llm4tag/service/admission.py), answered 504 when it still runs past it
 POST /v1/feedback      corrected annotations: durable graph edges + retrievable samples
 POST /v1/admin/adapter swap a LoRA adapter in without a restart
+POST /v1/admin/tags    add tags to the vocabulary: durable, and recalled by every replica from its
+                       next answer on (as `llm4tag vocab add`)
 GET  /v1/tags?q=       vocabulary search
 GET  /healthz          the ingress answers;   GET /readyz   every stage answers (and what it holds)
 """
@@ -26,9 +28,11 @@ from llm4tag.service.admission import DEADLINE_HEADER, request_deadline_s
 from llm4tag.service.http_schema import (
     AdapterRequest,
     FeedbackResponseOut,
+    NewTags,
     RequestSchema,
     TagResponseOut,
     parse_adapter_request,
+    parse_new_tags,
 )
 from llm4tag.service.refusal import Refusal
 
@@ -80,6 +84,7 @@ async def tag(ingress: Replica, request: Request):
 )
 async def feedback(ingress: Replica, request: Request):
     sender = ingress.authorize(request, "write")
+    await ingress.follow_vocabulary()  # feedback may use a tag added to the store since
     parsed = ingress.parse_feedback(await ingress.json_body(request))
     # With an X-Review-Entry header the feedback also decides that review queue entry.
     answer = await ingress.review.decided(request, parsed, sender)
@@ -133,6 +138,25 @@ async def set_adapter(ingress: Replica, request: Request):
     return {"role": role, "path": path, "replica": state}
 
 
+@router.post(
+    "/v1/admin/tags",
+    responses=ERRORS,
+    dependencies=[KEYED],
+    openapi_extra=RequestSchema.body(NewTags),
+    summary="Add tags to the vocabulary of the running service",
+)
+async def add_tags(ingress: Replica, request: Request):
+    """Body [{"tag": name, "description": text or null}, ...]: the tags are encoded and written to the
+    store's journal (durable before the answer), their descriptions to its knowledge base; the answer
+    is `llm4tag vocab add`'s summary. The next tagging on any replica can recall them. A tag already in
+    the vocabulary is refused (409) naming it, and then none is added."""
+    ingress.authorize(request, "admin")
+    tags = parse_new_tags(await ingress.json_body(request), ingress.limits)
+    summary = await ingress.add_tags(tags)
+    ingress.metrics.requests.inc(tags={"route": "/v1/admin/tags", "status": "200"})
+    return summary
+
+
 @router.get("/v1/tags", summary="Search the tag vocabulary", responses=refusals(401, 403, 422))
 async def search(
     ingress: Replica,
@@ -144,7 +168,7 @@ async def search(
         ingress.authorize(request, None)
     if not 1 <= limit <= ingress.limits.max_search_results:
         raise Refusal(f"must be within 1..{ingress.limits.max_search_results}", "limit", 422)
-    vocabulary = ingress.vocabulary
+    vocabulary = await ingress.follow_vocabulary()
     # In a thread: a long vocabulary scan must not hold up the event loop every request shares.
     found = await asyncio.to_thread(vocabulary.search.search, q, limit)
     return {"query": q, "tags": found, "vocabulary_size": len(vocabulary.tags)}

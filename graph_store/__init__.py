@@ -19,6 +19,7 @@ _EXPORTS = {
     "ShardedStore": "graph_store.shards",
     "StoreError": "graph_store.errors",
     "StoreVocabulary": "graph_store.vocabulary",
+    "TagWatch": "graph_store.vocabulary",
     "open_store": "graph_store.shards",
     "read_vocabulary": "graph_store.vocabulary",
     "shard_of": "graph_store.store",
@@ -34,6 +35,7 @@ __all__ = [
     "ShardedStore",
     "StoreError",
     "StoreVocabulary",
+    "TagWatch",
     "open_store",
     "read_vocabulary",
     "shard_of",
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from graph_store.metapaths import Candidate
     from graph_store.shards import ShardedStore, open_store
     from graph_store.store import GraphStore, shard_of
-    from graph_store.vocabulary import StoreVocabulary, read_vocabulary
+    from graph_store.vocabulary import StoreVocabulary, TagWatch, read_vocabulary
 
 
 def __getattr__(name: str) -> Any:

@@ -48,19 +48,34 @@ def read_vocabulary(
     return _read_vocabulary(Path(directory), journal_dir)
 
 
-def _read_vocabulary(root: Path, journal_dir: str | os.PathLike | None) -> StoreVocabulary:
-    num_shards = 1
-    if (root / SHARDS_FILE).exists():
-        try:
-            listing = json.loads((root / SHARDS_FILE).read_text())["shards"]
-            first = listing[0] if isinstance(listing[0], str) else listing[0]["folder"]
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise StoreError(f"{root} is not a sharded store: {exc}") from exc
-        num_shards = len(listing)
-        root = root / first
-        journal_dir = Path(journal_dir) / first if journal_dir is not None else None
+def _first_shard(
+    root: Path, journal_dir: str | os.PathLike | None
+) -> tuple[Path, str | os.PathLike | None, int]:
+    """The folder and journal folder holding the vocabulary (a sharded store's first shard: every
+    shard holds every tag), and the number of shards."""
+    if not (root / SHARDS_FILE).exists():
+        return root, journal_dir, 1
+    try:
+        listing = json.loads((root / SHARDS_FILE).read_text())["shards"]
+        first = listing[0] if isinstance(listing[0], str) else listing[0]["folder"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise StoreError(f"{root} is not a sharded store: {exc}") from exc
+    return root / first, (Path(journal_dir) / first if journal_dir is not None else None), len(listing)
+
+
+def _live_journal(root: Path, journal_dir: str | os.PathLike | None) -> tuple[Path, dict, Journal]:
     folder = current_version(root)
     manifest = read_manifest(folder)
+    return (
+        folder,
+        manifest,
+        Journal(root, folder.name, journal_dir, Carry.from_dict(manifest.get("journal_carry"))),
+    )
+
+
+def _read_vocabulary(root: Path, journal_dir: str | os.PathLike | None) -> StoreVocabulary:
+    root, journal_dir, num_shards = _first_shard(root, journal_dir)
+    folder, manifest, journal = _live_journal(root, journal_dir)
     try:
         vertices = pq.read_table(folder / "vertices.parquet", columns=["vid", "kind", "key", "text"])
     except (OSError, pa.ArrowInvalid) as exc:
@@ -79,7 +94,6 @@ def _read_vocabulary(root: Path, journal_dir: str | os.PathLike | None) -> Store
         for a, b in zip(edges.column("src").to_pylist(), edges.column("dst").to_pylist(), strict=True)
     ]
     names, descriptions = tags.column("key").to_pylist(), tags.column("text").to_pylist()
-    journal = Journal(root, folder.name, journal_dir, Carry.from_dict(manifest.get("journal_carry")))
     for _, record in journal.read_new(only=TAG_LINE_START):
         if record["tag"] not in names:
             names.append(record["tag"])
@@ -92,3 +106,32 @@ def _read_vocabulary(root: Path, journal_dir: str | os.PathLike | None) -> Store
         meta=dict(manifest.get("meta") or {}),
         broader=broader,
     )
+
+
+class TagWatch:
+    """Whether tags were added to a store since the last look, cheaply enough to ask on every request:
+    a read of what was appended to its journal since, parsing only tag records. A save that made
+    another version live counts as a change too. Open it before reading the vocabulary it watches:
+    a tag added in between then shows as a change (read again), never as one missed."""
+
+    def __init__(self, directory: str | os.PathLike, journal_dir: str | os.PathLike | None = None):
+        self.root, self.journal_dir, _ = _first_shard(Path(directory), journal_dir)
+        self._journal = self._caught_up()
+
+    def _caught_up(self) -> Journal:
+        for _ in range(3):
+            journal = _live_journal(self.root, self.journal_dir)[2]
+            try:
+                journal.read_new(only=TAG_LINE_START)
+            except VersionMoved:
+                continue  # a save made a new version live while this read: follow that one
+            return journal
+        raise StoreError(f"store {self.root} keeps moving to new versions: no journal to follow")
+
+    def moved(self) -> bool:
+        """Whether a tag was added (or another version made live) since the last call."""
+        try:
+            return bool(self._journal.read_new(only=TAG_LINE_START))
+        except VersionMoved:
+            self._journal = self._caught_up()
+            return True

@@ -482,6 +482,25 @@ def tagged_rows(
     return Tagged(rows, list(routed.routes), finals)
 
 
+def why_no_tag(
+    route: ItemRoute, final: Sequence[FinalTag], generation: Generation | None, plan: RoutePlan
+) -> str:
+    """Why an item's answer holds no tag: no tag of the vocabulary fits it well enough, which is an
+    answer (an item outside what the vocabulary covers), said so that a reader can tell it from a loss."""
+    if not final:  # nothing kept nor dropped: nothing to choose from, or the LLM chose nothing
+        if not route.scored and not route.candidates:
+            return "recall found no candidate tag"
+        return "the LLM chose none of the candidate tags"
+    scored = [t for t in final if t.confidence == t.confidence]  # NaN: not calibrated
+    if not scored:
+        return "no tag was kept"
+    best = max(scored, key=lambda t: t.confidence)
+    cut = plan.ranker_cut if best.by == "ranker" else plan.llm_cut
+    return (
+        f"no tag reaches the cut {cut:.3g}: the likeliest, '{best.tag}', has confidence {best.confidence:.3g}"
+    )
+
+
 def tagged_row(
     item_id: str,
     route: ItemRoute,
@@ -505,6 +524,8 @@ def tagged_row(
         # The LLM's own order, before calibration re-ranks and filters.
         "generated": list(generation.tags) if generation else [],
     }
+    if not row["tags"]:
+        row["no_tag"] = why_no_tag(route, final, generation, plan)
     if with_dropped:
         row["dropped"] = [t.to_dict() for t in final if not t.kept]
     if with_candidates:

@@ -153,6 +153,9 @@ ID_SCHEMA = {
 }
 ItemId = Annotated[StrictStr, Field(json_schema_extra=ID_SCHEMA), _in_models(check_id)]
 ItemText = Annotated[StrictStr, Field(json_schema_extra=NOT_BLANK), _in_models(check_text)]
+TagName = Annotated[
+    StrictStr, Field(json_schema_extra=NOT_BLANK), _in_models(lambda v: check_string("tag", v))
+]
 ItemTags = Annotated[
     list[StrictStr],
     Field(json_schema_extra={"items": {"type": "string", **NOT_BLANK}}),

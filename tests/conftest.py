@@ -140,6 +140,12 @@ def tiny_llm() -> Path:
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "banking77"
+# Items no tag of the BANKING77 sample fits: each way of tagging answers them with no tag, and says why.
+OUT_OF_SCOPE = [
+    {"id": "off-1", "text": "The mitochondria is the powerhouse of the cell."},
+    {"id": "off-2", "text": "Bake the bread at 220 degrees for forty minutes."},
+]
+IN_SCOPE = {"id": "on-1", "text": "My card has not arrived yet"}
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import IN_SCOPE, OUT_OF_SCOPE
 
 from llm4tag.cli import main
 
@@ -98,7 +99,7 @@ def test_bulk_rows_equal_the_in_process_pipeline(ray_cluster, sample_store, expe
     _check_rows(tmp_path / "out", expected, 12)
     schema = pq.read_schema(output_files(tmp_path / "out")[0])
     # One row shape with or without a ranker (docs/usage.md "Output rows").
-    assert schema.names == ["id", "tags", "route", "knowledge", "generated"]
+    assert schema.names == ["id", "tags", "route", "knowledge", "generated", "no_tag"]
     assert schema.field("tags").type.value_type.names == [
         "tag",
         "confidence",
@@ -228,3 +229,25 @@ def test_bad_bulk_input_fails_with_one_line(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "o3").iterdir() if not p.name.startswith(".")) == [
         "rejects.jsonl"
     ]
+
+
+def test_an_item_no_tag_fits_is_written_with_no_tag_and_not_tagged_again(ranked_store, ray_cluster, tmp_path):
+    from cluster.bulk import run_bulk
+    from cluster.bulk_files import output_files, read_output
+    from llm4tag.config import load_settings
+
+    source = tmp_path / "items.parquet"
+    pq.write_table(pa.Table.from_pylist([*OUT_OF_SCOPE, IN_SCOPE]), source)
+    settings = load_settings(REPO / "configs" / "banking77.yaml").with_overrides(SETTINGS)
+    report = run_bulk(source, tmp_path / "out", ranked_store[0], settings)
+    assert (report.tagged, report.sent_to_llm) == (3, 0)
+    written = pa.concat_tables([pq.read_table(f) for f in output_files(tmp_path / "out")]).to_pylist()
+    rows = {row["id"]: row for row in written}
+    for off in OUT_OF_SCOPE:
+        assert rows[off["id"]]["tags"] == [] and rows[off["id"]]["no_tag"].startswith(
+            "no tag reaches the cut"
+        )
+    assert rows[IN_SCOPE["id"]]["tags"] and rows[IN_SCOPE["id"]]["no_tag"] is None
+    assert {r["id"]: r["tags"] for r in read_output(tmp_path / "out")}[OUT_OF_SCOPE[0]["id"]] == []
+    again = run_bulk(source, tmp_path / "out", ranked_store[0], settings)
+    assert (again.skipped_done, again.tagged) == (3, 0)  # the empty answers are answers: not redone

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import IN_SCOPE, OUT_OF_SCOPE
 
 from llm4tag.cli import main
 
@@ -265,3 +266,20 @@ def test_console_script_exit_code(tmp_path):
     )
     assert result.returncode == 2
     assert "none.csv" in result.stderr
+
+
+def test_an_item_no_tag_fits_is_answered_with_no_tag_and_why(ranked_store, tmp_path, capsys):
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in [*OUT_OF_SCOPE, IN_SCOPE]))
+    out = tmp_path / "tagged.jsonl"
+    argv = ["tag", "--store", str(ranked_store[0]), "--input", str(items), "--output", str(out)]
+    assert (
+        main([*argv, "--config", str(SAMPLE.parents[2] / "configs" / "banking77.yaml"), "--model", "tiny"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["items"] == 3
+    rows = {row["id"]: row for row in map(json.loads, out.read_text().splitlines())}
+    for off in OUT_OF_SCOPE:
+        assert rows[off["id"]]["tags"] == [] and rows[off["id"]]["route"] == "ranker"
+        assert rows[off["id"]]["no_tag"].startswith("no tag reaches the cut 0.5: the likeliest, '")
+    assert rows[IN_SCOPE["id"]]["tags"][0]["tag"] == "card_arrival" and "no_tag" not in rows[IN_SCOPE["id"]]

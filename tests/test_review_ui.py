@@ -57,6 +57,11 @@ def free_port() -> int:
 KEY = "test-review-key-0123456789"
 
 
+# A tag added while the service runs (the vocabulary page lists it as new).
+ADDED = "Postbox Client"
+ADDED_ABOUT = "Programs that fetch mail from a postbox."
+
+
 def call(url: str, body=None, headers: dict | None = None, timeout: float = 300):
     data = json.dumps(body).encode() if body is not None else None
     sent = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}", **(headers or {})}
@@ -337,6 +342,21 @@ def test_tag_review_and_see_the_correction_in_the_next_tagging(served, browser, 
     }
     assert counts["Electronic Mail"] == 0 and any(c > 0 for c in counts.values())  # a facet, its tags
     assert "debtags.example.org" in page.locator("#vocab-table tbody .uri").first.inner_text()
+    # Without annotations a tag is marked new (the facet); one with them is not.
+    marked = {
+        row.get_attribute("data-tag"): row.locator(".new").count() == 1
+        for row in page.locator("#vocab-table tbody tr[data-tag]").all()
+    }
+    assert all(marked[tag] == (count == 0) for tag, count in counts.items()), (marked, counts)
+    # A tag added to the store while the service runs (`llm4tag vocab add`) is listed at once, new.
+    from llm4tag.cli import main
+
+    argv = ["vocab", "add", "--store", str(served["store"]), "--tag", ADDED, "--description", ADDED_ABOUT]
+    assert main(argv) == 0
+    page.fill("#vocab-query", "postbox")
+    added = page.locator(f"#vocab-table tbody tr[data-tag='{ADDED}']")
+    added.wait_for()
+    assert added.locator(".new").inner_text() == "new" and added.locator("td.count").inner_text() == "0"
     screenshot(page, "vocabulary", tmp_path)
     assert errors == []
     page.close()

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import shutil
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
 import yaml
+from conftest import IN_SCOPE, OUT_OF_SCOPE
 from test_routing import ITEMS
-from test_serve import DOMAIN, QUERIES, REPO, call, free_port
+from test_serve import ADMIN, DOMAIN, QUERIES, REPO, WRITER, call, free_port, start, write_config
+from test_vocab_add import ABOUT, ITEM, NEW
 
+from graph_store import open_store
+from llm4tag.cli import main
 from llm4tag.data import read_items
 from llm4tag.ranking.cascade import CascadeFit
 from llm4tag.ranking.routing import TauChoice
@@ -27,6 +32,7 @@ from llm4tag.ranking.store_routing import load_ranking, ranking_dir, save_cascad
 
 pytestmark = pytest.mark.slow
 
+HOUSE = "house_purchase"  # a second tag the test item fits, added with `llm4tag vocab add`
 # What `llm4tag serve` waits for (deployments/launch.py:wait_ready); a ready app answers well within it.
 START_S = 300
 # The cluster manifests' application is serve_config.yaml's but for the store's path and retries
@@ -140,3 +146,78 @@ def llm_replicas() -> dict[str, int]:
         for name, deployment in application.deployments.items()
         if name in ("Generator", "Calibrator")
     }
+
+
+@pytest.fixture(scope="module")
+def served_ranked(ranked_store, ray_cluster, tmp_path_factory):
+    """tests/test_serve.py's app (auth on) on a copy of the ranked store, with two ingress and two recall
+    replicas."""
+    from ray import serve
+
+    folder = tmp_path_factory.mktemp("served-ranked")
+    store = folder / "store"
+    shutil.copytree(ranked_store[0], store)
+    config = write_config(folder, free_port())
+    written = yaml.safe_load(config.read_text())
+    ingress = next(d for d in written["applications"][0]["deployments"] if d["name"] == "Ingress")
+    ingress["num_replicas"] = 2
+    config.write_text(yaml.safe_dump(written))
+    yield {"url": start(config, store), "store": store}
+    serve.shutdown()
+
+
+def test_an_item_no_tag_fits_is_answered_with_no_tag_and_why(served_ranked):
+    url = served_ranked["url"]
+    status, _, answer = call(f"{url}/v1/tag", {"items": [*OUT_OF_SCOPE, IN_SCOPE]})
+    assert status == 200, answer
+    off, on = answer["items"][:-1], answer["items"][-1]
+    assert all(row["tags"] == [] and row["no_tag"].startswith("no tag reaches the cut") for row in off), off
+    assert on["tags"] and "no_tag" not in on
+    form = urllib.parse.urlencode({"text": OUT_OF_SCOPE[0]["text"]}).encode()
+    status, _, suggested = call(
+        f"{url}/v1/projects/llm4tag/suggest", raw=form, content_type="application/x-www-form-urlencoded"
+    )
+    assert (status, suggested) == (200, {"results": []})
+
+
+def test_a_tag_added_over_http_is_recalled_at_once_by_every_replica(served_ranked):
+    """POST /v1/admin/tags on the ranked store (the production shape): the next tagging on any ingress
+    replica ranks the new tag; it is durable in the store."""
+    url, store = served_ranked["url"], served_ranked["store"]
+    body = {"id": ITEM.id, "text": ITEM.text, "candidates": True}
+    status, _, before = call(f"{url}/v1/tag", body)
+    assert status == 200 and NEW not in [c["tag"] for c in before["items"][0]["candidates"]], before
+    new = [{"tag": NEW, "description": ABOUT}]
+    assert call(f"{url}/v1/admin/tags", new, key=WRITER)[0] == 403  # a write key is not an admin's
+    status, _, added = call(f"{url}/v1/admin/tags", new)
+    assert status == 200, added
+    assert added["added"] == [NEW] and added["tags"] == 78 and added["snippets"] == 1
+    assert "/" not in added["store"]  # no server path in an answer
+    for _ in range(8):  # the proxy spreads them over both ingress replicas
+        status, _, answer = call(f"{url}/v1/tag", body)
+        (row,) = answer["items"]
+        assert status == 200 and row["route"] == "ranker", answer
+        assert NEW in [c["tag"] for c in row["candidates"]], row["candidates"]
+    # `llm4tag vocab add` against the store the service runs on: the same, from the next request on.
+    argv = [
+        "vocab",
+        "add",
+        "--store",
+        str(store),
+        "--tag",
+        HOUSE,
+        "--description",
+        "Buying a house or a home.",
+    ]
+    assert main(argv) == 0
+    for _ in range(4):
+        status, _, answer = call(f"{url}/v1/tag", body)
+        assert status == 200 and HOUSE in [c["tag"] for c in answer["items"][0]["candidates"]], answer
+    status, _, found = call(f"{url}/v1/vocabulary?tag={NEW}")
+    assert status == 200 and [(t["tag"], t["new"]) for t in found["tags"]] == [(NEW, True)], found
+    status, _, again = call(f"{url}/v1/admin/tags", [*new, {"tag": "another"}])
+    assert (status, again["field"]) == (409, "[0].tag") and NEW in again["error"], again
+    status, _, blank = call(f"{url}/v1/admin/tags", [{"tag": " "}], key=ADMIN)
+    assert (status, blank["field"]) == (422, "[0].tag"), blank
+    reopened = open_store(store)  # durable: in the store as a new process opens it
+    assert reopened.graph.tag_names[-2:] == [NEW, HOUSE] and "another" not in reopened.graph.tag_pos

@@ -12,6 +12,7 @@ from llm4tag.service.http_schema import (
     decode_json,
     parse_adapter_request,
     parse_feedback_request,
+    parse_new_tags,
     parse_tag_request,
     require_json,
     without_paths,
@@ -115,6 +116,29 @@ def test_adapter_requests_are_validated_naming_the_field():
             422,
             field,
         )
+
+
+def test_new_tags_are_validated_naming_the_tag_at_fault():
+    tags = parse_new_tags([{"tag": "a", "description": "about a"}, {"tag": "b"}], LIMITS)
+    assert [(t.tag, t.description) for t in tags] == [("a", "about a"), ("b", None)]
+    for body, field in [
+        ([], "body"),
+        ({"tag": "a"}, "body"),
+        ([{"tag": " "}], "[0].tag"),
+        ([{"description": "no name"}], "[0].tag"),
+        ([{"tag": "a"}, {"tag": "a"}], "[1].tag"),
+        ([{"tag": "a", "colour": 1}], "[0].colour"),
+    ]:
+        assert (
+            refused(parse_new_tags, body, LIMITS).status,
+            refused(parse_new_tags, body, LIMITS).field,
+        ) == (
+            422,
+            field,
+        )
+    assert (
+        refused(parse_new_tags, [{"tag": str(i)} for i in range(LIMITS.max_items + 1)], LIMITS).status == 413
+    )
 
 
 def test_writes_take_json_only():

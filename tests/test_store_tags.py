@@ -13,6 +13,7 @@ from graph_store import (
     RecallConfig,
     ShardedStore,
     StoreError,
+    TagWatch,
     read_vocabulary,
 )
 from graph_store.journal import JOURNAL
@@ -217,3 +218,19 @@ def test_vocab_add_refuses_a_blank_name_and_a_description_beside_a_tags_file_bef
     assert "--description goes with --tag" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one of --tag and --tags is required
         main(["vocab", "add", "--store", missing])
+
+
+def test_a_tag_watch_sees_added_tags_and_new_versions_but_not_item_writes(tmp_path, folder):
+    watch = TagWatch(folder)  # what the Serve ingress asks before each answer
+    assert not watch.moved()
+    store = GraphStore.load(folder)
+    store.record(["n1"], vec(0, 0, 0, 0, 0, 0, 0.8, 0.6)[None], [["zeta"]], ["an item"])
+    assert not watch.moved()  # an item write (feedback) leaves the vocabulary as it was
+    store.add_tags(["theta"], THETA[None], ["about theta"], encoder_id="hand-encoder")
+    assert watch.moved() and not watch.moved()  # once per change
+    store.save(folder)  # a new version made live: read the vocabulary again
+    assert watch.moved() and not watch.moved()
+    sh = sharded(tmp_path)
+    shards_watch = TagWatch(tmp_path / "sh")
+    sh.add_tags(["theta"], THETA[None], ["about theta"])
+    assert shards_watch.moved()

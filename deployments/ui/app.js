@@ -145,7 +145,7 @@ function renderTagging(row, timings, knowledge, vocabulary) {
       el("td", {}, tag.tag), confidenceCell(tag.confidence, cut), el("td", {}, tag.source),
       el("td", {}, vias.length ? vias : "–"), el("td", {}, broader.length ? chips(broader) : "–")));
   }
-  if (!judged.length) body.append(el("tr", {}, el("td", { colspan: 5 }, "No tag was generated.")));
+  if (!row.tags.length) body.prepend(el("tr", { class: "no-tag" }, el("td", { colspan: 5 }, `No tag: ${row.no_tag || "none was kept"}.`)));
   $("#generated").textContent = row.generated.join(", ") || "–";
 
   const samples = $("#samples");
@@ -330,7 +330,8 @@ async function loadVocabulary(reset) {
       if (t.broader.length) hierarchy.push(el("div", {}, "broader: ", chips(t.broader)));
       if (t.narrower.length) hierarchy.push(el("div", {}, `narrower: ${t.narrower.length} tags`));
       body.append(el("tr", { "data-tag": t.tag },
-        el("td", {}, el("div", {}, t.tag), el("div", { class: "uri" }, t.uri), t.notation ? el("div", { class: "meta" }, t.notation) : null),
+        el("td", {}, el("div", {}, t.tag, t.new ? el("span", { class: "new", title: "no stored item carries it yet: recall offers it from its name and description" }, "new") : null),
+          el("div", { class: "uri" }, t.uri), t.notation ? el("div", { class: "meta" }, t.notation) : null),
         el("td", {}, t.description || "–"), el("td", {}, hierarchy.length ? hierarchy : "–"),
         el("td", { class: "count" }, String(t.count))));
     }

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     StrictBool,
     StrictStr,
     ValidationError,
@@ -32,12 +33,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llm4tag.config_section import Section
+from llm4tag.data import Tag
 from llm4tag.item_rules import (
+    ITEM_ERROR,
     TOO_LARGE,
     Item,
     ItemId,
     ItemTags,
     ItemText,
+    TagName,
     json_type,
     problem_message,
 )
@@ -220,6 +224,9 @@ class RowOut(BaseModel):
         None, description="With a ranker (pipeline.route): ranker (settled without the LLM) or llm."
     )
     generated: list[str] = Field(..., description="The LLM's choice in its own order, before calibration.")
+    no_tag: str | None = Field(
+        None, description="Only when tags is empty: why no tag of the vocabulary was kept for the item."
+    )
     knowledge: dict = Field(..., description="Ids of the retrieved samples and knowledge snippets.")
     dropped: list[TagOut] | None = None
     candidates: list[dict] | None = None
@@ -249,6 +256,42 @@ class AdapterRequest(BaseModel):
 
 def parse_adapter_request(body: Any) -> AdapterRequest:
     return _validate(AdapterRequest, body, {}, single=False)
+
+
+class NewTag(BaseModel):
+    """One tag of POST /v1/admin/tags: a line of the tags file `llm4tag build` reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: TagName = Field(..., description="The tag's name: new to the vocabulary.")
+    description: StrictStr | None = Field(None, description="What the tag means (recall encodes it).")
+
+
+class NewTags(RootModel[list[NewTag]]):
+    """POST /v1/admin/tags: the tags to add, at least one, at most service.limits.max_items."""
+
+    root: list[NewTag] = Field(..., json_schema_extra=NOT_EMPTY)
+
+    @field_validator("root")
+    @classmethod
+    def _sized_and_distinct(cls, tags: list[NewTag], info: ValidationInfo) -> list[NewTag]:
+        limit = _limits(info).max_items
+        if not tags:
+            raise PydanticCustomError(ITEM_ERROR, "has no tags: send at least one", {})
+        if len(tags) > limit:
+            raise _too_large("tags", len(tags), limit)
+        return tags
+
+
+def parse_new_tags(body: Any, limits: Limits) -> list[Tag]:
+    """The tags of a POST /v1/admin/tags body; a tag given twice is refused naming the second."""
+    tags = _validate(NewTags, body, {"limits": limits}, single=False).root
+    seen: dict[str, int] = {}
+    for index, tag in enumerate(tags):
+        if tag.tag in seen:
+            raise RequestError(f"'{tag.tag}' is also the tag of [{seen[tag.tag]}]", f"[{index}].tag")
+        seen[tag.tag] = index
+    return [Tag(tag=t.tag, description=t.description) for t in tags]
 
 
 # --- what a parsed request is

@@ -3,11 +3,15 @@ llm4tag's tag search and feedback checks, the review UI's vocabulary page and An
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from graph_store import read_vocabulary
 from llm4tag.service.annif import AnnifSettings, Subjects
 from llm4tag.service.tag_search import TagSearch
 
@@ -23,6 +27,25 @@ class VocabularyView:
     modified: str | None = None  # when the store's live version was made
     names: frozenset[str] = frozenset()
     position: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def read(
+        cls,
+        store: str | os.PathLike,
+        journal: str | os.PathLike | None,
+        annif: AnnifSettings,
+        max_query_chars: int,
+    ) -> VocabularyView:
+        """The store's vocabulary as it is now: its live version's tags and those added since."""
+        described = read_vocabulary(store, journal)
+        vocabulary = {
+            "tags": described.tags,
+            "descriptions": described.descriptions,
+            "meta": described.meta,
+            "broader": described.broader,
+            "modified": store_modified(store),
+        }
+        return cls.of(vocabulary, annif, max_query_chars)
 
     @classmethod
     def of(cls, vocabulary: Mapping[str, Any], annif: AnnifSettings, max_query_chars: int) -> VocabularyView:
@@ -48,3 +71,31 @@ class VocabularyView:
             names=frozenset(tags),
             position={t: i for i, t in enumerate(tags)},
         )
+
+    def row(self, tag: str, annotations: int, synthetic: int | None = None) -> dict:
+        """The review UI's vocabulary row of ``tag``: its description, URI, hierarchy and examples.
+        ``annotations``: stored items carrying it; a tag with none (added after the build, or never
+        annotated) is ``new``: recall offers it from its name and description alone. ``synthetic``:
+        the LLM-written examples stored for it (None: none are counted)."""
+        subject = self.subjects.subject(tag, 0.0)
+        return {
+            "tag": tag,
+            "description": self.descriptions[self.position[tag]],
+            "uri": subject["uri"],
+            "label": subject["label"],
+            "notation": subject["notation"],
+            "broader": self.broader.get(tag, []),
+            "narrower": self.narrower.get(tag, []),
+            "count": annotations,
+            "new": annotations == 0,
+            "synthetic": synthetic,
+        }
+
+
+def store_modified(store: str | os.PathLike) -> str | None:
+    """When the store's live version was made (Annif's project modification_time)."""
+    for pointer in (Path(store) / "CURRENT", Path(store) / "shards.json"):
+        if pointer.exists():
+            stamp = datetime.fromtimestamp(pointer.stat().st_mtime, tz=UTC)
+            return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None
