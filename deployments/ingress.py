@@ -326,9 +326,8 @@ class IngressDeployment:
                     self.vocabulary, self.vocabulary_stale = view, False
                     self.options = dataclasses.replace(self.options, tag_names=tuple(view.tags))
                     log.info("the store's vocabulary changed: %s tags", len(view.tags))
-            except (
-                Exception
-            ) as exc:  # keep answering with the vocabulary in memory; the next call reads again
+            # Keep answering with the vocabulary in memory; the next call reads it again.
+            except Exception as exc:
                 log.error("the store's vocabulary could not be read again, the previous one stays: %s", exc)
         return self.vocabulary
 
