@@ -35,6 +35,7 @@ from llm4tag.ranking.features import (
 )
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import LeakError
+from llm4tag.synthetic import check_not_synthetic
 
 _FEATURE_BATCH = 2048  # held-out items searched and featurised at a time (the bar moves per batch)
 
@@ -107,7 +108,11 @@ def plan_held_out_tags(
 
 @dataclass
 class Annotated:
-    """Annotated items with their vectors, and the vocabulary (the inputs every fit reads)."""
+    """Annotated items with their vectors, and the vocabulary (the inputs every fit reads).
+
+    ``synthetic``: synthetic example items (llm4tag/synthetic.py), training data of the learned recall
+    only: every learned recall fitted from these data (each fold's and the final one) reads them, no
+    graph store holds them, and they are never held out (only ``ids`` are)."""
 
     ids: list[str]
     texts: list[str]
@@ -116,12 +121,29 @@ class Annotated:
     tags: list[str]
     tag_vectors: np.ndarray
     encoder_id: str
+    synthetic: Annotated | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.ids) == len(self.texts) == len(self.vectors) == len(self.item_tags)):
             raise ValueError("ids, texts, vectors and item_tags must have the same length")
         if len(set(self.ids)) != len(self.ids):
             raise ValueError("item ids must be unique")
+        if self.synthetic is not None and self.synthetic.synthetic is not None:
+            raise ValueError("synthetic examples carry no synthetic examples of their own")
+
+    def for_learned(self) -> Annotated:
+        """The items a learned recall is fitted on: the annotated ones, then the synthetic examples."""
+        extra = self.synthetic
+        if extra is None or not extra.ids:
+            return dataclasses.replace(self, synthetic=None)
+        return dataclasses.replace(
+            self,
+            ids=[*self.ids, *extra.ids],
+            texts=[*self.texts, *extra.texts],
+            vectors=np.concatenate([self.vectors, extra.vectors]),
+            item_tags=[*self.item_tags, *extra.item_tags],
+            synthetic=None,
+        )
 
     def subset(self, rows: np.ndarray) -> Annotated:
         rows = np.asarray(rows, np.int64)
@@ -140,7 +162,8 @@ class Annotated:
             return self
         kept = [[t for t in row if t not in tags] for row in self.item_tags]
         rows = np.asarray([i for i, row in enumerate(kept) if row], np.int64)
-        return dataclasses.replace(self.subset(rows), item_tags=[kept[i] for i in rows])
+        synthetic = self.synthetic.without_tags(tags) if self.synthetic is not None else None
+        return dataclasses.replace(self.subset(rows), item_tags=[kept[i] for i in rows], synthetic=synthetic)
 
 
 @dataclass
@@ -160,7 +183,9 @@ class HeldOut:
 
 
 def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
-    """The learned recall fitted on ``data`` (none of ``exclude_ids`` among it: LeakError)."""
+    """The learned recall fitted on ``data`` and its synthetic examples (none of ``exclude_ids`` among
+    them: LeakError)."""
+    data = data.for_learned()
     return LearnedRecall.fit(
         ids=data.ids,
         texts=data.texts,
@@ -243,6 +268,7 @@ def held_out_candidates(
     of the tags each fold is also built without (see the module's docstring); ``few``: the candidate
     slots of tags with few annotations."""
     plan = plan or FoldPlan.of(data.ids, folds, seed, max_held_out)
+    check_not_synthetic((data.ids[i] for i in plan.held_rows), "the cross-fit's held-out rows")
     held_tags = plan_held_out_tags(data.item_tags, plan.folds, held_out_tags, seed)
     sets: dict[int, CandidateSet] = {}
     for fold in range(plan.folds):

@@ -347,7 +347,8 @@ def fit_ranking(
             few=few,
         )
     crossfit_s = time.perf_counter() - started
-    digest = data_hash(data.ids, data.texts, data.item_tags)
+    trained = data.for_learned()  # the annotated items and the synthetic examples
+    digest = data_hash(trained.ids, trained.texts, trained.item_tags)
     with step(f"ranker and its calibration ({len(held.y):,} held-out rows)"):
         fitted, raw_oof = Ranker.fit(
             held.x,
@@ -368,6 +369,7 @@ def fit_ranking(
     fitted.metrics = {
         "held_out_items": len(held.item_ids),
         "held_out_rows": len(held.y),
+        "synthetic_examples": len(trained.ids) - len(data.ids),
         "gold_tags_missed_by_candidates": held.gold_missed,
         "top1_precision": float(held.y[top1].mean()),
         # In-sample for the isotonic map (fitted on these very rows): a check, not an estimate.
