@@ -56,9 +56,9 @@ def parse_examples(
     answer: str, tag: str, style: Sequence[str], limit: int, max_chars: int = 300, stored: Sequence[str] = ()
 ) -> list[str]:
     """The example items of an answer, one per line, at most ``limit``: list markers and enclosing
-    quotes stripped, lines cut to ``max_chars``; empty lines, repeats (of each other or of ``stored``,
-    the tag's examples written before), a line that is the tag's name alone and a line copied from the
-    style examples are dropped."""
+    quotes stripped, lines cut to ``max_chars``; empty lines, a preamble (a line ending in a colon),
+    repeats (of each other or of ``stored``, the tag's examples written before), a line that is the
+    tag's name alone and a line copied from the style examples are dropped."""
     banned = {_key(tag), _key(readable_tag(tag))} | {_key(s) for s in style} | {_key(s) for s in stored}
     out: list[str] = []
     for line in answer.splitlines():
@@ -66,7 +66,7 @@ def parse_examples(
         if len(text) > max_chars:
             text = text[:max_chars].rstrip()
         key = _key(text)
-        if not key or key in banned:
+        if not key or key in banned or text.endswith(":"):  # ":": a preamble ("Here are 5 queries:")
             continue
         banned.add(key)
         out.append(text)

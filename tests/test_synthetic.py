@@ -88,6 +88,7 @@ def test_real_annotations_replace_synthetic_examples(tmp_path):
 def test_the_answer_is_parsed_one_item_a_line():
     answer = "\n".join(
         [
+            "Here are 3 new customer queries:",
             "1. Where is my new card?",
             "",
             '- "I ordered a card last week"',
