@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from graph_store import GraphConfig
-from llm4tag.augment import parse_examples
+from llm4tag.augment import TagContext, augment_messages, parse_examples, prompt_version
 from llm4tag.errors import LLM4TagError
 from llm4tag.evaluation.predictions import evaluate_predictions
+from llm4tag.prompts import AugmentPromptConfig, PromptConfig, Prompts
 from llm4tag.ranking import LearnedConfig, held_out_candidates
 from llm4tag.ranking.crossfit import fit_learned, fold_parts
 from llm4tag.synthetic import (
@@ -105,6 +106,23 @@ def test_the_answer_is_parsed_one_item_a_line():
     assert parsed == ["Where is my new card?", "I ordered a card last week", "Has my card shipped yet?"]
     assert parse_examples("x" * 50, "t", [], limit=5, max_chars=10) == ["x" * 10]
     assert parse_examples("\n\n", "t", [], limit=5) == []
+
+
+def test_the_prompt_shows_the_tag_its_knowledge_and_the_style_examples():
+    config = AugmentPromptConfig()
+    prompts = Prompts(PromptConfig(domain="banking customer support", item_kind="customer query"))
+    context = TagContext(
+        "card_arrival", "the card has not arrived", ("Cards arrive in 5 days.",), ("How do I top up?",)
+    )
+    system, user = augment_messages(config, prompts, context, k=3, max_chars=300)
+    assert "customer queries" in system["content"] and "banking customer support" in system["content"]
+    text = user["content"]
+    assert "Tag: card arrival (the card has not arrived)" in text and 'tagged "card arrival"' in text
+    assert "- Cards arrive in 5 days." in text and "- How do I top up?" in text and "Write 3 new" in text
+    bare = augment_messages(config, prompts, TagContext("x", None, (), ()), k=1, max_chars=300)[1]["content"]
+    assert bare.count("- (none)") == 2 and "Tag: x\n" in bare
+    assert prompt_version(config) == prompt_version(AugmentPromptConfig())
+    assert prompt_version(AugmentPromptConfig(system="Other.")) != prompt_version(config)
 
 
 # ------------------------------------------------------------------------ never held out, never gold
