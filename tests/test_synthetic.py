@@ -180,8 +180,14 @@ def test_synthetic_examples_train_every_learned_recall_and_are_never_held_out():
     assert not syn_ids & set(held.item_ids) and not syn_ids & set(held.groups.tolist())
     assert set(held.item_ids) == set(data.ids)  # every real item held out once
     for model_ids, store_ids in trained:
-        assert syn_ids <= model_ids  # each fold's learned recall reads them
+        # Each fold's learned recall reads the synthetic examples but the fold's own, which it scores.
+        assert syn_ids & model_ids
         assert not syn_ids & store_ids  # no graph store holds them
+    assert sum(len(syn_ids - model_ids) for model_ids, _ in trained) == len(syn_ids)
+    # Their candidates are training-only rows, beside (never among) the held-out rows.
+    assert held.synthetic_x.shape[1] == held.x.shape[1] and len(held.synthetic_x) == len(held.synthetic_y)
+    assert held.synthetic_y.sum() >= 1  # their own tag among their candidates: a right row
+    assert len(held.y) == len(held.groups)
     final = fit_learned(data, LEARNED)
     assert syn_ids <= final.trained_ids
     # With no real annotation left, tag3 is learned from its synthetic examples alone.

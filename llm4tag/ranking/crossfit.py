@@ -180,6 +180,10 @@ class HeldOut:
     gold_missed: int  # gold tags of held-out items that no candidate covered
     rows: np.ndarray | None = None  # per held-out item: its position among the annotated items
     held_tags: list[frozenset[str]] = dataclasses.field(default_factory=list)  # per fold
+    # Training-only rows: the candidates of the synthetic examples, each scored in its fold by a
+    # learned recall fitted without it. The ranker learns from them; they never calibrate or measure.
+    synthetic_x: np.ndarray | None = None
+    synthetic_y: np.ndarray | None = None
 
 
 def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
@@ -270,7 +274,18 @@ def held_out_candidates(
     plan = plan or FoldPlan.of(data.ids, folds, seed, max_held_out)
     check_not_synthetic((data.ids[i] for i in plan.held_rows), "the cross-fit's held-out rows")
     held_tags = plan_held_out_tags(data.item_tags, plan.folds, held_out_tags, seed)
+    synthetic = data.synthetic
+    syn_fold = (
+        (
+            assign_folds(synthetic.ids, plan.folds, seed)
+            if plan.folds > 1
+            else np.zeros(len(synthetic.ids), int)
+        )
+        if synthetic is not None
+        else np.zeros(0, int)
+    )
     sets: dict[int, CandidateSet] = {}
+    syn_xs, syn_ys = [], []
     for fold in range(plan.folds):
         held, rest = plan.held(fold), plan.rest(fold)
         if not len(held) or not len(rest):
@@ -279,10 +294,17 @@ def held_out_candidates(
             )
         with step(f"fold {fold + 1}/{plan.folds}: fit on {len(rest):,} items, score {len(held):,}"):
             held_ids = [data.ids[i] for i in held]
-            with step("graph store and learned recall"):
-                store, model = parts(
-                    data.subset(rest).without_tags(held_tags[fold]), held_ids, graph, learned
+            fit_data = data.subset(rest)
+            syn_held = np.flatnonzero(syn_fold == fold)
+            if synthetic is not None:
+                # The fold's synthetic examples are scored like its items, by a learned recall fitted
+                # without them.
+                fit_data.synthetic = synthetic.subset(np.flatnonzero(syn_fold != fold))
+                syn_held = np.asarray(
+                    [i for i in syn_held if not set(synthetic.item_tags[i]) & held_tags[fold]], np.int64
                 )
+            with step("graph store and learned recall"):
+                store, model = parts(fit_data.without_tags(held_tags[fold]), held_ids, graph, learned)
             with step("candidates and features", total=len(held)) as bar:
                 stats = TagStats.from_store(store)
                 features = CandidateFeatures(stats, model, graph.recall, learned_k, few)
@@ -295,6 +317,18 @@ def held_out_candidates(
                     check_tags_held_out(stats, computed, held_tags[fold])
                     sets.update(zip(part.tolist(), computed, strict=True))
                     bar.update(len(part))
+                if len(syn_held):
+                    vectors = synthetic.vectors[syn_held]
+                    texts = [synthetic.texts[i] for i in syn_held]
+                    for i, candidate_set in zip(
+                        syn_held.tolist(),
+                        features.compute(texts, vectors, search_hits(store, vectors, graph.recall)),
+                        strict=True,
+                    ):
+                        syn_xs.append(candidate_set.features)
+                        syn_ys.append(
+                            np.asarray([t in synthetic.item_tags[i] for t in candidate_set.tags], bool)
+                        )
         if progress:
             progress(
                 f"fold {fold + 1}/{plan.folds}: {len(rest)} items fitted, {len(held)} held out, "
@@ -320,4 +354,6 @@ def held_out_candidates(
         gold_missed=missed,
         rows=rows,
         held_tags=held_tags,
+        synthetic_x=np.concatenate(syn_xs) if syn_xs else None,
+        synthetic_y=np.concatenate(syn_ys) if syn_ys else None,
     )
