@@ -27,7 +27,11 @@ benchmarks/_peers.py), Annif Omikuji trained on the same reduced train split (``
 .venv-annif through benchmarks/annif_peer.py on a data folder written for the split), the ranker as
 shipped (``build`` with its ranking, ``pipeline.route: auto`` without a cascade fit: the ranker's
 tags at the default threshold) for each of ``VARIANTS`` (settings of the ranking, one store each),
-and with ``--llm`` the LLM on every item (``route: off``) over the default variant's store.
+and with ``--llm`` the LLM on every item (``route: off``) over the default variant's store. With
+``--augment K``: a copy of the default variant's store where `llm4tag augment` has the LLM (``--model``)
+write K synthetic examples for each new tag (one call per tag; from its name and description, in the
+style of real items of its nearest annotated tags: never test items), then `llm4tag refit` (the learned
+recall trains on them, the held-out rows stay real), ranked as shipped: one more method row.
 
 Per group: top-1 (the first ranked tag before any cut; Acc@1 before the cut on multi-tag sets), P/R/F1
 at the default threshold (Acc@1-3 on multi-tag sets, and the share of new-tag items with a new tag
@@ -54,6 +58,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import time
 import zlib
@@ -76,6 +81,7 @@ from benchmarks._paths import (
 from benchmarks._peers import KNN, clip, knn_rows, read_rows, read_timings
 from benchmarks._rows import cached_rows, run_llm
 from llm4tag import store_builder
+from llm4tag.augment import augment_store
 from llm4tag.data import Item, Tag
 from llm4tag.encoder import Encoder
 from llm4tag.evaluation.tables import format_table
@@ -576,6 +582,30 @@ def build_store(folder: Path, split: Split, settings, encoder) -> None:
     print(f"# built {folder} in {time.perf_counter() - started:.0f} s: {json.dumps(summary)}", flush=True)
 
 
+def augmented_store(folder: Path, name: str, split: Split, k: int, model: str, encoder) -> tuple[Path, dict]:
+    """A copy of the default variant's store with ``k`` synthetic examples per new tag (`llm4tag
+    augment`, resumable) and its ranking refitted; the store and what augment and refit reported.
+    ``k`` 0: the copy refitted without any (the control: Omikuji's fits take no seed, so a refit alone
+    moves the figures a little)."""
+    settings = variant_settings(name, VARIANTS[DEFAULT_VARIANT][1], model, "auto")
+    source = folder / DEFAULT_VARIANT / "store"
+    build_store(source, split, settings, encoder)
+    store = folder / (f"augment-k{k}-{model}" if k else "refit-control") / "store"
+    done = store.parent / "augment.json"
+    if done.exists():
+        return store, json.loads(done.read_text())
+    if not store.exists():
+        shutil.copytree(source, store)
+    summary = augment_store(store, settings, k=k, tags=sorted(split.new)) if k else {}
+    print(f"# augment: {json.dumps(summary)}", flush=True)
+    started = time.perf_counter()
+    refit = store_builder.refit_store_ranking(store, settings)
+    summary["refit_s"] = round(time.perf_counter() - started, 1)
+    summary["synthetic_examples_fitted"] = refit["ranking"]["synthetic_examples"]
+    done.write_text(json.dumps(summary))
+    return store, summary
+
+
 def variant_settings(name: str, overrides: dict, model: str, route):
     settings = dataset_settings(name, {"route": route}, model, None)
     return settings.with_overrides({"ranking": {"enabled": "on", **overrides}})
@@ -643,6 +673,22 @@ def run_set(name: str, args, encoder) -> dict:
         methods[label] = pipeline_rows({r["id"]: r for r in rows}, emit, seconds)
         if variant == variants[-1]:
             methods.update(peer_rows(pipeline.recaller.store, split, emit, threshold))
+    augmented = None
+    for k in (0, args.augment) if args.augment else ():
+        store, summary = augmented_store(folder, name, split, k, args.model, encoder)
+        settings = variant_settings(name, VARIANTS[DEFAULT_VARIANT][1], args.model, "auto")
+        pipeline = TaggingPipeline.open(store, settings, load_engine=False)
+        multi, emit, threshold = pipeline.plan.multi, pipeline.plan.emit, settings.pipeline.threshold
+        rows, seconds = timed(
+            lambda p=pipeline: p.tag(split.test, with_candidates=True, with_dropped=True), len(split.test)
+        )
+        label = (
+            f"ranker (default) + augment: {k} synthetic examples per new tag ({args.model}), refitted"
+            if k
+            else "ranker (default), refitted (control for augment)"
+        )
+        methods[label] = pipeline_rows({r["id"]: r for r in rows}, emit, seconds)
+        augmented = summary if k else augmented
     if args.annif:
         annif = annif_rows(split, args, folder, emit, threshold)
         if annif is not None:
@@ -669,14 +715,20 @@ def run_set(name: str, args, encoder) -> dict:
     }
     markdown = (
         f"### {name}: open-world split {split.key}, threshold {threshold}\n\n"
-        f"Split: {json.dumps(split.report)}\n\n" + tables(results, multi, split)
+        f"Split: {json.dumps(split.report)}\n\n"
+        + (f"Augment: {json.dumps(augmented)}\n\n" if augmented else "")
+        + tables(results, multi, split)
     )
     print("\n" + markdown, flush=True)
     # Named by the sample, so that a smaller run (the LLM rows on fewer items) keeps the larger one's.
-    sample = f"n{len(split.test)}" + ("-llm" if args.llm else "")
+    sample = (
+        f"n{len(split.test)}"
+        + ("-llm" if args.llm else "")
+        + (f"-augment{args.augment}" if augmented else "")
+    )
     (folder / f"tables-{sample}.md").write_text(markdown)
     (folder / f"results-{sample}.json").write_text(
-        json.dumps({"split": split.report, "results": results}, indent=1, default=str)
+        json.dumps({"split": split.report, "augment": augmented, "results": results}, indent=1, default=str)
     )
     return results
 
@@ -709,6 +761,13 @@ def main(argv: list[str] | None = None) -> None:
         help="with --llm: every method on only the sampled items the LLM has tagged so far (tags no more)",
     )
     parser.add_argument("--model", default="default")
+    parser.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also the default ranker after `llm4tag augment` wrote K examples per new tag (--model)",
+    )
     parser.add_argument("--chunk", type=int, default=4, help="items per LLM pipeline call (and cache write)")
     args = parser.parse_args(argv)
     if not 0 < args.new + args.unknown < 1:

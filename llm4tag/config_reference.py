@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from graph_store.config import ConfigModel
 from llm4tag.config.settings import Settings
-from llm4tag.prompts import PeerPromptConfig, PromptConfig
+from llm4tag.prompts import AugmentPromptConfig, PeerPromptConfig, PromptConfig
 from llm4tag.service.annif import AnnifSettings
 from llm4tag.service.app_args import AppArgs
 from llm4tag.service.review_queue import ReviewSettings
@@ -33,6 +33,7 @@ Serve config's `args`); an unknown key is an error naming it. The values below a
 TEMPLATE_DEFAULTS = {
     PromptConfig: "llm4tag/prompts/default.yaml",
     PeerPromptConfig: "llm4tag/prompts/peers.yaml",
+    AugmentPromptConfig: "llm4tag/prompts/augment.yaml",
 }
 TEMPLATE_FIELDS = {"domain", "item_kind", "item_kind_plural", "layout"}
 

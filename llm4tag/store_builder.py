@@ -4,9 +4,11 @@ folder they are saved in. `llm4tag build`, `llm4tag retrain` and the benchmarks 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from llm4tag.ranking.features import TagStats
 from llm4tag.ranking.models import fit_ranking
 from llm4tag.ranking.store_routing import ranking_dir
 from llm4tag.skos import aliases, hierarchy, vocabulary_meta
+from llm4tag.synthetic import SyntheticExamples
 
 
 @dataclass
@@ -171,6 +174,34 @@ def save_parts(parts: StoreParts, store_dir: str | Path) -> None:
     parts.domain.save(Path(store_dir) / KNOWLEDGE_DIR / "domain")
 
 
+def synthetic_for_fit(
+    store_dir: str | Path,
+    data: Annotated,
+    min_annotations: int,
+    encode: Callable[[list[str]], np.ndarray],
+) -> Annotated | None:
+    """The store's synthetic examples a fit uses (`llm4tag augment`; per tag as many as it lacks real
+    annotations in ``data`` to reach ``min_annotations``), encoded; None when there are none."""
+    counts = Counter(t for row in data.item_tags for t in set(row))
+    vocabulary = set(data.tags)
+    chosen = [
+        e for e in SyntheticExamples(store_dir).for_fitting(counts, min_annotations) if e.tag in vocabulary
+    ]
+    if not chosen:
+        return None
+    with step("encode the synthetic examples", total=len(chosen)) as bar:
+        vectors = np.asarray(encode([e.text for e in chosen]), np.float32)
+        bar.update(len(chosen))
+    return dataclasses.replace(
+        data,
+        ids=[e.id for e in chosen],
+        texts=[e.text for e in chosen],
+        vectors=vectors,
+        item_tags=[[e.tag] for e in chosen],
+        synthetic=None,
+    )
+
+
 def fit_store_ranking(
     store_dir: str | Path,
     store: GraphStore | ShardedStore,
@@ -178,11 +209,16 @@ def fit_store_ranking(
     item_vectors: np.ndarray,
     settings: Settings,
     encoder_id: str,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> dict:
     """Fit the learned recall and the ranker on the store's annotated items (cross-fitted folds of
     them: llm4tag/ranking/crossfit.py) and save them in ``STORE/ranking`` with their manifest, when
     ``ranking.enabled`` and the number of annotated items allow; otherwise a ranking of an earlier
-    build (fitted on other annotations) is removed. Returns the summary the build prints."""
+    build (fitted on other annotations) is removed. Returns the summary the build prints.
+
+    ``encode`` (the store's encoder): the store's synthetic examples (``STORE/synthetic``) are encoded
+    with it and join the learned recall's training items, never the held-out rows; without it none
+    are read."""
     config = settings.ranking
     folder = ranking_dir(store_dir)
     annotated = [i for i in items if i.tags]
@@ -207,6 +243,8 @@ def fit_store_ranking(
         tag_vectors=stats.tag_vectors,
         encoder_id=encoder_id,
     )
+    if encode is not None:
+        data.synthetic = synthetic_for_fit(store_dir, data, settings.augment.min_annotations, encode)
     mode = settings.pipeline.mode
     started = time.perf_counter()
     with step(f"learned recall and ranker ({len(annotated):,} annotated items)"):
@@ -227,7 +265,11 @@ def fit_store_ranking(
     keys = ("held_out_items", "top1_precision", "target_precision", "cut", "cut_coverage", "shown")
     return {
         "ranking": {k: models.metrics.get(k) for k in keys}
-        | {"multi": models.multi, "fit_s": round(time.perf_counter() - started, 2)}
+        | {
+            "multi": models.multi,
+            "synthetic_examples": len(data.synthetic.ids) if data.synthetic is not None else 0,
+            "fit_s": round(time.perf_counter() - started, 2),
+        }
     }
 
 
@@ -252,7 +294,7 @@ def build_store_folder(
     saved = time.perf_counter() - started
     report = parts.report
     ranking = fit_store_ranking(
-        store_dir, parts.store, report.annotated, report.item_vectors, settings, encoder.id
+        store_dir, parts.store, report.annotated, report.item_vectors, settings, encoder.id, encoder.encode
     )
     return {
         "store": str(store_dir),
@@ -343,5 +385,7 @@ def refit_store_ranking(store_dir: str | Path, settings: Settings) -> dict:
         logging.getLogger(__name__).warning(
             "refit reads the stored item text only, not texts.item_fields %s", settings.texts.item_fields
         )
-    summary = fit_store_ranking(store_dir, recaller.store, items, vectors, settings, recaller.encoder.id)
+    summary = fit_store_ranking(
+        store_dir, recaller.store, items, vectors, settings, recaller.encoder.id, recaller.encoder.encode
+    )
     return {"store": str(store_dir), "annotated_items": len(items), **summary}

@@ -14,7 +14,20 @@ import sys
 from importlib.metadata import entry_points
 
 from graph_store import StoreError
-from llm4tag.cli import build, feedback, models, recall, refit, retrain, review, tag, train, train_data, vocab
+from llm4tag.cli import (
+    augment,
+    build,
+    feedback,
+    models,
+    recall,
+    refit,
+    retrain,
+    review,
+    tag,
+    train,
+    train_data,
+    vocab,
+)
 from llm4tag.cli import eval as evaluate
 from llm4tag.errors import LLM4TagError
 from llm4tag.flow import FeedbackIncomplete
@@ -35,6 +48,7 @@ CORE_VERBS = (
     retrain,
     review,
     refit,
+    augment,
 )
 
 

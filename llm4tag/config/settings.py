@@ -19,7 +19,7 @@ from llm4tag.config_section import Section
 from llm4tag.encoder import EncoderConfig
 from llm4tag.engines.config import LLMConfig
 from llm4tag.errors import ConfigError
-from llm4tag.prompts import PeerPromptConfig, PromptConfig
+from llm4tag.prompts import AugmentPromptConfig, PeerPromptConfig, PromptConfig
 from llm4tag.ranking.config import RankingConfig
 from llm4tag.tag_mode import MULTI_TAG_MEAN
 
@@ -185,6 +185,28 @@ class VocabConfig(Section):
     description_aliases: int = Field(5, ge=0, description="aliases listed in a merged tag's description")
 
 
+class AugmentConfig(Section):
+    """`llm4tag augment`: example items the LLM writes for tags with few real annotations.
+
+    They are used to fit the learned recall, never held out, never gold, never a retrieved sample."""
+
+    section: ClassVar[str] = "augment"
+
+    k: int = Field(5, ge=1, description="examples written per tag")
+    min_annotations: int = Field(
+        5,
+        ge=1,
+        description="tags with fewer real annotations are augmented; a fit uses as many of a tag's "
+        "examples as it lacks real annotations to reach this",
+    )
+    style_tags: int = Field(3, ge=0, description="nearest annotated tags (by tag vector) shown for style")
+    style_items: int = Field(2, ge=0, description="real items shown per style tag")
+    snippets: int = Field(3, ge=0, description="knowledge snippets about the tag shown")
+    max_new_tokens: int = Field(256, ge=1, description="generated tokens per tag")
+    max_example_chars: int = Field(300, ge=1, description="a longer line of the answer is cut to this")
+    prompts: AugmentPromptConfig = Field(default_factory=AugmentPromptConfig, description="the template")
+
+
 class Settings(Section):
     """Every section; each is optional in the YAML file."""
 
@@ -201,6 +223,7 @@ class Settings(Section):
     peers: PeersConfig = Field(default_factory=PeersConfig, description="the baseline taggers")
     ranking: RankingConfig = Field(default_factory=RankingConfig, description="learned recall and ranker")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="LoRA fine-tuning")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="`llm4tag augment`")
 
     @property
     def judgments_in_context(self) -> bool:

@@ -158,6 +158,33 @@ class PeerPromptConfig(Templates):
     selective_multi: str = Field("", description="selective: multi-tag instruction")
 
 
+_AUGMENT_ALLOWED = {
+    "system": set(),
+    "request": {"tag", "tag_description", "knowledge", "examples", "k"},
+    "knowledge": {"text"},
+    "example": {"text"},
+    "none": set(),
+}
+for _names in _AUGMENT_ALLOWED.values():
+    _names |= {"domain", "item_kind", "item_kinds", "item_kind_title"}
+
+
+class AugmentPromptConfig(Templates):
+    """The template of `llm4tag augment` (defaults: prompts/augment.yaml): example items for a tag with
+    few annotations."""
+
+    section: ClassVar[str] = "augment.prompts"
+    DEFAULTS: ClassVar[str] = "augment.yaml"
+    ALLOWED: ClassVar[dict[str, set[str]]] = _AUGMENT_ALLOWED
+    FILLED: ClassVar[tuple[str, ...]] = tuple(_AUGMENT_ALLOWED)
+
+    system: str = Field("", description="system message")
+    request: str = Field("", description="the request: the tag, its knowledge, style examples, k")
+    knowledge: str = Field("", description="one snippet about the tag")
+    example: str = Field("", description="one real item of a related tag")
+    none: str = Field("", description="when there is no snippet or example to show")
+
+
 def _plural(word: str) -> str:
     if word.endswith("y") and word[-2:-1] not in ("a", "e", "i", "o", "u"):
         return word[:-1] + "ies"
@@ -188,6 +215,12 @@ class Prompts:
             "item_kind_title": c.item_kind[:1].upper() + c.item_kind[1:],
             "item_kinds": c.item_kind_plural or _plural(c.item_kind),
         }
+
+    @property
+    def common(self) -> dict[str, str]:
+        """The placeholders every template may use ({domain}, {item_kind}, {item_kinds},
+        {item_kind_title}), filled from this section."""
+        return dict(self._common)
 
     def _none(self) -> str:
         return self.config.none_retrieved

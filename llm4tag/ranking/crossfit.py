@@ -35,6 +35,7 @@ from llm4tag.ranking.features import (
 )
 from llm4tag.ranking.learned import LearnedConfig, LearnedRecall
 from llm4tag.ranking.provenance import LeakError
+from llm4tag.synthetic import check_not_synthetic
 
 _FEATURE_BATCH = 2048  # held-out items searched and featurised at a time (the bar moves per batch)
 
@@ -107,7 +108,11 @@ def plan_held_out_tags(
 
 @dataclass
 class Annotated:
-    """Annotated items with their vectors, and the vocabulary (the inputs every fit reads)."""
+    """Annotated items with their vectors, and the vocabulary (the inputs every fit reads).
+
+    ``synthetic``: synthetic example items (llm4tag/synthetic.py), training data of the learned recall
+    only: every learned recall fitted from these data (each fold's and the final one) reads them, no
+    graph store holds them, and they are never held out (only ``ids`` are)."""
 
     ids: list[str]
     texts: list[str]
@@ -116,12 +121,29 @@ class Annotated:
     tags: list[str]
     tag_vectors: np.ndarray
     encoder_id: str
+    synthetic: Annotated | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.ids) == len(self.texts) == len(self.vectors) == len(self.item_tags)):
             raise ValueError("ids, texts, vectors and item_tags must have the same length")
         if len(set(self.ids)) != len(self.ids):
             raise ValueError("item ids must be unique")
+        if self.synthetic is not None and self.synthetic.synthetic is not None:
+            raise ValueError("synthetic examples carry no synthetic examples of their own")
+
+    def for_learned(self) -> Annotated:
+        """The items a learned recall is fitted on: the annotated ones, then the synthetic examples."""
+        extra = self.synthetic
+        if extra is None or not extra.ids:
+            return dataclasses.replace(self, synthetic=None)
+        return dataclasses.replace(
+            self,
+            ids=[*self.ids, *extra.ids],
+            texts=[*self.texts, *extra.texts],
+            vectors=np.concatenate([self.vectors, extra.vectors]),
+            item_tags=[*self.item_tags, *extra.item_tags],
+            synthetic=None,
+        )
 
     def subset(self, rows: np.ndarray) -> Annotated:
         rows = np.asarray(rows, np.int64)
@@ -140,7 +162,8 @@ class Annotated:
             return self
         kept = [[t for t in row if t not in tags] for row in self.item_tags]
         rows = np.asarray([i for i, row in enumerate(kept) if row], np.int64)
-        return dataclasses.replace(self.subset(rows), item_tags=[kept[i] for i in rows])
+        synthetic = self.synthetic.without_tags(tags) if self.synthetic is not None else None
+        return dataclasses.replace(self.subset(rows), item_tags=[kept[i] for i in rows], synthetic=synthetic)
 
 
 @dataclass
@@ -157,10 +180,16 @@ class HeldOut:
     gold_missed: int  # gold tags of held-out items that no candidate covered
     rows: np.ndarray | None = None  # per held-out item: its position among the annotated items
     held_tags: list[frozenset[str]] = dataclasses.field(default_factory=list)  # per fold
+    # Training-only rows: the candidates of the synthetic examples, each scored in its fold by a
+    # learned recall fitted without it. The ranker learns from them; they never calibrate or measure.
+    synthetic_x: np.ndarray | None = None
+    synthetic_y: np.ndarray | None = None
 
 
 def fit_learned(data: Annotated, config: LearnedConfig, exclude_ids: Sequence[str] = ()) -> LearnedRecall:
-    """The learned recall fitted on ``data`` (none of ``exclude_ids`` among it: LeakError)."""
+    """The learned recall fitted on ``data`` and its synthetic examples (none of ``exclude_ids`` among
+    them: LeakError)."""
+    data = data.for_learned()
     return LearnedRecall.fit(
         ids=data.ids,
         texts=data.texts,
@@ -243,8 +272,20 @@ def held_out_candidates(
     of the tags each fold is also built without (see the module's docstring); ``few``: the candidate
     slots of tags with few annotations."""
     plan = plan or FoldPlan.of(data.ids, folds, seed, max_held_out)
+    check_not_synthetic((data.ids[i] for i in plan.held_rows), "the cross-fit's held-out rows")
     held_tags = plan_held_out_tags(data.item_tags, plan.folds, held_out_tags, seed)
+    synthetic = data.synthetic
+    syn_fold = (
+        (
+            assign_folds(synthetic.ids, plan.folds, seed)
+            if plan.folds > 1
+            else np.zeros(len(synthetic.ids), int)
+        )
+        if synthetic is not None
+        else np.zeros(0, int)
+    )
     sets: dict[int, CandidateSet] = {}
+    syn_xs, syn_ys = [], []
     for fold in range(plan.folds):
         held, rest = plan.held(fold), plan.rest(fold)
         if not len(held) or not len(rest):
@@ -253,10 +294,17 @@ def held_out_candidates(
             )
         with step(f"fold {fold + 1}/{plan.folds}: fit on {len(rest):,} items, score {len(held):,}"):
             held_ids = [data.ids[i] for i in held]
-            with step("graph store and learned recall"):
-                store, model = parts(
-                    data.subset(rest).without_tags(held_tags[fold]), held_ids, graph, learned
+            fit_data = data.subset(rest)
+            syn_held = np.flatnonzero(syn_fold == fold)
+            if synthetic is not None:
+                # The fold's synthetic examples are scored like its items, by a learned recall fitted
+                # without them.
+                fit_data.synthetic = synthetic.subset(np.flatnonzero(syn_fold != fold))
+                syn_held = np.asarray(
+                    [i for i in syn_held if not set(synthetic.item_tags[i]) & held_tags[fold]], np.int64
                 )
+            with step("graph store and learned recall"):
+                store, model = parts(fit_data.without_tags(held_tags[fold]), held_ids, graph, learned)
             with step("candidates and features", total=len(held)) as bar:
                 stats = TagStats.from_store(store)
                 features = CandidateFeatures(stats, model, graph.recall, learned_k, few)
@@ -269,6 +317,18 @@ def held_out_candidates(
                     check_tags_held_out(stats, computed, held_tags[fold])
                     sets.update(zip(part.tolist(), computed, strict=True))
                     bar.update(len(part))
+                if len(syn_held):
+                    vectors = synthetic.vectors[syn_held]
+                    texts = [synthetic.texts[i] for i in syn_held]
+                    for i, candidate_set in zip(
+                        syn_held.tolist(),
+                        features.compute(texts, vectors, search_hits(store, vectors, graph.recall)),
+                        strict=True,
+                    ):
+                        syn_xs.append(candidate_set.features)
+                        syn_ys.append(
+                            np.asarray([t in synthetic.item_tags[i] for t in candidate_set.tags], bool)
+                        )
         if progress:
             progress(
                 f"fold {fold + 1}/{plan.folds}: {len(rest)} items fitted, {len(held)} held out, "
@@ -294,4 +354,6 @@ def held_out_candidates(
         gold_missed=missed,
         rows=rows,
         held_tags=held_tags,
+        synthetic_x=np.concatenate(syn_xs) if syn_xs else None,
+        synthetic_y=np.concatenate(syn_ys) if syn_ys else None,
     )

@@ -347,7 +347,8 @@ def fit_ranking(
             few=few,
         )
     crossfit_s = time.perf_counter() - started
-    digest = data_hash(data.ids, data.texts, data.item_tags)
+    trained = data.for_learned()  # the annotated items and the synthetic examples
+    digest = data_hash(trained.ids, trained.texts, trained.item_tags)
     with step(f"ranker and its calibration ({len(held.y):,} held-out rows)"):
         fitted, raw_oof = Ranker.fit(
             held.x,
@@ -357,6 +358,7 @@ def fit_ranking(
             encoder_id=data.encoder_id,
             data_hash=digest,
             config=ranker,
+            extra=None if held.synthetic_y is None else (held.synthetic_x, held.synthetic_y),
         )
     oof = fitted.probability(raw_oof)
     shown = top_rows(raw_oof, held.groups, emit)
@@ -368,6 +370,8 @@ def fit_ranking(
     fitted.metrics = {
         "held_out_items": len(held.item_ids),
         "held_out_rows": len(held.y),
+        "synthetic_examples": len(trained.ids) - len(data.ids),
+        "synthetic_rows": 0 if held.synthetic_y is None else len(held.synthetic_y),
         "gold_tags_missed_by_candidates": held.gold_missed,
         "top1_precision": float(held.y[top1].mean()),
         # In-sample for the isotonic map (fitted on these very rows): a check, not an estimate.

@@ -91,11 +91,13 @@ class Ranker:
         encoder_id: str,
         data_hash: str,
         config: RankerConfig | None = None,
+        extra: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[Ranker, np.ndarray]:
         """Fit on held-out candidate rows (``groups``: the item of each row). Returns the ranker and the
         out-of-fold raw score of every row (its order; ``probability`` of it for held-out metrics and
         routing fits: the calibration map was fitted on these rows, the scores themselves are
-        out-of-fold)."""
+        out-of-fold). ``extra``: training-only rows (x, y) (synthetic examples' candidates), added to
+        every model fitted here and never scored, so they never fit the calibration."""
         config = config or RankerConfig()
         x = np.asarray(x, np.float32)
         y = np.asarray(y, bool)
@@ -106,6 +108,8 @@ class Ranker:
             raise LLM4TagError("the held-out candidates are all right or all wrong: nothing to learn")
         from sklearn.model_selection import GroupKFold
 
+        extra_x = np.zeros((0, x.shape[1]), np.float32) if extra is None else np.asarray(extra[0], np.float32)
+        extra_y = np.zeros(0, bool) if extra is None else np.asarray(extra[1], bool)
         started = time.perf_counter()
         raw_oof = np.zeros(len(y), np.float64)
         splitter = GroupKFold(n_splits=config.calibration_folds)
@@ -113,12 +117,16 @@ class Ranker:
             with step(
                 f"calibration fold {part + 1}/{config.calibration_folds}: fit on {len(fit_rows):,} rows"
             ):
-                model = _model(config).fit(x[fit_rows], y[fit_rows])
+                model = _model(config).fit(
+                    np.concatenate([x[fit_rows], extra_x]), np.r_[y[fit_rows], extra_y]
+                )
                 raw_oof[held_rows] = model.predict_proba(x[held_rows])[:, 1]
         shown = top_rows(raw_oof, groups, emit)
         calibrator = _calibrator(config, len(shown)).fit(raw_oof[shown], y[shown])
-        with step(f"ranker on all {len(y):,} rows"):
-            model = _model(config).fit(x, y)
+        with step(
+            f"ranker on all {len(y):,} rows" + (f" and {len(extra_y):,} synthetic" if len(extra_y) else "")
+        ):
+            model = _model(config).fit(np.concatenate([x, extra_x]), np.r_[y, extra_y])
         ranker = cls(
             config=config,
             emit=emit,
