@@ -41,6 +41,7 @@ from llm4tag.service.review_queue import (
     decision_of,
     uncertain_tags,
 )
+from llm4tag.synthetic import SyntheticExamples
 
 log = logging.getLogger("ray.serve")
 # The reviewer of a decision made without an X-Reviewer header where no keys are checked: the decision
@@ -213,5 +214,6 @@ async def vocabulary(
     else:
         hits = await asyncio.to_thread(view.search.search, q, offset + limit)
         found = [hit["tag"] for hit in hits[offset:]]
-    rows = [view.row(t, counts[view.position[t]]) for t in found]
+    examples = await asyncio.to_thread(SyntheticExamples(ingress.store).by_tag)
+    rows = [view.row(t, counts[view.position[t]], [e.text for e in examples.get(t, ())]) for t in found]
     return {"query": q, "tags": rows, "vocabulary_size": len(view.tags)}

@@ -357,6 +357,16 @@ def test_tag_review_and_see_the_correction_in_the_next_tagging(served, browser, 
     added = page.locator(f"#vocab-table tbody tr[data-tag='{ADDED}']")
     added.wait_for()
     assert added.locator(".new").inner_text() == "new" and added.locator("td.count").inner_text() == "0"
+    # Its LLM-written examples (`llm4tag augment`) are shown with it, marked synthetic, not counted.
+    from llm4tag.synthetic import SyntheticExamples
+
+    SyntheticExamples(served["store"]).append(
+        ADDED, ["fetchmail pulls my mail from the postbox"], 1, "test", "v0"
+    )
+    page.fill("#vocab-query", "postbox client")
+    added.locator(".synthetic").wait_for()
+    assert "fetchmail pulls my mail" in added.locator(".synthetic").inner_text()
+    assert added.locator("td.count").inner_text() == "0"
     screenshot(page, "vocabulary", tmp_path)
     assert errors == []
     page.close()

@@ -332,7 +332,9 @@ async function loadVocabulary(reset) {
       body.append(el("tr", { "data-tag": t.tag },
         el("td", {}, el("div", {}, t.tag, t.new ? el("span", { class: "new", title: "no stored item carries it yet: recall offers it from its name and description" }, "new") : null),
           el("div", { class: "uri" }, t.uri), t.notation ? el("div", { class: "meta" }, t.notation) : null),
-        el("td", {}, t.description || "–"), el("td", {}, hierarchy.length ? hierarchy : "–"),
+        el("td", {}, t.description || "–", t.synthetic.length ? el("div", { class: "synthetic", title: "written by the LLM (llm4tag augment): fits learn from them, nothing counts them as annotations" },
+          `synthetic examples (${t.synthetic.length}): `, t.synthetic.slice(0, 3).map((x) => `“${x}”`).join(" ")) : null),
+        el("td", {}, hierarchy.length ? hierarchy : "–"),
         el("td", { class: "count" }, String(t.count))));
     }
     vocabOffset += found.tags.length;

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,11 +72,12 @@ class VocabularyView:
             position={t: i for i, t in enumerate(tags)},
         )
 
-    def row(self, tag: str, annotations: int, synthetic: int | None = None) -> dict:
+    def row(self, tag: str, annotations: int, synthetic: Sequence[str] = ()) -> dict:
         """The review UI's vocabulary row of ``tag``: its description, URI, hierarchy and examples.
         ``annotations``: stored items carrying it; a tag with none (added after the build, or never
         annotated) is ``new``: recall offers it from its name and description alone. ``synthetic``:
-        the LLM-written examples stored for it (None: none are counted)."""
+        the texts of the LLM-written examples stored for it (`llm4tag augment`), which fits use and the
+        UI shows marked as synthetic."""
         subject = self.subjects.subject(tag, 0.0)
         return {
             "tag": tag,
@@ -88,7 +89,7 @@ class VocabularyView:
             "narrower": self.narrower.get(tag, []),
             "count": annotations,
             "new": annotations == 0,
-            "synthetic": synthetic,
+            "synthetic": list(synthetic),
         }
 
 
