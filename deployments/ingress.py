@@ -215,23 +215,22 @@ class IngressDeployment:
         service gave (never written back). ``budget_s``: the seconds left of the request's deadline
         (None: service.deadline_s)."""
         budget_s = self.service.deadline_s if budget_s is None else budget_s
-        self._admit(len(items), budget_s)
+        held = self._admit(len(items), budget_s)
         timings = {} if timings is None else timings
-        if self.routing.due() and await asyncio.to_thread(self.routing.refresh):
-            self.admission.plan_changed(not self.routing.current[1].sends_nothing)
-        await self.follow_vocabulary()
-        ranking, plan = self.routing.current  # one consistent pair for the whole request
-        await self.follow_ranking(ranking)
-        steps = flow.tag_flow(
-            items,
-            dataclasses.replace(self.options, plan=plan),
-            with_candidates=with_candidates,
-            with_dropped=True,
-            unnamed=unnamed,
-        )
-        started = time.perf_counter()
-        held = self.admission.admit(len(items))
         try:
+            if self.routing.due() and await asyncio.to_thread(self.routing.refresh):
+                self.admission.plan_changed(not self.routing.current[1].sends_nothing)
+            await self.follow_vocabulary()
+            ranking, plan = self.routing.current  # one consistent pair for the whole request
+            await self.follow_ranking(ranking)
+            steps = flow.tag_flow(
+                items,
+                dataclasses.replace(self.options, plan=plan),
+                with_candidates=with_candidates,
+                with_dropped=True,
+                unnamed=unnamed,
+            )
+            started = time.perf_counter()
             tagged = await flow.run_async(
                 steps,
                 functools.partial(self.calls.answer, ranking=ranking),
@@ -265,8 +264,10 @@ class IngressDeployment:
                 row.pop("dropped", None)
         return tagged.rows
 
-    def _admit(self, items: int, budget_s: float) -> None:
-        """Refuse at once what cannot be answered within its deadline (llm4tag/service/admission.py)."""
+    def _admit(self, items: int, budget_s: float) -> float:
+        """Refuse at once what cannot be answered within its deadline (llm4tag/service/admission.py);
+        an admitted request counts as ahead of later ones at once, before any await, so that a burst
+        is not admitted on one estimate. What to release when its items are through the LLM."""
         verdict = self.admission.decide(items, budget_s)
         if verdict.too_large:
             raise Refusal(
@@ -283,6 +284,7 @@ class IngressDeployment:
                 503,
                 {"Retry-After": str(verdict.retry_after_s)},
             )
+        return self.admission.admit(items)
 
     @counted
     async def write_feedback(

@@ -134,3 +134,20 @@ def test_a_replica_that_has_not_measured_its_pace_counts_for_neither_capacity_no
     assert control.capacity() == 0 and control.ahead() == 0
     control.observe_replica("r2", item_s=2.0, queued=3)
     assert control.capacity() == pytest.approx(0.5) and control.ahead() == pytest.approx(3)
+
+
+def test_a_burst_is_admitted_up_to_the_headroom_of_its_deadline():
+    # The items of one LLM batch finish together: an estimate a little short would push the whole
+    # batch past the deadline, so only what fits in 80% of it is admitted.
+    control, _ = admission()
+    control.observe_replica("g1", item_s=2.0, queued=0)
+    control.observe_replica("g2", item_s=2.0, queued=0)  # 1 item/s
+    admitted = 0
+    for _ in range(60):  # each decided and, if admitted, counted before the next arrives
+        if control.decide(1, 10).admitted:
+            control.admit(1)
+            admitted += 1
+    assert admitted == 8
+    bare = Admission(headroom=1.0, clock=control.clock, replicas=dict(control.replicas))
+    assert bare.capacity() == 1.0 and bare.decide(10, 10).admitted  # the bare estimate: 10 s of 10
+    assert control.decide(9, 10).too_large  # 9 s alone: past 80% of 10 s, so no retry can fit
