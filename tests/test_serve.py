@@ -402,6 +402,8 @@ def test_a_killed_generator_replica_is_replaced_while_requests_succeed(served, r
 
 def test_a_burst_beyond_the_queue_gets_503_with_retry_after(served):
     url = served["url"]
+    # Measured first: from a cold start admission lets one request per LLM replica in.
+    assert call(f"{url}/v1/tag", {"id": "warm", "text": "how do I top up my account"})[0] == 200
     answers: list[tuple[int, dict]] = []
 
     def one(n: int) -> None:
