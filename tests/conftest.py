@@ -5,7 +5,7 @@ Axes e0..e5 are the tags; e6 and e7 are directions only contents use. Every vect
 so a cosine is a plain dot product and can be checked by hand (see tests/test_graph_recall.py).
 
 A test that uses (directly or through another fixture) a fixture of ``MARKED_BY`` gets that marker:
-``pytest -m "not ray and not model"`` is the fast loop of pure logic.
+``pytest -m "not ray and not model and not slow"`` is the fast loop of pure logic.
 """
 
 from __future__ import annotations

@@ -244,6 +244,7 @@ def test_a_store_is_served_by_a_float_backend_and_refuses_int8_vectors(built_sto
     assert "int8-ort-dynamic" in err and "rebuild" in err
 
 
+@pytest.mark.slow  # out of the fast loop (several processes, or a fit)
 def test_console_script_exit_code(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run(

@@ -259,6 +259,7 @@ def _save_repeatedly(folder, count: int) -> None:
         base.save(folder)
 
 
+@pytest.mark.slow  # out of the fast loop (several processes, or a fit)
 def test_appends_from_processes_survive_concurrent_saves(kb_folder):
     # Two replicas append while a third process saves again and again: every acknowledged sample
     # is in the folder at the end, whichever snapshot or log holds it.

@@ -176,6 +176,7 @@ def _append_many(folder, prefix: str, count: int) -> None:
         store.record([f"{prefix}{i}"], NEW[None], [["gamma"]], [None])
 
 
+@pytest.mark.slow  # out of the fast loop (several processes, or a fit)
 def test_concurrent_appenders_in_other_processes_keep_every_record_whole(folder):
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_append_many, args=(folder, p, 25)) for p in ("x", "y")]

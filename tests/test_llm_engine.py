@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from llm4tag.engines import ChoiceRequest, LLMConfig, YesNo, make_engine, yes_no_confidence
 from llm4tag.errors import ModelError
@@ -65,6 +64,8 @@ def test_choose_keeps_request_order_across_batches(engine):
 
 
 def reference_yes_no(engine, messages) -> YesNo:
+    import torch
+
     """The paper's formula computed directly: log-softmax of the next-token logits, by hand."""
     ids = engine.render(messages)
     with torch.inference_mode():

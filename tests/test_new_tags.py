@@ -169,6 +169,7 @@ def test_a_fold_built_with_its_held_out_tags_annotated_is_caught():
         held_out_candidates(data, GraphConfig(), LEARNED, folds=3, held_out_tags=0.25, parts=leaky_parts)
 
 
+@pytest.mark.slow  # out of the fast loop (several processes, or a fit)
 def test_the_ranker_learns_that_an_unannotated_tag_can_be_right():
     rng = np.random.default_rng(4)
     data = synthetic(rng, n_items=600, n_tags=20, second_tags=False)
