@@ -130,16 +130,24 @@ class PromptConfig(Templates):
         return self
 
 
-_BASELINE_ALLOWED = {
-    "system": set(),
-    "generative": {"content", "example"},
-    "example": {"text", "tags"},
-    "selective": {"content", "candidates", "instruction"},
-    "selective_single": set(),
-    "selective_multi": {"max_tags"},
-}
-for _names in _BASELINE_ALLOWED.values():
-    _names |= {"domain", "item_kind", "item_kinds", "item_kind_title"}
+def _with_domain_words(allowed: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``allowed`` with the store's domain words allowed in every template."""
+    return {
+        name: names | {"domain", "item_kind", "item_kinds", "item_kind_title"}
+        for name, names in allowed.items()
+    }
+
+
+_BASELINE_ALLOWED = _with_domain_words(
+    {
+        "system": set(),
+        "generative": {"content", "example"},
+        "example": {"text", "tags"},
+        "selective": {"content", "candidates", "instruction"},
+        "selective_single": set(),
+        "selective_multi": {"max_tags"},
+    }
+)
 
 
 class PeerPromptConfig(Templates):
@@ -158,15 +166,15 @@ class PeerPromptConfig(Templates):
     selective_multi: str = Field("", description="selective: multi-tag instruction")
 
 
-_AUGMENT_ALLOWED = {
-    "system": set(),
-    "request": {"tag", "tag_description", "knowledge", "examples", "k"},
-    "knowledge": {"text"},
-    "example": {"text"},
-    "none": set(),
-}
-for _names in _AUGMENT_ALLOWED.values():
-    _names |= {"domain", "item_kind", "item_kinds", "item_kind_title"}
+_AUGMENT_ALLOWED = _with_domain_words(
+    {
+        "system": set(),
+        "request": {"tag", "tag_description", "knowledge", "examples", "k"},
+        "knowledge": {"text"},
+        "example": {"text"},
+        "none": set(),
+    }
+)
 
 
 class AugmentPromptConfig(Templates):
