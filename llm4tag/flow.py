@@ -23,6 +23,7 @@ own); the settings it needs are one :class:`FlowOptions`, built once from the se
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Generator, Sequence
 from dataclasses import dataclass, field
@@ -491,7 +492,7 @@ def why_no_tag(
         if not route.scored and not route.candidates:
             return "recall found no candidate tag"
         return "the LLM chose none of the candidate tags"
-    scored = [t for t in final if t.confidence == t.confidence]  # NaN: not calibrated
+    scored = [t for t in final if not math.isnan(t.confidence)]  # NaN: not calibrated
     if not scored:
         return "no tag was kept"
     best = max(scored, key=lambda t: t.confidence)

@@ -275,15 +275,9 @@ def held_out_candidates(
     check_not_synthetic((data.ids[i] for i in plan.held_rows), "the cross-fit's held-out rows")
     held_tags = plan_held_out_tags(data.item_tags, plan.folds, held_out_tags, seed)
     synthetic = data.synthetic
-    syn_fold = (
-        (
-            assign_folds(synthetic.ids, plan.folds, seed)
-            if plan.folds > 1
-            else np.zeros(len(synthetic.ids), int)
-        )
-        if synthetic is not None
-        else np.zeros(0, int)
-    )
+    syn_fold = np.zeros(0 if synthetic is None else len(synthetic.ids), np.int64)
+    if synthetic is not None and plan.folds > 1:  # one fold (a sample held out): every example in it
+        syn_fold = assign_folds(synthetic.ids, plan.folds, seed)
     sets: dict[int, CandidateSet] = {}
     syn_xs, syn_ys = [], []
     for fold in range(plan.folds):
