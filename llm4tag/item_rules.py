@@ -6,7 +6,9 @@ The rules, as plain functions that raise :class:`ItemProblem` (field, message):
 
 * ``id``: a string (or, where a file format has typed columns, an integer, read as its decimal string)
   of 1-256 printable characters on one line, not blank: ids key graph vertices and lines of the
-  journals and sample logs, which a control character or a line separator would cut;
+  journals and sample logs, which a control character or a line separator would cut; not starting
+  with ``syn:``, the ids of the LLM's synthetic examples (llm4tag/synthetic.py), which a refit tells
+  from real items by that prefix alone;
 * ``text``: a string with a non-space character;
 * ``tags``: missing (not annotated) or a list of non-empty strings, repeats dropped (first kept);
 * any other field that is not missing: kept beside them (:attr:`Item.extra`).
@@ -31,6 +33,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 # Anchored for pydantic's (Rust) engine, where $ is the end of the text; Python code uses fullmatch.
 ID_CHARS = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,256}"
 ID_PATTERN = re.compile(f"^{ID_CHARS}$")
+SYNTHETIC_ID_PREFIX = "syn:"
 ITEM_FIELDS = ("id", "text", "tags")
 TOO_LARGE = "too_large"  # the error type of a size limit: answered with 413, not 400 or 422
 ITEM_ERROR = "item"  # the error type of a rule below, inside a pydantic model
@@ -81,6 +84,10 @@ def check_id(value: Any, *, numbers: bool = False) -> str:
     value = check_string("id", value)
     if not ID_PATTERN.fullmatch(value):
         raise ItemProblem("id", "must be 1-256 printable characters on one line")
+    if value.startswith(SYNTHETIC_ID_PREFIX):
+        raise ItemProblem(
+            "id", f"must not start with '{SYNTHETIC_ID_PREFIX}' (the ids of synthetic examples)"
+        )
     return value
 
 
@@ -149,7 +156,7 @@ _PRINTABLE_NOT_SPACE = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]"
 ID_SCHEMA = {
     "minLength": 1,
     "maxLength": 256,
-    "pattern": f"^{_PRINTABLE}*{_PRINTABLE_NOT_SPACE}{_PRINTABLE}*$",
+    "pattern": f"^(?!{SYNTHETIC_ID_PREFIX}){_PRINTABLE}*{_PRINTABLE_NOT_SPACE}{_PRINTABLE}*$",
 }
 ItemId = Annotated[StrictStr, Field(json_schema_extra=ID_SCHEMA), _in_models(check_id)]
 ItemText = Annotated[StrictStr, Field(json_schema_extra=NOT_BLANK), _in_models(check_text)]

@@ -16,7 +16,7 @@ import numpy as np
 
 from graph_store import GraphStore, ShardedStore
 from llm4tag.config import Settings
-from llm4tag.data import Item, Tag, read_items, read_tags
+from llm4tag.data import Item, ItemsFile, Tag, read_items, read_tags
 from llm4tag.encoded_text import item_text, tag_text
 from llm4tag.encoder import Encoder
 from llm4tag.errors import LLM4TagError
@@ -63,8 +63,11 @@ def build_store(
         if len(item_vectors) != len(items):
             raise LLM4TagError(f"{len(item_vectors)} item vectors for {len(items)} items")
         item_vectors = np.asarray(item_vectors)[[i for i, item in enumerate(items) if item.tags]]
-    if not annotated:
-        raise LLM4TagError("no annotated items to build a store from: every item lacks 'tags'")
+    if items and not annotated:
+        raise LLM4TagError(
+            "no annotated items to build a store from: every item lacks 'tags' "
+            "(a vocabulary-only store is built without items)"
+        )
     if shards < 1:
         raise LLM4TagError(f"--shards must be at least 1, got {shards}")
     started = time.perf_counter()
@@ -72,6 +75,8 @@ def build_store(
         with step("encode the tags", total=len(tags), unit="tag") as bar:
             tag_vectors = encoder.encode([tag_text(t, settings.texts.tag_description_chars) for t in tags])
             bar.update(len(tags))
+    if item_vectors is None and not annotated:
+        item_vectors = np.zeros((0, tag_vectors.shape[1]), np.float32)
     if item_vectors is None:
         with step("encode the annotated items", total=len(annotated)) as bar:
             item_vectors = encoder.encode([item_text(i, settings.texts.item_fields) for i in annotated])
@@ -314,7 +319,7 @@ def build_store_folder(
 
 def build_store_from_files(
     store_dir: str | Path,
-    items_path: str | Path,
+    items_path: str | Path | None,
     tags_path: str | Path,
     settings: Settings | None = None,
     *,
@@ -326,18 +331,24 @@ def build_store_from_files(
     language: str | None = None,
 ) -> dict:
     """`llm4tag build`: read the items and the vocabulary, build and save the store folder; returns the
-    build summary. ``language``: of a SKOS vocabulary's labels and notes (llm4tag/skos.py)."""
+    build summary. Without ``items_path`` the store holds the vocabulary alone (no annotated item).
+    ``language``: of a SKOS vocabulary's labels and notes (llm4tag/skos.py)."""
     if shards < 1:
         raise LLM4TagError(f"--shards must be at least 1, got {shards}")
     settings = settings or Settings()
     tags = read_tags(tags_path, language)
-    items = read_items(
-        items_path,
-        vocabulary={t.tag for t in tags},
-        strict_tags=strict_tags,
-        split=split,
-        aliases=aliases(tags),  # items may name SKOS concepts by URI or notation
-    )
+    if items_path is None:
+        if split is not None:
+            raise LLM4TagError("--split selects items: give --items with it")
+        items = ItemsFile("", [])
+    else:
+        items = read_items(
+            items_path,
+            vocabulary={t.tag for t in tags},
+            strict_tags=strict_tags,
+            split=split,
+            aliases=aliases(tags),  # items may name SKOS concepts by URI or notation
+        )
     return build_store_folder(
         store_dir,
         items.items,

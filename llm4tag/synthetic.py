@@ -4,7 +4,9 @@ annotations, kept in ``STORE/synthetic/examples.jsonl`` with provenance ``synthe
 They are training data and nothing else: the learned recall is fitted on them (and so, through its
 candidates, are the ranker's rows), but they are never held out in the cross-fit, never gold in an
 evaluation and never retrieved samples in a prompt (they do not enter the sample knowledge base).
-:func:`check_not_synthetic` is the one guard, called where held-out and gold rows are assembled.
+Their ids start with ``syn:``, which every real item's id is refused (llm4tag/item_rules.py), so no
+file, request or gold set can pass for one; :func:`check_not_synthetic` guards the cross-fit's
+held-out rows besides (a store written before that rule could hold such an id).
 
 The file is an append log (graph_store/durable): each tag's examples are appended in one write
 together with a commit record for their batch, and a reader takes the examples of committed batches
@@ -24,11 +26,12 @@ from pathlib import Path
 
 from graph_store.durable import AppendLog, fsync_dir
 from llm4tag.errors import LLM4TagError
+from llm4tag.item_rules import SYNTHETIC_ID_PREFIX
 
 SYNTHETIC_DIR = "synthetic"
 EXAMPLES_FILE = "examples.jsonl"
 PROVENANCE = "synthetic"
-ID_PREFIX = "syn:"
+ID_PREFIX = SYNTHETIC_ID_PREFIX  # item_rules refuses it on every real item's id
 
 
 class SyntheticLeakError(LLM4TagError):

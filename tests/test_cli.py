@@ -284,3 +284,35 @@ def test_an_item_no_tag_fits_is_answered_with_no_tag_and_why(ranked_store, tmp_p
         assert rows[off["id"]]["tags"] == [] and rows[off["id"]]["route"] == "ranker"
         assert rows[off["id"]]["no_tag"].startswith("no tag reaches the cut 0.5: the likeliest, '")
     assert rows[IN_SCOPE["id"]]["tags"][0]["tag"] == "card_arrival" and "no_tag" not in rows[IN_SCOPE["id"]]
+
+
+def test_a_vocabulary_only_store_is_built_without_items_and_tagged_by_recall_and_the_llm(
+    tmp_path, capsys, tiny_llm
+):
+    store = tmp_path / "vocabulary-only"
+    assert main(["build", "--tags", str(TAGS), "--store", str(store)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["contents"] == 0 and summary["tags"] == 77 and summary["knowledge_samples"] == 0
+    assert summary["ranking"].startswith("not fitted (0 annotated items")
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps(IN_SCOPE) + "\n")
+    out = tmp_path / "tagged.jsonl"
+    argv = ["tag", "--store", str(store), "--input", str(items), "--output", str(out), "--candidates"]
+    assert main([*argv, "--model", "tiny"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sent_to_llm"] == 1
+    (row,) = _rows(out)
+    vocabulary = {json.loads(line)["tag"] for line in TAGS.read_text().splitlines()}
+    # Recall has the tags' own text to go on: the item's tag is among the first candidates.
+    assert "card_arrival" in [c["tag"] for c in row["candidates"][:3]]
+    assert all(c["source"] == "c2t" for c in row["candidates"])
+    assert row["route"] == "llm" and {t["tag"] for t in row["tags"]} <= vocabulary
+    assert row["tags"] or row["no_tag"]
+
+    err = _error(capsys, ["build", "--tags", str(TAGS), "--store", str(tmp_path / "s"), "--split", "train"])
+    assert "--split" in err and "--items" in err
+    unannotated = tmp_path / "unannotated.jsonl"
+    unannotated.write_text(json.dumps(IN_SCOPE) + "\n")
+    err = _error(
+        capsys, ["build", "--items", str(unannotated), "--tags", str(TAGS), "--store", str(tmp_path / "s")]
+    )
+    assert "every item lacks 'tags'" in err and "vocabulary-only store is built without items" in err

@@ -34,6 +34,7 @@ def test_the_rules():
         ("a\nb", "must be 1-256 printable characters on one line"),
         ("a\u2028b", "must be 1-256 printable characters on one line"),
         ("x" * 257, "must be 1-256 printable characters on one line"),
+        ("syn:card_arrival:0", "must not start with 'syn:' (the ids of synthetic examples)"),
     ]:
         with pytest.raises(ItemProblem, match=f"^id: {words}$".replace("(", r"\(").replace(")", r"\)")):
             check_id(value)
@@ -91,6 +92,7 @@ def _from_http(record: dict) -> tuple[str, str]:
         ({"id": 7, "text": "t"}, "id", "must be a string, got a number"),
         ({"id": "  ", "text": "t"}, "id", "must not be empty"),
         ({"id": "a\u2029b", "text": "t"}, "id", "must be 1-256 printable characters on one line"),
+        ({"id": "syn:a:0", "text": "t"}, "id", "must not start with 'syn:' (the ids of synthetic examples)"),
         ({"id": "x", "text": "t", "tags": "a"}, "tags", "must be a list of strings, got a string"),
         ({"id": "x", "text": "t", "tags": ["a", 3]}, "tags", "tag 2 must be a string, got a number"),
         ({"id": "x", "text": "t", "tags": ["a", ""]}, "tags", "tag 2 is empty"),
@@ -121,7 +123,21 @@ def test_the_documented_id_schema_accepts_exactly_what_the_rule_accepts():
     from llm4tag.item_rules import ID_SCHEMA
 
     documented = re.compile(ID_SCHEMA["pattern"])
-    for value in ["a", " a ", "item 7", "ünïcode-✓", "x" * 256, "x" * 257, "", " ", "\t", "a\nb", "a\x85"]:
+    for value in [
+        "a",
+        " a ",
+        "item 7",
+        "ünïcode-✓",
+        "x" * 256,
+        "x" * 257,
+        "",
+        " ",
+        "\t",
+        "a\nb",
+        "a\x85",
+        "syn:a:0",
+        "a syn:",
+    ]:
         within = ID_SCHEMA["minLength"] <= len(value) <= ID_SCHEMA["maxLength"]
         said = within and bool(documented.search(value))
         try:

@@ -12,7 +12,7 @@ import pytest
 
 from graph_store import GraphConfig
 from llm4tag.augment import TagContext, augment_messages, parse_examples, prompt_version
-from llm4tag.errors import LLM4TagError
+from llm4tag.errors import DataError, LLM4TagError
 from llm4tag.evaluation.predictions import evaluate_predictions
 from llm4tag.prompts import AugmentPromptConfig, PromptConfig, Prompts
 from llm4tag.ranking import LearnedConfig, held_out_candidates
@@ -140,14 +140,14 @@ def test_a_synthetic_row_planted_among_the_held_out_rows_raises():
         held_out_candidates(planted, GraphConfig(), LEARNED, folds=3)
 
 
-def test_a_synthetic_row_planted_among_gold_items_raises(tmp_path):
+def test_an_item_with_a_synthetic_id_is_refused_as_gold_and_as_input(tmp_path):
     gold = tmp_path / "gold.jsonl"
     gold.write_text(
         '{"id": "q1", "text": "a", "tags": ["x"]}\n{"id": "syn:x:0", "text": "b", "tags": ["x"]}\n'
     )
     pred = tmp_path / "pred.jsonl"
     pred.write_text('{"id": "q1", "tags": ["x"]}\n')
-    with pytest.raises(SyntheticLeakError, match="gold items"):
+    with pytest.raises(DataError, match=r"line 2.*id.*must not start with 'syn:'"):
         evaluate_predictions(gold, pred)
 
 

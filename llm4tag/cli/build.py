@@ -13,7 +13,11 @@ from llm4tag.store_builder import build_store_from_files
 
 def register(verbs) -> None:
     build = verbs.add_parser("build", help="build the graph store from annotated items and a tag vocabulary")
-    build.add_argument("--items", required=True, help="annotated items (JSONL[.gz], Parquet or CSV)")
+    build.add_argument(
+        "--items",
+        help="annotated items (JSONL[.gz], Parquet or CSV); without it, a vocabulary-only store: recall by "
+        "the tags' names, descriptions and knowledge, the LLM choosing",
+    )
     build.add_argument(
         "--tags",
         required=True,

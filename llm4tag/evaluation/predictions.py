@@ -13,7 +13,6 @@ from llm4tag.evaluation.plots import accuracy_coverage_plot, reliability_diagram
 from llm4tag.evaluation.recall_metrics import recall_metrics
 from llm4tag.evaluation.tables import format_table
 from llm4tag.evaluation.tagging import evaluate_tagging
-from llm4tag.synthetic import check_not_synthetic
 
 RECALL_KEYS = ["items", "k", "right", "hr1", "hr2", "hr3", "missing_predictions"]
 RECALL_HEADERS = {"right": "#Right", "hr1": "HR#1", "hr2": "HR#2", "hr3": "HR#3"}
@@ -80,7 +79,6 @@ def evaluate_predictions(
     if k < 1:
         raise LLM4TagError(f"-k must be at least 1, got {k}")
     gold_items = read_items(gold_path, split=split, require_tags=True)
-    check_not_synthetic((item.id for item in gold_items), f"the gold items of {gold_path}")
     gold = {item.id: set(item.tags or ()) for item in gold_items}
     predictions = read_predictions(pred_path)
     if predictions.kind == "tags":
