@@ -59,14 +59,14 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
             )
         )
     generator = llm_opt(GeneratorDeployment, "Generator").bind(
-        store, settings, service.generator, service.llm_nice
+        store, settings, service.generator, args.journal, service.llm_nice
     )
     calibrator = None
     # Judgments that continue the generation conversations run where those were computed, in the
     # Generator's call (one model in memory, only the question computed): no Calibrator deployment.
     if settings.pipeline.calibrate and not settings.judges_with_generation:
         calibrator = llm_opt(CalibratorDeployment, "Calibrator").bind(
-            store, settings, service.calibrator, service.llm_nice
+            store, settings, service.calibrator, args.journal, service.llm_nice
         )
     return opt(IngressDeployment, "Ingress").bind(
         encoder,

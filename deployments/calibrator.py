@@ -14,6 +14,7 @@ from deployments._adapters import AdapterFollower
 from deployments._batching import QueueBatcher
 from deployments.serve_metrics import batch_size_histogram
 from deployments.stage_kit import in_thread, lower_priority
+from graph_store import TagWatch
 from llm4tag.calibrator import Judged
 from llm4tag.config import Settings
 from llm4tag.engines.base import Messages
@@ -53,21 +54,29 @@ class Judging:
     name="Calibrator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, max_queued_requests=128
 )
 class CalibratorDeployment(Judging):
-    def __init__(self, store: str, settings: Settings, batching: Batching, nice: int = 0):
+    def __init__(
+        self, store: str, settings: Settings, batching: Batching, journal: str | None = None, nice: int = 0
+    ):
         lower_priority(nice)  # before the engine starts its threads
         # Retrieval is the generator's; the calibrator needs only the vocabulary and the LLM.
         config = settings.with_overrides(
             {"pipeline": {"calibrate": True, "num_samples": 0, "num_snippets": 0}}
         )
+        # Opened before the vocabulary is read (as the Generator's): tags added later are followed.
+        self.vocabulary = (TagWatch(store, journal), store, journal)
         pipeline = TaggingPipeline.open(store, config, load_graph=False)
         self._start_judging(pipeline, config.llm.adapters_file)
         sizes = batch_size_histogram()
         self.batcher = QueueBatcher(
-            self._judge, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
+            self._judge_batch, batching.max_batch_size, batching.batch_wait_timeout_s, sizes.observe
         )
 
     async def judge(self, request: JudgeRequest) -> list[Judged]:
         return await self.batcher.submit(request)
+
+    def _judge_batch(self, requests: list[JudgeRequest]) -> list[list[Judged]]:
+        self.judging.follow_vocabulary(*self.vocabulary)  # tags added since: their descriptions
+        return self._judge(requests)
 
     def check_health(self) -> None:
         self.batcher.check()  # as the Generator's (deployments/generator.py)

@@ -21,6 +21,7 @@ from deployments._batching import QueueBatcher
 from deployments.calibrator import Judging
 from deployments.serve_metrics import batch_size_histogram
 from deployments.stage_kit import in_thread, lower_priority
+from graph_store import TagWatch
 from llm4tag.calibrator import Judged
 from llm4tag.config import Settings
 from llm4tag.flow import judgment_context
@@ -39,11 +40,15 @@ GenerateResult = tuple[Generation, list[Judged] | None, float, dict]
     name="Generator", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, max_queued_requests=128
 )
 class GeneratorDeployment(Judging):
-    def __init__(self, store: str, settings: Settings, batching: Batching, nice: int = 0):
+    def __init__(
+        self, store: str, settings: Settings, batching: Batching, journal: str | None = None, nice: int = 0
+    ):
         lower_priority(nice)  # before the engine starts its threads
         # Judging here only when the judgments continue this stage's conversations (app.py).
         judges = settings.judges_with_generation
         config = settings.with_overrides({"pipeline": {"calibrate": judges}})
+        # Opened before the vocabulary is read, so that a tag added meanwhile shows as a change.
+        self.vocabulary = (TagWatch(store, journal), store, journal)
         self.pipeline = TaggingPipeline.open(store, config, load_graph=False)
         self.adapter = AdapterFollower(lambda: self.pipeline.engine, "generator", config.llm.adapters_file)
         sizes = batch_size_histogram()
@@ -72,6 +77,9 @@ class GeneratorDeployment(Judging):
         # without it), before the adapter file is read.
         self.pipeline.load_engine()
         self.adapter.sync()  # between batches: this batch runs wholly on one adapter
+        # Tags added since the last batch (POST /v1/admin/tags, `llm4tag vocab add`): their labels and
+        # descriptions, in this replica's generations and judgments.
+        self.pipeline.follow_vocabulary(*self.vocabulary)
         for base in (self.pipeline.samples, self.pipeline.knowledge):
             if base is not None:
                 base.refresh()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graph_store import Candidate, read_vocabulary
+from graph_store import Candidate, TagWatch, read_vocabulary
 from graph_store.metapaths import select_merged
 from llm4tag import flow
 from llm4tag.calibrator import Calibrator, Judged
@@ -102,29 +102,50 @@ class TaggingPipeline:
             if recaller is None:
                 raise LLM4TagError("a pipeline without a graph store needs the tag vocabulary")
             vocabulary = store_vocabulary(recaller.store)
-        names, descriptions = vocabulary
-        if ranking is not None and recaller is not None and len(names) > len(ranking.models.stats.tag_names):
-            # Tags added to the store after the ranking's fit are ranked too (with 0 annotations).
-            ranking.models.follow(names, _fullest_shard(recaller.store).tag_index.reconstruct_all())
-        self.tag_names = list(names)
-        self.labels = TagLabels(names)
-        self.descriptions = dict(zip(names, descriptions, strict=True))
         self.prompts = Prompts(settings.prompts)
         self.samples = samples
         self.knowledge = knowledge
         self.max_tags = max_tags or (1 if self.config.mode == "single" else self.config.max_tags)
         # How items are routed (a store without a ranking: every item to the LLM with recall's
-        # candidates), and what the tag flow needs, built once.
+        # candidates).
         self.plan = plan or RoutePlan.unranked(settings.graph.recall.num_candidates, self.config.threshold)
-        self.options = flow.FlowOptions.of(settings, self.tag_names, self.plan)
         self.times = StageTimes()
         self.engine = None
         self.generator = None
         self.calibrator = None
+        self._set_vocabulary(*vocabulary)
         self._engine_lock = threading.Lock()
         self.lazy_engine = lazy_engine
         if engine is not None:
             self._attach(engine)
+
+    def _set_vocabulary(self, names: Sequence[str], descriptions: Sequence[str | None]) -> None:
+        """The tags as every stage names them (the LLM's readable labels, the judgments'
+        descriptions, the flow's options), and the ranking's tags: tags added to the store after the
+        ranking's fit are ranked too (with 0 annotations)."""
+        ranking, recaller = self.ranking, self.recaller
+        if ranking is not None and recaller is not None and len(names) > len(ranking.models.stats.tag_names):
+            ranking.models.follow(names, _fullest_shard(recaller.store).tag_index.reconstruct_all())
+        self.tag_names = list(names)
+        self.labels = TagLabels(names)
+        self.descriptions = dict(zip(names, descriptions, strict=True))
+        self.options = flow.FlowOptions.of(self.settings, self.tag_names, self.plan)
+        if self.generator is not None:
+            self.generator.labels = self.labels
+        if self.calibrator is not None:
+            self.calibrator.labels, self.calibrator.descriptions = self.labels, self.descriptions
+
+    def follow_vocabulary(self, watch: TagWatch, store_dir: str | Path, journal_dir=None) -> bool:
+        """Tags added to the store since ``watch`` (opened before this pipeline read its vocabulary)
+        last looked: named in prompts and judgments as the others are, with their readable labels and
+        descriptions, from the next call on. True when some came. A stage process that reads the
+        vocabulary once (an LLM replica) calls it before each batch: a tail read of the journal."""
+        if not watch.moved():
+            return False
+        described = read_vocabulary(store_dir, journal_dir)
+        self._set_vocabulary(described.tags, described.descriptions)
+        log.info("the store's vocabulary changed: %s tags", len(described.tags))
+        return True
 
     def _attach(self, engine: Engine) -> None:
         self.engine = engine

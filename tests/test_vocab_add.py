@@ -45,3 +45,22 @@ def test_a_tag_added_with_vocab_add_is_recalled_at_once_and_ranked(ranked_store,
 
     assert main(["vocab", "add", "--store", str(folder), "--tag", NEW]) == 2
     assert f"tag '{NEW}' is already in the store's vocabulary" in capsys.readouterr().err
+
+
+def test_an_llm_stage_opened_before_the_add_names_the_tag_from_its_next_batch(ranked_store, tmp_path):
+    """An LLM replica reads the vocabulary once (no graph, no encoder); before each batch it follows
+    the store's tag records, so a tag added later gets its readable label and its description."""
+    from graph_store import TagWatch
+
+    folder = tmp_path / "store"
+    shutil.copytree(ranked_store[0], folder)
+    watch = TagWatch(folder)  # as the Generator and Calibrator replicas: opened before the read
+    stage = TaggingPipeline.open(folder, load_settings(CONFIG), load_engine=False, load_graph=False)
+    assert not stage.follow_vocabulary(watch, folder)
+    assert main(["vocab", "add", "--store", str(folder), "--tag", NEW, "--description", ABOUT]) == 0
+
+    assert NEW not in stage.descriptions and stage.labels.labels([NEW]) == [NEW]
+    assert stage.follow_vocabulary(watch, folder)
+    assert stage.descriptions[NEW] == ABOUT and stage.labels.labels([NEW]) == ["mortgage application"]
+    assert stage.tag_names[-1] == NEW and NEW in stage.options.tag_names
+    assert not stage.follow_vocabulary(watch, folder)  # nothing new since
