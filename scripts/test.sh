@@ -12,6 +12,9 @@ bash scripts/setup_browser.sh
 .venv/bin/ruff check .
 .venv/bin/lint-imports  # layer contracts (pyproject.toml [tool.importlinter])
 # Two workers (pytest-xdist), a test file each at a time: most of the suite's wall time is its Ray tests
-# waiting (deployments starting, replicas recovering), so two files overlap on two cores.
+# waiting (deployments starting, replicas recovering), so two files overlap on two cores. One thread
+# each (the encoder's auto, faiss, the ranker's OpenMP), as Ray's own workers get: two workers on two
+# cores.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
 bash scripts/test_vllm.sh

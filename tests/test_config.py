@@ -84,3 +84,23 @@ def test_config_files_in_the_repository_load(tmp_path):
     bad.write_text("pipeline: [")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+def test_the_encoder_s_auto_threads_follow_omp_num_threads_else_the_cpus_it_may_use(monkeypatch):
+    import os
+
+    from llm4tag.encoder import encode_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray sets it in its workers
+    assert encode_threads("auto") == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert encode_threads("auto") == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert encode_threads("auto") == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # set but empty: not a number, so the CPUs
+    assert encode_threads("auto") == len(os.sched_getaffinity(0))
+    assert encode_threads(2) == 2 and encode_threads(None) is None
+    assert Settings().encoder.threads == "auto"
+    assert settings_from_dict({"encoder": {"threads": 1}}).encoder.threads == 1
+    with pytest.raises(ConfigError, match=r"encoder\.threads"):
+        settings_from_dict({"encoder": {"threads": 0}})
