@@ -104,3 +104,18 @@ def test_the_encoder_s_auto_threads_follow_omp_num_threads_else_the_cpus_it_may_
     assert settings_from_dict({"encoder": {"threads": 1}}).encoder.threads == 1
     with pytest.raises(ConfigError, match=r"encoder\.threads"):
         settings_from_dict({"encoder": {"threads": 0}})
+
+
+def test_a_bulk_job_on_its_own_local_cluster_gives_its_route_actors_the_cores():
+    import os
+
+    from cluster.bulk import route_stage_settings
+
+    cores = len(os.sched_getaffinity(0))
+    assert route_stage_settings(Settings(), "local").encoder.threads == cores
+    two = settings_from_dict({"bulk": {"recall": {"actors": 2}}})
+    assert route_stage_settings(two, "local").encoder.threads == max(1, cores // 2)
+    assert route_stage_settings(Settings(), "ray://head:10001").encoder.threads == "auto"  # joined
+    assert route_stage_settings(Settings(), "current").encoder.threads == "auto"  # a Ray already up
+    one = settings_from_dict({"encoder": {"threads": 1}})
+    assert route_stage_settings(one, "local").encoder.threads == 1  # said explicitly: kept
