@@ -372,10 +372,13 @@ class TaggingPipeline:
         return tagged.rows
 
     def tag_rows(self, items: Iterable[Item], **kwargs) -> Iterator[dict]:
+        """Rows as they come, a pipeline call at a time: ``pipeline.batch_size`` items, or
+        ``pipeline.ranker_batch_size`` while the route plan sends nothing to the LLM."""
+        size = self.config.ranker_batch_size if self.plan.sends_nothing else self.config.batch_size
         batch: list[Item] = []
         for item in items:
             batch.append(item)
-            if len(batch) >= self.config.batch_size:
+            if len(batch) >= size:
                 yield from self.tag(batch, **kwargs)
                 batch = []
         if batch:

@@ -70,6 +70,11 @@ class PipelineConfig(Section):
     )
     write_back: bool = Field(False, description="final tags become graph edges")
     batch_size: int = Field(16, ge=1, description="items per pipeline call")
+    # One call per 16 items spent a third of the ranker path's time on per-call costs: 238-250 items/s
+    # against 328-336 in calls of 256 (BANKING77 test split, in process; docs/performance.md).
+    ranker_batch_size: int = Field(
+        256, ge=1, description="items per pipeline call when the route plan sends nothing to the LLM"
+    )
     knowledge_files: list[str] = Field(
         default_factory=list, description="domain knowledge (JSONL or Markdown) added at build time"
     )
