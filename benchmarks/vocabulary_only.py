@@ -33,11 +33,11 @@ from benchmarks._datasets import dataset_settings, load_dataset, test_sample
 from benchmarks._paths import OUT, add_data_arguments, add_datasets_argument, benchmark_parser
 from benchmarks._peers import clip
 from benchmarks._rows import run_llm
+from benchmarks.open_world import mean_ci, paired_ci
 from llm4tag import store_builder
 from llm4tag.encoder import Encoder
 from llm4tag.evaluation.tables import format_table
 from llm4tag.evaluation.tagging import (
-    bootstrap_interval,
     calibration_pairs,
     expected_calibration_error,
     metric_intervals,
@@ -59,18 +59,6 @@ def vocabulary_store(folder: Path, tags, settings, encoder) -> Path:
 
 def first_right(ranked: dict[str, list[dict]], gold: dict[str, set[str]]) -> list[float]:
     return [float(bool(ranked[i]) and ranked[i][0]["tag"] in gold[i]) for i in gold]
-
-
-def mean_ci(values: list[float]) -> dict:
-    v, lo, hi = bootstrap_interval(lambda x, axis=-1: np.mean(x, axis=axis), np.asarray(values, float))
-    return {"value": v, "low": lo, "high": hi}
-
-
-def paired_ci(a: list[float], b: list[float]) -> dict:
-    v, lo, hi = bootstrap_interval(
-        lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis), np.asarray(a), np.asarray(b)
-    )
-    return {"diff": v, "diff_low": lo, "diff_high": hi}
 
 
 def method_results(name, ranked, shown, candidates, gold, task, seconds, base=None) -> dict:

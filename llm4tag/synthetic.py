@@ -31,7 +31,6 @@ from llm4tag.item_rules import SYNTHETIC_ID_PREFIX
 SYNTHETIC_DIR = "synthetic"
 EXAMPLES_FILE = "examples.jsonl"
 PROVENANCE = "synthetic"
-ID_PREFIX = SYNTHETIC_ID_PREFIX  # item_rules refuses it on every real item's id
 
 
 class SyntheticLeakError(LLM4TagError):
@@ -40,11 +39,11 @@ class SyntheticLeakError(LLM4TagError):
 
 def synthetic_id(tag: str, n: int) -> str:
     """The stable id of a tag's n-th synthetic example."""
-    return f"{ID_PREFIX}{tag}:{n}"
+    return f"{SYNTHETIC_ID_PREFIX}{tag}:{n}"
 
 
 def is_synthetic(item_id: str) -> bool:
-    return str(item_id).startswith(ID_PREFIX)
+    return str(item_id).startswith(SYNTHETIC_ID_PREFIX)
 
 
 def check_not_synthetic(ids: Iterable[str], where: str) -> None:
